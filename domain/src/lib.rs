@@ -1,0 +1,36 @@
+//! The integration engine's domain: pure deciders, versioned events and the event envelope.
+//!
+//! Nothing here does I/O, reads a clock or draws random numbers: ids and `now` arrive inside the
+//! commands, so every rule can be tested as Given events / When command / Then events.
+#![forbid(unsafe_code)]
+
+/// The decider pattern every aggregate implements.
+pub mod decider;
+/// The stored and published event envelope, and the event about to be appended.
+pub mod envelope;
+/// Rejections a decider can return.
+pub mod error;
+/// Serialising aggregate events to `(type, schema version, data)` and back, with upcasting.
+pub mod event;
+/// Resource ids: spec prefixes over time-ordered UUIDv7s.
+pub mod ids;
+/// `kv://VAULT/NAME?version=N` references to vault secrets.
+pub mod secret_ref;
+
+/// A connection between a tenant's project and a provider.
+pub mod connection;
+/// A credential: a vault secret, the connections using it, and its rotations.
+pub mod credential;
+/// An inbound webhook delivery accepted from a provider.
+pub mod delivery;
+/// A provider registered in a tenant's vendor registry.
+pub mod provider;
+/// An integration run and its attempts.
+pub mod run;
+/// An outbound webhook subscription.
+pub mod subscription;
+
+pub use decider::Decider;
+pub use envelope::{Actor, EventEnvelope, NewEvent};
+pub use error::DomainError;
+pub use event::{AggregateEvent, DecodeError, StoredEventData};
