@@ -1,1 +1,23 @@
+//! Persistence ports and their adapters.
+//!
+//! - [`event_store`]: the `EventStore` port (append with expected version, read a stream, read
+//!   all in global order, follow live appends) and the catch-up subscription built on it.
+//! - [`hash_chain`]: the per-stream hash chain that makes tampering evident.
+//! - [`sqlite`]: the embedded default adapter (WAL, synchronous commits, group commit).
+//! - [`idempotency`]: the `IdempotencyStore` port for `Idempotency-Key` reservations.
+//! - [`vault`]: the `SecretStore` port and its encrypted SQLite adapter (`kv://` refs).
+//! - `contract` (feature `contract-tests`): the suite every `EventStore` adapter must pass.
 #![forbid(unsafe_code)]
+
+pub mod event_store;
+pub mod hash_chain;
+pub mod idempotency;
+pub mod sqlite;
+pub mod vault;
+
+#[cfg(feature = "contract-tests")]
+pub mod contract;
+
+pub use event_store::{EventStore, ExpectedVersion, StoreError, subscribe};
+pub use idempotency::{IdempotencyStore, Reservation, StoredResponse};
+pub use vault::{SecretStore, VaultError};

@@ -1,0 +1,95 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use domain::{EventEnvelope, NewEvent};
+use futures::{Stream, StreamExt};
+use thiserror::Error;
+use tokio::sync::watch;
+
+/// What the appender believes about the stream it appends to (optimistic concurrency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// The stream must have no events yet.
+    NoStream,
+    /// The stream's last event must have exactly this version (versions start at 1).
+    Exact(u64),
+    /// Append whatever the stream holds.
+    Any,
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The stream is not at the expected version; `actual` is its last version (0 when empty).
+    #[error("stream {stream_id} is at version {actual}, expected {expected:?}")]
+    WrongExpectedVersion { stream_id: String, expected: ExpectedVersion, actual: u64 },
+    /// The store cannot be reached or has shut down.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed (I/O, corruption, constraint).
+    #[error("event store backend: {0}")]
+    Backend(String),
+}
+
+/// The event store port. Every adapter runs the contract suite in `store::contract`.
+///
+/// Guarantees every adapter gives:
+/// - `append` is atomic: all of the batch or none; it checks `expected` against the stream's
+///   last version; acknowledged appends are durable (they survive a `kill -9`).
+/// - Global positions start at 1 and readers of `read_all` never see a hole or a reordering:
+///   a position becomes visible only after every lower position is.
+/// - Each event carries the hash of its predecessor in the stream ([`crate::hash_chain`]).
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream_id` at once, after checking `expected`; returns them as stored.
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<EventEnvelope>, StoreError>;
+
+    /// Every event of a stream in version order; empty for a stream that does not exist.
+    async fn read_stream(&self, stream_id: &str) -> Result<Vec<EventEnvelope>, StoreError>;
+
+    /// Up to `max` events with a global position greater than `after`, in global order.
+    async fn read_all(&self, after: u64, max: usize) -> Result<Vec<EventEnvelope>, StoreError>;
+
+    /// The global position of the last committed event (0 for an empty store).
+    async fn head_position(&self) -> Result<u64, StoreError>;
+
+    /// Follows the head position as appends commit, so readers wait instead of polling.
+    fn watch_head(&self) -> watch::Receiver<u64>;
+}
+
+/// A subscription to the global order: it catches up from `after`, then follows live appends.
+///
+/// The stream ends only with an error (the caller decides whether to resubscribe from the last
+/// position it handled).
+pub fn subscribe(store: Arc<dyn EventStore>, after: u64) -> impl Stream<Item = Result<EventEnvelope, StoreError>> {
+    const PAGE: usize = 512;
+    futures::stream::unfold((store, after, None::<watch::Receiver<u64>>, false), |(store, mut after, head, failed)| async move {
+        if failed {
+            return None;
+        }
+        let mut head = head.unwrap_or_else(|| store.watch_head());
+        loop {
+            // Mark the current head seen before reading, so an append that commits after the
+            // read wakes the wait below instead of being missed.
+            head.borrow_and_update();
+            match store.read_all(after, PAGE).await {
+                Ok(batch) if batch.is_empty() => {
+                    if head.changed().await.is_err() {
+                        let closed = StoreError::Unavailable("event store closed".into());
+                        return Some((vec![Err(closed)], (store, after, Some(head), true)));
+                    }
+                }
+                Ok(batch) => {
+                    after = batch.last().map_or(after, |e| e.global_position);
+                    return Some((batch.into_iter().map(Ok).collect(), (store, after, Some(head), false)));
+                }
+                Err(e) => return Some((vec![Err(e)], (store, after, Some(head), true))),
+            }
+        }
+    })
+    .flat_map(futures::stream::iter)
+}
