@@ -52,7 +52,7 @@ pub struct CredentialRegistered {
     pub credential_id: String,
     pub tenant_id: String,
     /// The unversioned vault reference, `kv://VAULT/NAME`.
-    pub secret_ref: String,
+    pub secret_ref: SecretRef,
     pub current_version: u32,
     pub auth_kind: AuthModel,
     pub connection_id: String,
@@ -127,6 +127,13 @@ impl AggregateEvent for CredentialEvent {
     }
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingRotation {
+    pub version: u32,
+    pub version_ref: String,
+    pub verification_run_id: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum CredentialState {
     #[default]
@@ -135,8 +142,8 @@ pub enum CredentialState {
         secret_ref: SecretRef,
         current_version: u32,
         connections: Vec<String>,
-        /// The version being verified, while a rotation is in flight.
-        pending_version: Option<u32>,
+        /// The version being verified and its verification run, while a rotation is in flight.
+        pending: Option<PendingRotation>,
     },
 }
 
@@ -153,7 +160,7 @@ impl Decider for Credential {
                 Ok(vec![CredentialEvent::CredentialRegistered(CredentialRegistered {
                     credential_id: credential_id(&c.secret_ref),
                     tenant_id: c.tenant_id.clone(),
-                    secret_ref: c.secret_ref.unversioned().to_string(),
+                    secret_ref: c.secret_ref.unversioned(),
                     current_version: c.current_version.max(1),
                     auth_kind: c.auth_kind,
                     connection_id: c.connection_id.clone(),
@@ -175,13 +182,18 @@ impl Decider for Credential {
             }
             (
                 CredentialCommand::StartRotation(c),
-                CredentialState::Registered { secret_ref, current_version, pending_version, .. },
+                CredentialState::Registered { secret_ref, current_version, pending, .. },
             ) => {
-                if let Some(pending) = pending_version {
-                    return Err(DomainError::RotationInFlight {
-                        credential_id: c.credential_id.clone(),
-                        pending_version: *pending,
-                    });
+                match pending {
+                    // The same request retried (same verification run): it has already started.
+                    Some(p) if p.verification_run_id == c.verification_run_id => return Ok(vec![]),
+                    Some(p) => {
+                        return Err(DomainError::RotationInFlight {
+                            credential_id: c.credential_id.clone(),
+                            pending_version: p.version,
+                        });
+                    }
+                    None => {}
                 }
                 if c.reason.trim().is_empty() || c.reason.len() > 256 {
                     return Err(DomainError::invalid("reason", "must be 1 to 256 characters"));
@@ -199,19 +211,19 @@ impl Decider for Credential {
             }
             (
                 CredentialCommand::CompleteRotation { credential_id, rotated_at },
-                CredentialState::Registered { current_version, pending_version: Some(pending), .. },
+                CredentialState::Registered { current_version, pending: Some(pending), .. },
             ) => Ok(vec![CredentialEvent::CredentialRotated(CredentialRotated {
                 credential_id: credential_id.clone(),
-                version: *pending,
+                version: pending.version,
                 previous_version: *current_version,
                 rotated_at: *rotated_at,
             })]),
             (
                 CredentialCommand::FailRotation { credential_id, reason, failed_at },
-                CredentialState::Registered { pending_version: Some(pending), .. },
+                CredentialState::Registered { pending: Some(pending), .. },
             ) => Ok(vec![CredentialEvent::CredentialRotationFailed(CredentialRotationFailed {
                 credential_id: credential_id.clone(),
-                version: *pending,
+                version: pending.version,
                 reason: reason.clone(),
                 failed_at: *failed_at,
             })]),
@@ -228,39 +240,34 @@ impl Decider for Credential {
     fn evolve(state: CredentialState, event: &CredentialEvent) -> CredentialState {
         match (state, event) {
             (_, CredentialEvent::CredentialRegistered(e)) => CredentialState::Registered {
-                secret_ref: SecretRef::parse(&e.secret_ref).unwrap_or_else(|_| SecretRef {
-                    vault: String::new(),
-                    name: String::new(),
-                    version: None,
-                }),
+                secret_ref: e.secret_ref.clone(),
                 current_version: e.current_version,
                 connections: vec![e.connection_id.clone()],
-                pending_version: None,
+                pending: None,
             },
-            (CredentialState::Registered { secret_ref, current_version, mut connections, pending_version }, e) => {
-                match e {
-                    CredentialEvent::CredentialRegistered(_) => unreachable!("matched above"),
-                    CredentialEvent::CredentialLinked(l) => {
-                        connections.push(l.connection_id.clone());
-                        CredentialState::Registered { secret_ref, current_version, connections, pending_version }
-                    }
-                    CredentialEvent::CredentialRotationStarted(s) => CredentialState::Registered {
-                        secret_ref,
-                        current_version,
-                        connections,
-                        pending_version: Some(s.new_version),
-                    },
-                    CredentialEvent::CredentialRotated(r) => CredentialState::Registered {
-                        secret_ref,
-                        current_version: r.version,
-                        connections,
-                        pending_version: None,
-                    },
-                    CredentialEvent::CredentialRotationFailed(_) => {
-                        CredentialState::Registered { secret_ref, current_version, connections, pending_version: None }
-                    }
+            (CredentialState::Registered { secret_ref, current_version, mut connections, pending }, e) => match e {
+                CredentialEvent::CredentialRegistered(_) => unreachable!("matched above"),
+                CredentialEvent::CredentialLinked(l) => {
+                    connections.push(l.connection_id.clone());
+                    CredentialState::Registered { secret_ref, current_version, connections, pending }
                 }
-            }
+                CredentialEvent::CredentialRotationStarted(s) => CredentialState::Registered {
+                    secret_ref,
+                    current_version,
+                    connections,
+                    pending: Some(PendingRotation {
+                        version: s.new_version,
+                        version_ref: s.new_version_ref.clone(),
+                        verification_run_id: s.verification_run_id.clone(),
+                    }),
+                },
+                CredentialEvent::CredentialRotated(r) => {
+                    CredentialState::Registered { secret_ref, current_version: r.version, connections, pending: None }
+                }
+                CredentialEvent::CredentialRotationFailed(_) => {
+                    CredentialState::Registered { secret_ref, current_version, connections, pending: None }
+                }
+            },
             (CredentialState::None, _) => CredentialState::None,
         }
     }
@@ -338,6 +345,11 @@ mod tests {
             given_when(&[link("conn-1"), rotate("run-1")], &rotate("run-2")),
             Err(DomainError::RotationInFlight { credential_id: "cred-github-booking".into(), pending_version: 2 })
         );
+    }
+
+    #[test]
+    fn the_same_rotation_retried_starts_nothing_new() {
+        assert_eq!(given_when(&[link("conn-1"), rotate("run-1")], &rotate("run-1")), Ok(vec![]));
     }
 
     #[test]

@@ -1,9 +1,14 @@
+use std::borrow::Cow;
 use std::fmt;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
 
 /// A reference to a vault secret: `kv://VAULT/NAME`, optionally pinned with `?version=N`.
 ///
 /// Events and read models hold these references, never the secret values.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct SecretRef {
     pub vault: String,
     pub name: String,
@@ -59,6 +64,34 @@ impl fmt::Display for SecretRef {
             write!(f, "?version={v}")?;
         }
         Ok(())
+    }
+}
+
+impl TryFrom<String> for SecretRef {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<SecretRef> for String {
+    fn from(r: SecretRef) -> String {
+        r.to_string()
+    }
+}
+
+impl JsonSchema for SecretRef {
+    fn schema_name() -> Cow<'static, str> {
+        "SecretRef".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^kv://[a-z0-9._-]+/[a-z0-9._-]+([?]version=[1-9][0-9]*)?$",
+            "description": "A vault secret reference: kv://VAULT/NAME, optionally ?version=N"
+        })
     }
 }
 
