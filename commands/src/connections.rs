@@ -1,0 +1,97 @@
+use domain::connection::{
+    Connection, ConnectionCommand, ConnectionEstablished, ConnectionEvent, EstablishConnection, ProviderSnapshot,
+};
+use domain::credential::{Credential, CredentialCommand, LinkConnection, credential_id};
+use domain::ids::stream_id;
+use domain::provider::{AuthModel, Provider, ProviderEvent, ProviderState};
+use domain::secret_ref::SecretRef;
+use domain::{Decider, DomainError};
+use serde_json::{Map, Value};
+
+use crate::{CommandContext, CommandError, Commands};
+
+/// What a caller gives to establish a connection; the tenant comes from the context.
+#[derive(Debug, Clone)]
+pub struct EstablishConnectionInput {
+    pub connection_id: String,
+    pub project_id: String,
+    pub provider_id: String,
+    pub display_name: String,
+    pub auth_mode: AuthModel,
+    pub credential_ref: Option<String>,
+    pub configuration: Map<String, Value>,
+}
+
+pub struct ConnectionEstablishedOutcome {
+    pub established: ConnectionEstablished,
+    pub last_position: Option<u64>,
+}
+
+impl Commands {
+    /// Establishes a connection to a provider registered in the caller's tenant, then registers
+    /// (or links) the credential its `credentialRef` names.
+    pub async fn establish_connection(
+        &self,
+        ctx: &CommandContext,
+        input: EstablishConnectionInput,
+    ) -> Result<ConnectionEstablishedOutcome, CommandError> {
+        let provider = match Provider::fold(
+            &self.load::<ProviderEvent>(&stream_id(&ctx.tenant_id, &input.provider_id)).await?.events,
+        ) {
+            ProviderState::Registered(p) => Some(ProviderSnapshot { provider_id: p.provider_id.clone() }),
+            ProviderState::Unregistered => None,
+        };
+        let command = ConnectionCommand::Establish(EstablishConnection {
+            connection_id: input.connection_id.clone(),
+            tenant_id: ctx.tenant_id.clone(),
+            project_id: input.project_id,
+            provider_id: input.provider_id,
+            provider,
+            display_name: input.display_name,
+            auth_mode: input.auth_mode,
+            credential_ref: input.credential_ref,
+            configuration: input.configuration,
+            established_at: self.now(),
+        });
+        let created =
+            self.create::<Connection>(ctx, &stream_id(&ctx.tenant_id, &input.connection_id), &command).await?;
+        let Some(ConnectionEvent::ConnectionEstablished(established)) = created.events.into_iter().next() else {
+            return Err(DomainError::NotFound { kind: "connection", id: input.connection_id }.into());
+        };
+        // A second stream, so a second step: a crash between the two is healed by the client's
+        // retry with the same Idempotency-Key, because linking is idempotent.
+        let mut last_position = created.last_position;
+        if let Some(secret) = established.credential_ref.as_deref().and_then(|r| SecretRef::parse(r).ok()) {
+            let current_version = self.vault.metadata(&secret).await?.map_or(1, |m| m.current_version);
+            let link = CredentialCommand::LinkConnection(LinkConnection {
+                tenant_id: ctx.tenant_id.clone(),
+                secret_ref: secret.clone(),
+                current_version,
+                auth_kind: established.auth_mode,
+                connection_id: established.connection_id.clone(),
+                at: established.established_at,
+            });
+            let linked =
+                self.execute::<Credential>(ctx, &stream_id(&ctx.tenant_id, &credential_id(&secret)), &link).await?;
+            last_position = linked.last_position.or(last_position);
+        }
+        Ok(ConnectionEstablishedOutcome { established, last_position })
+    }
+
+    /// Records the outcome of a health-check run against a connection.
+    pub async fn record_health_check(
+        &self,
+        ctx: &CommandContext,
+        connection_id: &str,
+        run_id: &str,
+        succeeded: bool,
+    ) -> Result<Option<u64>, CommandError> {
+        let command = ConnectionCommand::RecordHealthCheck(domain::connection::RecordHealthCheck {
+            run_id: run_id.into(),
+            succeeded,
+            checked_at: self.now(),
+        });
+        let executed = self.execute::<Connection>(ctx, &stream_id(&ctx.tenant_id, connection_id), &command).await?;
+        Ok(executed.last_position)
+    }
+}

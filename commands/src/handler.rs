@@ -1,0 +1,135 @@
+use std::sync::Arc;
+
+use domain::event::DecodeError;
+use domain::{AggregateEvent, Decider, DomainError};
+use store::{EventStore, ExpectedVersion, SecretStore, StoreError, VaultError};
+use thiserror::Error;
+
+use crate::{Clock, CommandContext};
+
+/// How often a command is re-decided when another writer got to its stream first.
+const MAX_CONFLICT_RETRIES: usize = 5;
+
+#[derive(Debug, Error)]
+pub enum CommandError {
+    /// The decider said no; the API answers with the matching 4xx.
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    /// Other writers kept changing the stream between our read and our append.
+    #[error("stream {0} kept changing; gave up after {MAX_CONFLICT_RETRIES} attempts")]
+    Contention(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// A stored event cannot be read back by this build.
+    #[error("stream {stream_id} holds an unreadable event: {source}")]
+    Corrupt { stream_id: String, source: DecodeError },
+}
+
+/// The outcome of one executed command.
+pub struct Executed<D: Decider> {
+    /// The aggregate's state after the command.
+    pub state: D::State,
+    /// The events this command appended (empty when it was a no-op, e.g. a retried request).
+    pub new_events: Vec<D::Event>,
+    /// The global position of the last appended event, for read-your-writes waits.
+    pub last_position: Option<u64>,
+}
+
+/// A stream read back: its events, its version (0 when empty), the position of its last event.
+pub struct Loaded<E> {
+    pub events: Vec<E>,
+    pub version: u64,
+    pub last_position: Option<u64>,
+}
+
+/// The write side's entry point: ports in, use cases out (see the use-case modules).
+#[derive(Clone)]
+pub struct Commands {
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) vault: Arc<dyn SecretStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Commands {
+    pub fn new(store: Arc<dyn EventStore>, vault: Arc<dyn SecretStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, vault, clock }
+    }
+
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    /// The events of a stream decoded as `E`.
+    pub async fn load<E: AggregateEvent>(&self, stream_id: &str) -> Result<Loaded<E>, CommandError> {
+        let stored = self.store.read_stream(stream_id).await?;
+        let version = stored.last().map_or(0, |e| e.stream_version);
+        let last_position = stored.last().map(|e| e.global_position);
+        let events = stored
+            .into_iter()
+            .map(|e| E::decode(&e.event_type, e.schema_version, e.data))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| CommandError::Corrupt { stream_id: stream_id.into(), source })?;
+        Ok(Loaded { events, version, last_position })
+    }
+
+    /// Executes a creation command. When the stream already exists because this same request
+    /// ran before (an `Idempotency-Key` retry re-uses the id reserved the first time), the
+    /// events it created then are returned instead of a rejection.
+    pub async fn create<D>(
+        &self,
+        ctx: &CommandContext,
+        stream_id: &str,
+        command: &D::Command,
+    ) -> Result<Loaded<D::Event>, CommandError>
+    where
+        D: Decider,
+        D::Event: AggregateEvent,
+    {
+        match self.execute::<D>(ctx, stream_id, command).await {
+            Ok(executed) => Ok(Loaded {
+                version: executed.new_events.len() as u64,
+                events: executed.new_events,
+                last_position: executed.last_position,
+            }),
+            Err(CommandError::Rejected(DomainError::AlreadyExists { .. })) => self.load(stream_id).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads the stream, decides, and appends at the version it read; on a concurrent write it
+    /// decides again against the new state.
+    pub async fn execute<D>(
+        &self,
+        ctx: &CommandContext,
+        stream_id: &str,
+        command: &D::Command,
+    ) -> Result<Executed<D>, CommandError>
+    where
+        D: Decider,
+        D::Event: AggregateEvent,
+    {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Loaded { events: history, version, .. } = self.load::<D::Event>(stream_id).await?;
+            let state = D::fold(&history);
+            let decided = D::decide(command, &state)?;
+            if decided.is_empty() {
+                return Ok(Executed { state, new_events: decided, last_position: None });
+            }
+            let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
+            let now = self.clock.now();
+            let new_events = decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect();
+            match self.store.append(stream_id, expected, new_events).await {
+                Ok(recorded) => {
+                    let state = decided.iter().fold(state, D::evolve);
+                    let last_position = recorded.last().map(|e| e.global_position);
+                    return Ok(Executed { state, new_events: decided, last_position });
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CommandError::Contention(stream_id.into()))
+    }
+}
