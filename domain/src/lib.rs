@@ -4,6 +4,8 @@
 //! commands, so every rule can be tested as Given events / When command / Then events.
 #![forbid(unsafe_code)]
 
+/// Any event of any aggregate, decoded by type, for readers of the global order.
+pub mod any_event;
 /// The decider pattern every aggregate implements.
 pub mod decider;
 /// The stored and published event envelope, and the event about to be appended.
@@ -30,6 +32,7 @@ pub mod run;
 /// An outbound webhook subscription.
 pub mod subscription;
 
+pub use any_event::AnyEvent;
 pub use decider::Decider;
 pub use envelope::{Actor, EventEnvelope, NewEvent};
 pub use error::DomainError;
