@@ -1,3 +1,145 @@
+//! The REST surface: seven public endpoints, authentication, versioning, problem documents.
+//!
+//! - [`router`] assembles everything; [`AppState`] is what handlers share.
+//! - [`routes`]: one router per resource. [`bodies`]: the request and response bodies.
+//! - [`auth`]: bearer tokens (JWKS or a dev secret). [`extract`]: checked JSON and scopes.
+//! - [`trace`], [`versioning`], [`problem`]: cross-cutting layers every response goes through.
+//! - [`openapi`]: the OpenAPI 3.1 document and the bodies' JSON Schemas.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bodies;
+pub mod extract;
+pub mod openapi;
+pub mod problem;
+pub mod respond;
+pub mod routes;
+pub mod trace;
+pub mod versioning;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use commands::Commands;
+use commands::idempotency::Idempotency;
+use projections::{Projections, ReadModels};
+use serde_json::json;
+use store::{EventStore, SecretStore};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::auth::Authenticator;
+use crate::problem::{PROBLEM_JSON, Problem};
+
+/// Limits and timeouts of the HTTP surface.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: usize,
+    /// How long a POST waits for the read models to show its effect before answering.
+    pub read_your_writes_timeout: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self { max_body_bytes: 256 * 1024, read_your_writes_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// What every handler shares: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub commands: Commands,
+    pub read_models: ReadModels,
+    pub projections: Projections,
+    pub auth: Authenticator,
+    pub vault: Arc<dyn SecretStore>,
+    pub idempotency: Idempotency,
+    pub store: Arc<dyn EventStore>,
+    pub settings: ApiSettings,
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(routes::connections::router())
+        .merge(routes::providers::router())
+        .merge(routes::subscriptions::router())
+        .merge(routes::deliveries::router())
+        .merge(routes::runs::router())
+        .merge(routes::credentials::router())
+        .layer(middleware::from_fn(versioning::negotiate_version));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(middleware::from_fn(problem_for_bare_errors))
+        .layer(CatchPanicLayer::custom(|_| Problem::internal(&"a handler panicked").into_response()))
+        .layer(middleware::from_fn(trace::with_trace_id))
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "alive" })).into_response()
+}
+
+/// Ready when the store answers and the read models have caught up with it since start.
+async fn readyz(State(app): State<AppState>) -> Response {
+    let head = app.store.head_position().await;
+    let projected = app.projections.position();
+    match head {
+        Ok(head) if app.projections.is_caught_up() => {
+            axum::Json(json!({ "status": "ready", "storePosition": head, "projectionPosition": projected })).into_response()
+        }
+        Ok(head) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "catching-up", "storePosition": head, "projectionPosition": projected })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: store unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "store-unreachable" }))).into_response()
+        }
+    }
+}
+
+async fn openapi_json() -> Response {
+    axum::Json(openapi::document()).into_response()
+}
+
+async fn unknown_route(request: Request) -> Problem {
+    Problem::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+/// Errors produced below our handlers (405 from the router, 413 from a limit) come with an
+/// empty or plain body; answer them as problem documents too, keeping their headers (`Allow`).
+async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let problem = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            Problem::new(status, "method-not-allowed", "Method not allowed", "this route does not accept that method")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(status, "payload-too-large", "Payload too large", "the body is too large"),
+        s if s.is_server_error() => Problem::internal(&format!("bare {s} from a layer")),
+        s => Problem::new(s, "error", s.canonical_reason().unwrap_or("Error"), s.to_string()),
+    };
+    let fresh = problem.into_response();
+    parts.headers.insert(header::CONTENT_TYPE, fresh.headers()[header::CONTENT_TYPE].clone());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::new(fresh.into_body()))
+}

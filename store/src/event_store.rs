@@ -67,29 +67,32 @@ pub trait EventStore: Send + Sync + 'static {
 /// position it handled).
 pub fn subscribe(store: Arc<dyn EventStore>, after: u64) -> impl Stream<Item = Result<EventEnvelope, StoreError>> {
     const PAGE: usize = 512;
-    futures::stream::unfold((store, after, None::<watch::Receiver<u64>>, false), |(store, mut after, head, failed)| async move {
-        if failed {
-            return None;
-        }
-        let mut head = head.unwrap_or_else(|| store.watch_head());
-        loop {
-            // Mark the current head seen before reading, so an append that commits after the
-            // read wakes the wait below instead of being missed.
-            head.borrow_and_update();
-            match store.read_all(after, PAGE).await {
-                Ok(batch) if batch.is_empty() => {
-                    if head.changed().await.is_err() {
-                        let closed = StoreError::Unavailable("event store closed".into());
-                        return Some((vec![Err(closed)], (store, after, Some(head), true)));
-                    }
-                }
-                Ok(batch) => {
-                    after = batch.last().map_or(after, |e| e.global_position);
-                    return Some((batch.into_iter().map(Ok).collect(), (store, after, Some(head), false)));
-                }
-                Err(e) => return Some((vec![Err(e)], (store, after, Some(head), true))),
+    futures::stream::unfold(
+        (store, after, None::<watch::Receiver<u64>>, false),
+        |(store, mut after, head, failed)| async move {
+            if failed {
+                return None;
             }
-        }
-    })
+            let mut head = head.unwrap_or_else(|| store.watch_head());
+            loop {
+                // Mark the current head seen before reading, so an append that commits after the
+                // read wakes the wait below instead of being missed.
+                head.borrow_and_update();
+                match store.read_all(after, PAGE).await {
+                    Ok(batch) if batch.is_empty() => {
+                        if head.changed().await.is_err() {
+                            let closed = StoreError::Unavailable("event store closed".into());
+                            return Some((vec![Err(closed)], (store, after, Some(head), true)));
+                        }
+                    }
+                    Ok(batch) => {
+                        after = batch.last().map_or(after, |e| e.global_position);
+                        return Some((batch.into_iter().map(Ok).collect(), (store, after, Some(head), false)));
+                    }
+                    Err(e) => return Some((vec![Err(e)], (store, after, Some(head), true))),
+                }
+            }
+        },
+    )
     .flat_map(futures::stream::iter)
 }

@@ -4,8 +4,10 @@
 //!   all in global order, follow live appends) and the catch-up subscription built on it.
 //! - [`hash_chain`]: the per-stream hash chain that makes tampering evident.
 //! - [`sqlite`]: the embedded default adapter (WAL, synchronous commits, group commit).
-//! - [`idempotency`]: the `IdempotencyStore` port for `Idempotency-Key` reservations.
-//! - [`vault`]: the `SecretStore` port and its encrypted SQLite adapter (`kv://` refs).
+//! - [`idempotency`]: the `IdempotencyStore` port for `Idempotency-Key` reservations, and
+//!   [`sqlite_idempotency`], its adapter in the event store's SQLite file.
+//! - [`vault`]: the `SecretStore` port (`kv://` refs), and [`sqlite_vault`], its adapter
+//!   encrypting every version under the master key in a SQLite file of its own.
 //! - `contract` (feature `contract-tests`): the suite every `EventStore` adapter must pass.
 #![forbid(unsafe_code)]
 
@@ -13,6 +15,8 @@ pub mod event_store;
 pub mod hash_chain;
 pub mod idempotency;
 pub mod sqlite;
+pub mod sqlite_idempotency;
+pub mod sqlite_vault;
 pub mod vault;
 
 #[cfg(feature = "contract-tests")]
@@ -20,4 +24,7 @@ pub mod contract;
 
 pub use event_store::{EventStore, ExpectedVersion, StoreError, subscribe};
 pub use idempotency::{IdempotencyStore, Reservation, StoredResponse};
-pub use vault::{SecretStore, VaultError};
+pub use sqlite::{SqliteEventStore, WriteStats};
+pub use sqlite_idempotency::SqliteIdempotencyStore;
+pub use sqlite_vault::{MasterKey, SqliteVault};
+pub use vault::{SecretMetadata, SecretStore, SecretValue, VaultError};

@@ -1,0 +1,532 @@
+//! The embedded event store: one SQLite file in WAL mode with synchronous commits.
+//!
+//! Writes go through one writer thread that owns the only write connection. It takes every
+//! append request queued at the time, runs them in one transaction (each in its own savepoint,
+//! so a rejected request rolls back alone) and commits once: concurrent appenders share the
+//! fsync instead of queueing for one each (group commit). Because that single writer assigns
+//! global positions in order and readers only see committed transactions, a reader never sees
+//! a hole in the global order.
+//!
+//! Reads run on tokio's blocking pool over a small pool of read-only connections.
+//!
+//! This module also opens the engine's other SQLite files ([`open_database`]): the pragmas and
+//! the per-component schema migrations are the same for all of them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::{Actor, EventEnvelope, NewEvent};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::hash_chain::{GENESIS, canonical_time, event_hash};
+use crate::{EventStore, ExpectedVersion, StoreError};
+
+/// How long a connection waits for another connection's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Append requests waiting for the writer; appenders wait (asynchronously) while it is full.
+const QUEUE_CAPACITY: usize = 1024;
+/// The most append requests committed in one transaction, which bounds a batch's latency.
+const MAX_BATCH: usize = 512;
+/// Read connections kept open between reads; more are opened while reads pile up.
+const MAX_IDLE_READERS: usize = 8;
+
+/// Schema of the events table; entry `i` moves the component from version `i` to `i + 1`.
+const EVENT_STORE_MIGRATIONS: &[&str] = &["
+    CREATE TABLE events (
+        global_position INTEGER PRIMARY KEY,
+        event_id        TEXT    NOT NULL UNIQUE,
+        stream_id       TEXT    NOT NULL,
+        stream_version  INTEGER NOT NULL,
+        event_type      TEXT    NOT NULL,
+        schema_version  INTEGER NOT NULL,
+        tenant_id       TEXT    NOT NULL,
+        occurred_at     TEXT    NOT NULL,
+        trace_id        TEXT    NOT NULL,
+        correlation_id  TEXT    NOT NULL,
+        causation_id    TEXT,
+        actor           TEXT    NOT NULL,
+        data            TEXT    NOT NULL,
+        prev_hash       TEXT    NOT NULL,
+        hash            TEXT    NOT NULL,
+        UNIQUE (stream_id, stream_version)
+    ) STRICT;
+"];
+
+const INSERT_EVENT: &str = "
+    INSERT INTO events (global_position, event_id, stream_id, stream_version, event_type, schema_version,
+                        tenant_id, occurred_at, trace_id, correlation_id, causation_id, actor, data,
+                        prev_hash, hash)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+
+/// The columns [`envelope_from_row`] reads, in its order.
+const SELECT_EVENTS: &str = "
+    SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, tenant_id,
+           occurred_at, trace_id, correlation_id, causation_id, actor, data, prev_hash, hash
+    FROM events";
+
+/// Counters of the writer, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Append requests committed (each is one `append` call, whatever its number of events).
+    pub appends: u64,
+    /// Transactions committed; fewer than `appends` when appends shared a commit.
+    pub commits: u64,
+}
+
+#[derive(Default)]
+struct WriteCounters {
+    appends: AtomicU64,
+    commits: AtomicU64,
+}
+
+/// The SQLite [`EventStore`]: durable once `append` returns, group-committed, hash-chained.
+///
+/// Dropping it lets the writer finish the requests already queued, then waits for its thread.
+pub struct SqliteEventStore {
+    /// `None` only while dropping, to close the queue before joining the writer.
+    requests: Option<mpsc::Sender<AppendRequest>>,
+    writer: Option<JoinHandle<()>>,
+    head: watch::Receiver<u64>,
+    readers: Arc<ReadConnections>,
+    counters: Arc<WriteCounters>,
+}
+
+impl SqliteEventStore {
+    /// Opens the store at `path`, creating the file and its schema if absent, and starts the
+    /// writer thread.
+    ///
+    /// Blocks on file I/O: call it at startup or from a blocking task.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = open_database(path, "event_store", EVENT_STORE_MIGRATIONS)
+            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        let head = last_position(&conn).map_err(backend)?;
+        let (head_sender, head_receiver) = watch::channel(head);
+        let (requests, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let counters = Arc::new(WriteCounters::default());
+        let writer = Writer { conn, head: head_sender, counters: Arc::clone(&counters) };
+        let thread = std::thread::Builder::new()
+            .name("event-store-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| StoreError::Backend(format!("starting the event store writer: {e}")))?;
+        Ok(Self {
+            requests: Some(requests),
+            writer: Some(thread),
+            head: head_receiver,
+            readers: Arc::new(ReadConnections { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            counters,
+        })
+    }
+
+    /// Appends and commits so far.
+    pub fn stats(&self) -> WriteStats {
+        WriteStats {
+            appends: self.counters.appends.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || readers.with_connection(query))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteEventStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer's loop once it has answered what is queued.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the event store writer thread panicked");
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let closed = || StoreError::Unavailable("the event store writer has stopped".into());
+        let requests = self.requests.as_ref().ok_or_else(closed)?;
+        let (reply, answer) = oneshot::channel();
+        let append = Append { stream_id: stream_id.to_owned(), expected, events };
+        requests.send(AppendRequest { append, reply }).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    async fn read_stream(&self, stream_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
+        let stream_id = stream_id.to_owned();
+        self.read(move |conn| {
+            let mut query =
+                conn.prepare_cached(&format!("{SELECT_EVENTS} WHERE stream_id = ?1 ORDER BY stream_version"))?;
+            query.query_map([stream_id], envelope_from_row)?.collect()
+        })
+        .await
+    }
+
+    async fn read_all(&self, after: u64, max: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        // Positions never exceed i64::MAX, so clamping keeps the meaning of both bounds.
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut query = conn.prepare_cached(&format!(
+                "{SELECT_EVENTS} WHERE global_position > ?1 ORDER BY global_position LIMIT ?2"
+            ))?;
+            query.query_map([after, max], envelope_from_row)?.collect()
+        })
+        .await
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        self.read(last_position).await
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+}
+
+/// One `append` call as the writer sees it.
+struct Append {
+    stream_id: String,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+}
+
+struct AppendRequest {
+    append: Append,
+    reply: oneshot::Sender<AppendOutcome>,
+}
+
+/// The writer thread's state: the only connection that writes events.
+struct Writer {
+    conn: Connection,
+    head: watch::Sender<u64>,
+    counters: Arc<WriteCounters>,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<AppendRequest>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Waits for one request, then takes whatever else is queued: the requests that arrived
+        // while the previous batch was being committed share the next commit.
+        while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+            self.commit_batch(std::mem::take(&mut batch));
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<AppendRequest>) {
+        let (replies, appends): (Vec<_>, Vec<_>) = batch.into_iter().map(|r| (r.reply, r.append)).unzip();
+        match append_in_one_transaction(&mut self.conn, appends) {
+            Ok((outcomes, head)) => {
+                let committed = outcomes.iter().filter(|outcome| outcome.is_ok()).count() as u64;
+                self.counters.appends.fetch_add(committed, Ordering::Relaxed);
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                // Published before the replies, so an appender that got its position back
+                // finds the head at or past it.
+                self.head.send_if_modified(|current| {
+                    let advanced = *current != head;
+                    *current = head;
+                    advanced
+                });
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // The appender may have stopped waiting; its events are committed anyway.
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = replies.len(), "event store batch not committed");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend(format!("append not committed: {e}"))));
+                }
+            }
+        }
+    }
+}
+
+/// What one `append` call gets back.
+type AppendOutcome = Result<Vec<EventEnvelope>, StoreError>;
+
+/// Runs every append in its own savepoint of one transaction and commits once. Returns each
+/// append's outcome and the head position after the commit; an error means nothing committed.
+fn append_in_one_transaction(
+    conn: &mut Connection,
+    appends: Vec<Append>,
+) -> Result<(Vec<AppendOutcome>, u64), StoreError> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+    let mut outcomes = Vec::with_capacity(appends.len());
+    for append in appends {
+        // SQLite rolls the whole transaction back by itself on some errors (disk full, I/O).
+        // A savepoint opened after that would start and commit a transaction of its own.
+        if tx.is_autocommit() {
+            return Err(StoreError::Backend("the transaction was rolled back by SQLite".into()));
+        }
+        outcomes.push(append_in_savepoint(&mut tx, append));
+    }
+    let head = last_position(&tx).map_err(backend)?;
+    tx.commit().map_err(backend)?;
+    Ok((outcomes, head))
+}
+
+/// Appends in a savepoint, so a rejected or failed append leaves the rest of the batch intact.
+fn append_in_savepoint(tx: &mut Transaction<'_>, append: Append) -> AppendOutcome {
+    let savepoint = tx.savepoint().map_err(backend)?;
+    // Dropping the savepoint on error rolls it back, positions included: the next append of
+    // the batch reads the same maximum position and reuses them, so no hole is left.
+    let stored = append_with_expected_version(&savepoint, append)?;
+    savepoint.commit().map_err(backend)?;
+    Ok(stored)
+}
+
+/// Checks `expected` against the stream as this transaction sees it (earlier appends of the
+/// same batch included), then inserts the events after the store's last position.
+fn append_with_expected_version(conn: &Connection, append: Append) -> AppendOutcome {
+    let Append { stream_id, expected, events } = append;
+    let (actual, last_hash) = stream_head(conn, &stream_id).map_err(backend)?;
+    let accepted = match expected {
+        ExpectedVersion::NoStream => actual == 0,
+        ExpectedVersion::Exact(version) => actual == version,
+        ExpectedVersion::Any => true,
+    };
+    if !accepted {
+        return Err(StoreError::WrongExpectedVersion { stream_id, expected, actual });
+    }
+
+    let first_position = last_position(conn).map_err(backend)? + 1;
+    let mut prev_hash = last_hash;
+    let mut insert = conn.prepare_cached(INSERT_EVENT).map_err(backend)?;
+    let mut stored = Vec::with_capacity(events.len());
+    for ((global_position, stream_version), event) in (first_position..).zip(actual + 1..).zip(events) {
+        let mut envelope = EventEnvelope {
+            event_id: event.event_id,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            stream_id: stream_id.clone(),
+            stream_version,
+            global_position,
+            tenant_id: event.tenant_id,
+            occurred_at: event.occurred_at,
+            trace_id: event.trace_id,
+            correlation_id: event.correlation_id,
+            causation_id: event.causation_id,
+            actor: event.actor,
+            prev_hash,
+            hash: String::new(),
+            data: event.data,
+        };
+        envelope.hash = event_hash(&envelope.prev_hash, &envelope);
+        let actor = serde_json::to_string(&envelope.actor).map_err(|e| StoreError::Backend(e.to_string()))?;
+        insert
+            .execute(params![
+                envelope.global_position,
+                envelope.event_id.to_string(),
+                envelope.stream_id,
+                envelope.stream_version,
+                envelope.event_type,
+                envelope.schema_version,
+                envelope.tenant_id,
+                canonical_time(&envelope.occurred_at),
+                envelope.trace_id,
+                envelope.correlation_id,
+                envelope.causation_id,
+                actor,
+                envelope.data.to_string(),
+                envelope.prev_hash,
+                envelope.hash,
+            ])
+            .map_err(backend)?;
+        prev_hash = envelope.hash.clone();
+        stored.push(envelope);
+    }
+    Ok(stored)
+}
+
+/// The stream's last version and hash: `(0, GENESIS)` for a stream without events.
+fn stream_head(conn: &Connection, stream_id: &str) -> rusqlite::Result<(u64, String)> {
+    let last = conn
+        .prepare_cached(
+            "SELECT stream_version, hash FROM events WHERE stream_id = ?1 ORDER BY stream_version DESC LIMIT 1",
+        )?
+        .query_row([stream_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    Ok(last.unwrap_or_else(|| (0, GENESIS.to_owned())))
+}
+
+fn last_position(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT COALESCE(MAX(global_position), 0) FROM events")?.query_row([], |row| row.get(0))
+}
+
+fn envelope_from_row(row: &Row<'_>) -> rusqlite::Result<EventEnvelope> {
+    Ok(EventEnvelope {
+        global_position: row.get(0)?,
+        event_id: parse_column(row, 1, Uuid::parse_str)?,
+        stream_id: row.get(2)?,
+        stream_version: row.get(3)?,
+        event_type: row.get(4)?,
+        schema_version: row.get(5)?,
+        tenant_id: row.get(6)?,
+        occurred_at: parse_column(row, 7, |text| DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)))?,
+        trace_id: row.get(8)?,
+        correlation_id: row.get(9)?,
+        causation_id: row.get(10)?,
+        actor: parse_column(row, 11, |text| serde_json::from_str::<Actor>(text))?,
+        data: parse_column(row, 12, |text| serde_json::from_str(text))?,
+        prev_hash: row.get(13)?,
+        hash: row.get(14)?,
+    })
+}
+
+fn parse_column<T, E>(row: &Row<'_>, index: usize, parse: impl FnOnce(&str) -> Result<T, E>) -> rusqlite::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = row.get(index)?;
+    parse(&text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
+}
+
+/// Read-only connections, reused between reads.
+struct ReadConnections {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadConnections {
+    /// Runs `read` on an idle connection (or a new one). Blocks: call from a blocking task.
+    fn with_connection<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        // A panic while the lock was held cannot leave the list half-updated, so a poisoned lock
+        // is still usable.
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&self.path).map_err(backend)?,
+        };
+        let result = read(&conn).map_err(backend);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Why an SQLite file could not be opened for writing.
+#[derive(Debug, Error)]
+pub(crate) enum OpenError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the journal mode is {0}, not WAL")]
+    NotWal(String),
+    #[error("the {component} schema is at version {found}, newer than the {known} this build knows")]
+    NewerSchema { component: String, found: usize, known: usize },
+}
+
+/// Opens (creating if absent) a read-write connection to `path` and brings `component`'s
+/// schema up to date.
+///
+/// WAL lets readers run while the writer commits; `synchronous = FULL` syncs the WAL on every
+/// commit, so an acknowledged write survives a crash of the process or of the machine.
+pub(crate) fn open_database(path: &Path, component: &str, migrations: &[&str]) -> Result<Connection, OpenError> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let journal_mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !journal_mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenError::NotWal(journal_mode));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    migrate(&mut conn, component, migrations)?;
+    Ok(conn)
+}
+
+/// Applies the migrations of `component` it has not applied yet, in one transaction.
+///
+/// Each component of a file keeps its own version in `store_schema_versions`, so the components
+/// sharing a file (and anything else using the file's `user_version`) evolve independently.
+/// `BEGIN IMMEDIATE` makes two processes opening a new file at once apply each step only once.
+fn migrate(conn: &mut Connection, component: &str, migrations: &[&str]) -> Result<(), OpenError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS store_schema_versions (
+            component TEXT    PRIMARY KEY,
+            version   INTEGER NOT NULL
+        ) STRICT",
+    )?;
+    let applied: usize = tx
+        .query_row("SELECT version FROM store_schema_versions WHERE component = ?1", [component], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if applied > migrations.len() {
+        return Err(OpenError::NewerSchema {
+            component: component.to_owned(),
+            found: applied,
+            known: migrations.len(),
+        });
+    }
+    if applied == migrations.len() {
+        return Ok(());
+    }
+    for step in &migrations[applied..] {
+        tx.execute_batch(step)?;
+    }
+    tx.execute(
+        "INSERT INTO store_schema_versions (component, version) VALUES (?1, ?2)
+         ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+        params![component, migrations.len()],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_refuse_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let steps = ["CREATE TABLE a (x INTEGER) STRICT", "CREATE TABLE b (y INTEGER) STRICT"];
+        open_database(&path, "test", &steps[..1]).unwrap();
+        // Re-opening with one more step applies only that step (the first would fail if re-run).
+        open_database(&path, "test", &steps).unwrap();
+        open_database(&path, "test", &steps).unwrap();
+        // Another component of the same file has its own version.
+        open_database(&path, "other", &["CREATE TABLE c (z INTEGER) STRICT"]).unwrap();
+        match open_database(&path, "test", &steps[..1]) {
+            Err(OpenError::NewerSchema { found: 2, known: 1, .. }) => {}
+            other => panic!("expected NewerSchema, got {other:?}"),
+        }
+    }
+}

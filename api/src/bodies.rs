@@ -1,0 +1,166 @@
+//! Request and response bodies of the public API, exactly as the spec's examples name them.
+//! Their JSON Schemas are committed under `schemas/api/` and served in `/openapi.json`.
+
+use chrono::{DateTime, Utc};
+use domain::connection::Health;
+use domain::provider::AuthModel;
+use domain::run::RunStatus;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::problem::FieldError;
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EstablishConnectionRequest {
+    /// Must equal the token's tenant when present.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    pub project_id: String,
+    pub provider_id: String,
+    pub display_name: String,
+    pub auth_mode: AuthModel,
+    #[serde(default)]
+    pub credential_ref: Option<String>,
+    /// Provider settings; secrets only as `kv://` refs (`webhookSecretRef` for inbound webhooks).
+    #[serde(default)]
+    pub configuration: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionEstablishedResponse {
+    pub connection_id: String,
+    pub status: String,
+    pub provider_id: String,
+    pub health: Health,
+    pub established_at: DateTime<Utc>,
+    pub trace_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionResponse {
+    pub connection_id: String,
+    pub tenant_id: String,
+    pub provider_id: String,
+    pub status: String,
+    pub health: Health,
+    pub last_checked_at: Option<DateTime<Utc>>,
+    pub credential_ref: Option<String>,
+    pub last_run_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterProviderRequest {
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Unique in the tenant; lowercase letters, digits and hyphens. The provider id is `prov-{key}`.
+    pub key: String,
+    pub display_name: String,
+    pub category: String,
+    pub auth_model: AuthModel,
+    pub api_client: String,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderRegisteredResponse {
+    pub provider_id: String,
+    pub status: String,
+    pub api_client_id: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+fn active_by_default() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSubscriptionRequest {
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// An event type, or a prefix followed by `*`.
+    pub event_type: String,
+    pub endpoint_url: String,
+    pub signing_secret_ref: String,
+    #[serde(default = "active_by_default")]
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionCreatedResponse {
+    pub subscription_id: String,
+    pub status: String,
+    pub event_type: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The spec's condensed delivery envelope, signed as a whole by the provider.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundDeliveryRequest {
+    pub provider_delivery_id: String,
+    pub event_name: String,
+    pub payload: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryAcceptedResponse {
+    pub delivery_id: String,
+    pub status: String,
+    pub normalized_event_type: String,
+    pub trace_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResponse {
+    pub run_id: String,
+    pub connection_id: String,
+    pub operation: String,
+    pub status: RunStatus,
+    pub attempts: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub trace_id: String,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateCredentialRequest {
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    pub credential_id: String,
+    /// Recorded for auditors, e.g. `ScheduledRotation`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStartedResponse {
+    pub credential_id: String,
+    pub status: String,
+    pub new_version_ref: String,
+    pub verification_run_id: String,
+}
+
+/// Checks that required text fields are present and of sane length; serde checked the shape.
+pub fn require_text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize) {
+    if value.trim().is_empty() {
+        errors.push(FieldError { field: field.into(), message: "must not be empty".into() });
+    } else if value.len() > max {
+        errors.push(FieldError { field: field.into(), message: format!("must be at most {max} characters") });
+    }
+}

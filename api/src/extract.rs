@@ -1,0 +1,187 @@
+//! Extractors that turn every bad input into a problem document before a handler runs.
+
+use std::marker::PhantomData;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::auth::{AuthError, Principal, insufficient_scope_challenge};
+use crate::problem::{FieldError, Problem};
+
+/// A JSON request body, validated, with the raw bytes kept for idempotency hashing.
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
+        if !is_json {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        let raw = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large", rejection.body_text())
+            } else {
+                Problem::bad_request(rejection.body_text())
+            }
+        })?;
+        let value = parse_json(&raw)?;
+        Ok(Self { value, raw })
+    }
+}
+
+/// Parses JSON: a syntax error is 400; JSON of the wrong shape is 422 naming the field.
+pub fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Problem> {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let value = result.map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if !inner.is_data() {
+            return Problem::bad_request(format!("malformed JSON: {inner}"));
+        }
+        Problem::invalid(vec![field_error(&path, &inner)])
+    })?;
+    de.end().map_err(|e| Problem::bad_request(format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+/// serde reports a missing field at its parent's path; name the field itself instead.
+fn field_error(path: &str, error: &serde_json::Error) -> FieldError {
+    let message = error.to_string();
+    let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+    let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+    let field = match (missing, path) {
+        (Some(name), ".") => name.to_string(),
+        (Some(name), parent) => format!("{parent}.{name}"),
+        (None, ".") => "$".to_string(),
+        (None, p) => p.to_string(),
+    };
+    FieldError { field, message }
+}
+
+/// A scope an endpoint requires, as a type, so the requirement reads in the handler signature.
+pub trait Scope {
+    const NAME: &'static str;
+}
+
+macro_rules! scopes {
+    ($($ty:ident = $name:literal;)*) => {$(
+        #[doc = concat!("The `", $name, "` scope.")]
+        pub struct $ty;
+        impl Scope for $ty {
+            const NAME: &'static str = $name;
+        }
+    )*};
+}
+
+scopes! {
+    ConnectionsWrite = "integration.connections.write";
+    ConnectionsRead = "integration.connections.read";
+    ProvidersWrite = "integration.providers.write";
+    SubscriptionsWrite = "webhooks.subscriptions.write";
+    DeliveriesIngest = "webhooks.deliveries.ingest";
+    RunsRead = "integration.runs.read";
+    CredentialsRotate = "integration.credentials.rotate";
+}
+
+/// A caller with a valid bearer token that carries scope `S`: 401 without one, 403 without `S`.
+pub struct Authorized<S: Scope>(pub Principal, PhantomData<S>);
+
+impl<S: Scope> Authorized<S> {
+    /// 403 when the body names another tenant than the token.
+    pub fn check_tenant(&self, body_tenant: Option<&str>) -> Result<(), Problem> {
+        match body_tenant {
+            Some(t) if t != self.0.tenant_id => Err(Problem::forbidden("tenantId does not match the token's tenant")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<S: Scope> FromRequestParts<AppState> for Authorized<S> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Problem> {
+        let principal = authenticate_header(app, parts.headers.get(header::AUTHORIZATION), S::NAME).await?;
+        Ok(Self(principal, PhantomData))
+    }
+}
+
+/// Verifies a bearer token (the `Authorization` header's value) and that it carries `scope`.
+pub async fn authenticate_header(
+    app: &AppState,
+    authorization: Option<&HeaderValue>,
+    scope: &str,
+) -> Result<Principal, Problem> {
+    // A header that is not even text is as bad as a bad token.
+    let authorization = authorization.map(|v| v.to_str().unwrap_or("\u{0}"));
+    let principal = app.auth.authenticate(authorization).await.map_err(unauthorized)?;
+    if !principal.has_scope(scope) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "insufficient-scope",
+            "insufficient_scope",
+            format!("the token lacks the scope {scope}"),
+        )
+        .with_header(header::WWW_AUTHENTICATE, insufficient_scope_challenge(scope)));
+    }
+    Ok(principal)
+}
+
+/// 401 with the RFC 6750 challenge (or 503 when the key set cannot be fetched).
+pub fn unauthorized(e: AuthError) -> Problem {
+    if e.status_code() != StatusCode::UNAUTHORIZED {
+        return Problem::unavailable(&e);
+    }
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", e.to_string())
+        .with_header(header::WWW_AUTHENTICATE, e.www_authenticate())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        display_name: String,
+        nested: Nested,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Nested {
+        count: u32,
+    }
+
+    #[test]
+    fn syntax_errors_are_400_and_shape_errors_422_with_the_field() {
+        assert_eq!(parse_json::<Body>(b"{").unwrap_err().status, 400);
+        assert_eq!(parse_json::<Body>(br#"{"displayName":"x","nested":{"count":1}} trailing"#).unwrap_err().status, 400);
+        let missing = parse_json::<Body>(br#"{"nested":{"count":1}}"#).unwrap_err();
+        assert_eq!((missing.status, missing.errors[0].field.as_str()), (422, "displayName"));
+        let wrong = parse_json::<Body>(br#"{"displayName":"x","nested":{"count":"many"}}"#).unwrap_err();
+        assert_eq!((wrong.status, wrong.errors[0].field.as_str()), (422, "nested.count"));
+        let nested_missing = parse_json::<Body>(br#"{"displayName":"x","nested":{}}"#).unwrap_err();
+        assert_eq!(nested_missing.errors[0].field, "nested.count");
+    }
+}

@@ -1,0 +1,175 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`, built from the same Rust types that
+//! (de)serialise the bodies, and the JSON Schemas of those bodies committed under `schemas/api/`.
+
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{Value, json};
+
+use crate::bodies::*;
+use crate::problem::Problem;
+use crate::versioning::MEDIA_TYPE_V1;
+
+/// Calls `$m!(Type)` for every request and response body, so lists cannot drift apart.
+macro_rules! for_each_body {
+    ($m:ident) => {
+        [
+            $m!(EstablishConnectionRequest),
+            $m!(ConnectionEstablishedResponse),
+            $m!(ConnectionResponse),
+            $m!(RegisterProviderRequest),
+            $m!(ProviderRegisteredResponse),
+            $m!(CreateSubscriptionRequest),
+            $m!(SubscriptionCreatedResponse),
+            $m!(InboundDeliveryRequest),
+            $m!(DeliveryAcceptedResponse),
+            $m!(RunResponse),
+            $m!(RotateCredentialRequest),
+            $m!(RotationStartedResponse),
+            $m!(Problem),
+        ]
+    };
+}
+
+/// A standalone JSON Schema (2020-12) of every API body, by type name.
+pub fn body_schemas() -> Vec<(&'static str, Schema)> {
+    macro_rules! root {
+        ($t:ty) => {
+            (stringify!($t), SchemaGenerator::new(SchemaSettings::draft2020_12()).into_root_schema_for::<$t>())
+        };
+    }
+    for_each_body!(root).into_iter().collect()
+}
+
+fn component<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
+    generator.subschema_for::<T>().to_value()
+}
+
+/// The OpenAPI 3.1 document of the public API.
+pub fn document() -> Value {
+    let mut g = SchemaSettings::draft2020_12().with(|s| s.definitions_path = "/components/schemas".into()).into_generator();
+    macro_rules! register {
+        ($t:ty) => {
+            component::<$t>(&mut g)
+        };
+    }
+    for_each_body!(register);
+    let schemas = Value::Object(g.take_definitions(true));
+    let r = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    let body = |name: &str| json!({ "required": true, "content": { "application/json": { "schema": r(name) } } });
+    let ok = |name: &str, description: &str| {
+        json!({ "description": description, "content": { MEDIA_TYPE_V1: { "schema": r(name) } },
+                "headers": { "X-Trace-Id": { "$ref": "#/components/headers/TraceId" } } })
+    };
+    let problems = |codes: &[&str]| {
+        codes.iter().map(|c| (c.to_string(), json!({ "$ref": format!("#/components/responses/Problem{c}") }))).collect::<serde_json::Map<_, _>>()
+    };
+    let with = |mut responses: Value, extra: serde_json::Map<String, Value>| {
+        responses.as_object_mut().map(|m| m.extend(extra));
+        responses
+    };
+    let idempotency = json!({ "$ref": "#/components/parameters/IdempotencyKey" });
+    let bearer = |scope: &str| json!([{ "bearer": [scope] }]);
+    let post_codes = ["400", "401", "403", "406", "409", "413", "415", "422"];
+    let get_codes = ["401", "403", "404", "406"];
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Integration engine",
+            "version": "1",
+            "description": "Connections, providers, webhook subscriptions and deliveries, runs and credential rotation. \
+                            Send `Accept: application/vnd.connectsoft.integration.v1+json` (or application/json)."
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "paths": {
+            "/integrations/connections": { "post": {
+                "operationId": "establishConnection", "summary": "Establish a new integration connection",
+                "security": bearer("integration.connections.write"), "parameters": [idempotency],
+                "requestBody": body("EstablishConnectionRequest"),
+                "responses": with(json!({ "201": ok("ConnectionEstablishedResponse", "Established; Location names the connection") }), problems(&post_codes))
+            }},
+            "/integrations/connections/{connectionId}": { "get": {
+                "operationId": "getConnection", "summary": "Retrieve a connection and its health",
+                "security": bearer("integration.connections.read"),
+                "parameters": [{ "name": "connectionId", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": with(json!({ "200": ok("ConnectionResponse", "The connection") }), problems(&get_codes))
+            }},
+            "/integrations/providers": { "post": {
+                "operationId": "registerProvider", "summary": "Register a provider in the vendor registry",
+                "security": bearer("integration.providers.write"), "parameters": [idempotency],
+                "requestBody": body("RegisterProviderRequest"),
+                "responses": with(json!({ "201": ok("ProviderRegisteredResponse", "Registered") }), problems(&post_codes))
+            }},
+            "/webhooks/subscriptions": { "post": {
+                "operationId": "createSubscription", "summary": "Create an outbound webhook subscription",
+                "security": bearer("webhooks.subscriptions.write"), "parameters": [idempotency],
+                "requestBody": body("CreateSubscriptionRequest"),
+                "responses": with(json!({ "201": ok("SubscriptionCreatedResponse", "Created") }), problems(&post_codes))
+            }},
+            "/webhooks/deliveries": { "post": {
+                "operationId": "ingestDelivery", "summary": "Ingest an inbound webhook delivery",
+                "description": "Authenticated by the provider's signature over the raw body (X-Hub-Signature-256 for GitHub) \
+                                with the target connection's webhook secret; a bearer token is optional.",
+                "security": [{ "githubSignature": [] }, { "githubSignature": [], "bearer": ["webhooks.deliveries.ingest"] }],
+                "parameters": [
+                    idempotency,
+                    { "name": "X-CS-Provider", "in": "header", "required": true, "schema": { "type": "string", "enum": ["github"] } },
+                    { "name": "connectionId", "in": "query", "required": false, "schema": { "type": "string" },
+                      "description": "The target connection (or the X-CS-Connection header)" },
+                    { "name": "X-CS-Connection", "in": "header", "required": false, "schema": { "type": "string" } }
+                ],
+                "requestBody": body("InboundDeliveryRequest"),
+                "responses": with(json!({ "202": ok("DeliveryAcceptedResponse", "Accepted") }), problems(&post_codes))
+            }},
+            "/integrations/runs/{runId}": { "get": {
+                "operationId": "getRun", "summary": "Retrieve an integration run and its outcome",
+                "security": bearer("integration.runs.read"),
+                "parameters": [{ "name": "runId", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": with(json!({ "200": ok("RunResponse", "The run") }), problems(&get_codes))
+            }},
+            "/integrations/credentials/rotate": { "post": {
+                "operationId": "rotateCredential", "summary": "Rotate a stored credential",
+                "security": bearer("integration.credentials.rotate"), "parameters": [idempotency],
+                "requestBody": body("RotateCredentialRequest"),
+                "responses": with(json!({ "202": ok("RotationStartedResponse", "Rotation started; Location names the verification run") }), problems(&["400", "401", "403", "404", "406", "409", "413", "415", "422"]))
+            }}
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                            "description": "OAuth2 access token (RS256/ES256/EdDSA from the configured JWKS); tenant from the tenantId claim" },
+                "githubSignature": { "type": "apiKey", "in": "header", "name": "X-Hub-Signature-256",
+                                     "description": "sha256=<hex HMAC-SHA256 of the raw body> under the connection's webhookSecretRef" }
+            },
+            "parameters": {
+                "IdempotencyKey": { "name": "Idempotency-Key", "in": "header", "required": false, "schema": { "type": "string", "maxLength": 255 },
+                                    "description": "Same key and body replays the first response; same key with another body is 422" }
+            },
+            "headers": { "TraceId": { "schema": { "type": "string" }, "description": "The request's trace id" } },
+            "responses": problem_responses(&["400", "401", "403", "404", "406", "409", "413", "415", "422"])
+        }
+    })
+}
+
+fn problem_responses(codes: &[&str]) -> Value {
+    let responses = codes
+        .iter()
+        .map(|c| {
+            let description = match *c {
+                "400" => "Malformed request",
+                "401" => "Missing or invalid credentials (WWW-Authenticate says why)",
+                "403" => "insufficient_scope, or a tenantId other than the token's",
+                "404" => "Unknown id, or another tenant's",
+                "406" => "Unsupported API version in Accept",
+                "409" => "Conflicts with the resource's state",
+                "413" => "Body too large",
+                "415" => "Body is not JSON",
+                _ => "Invalid fields (see errors)",
+            };
+            let content = json!({ "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } });
+            (format!("Problem{c}"), json!({ "description": description, "content": content }))
+        })
+        .collect();
+    Value::Object(responses)
+}

@@ -1,0 +1,54 @@
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use domain::ids;
+
+use crate::AppState;
+use crate::bodies::{RotateCredentialRequest, RotationStartedResponse, require_text};
+use crate::extract::{Authorized, CredentialsRotate, JsonBody};
+use crate::problem::Problem;
+use crate::respond::{Accepted, run_command};
+use crate::routes::context_of;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/integrations/credentials/rotate", post(rotate))
+}
+
+async fn rotate(
+    caller: Authorized<CredentialsRotate>,
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<RotateCredentialRequest>,
+) -> Result<Response, Problem> {
+    let request = body.value;
+    caller.check_tenant(request.tenant_id.as_deref())?;
+    let mut errors = Vec::new();
+    require_text(&mut errors, "reason", &request.reason, 256);
+    if !ids::has_prefix(&request.credential_id, ids::CREDENTIAL) {
+        errors.push(crate::problem::FieldError {
+            field: "credentialId".into(),
+            message: "must be a credential id (cred-...)".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let ctx = context_of(&caller.0);
+    // The reserved id is the verification run's: a retried request finds the same rotation.
+    let (commands, ctx) = (&app.commands, &ctx);
+    run_command(&app, &ctx.tenant_id, "rotate-credential", &headers, &body.raw, ids::RUN, |run_id| async move {
+        let outcome =
+            commands.start_credential_rotation(ctx, &request.credential_id, &request.reason, &run_id).await?;
+        let location = format!("/integrations/runs/{}", outcome.verification_run_id);
+        let response = RotationStartedResponse {
+            credential_id: outcome.credential_id,
+            status: "Rotating".into(),
+            new_version_ref: outcome.new_version_ref,
+            verification_run_id: outcome.verification_run_id,
+        };
+        Ok(Accepted::new(StatusCode::ACCEPTED, Some(location), &response, outcome.last_position))
+    })
+    .await
+}

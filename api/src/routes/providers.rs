@@ -1,0 +1,64 @@
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use domain::provider::RegisterProvider;
+
+use crate::AppState;
+use crate::bodies::{ProviderRegisteredResponse, RegisterProviderRequest, require_text};
+use crate::extract::{Authorized, JsonBody, ProvidersWrite};
+use crate::problem::Problem;
+use crate::respond::{Accepted, run_command};
+use crate::routes::context_of;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/integrations/providers", post(register))
+}
+
+async fn register(
+    caller: Authorized<ProvidersWrite>,
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<RegisterProviderRequest>,
+) -> Result<Response, Problem> {
+    let request = body.value;
+    caller.check_tenant(request.tenant_id.as_deref())?;
+    let mut errors = Vec::new();
+    require_text(&mut errors, "displayName", &request.display_name, 256);
+    require_text(&mut errors, "category", &request.category, 64);
+    require_text(&mut errors, "apiClient", &request.api_client, 256);
+    require_text(&mut errors, "baseUrl", &request.base_url, 2048);
+    for (i, capability) in request.capabilities.iter().enumerate() {
+        require_text(&mut errors, &format!("capabilities[{i}]"), capability, 128);
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let ctx = context_of(&caller.0);
+    // The provider id comes from the key, so the reserved id is unused here.
+    run_command(&app, &ctx.tenant_id, "register-provider", &headers, &body.raw, domain::ids::PROVIDER, |_| async {
+        let command = RegisterProvider {
+            tenant_id: ctx.tenant_id.clone(),
+            key: request.key,
+            display_name: request.display_name,
+            category: request.category,
+            auth_model: request.auth_model,
+            api_client: request.api_client,
+            capabilities: request.capabilities,
+            base_url: request.base_url,
+            registered_at: app.commands.now(),
+        };
+        let outcome = app.commands.register_provider(&ctx, command).await?;
+        let e = outcome.registered;
+        let location = format!("/integrations/providers/{}", e.provider_id);
+        let response = ProviderRegisteredResponse {
+            provider_id: e.provider_id,
+            status: "Registered".into(),
+            api_client_id: e.api_client_id,
+            registered_at: e.registered_at,
+        };
+        Ok(Accepted::new(StatusCode::CREATED, Some(location), &response, outcome.last_position))
+    })
+    .await
+}

@@ -1,0 +1,55 @@
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use domain::ids;
+use domain::subscription::CreateWebhookSubscription;
+
+use crate::AppState;
+use crate::bodies::{CreateSubscriptionRequest, SubscriptionCreatedResponse};
+use crate::extract::{Authorized, JsonBody, SubscriptionsWrite};
+use crate::problem::Problem;
+use crate::respond::{Accepted, run_command};
+use crate::routes::context_of;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/webhooks/subscriptions", post(create))
+}
+
+async fn create(
+    caller: Authorized<SubscriptionsWrite>,
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<CreateSubscriptionRequest>,
+) -> Result<Response, Problem> {
+    let request = body.value;
+    caller.check_tenant(request.tenant_id.as_deref())?;
+    if request.endpoint_url.len() > 2048 {
+        return Err(Problem::invalid_field("endpointUrl", "must be at most 2048 characters"));
+    }
+    let ctx = context_of(&caller.0);
+    run_command(&app, &ctx.tenant_id, "create-subscription", &headers, &body.raw, ids::SUBSCRIPTION, |subscription_id| async {
+        let command = CreateWebhookSubscription {
+            subscription_id,
+            tenant_id: ctx.tenant_id.clone(),
+            project_id: request.project_id,
+            event_type: request.event_type,
+            endpoint_url: request.endpoint_url,
+            signing_secret_ref: request.signing_secret_ref,
+            active: request.active,
+            created_at: app.commands.now(),
+        };
+        let outcome = app.commands.create_subscription(&ctx, command).await?;
+        let e = outcome.created;
+        let location = format!("/webhooks/subscriptions/{}", e.subscription_id);
+        let response = SubscriptionCreatedResponse {
+            subscription_id: e.subscription_id,
+            status: if e.active { "Active" } else { "Inactive" }.into(),
+            event_type: e.event_type,
+            created_at: e.created_at,
+        };
+        Ok(Accepted::new(StatusCode::CREATED, Some(location), &response, outcome.last_position))
+    })
+    .await
+}

@@ -1,0 +1,79 @@
+use domain::credential::CredentialEvent;
+use domain::{AnyEvent, EventEnvelope};
+use rusqlite::Transaction;
+
+use super::update_doc;
+use crate::ProjectionError;
+use crate::read_models::{CREDENTIALS, store_doc};
+use crate::views::CredentialView;
+
+pub const NAME: &str = CREDENTIALS;
+
+pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
+    match decoded {
+        AnyEvent::Credential(credential_event) => apply_credential_event(tx, event, credential_event),
+        AnyEvent::Connection(_)
+        | AnyEvent::Provider(_)
+        | AnyEvent::Subscription(_)
+        | AnyEvent::Delivery(_)
+        | AnyEvent::Run(_) => Ok(()),
+    }
+}
+
+fn apply_credential_event(
+    tx: &Transaction<'_>,
+    event: &EventEnvelope,
+    credential_event: &CredentialEvent,
+) -> Result<(), ProjectionError> {
+    match credential_event {
+        CredentialEvent::CredentialRegistered(e) => {
+            let view = CredentialView {
+                credential_id: e.credential_id.clone(),
+                tenant_id: event.tenant_id.clone(),
+                secret_ref: e.secret_ref.to_string(),
+                status: "Active".into(),
+                current_version: e.current_version,
+                pending_version: None,
+                pending_version_ref: None,
+                verification_run_id: None,
+                connections: vec![e.connection_id.clone()],
+                last_rotation_reason: None,
+                last_rotated_at: None,
+            };
+            store_doc(tx, NAME, &event.tenant_id, &e.credential_id, &view)
+        }
+        CredentialEvent::CredentialLinked(e) => {
+            update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
+                if !view.connections.contains(&e.connection_id) {
+                    view.connections.push(e.connection_id.clone());
+                }
+            })
+        }
+        CredentialEvent::CredentialRotationStarted(e) => {
+            update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
+                view.status = "Rotating".into();
+                view.pending_version = Some(e.new_version);
+                view.pending_version_ref = Some(e.new_version_ref.clone());
+                view.verification_run_id = Some(e.verification_run_id.clone());
+                view.last_rotation_reason = Some(e.reason.clone());
+            })
+        }
+        CredentialEvent::CredentialRotated(e) => {
+            update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
+                view.status = "Active".into();
+                view.current_version = e.version;
+                view.pending_version = None;
+                view.pending_version_ref = None;
+                view.last_rotated_at = Some(e.rotated_at);
+            })
+        }
+        CredentialEvent::CredentialRotationFailed(e) => {
+            update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
+                // The current version stays in use; the failed one is dropped.
+                view.status = "Active".into();
+                view.pending_version = None;
+                view.pending_version_ref = None;
+            })
+        }
+    }
+}

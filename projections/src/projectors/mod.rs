@@ -1,0 +1,64 @@
+//! One projector per read model. Each is a pure function of (read model so far, event): it
+//! matches exhaustively on its own aggregate's events, so a new event type fails to compile
+//! until every projection has decided what it means, and ignores the other aggregates.
+
+use domain::{AnyEvent, EventEnvelope};
+use rusqlite::Transaction;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::ProjectionError;
+use crate::read_models::{load_doc, store_doc};
+
+pub mod connections;
+pub mod credentials;
+pub mod deliveries;
+pub mod providers;
+pub mod runs;
+pub mod subscriptions;
+
+/// Applies one decoded event to a projection's table inside the batch's transaction.
+pub type Apply = fn(&Transaction<'_>, &EventEnvelope, &AnyEvent) -> Result<(), ProjectionError>;
+
+/// A projection: the name of its checkpoint (and of its table) and its projector.
+#[derive(Clone, Copy)]
+pub struct Projection {
+    pub name: &'static str,
+    pub apply: Apply,
+}
+
+/// Every projection the runner maintains. Each has its own checkpoint, so one added later
+/// replays the store from the start while the others carry on.
+pub const ALL: [Projection; 6] = [
+    Projection { name: connections::NAME, apply: connections::apply },
+    Projection { name: providers::NAME, apply: providers::apply },
+    Projection { name: subscriptions::NAME, apply: subscriptions::apply },
+    Projection { name: deliveries::NAME, apply: deliveries::apply },
+    Projection { name: runs::NAME, apply: runs::apply },
+    Projection { name: credentials::NAME, apply: credentials::apply },
+];
+
+/// Changes the existing document `id` (in the event's tenant) of `projection`'s table.
+///
+/// The event stream guarantees the creating event came first, so a missing document means the
+/// database was altered outside the projector; carrying on would hide that.
+fn update_doc<T: Serialize + DeserializeOwned>(
+    tx: &Transaction<'_>,
+    projection: &'static str,
+    event: &EventEnvelope,
+    id: &str,
+    change: impl FnOnce(&mut T),
+) -> Result<(), ProjectionError> {
+    let Some(mut doc) = load_doc::<T>(tx, projection, &event.tenant_id, id)? else {
+        return Err(ProjectionError::Inconsistent {
+            projection,
+            global_position: event.global_position,
+            reason: format!(
+                "{} of {id} in tenant {} has no document to apply it to",
+                event.event_type, event.tenant_id
+            ),
+        });
+    };
+    change(&mut doc);
+    store_doc(tx, projection, &event.tenant_id, id, &doc)
+}

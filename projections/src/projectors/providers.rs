@@ -1,0 +1,36 @@
+use domain::provider::ProviderEvent;
+use domain::{AnyEvent, EventEnvelope};
+use rusqlite::Transaction;
+
+use crate::ProjectionError;
+use crate::read_models::{PROVIDERS, store_doc};
+use crate::views::ProviderView;
+
+pub const NAME: &str = PROVIDERS;
+
+pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
+    match decoded {
+        AnyEvent::Provider(ProviderEvent::ProviderRegistered(e)) => {
+            let view = ProviderView {
+                provider_id: e.provider_id.clone(),
+                tenant_id: event.tenant_id.clone(),
+                key: e.key.clone(),
+                display_name: e.display_name.clone(),
+                category: e.category.clone(),
+                auth_model: e.auth_model,
+                api_client: e.api_client.clone(),
+                api_client_id: e.api_client_id.clone(),
+                capabilities: e.capabilities.clone(),
+                base_url: e.base_url.clone(),
+                status: "Registered".into(),
+                registered_at: e.registered_at,
+            };
+            store_doc(tx, NAME, &event.tenant_id, &e.provider_id, &view)
+        }
+        AnyEvent::Connection(_)
+        | AnyEvent::Subscription(_)
+        | AnyEvent::Delivery(_)
+        | AnyEvent::Run(_)
+        | AnyEvent::Credential(_) => Ok(()),
+    }
+}

@@ -1,0 +1,57 @@
+use domain::run::{RunEvent, RunStatus};
+use domain::{AnyEvent, EventEnvelope};
+use rusqlite::Transaction;
+
+use super::update_doc;
+use crate::ProjectionError;
+use crate::read_models::{RUNS, store_doc};
+use crate::views::RunView;
+
+pub const NAME: &str = RUNS;
+
+pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
+    match decoded {
+        AnyEvent::Run(run_event) => apply_run_event(tx, event, run_event),
+        AnyEvent::Connection(_)
+        | AnyEvent::Provider(_)
+        | AnyEvent::Subscription(_)
+        | AnyEvent::Delivery(_)
+        | AnyEvent::Credential(_) => Ok(()),
+    }
+}
+
+fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunEvent) -> Result<(), ProjectionError> {
+    match run_event {
+        RunEvent::RunRequested(e) => {
+            let view = RunView {
+                run_id: e.run_id.clone(),
+                tenant_id: event.tenant_id.clone(),
+                connection_id: e.connection_id.clone(),
+                operation: e.operation.clone(),
+                status: RunStatus::Requested,
+                attempts: 0,
+                requested_at: e.requested_at,
+                started_at: None,
+                completed_at: None,
+                trace_id: e.trace_id.clone(),
+                last_error: None,
+            };
+            store_doc(tx, NAME, &event.tenant_id, &e.run_id, &view)
+        }
+        RunEvent::RunStarted(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
+            view.status = RunStatus::Running;
+            // As the decider counts: the attempt number, never going back.
+            view.attempts = view.attempts.max(e.attempt);
+            view.started_at = view.started_at.or(Some(e.started_at));
+        }),
+        RunEvent::RunCompleted(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
+            view.status = RunStatus::Completed;
+            view.completed_at = Some(e.completed_at);
+        }),
+        RunEvent::RunFailed(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
+            view.status = RunStatus::Failed;
+            view.completed_at = Some(e.failed_at);
+            view.last_error = Some(e.error.clone());
+        }),
+    }
+}

@@ -1,0 +1,33 @@
+use domain::subscription::SubscriptionEvent;
+use domain::{AnyEvent, EventEnvelope};
+use rusqlite::Transaction;
+
+use crate::ProjectionError;
+use crate::read_models::{SUBSCRIPTIONS, store_doc};
+use crate::views::SubscriptionView;
+
+pub const NAME: &str = SUBSCRIPTIONS;
+
+pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
+    match decoded {
+        AnyEvent::Subscription(SubscriptionEvent::WebhookSubscriptionCreated(e)) => {
+            let view = SubscriptionView {
+                subscription_id: e.subscription_id.clone(),
+                tenant_id: event.tenant_id.clone(),
+                project_id: e.project_id.clone(),
+                event_type: e.event_type.clone(),
+                endpoint_url: e.endpoint_url.clone(),
+                signing_secret_ref: e.signing_secret_ref.clone(),
+                active: e.active,
+                status: if e.active { "Active" } else { "Inactive" }.into(),
+                created_at: e.created_at,
+            };
+            store_doc(tx, NAME, &event.tenant_id, &e.subscription_id, &view)
+        }
+        AnyEvent::Connection(_)
+        | AnyEvent::Provider(_)
+        | AnyEvent::Delivery(_)
+        | AnyEvent::Run(_)
+        | AnyEvent::Credential(_) => Ok(()),
+    }
+}

@@ -1,0 +1,257 @@
+//! The read-model database: one SQLite file of JSON documents, one table per projection, and
+//! the checkpoints that say how far each projection has read the store.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::ProjectionError;
+use crate::views::{ConnectionView, CredentialView, DeliveryView, ProviderView, RunView, SubscriptionView};
+
+pub(crate) const CONNECTIONS: &str = "connections";
+pub(crate) const PROVIDERS: &str = "providers";
+pub(crate) const SUBSCRIPTIONS: &str = "subscriptions";
+pub(crate) const DELIVERIES: &str = "deliveries";
+pub(crate) const RUNS: &str = "runs";
+pub(crate) const CREDENTIALS: &str = "credentials";
+
+/// Every document table. Each projection owns the table named after it. These names are the
+/// only strings ever formatted into SQL here; ids and tenants are always bound parameters.
+pub(crate) const TABLES: [&str; 6] = [CONNECTIONS, PROVIDERS, SUBSCRIPTIONS, DELIVERIES, RUNS, CREDENTIALS];
+
+/// Queries may run this many at once; each holds one reader connection.
+const READERS: usize = 4;
+
+/// How long a connection waits for SQLite's lock before reporting `SQLITE_BUSY`.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The read-model database. Cloning is cheap and shares the connections.
+///
+/// Reads run on the blocking pool over a few read-only connections (WAL lets them proceed while
+/// the projector writes); all writes go through the one writer connection the runner uses.
+#[derive(Clone)]
+pub struct ReadModels {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: std::path::PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    /// Idle reader connections; a query takes one (or opens one) and puts it back.
+    idle_readers: Mutex<Vec<Connection>>,
+    /// Bounds the readers in use, so a burst of GETs waits instead of opening connections.
+    reader_permits: Arc<Semaphore>,
+}
+
+impl ReadModels {
+    /// Opens (creating if needed) the read-model database at `path`. Blocking: call it at start.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ProjectionError> {
+        let path = path.as_ref().to_path_buf();
+        let writer = Connection::open(&path)?;
+        writer.busy_timeout(BUSY_TIMEOUT)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL may lose the last transactions on power loss (never corrupts). That is fine
+        // here and only here: the read models and their checkpoints are committed together, so
+        // a lost tail is simply re-projected from the event store, which is the durable truth.
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        create_schema(&writer)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Arc::new(Mutex::new(writer)),
+                idle_readers: Mutex::new(Vec::with_capacity(READERS)),
+                reader_permits: Arc::new(Semaphore::new(READERS)),
+            }),
+        })
+    }
+
+    /// The file this database lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The connection every projector write goes through.
+    pub(crate) fn writer(&self) -> Arc<Mutex<Connection>> {
+        self.inner.writer.clone()
+    }
+
+    pub async fn connection(&self, tenant_id: &str, id: &str) -> Result<Option<ConnectionView>, ProjectionError> {
+        self.document(CONNECTIONS, tenant_id, id).await
+    }
+
+    /// A connection found by id alone, whatever its tenant: inbound webhooks carry no token, so
+    /// the connection they name is what tells their tenant. `None` also when the id is taken in
+    /// more than one tenant, so a delivery is never routed to a tenant by a guess.
+    pub async fn connection_by_id(&self, id: &str) -> Result<Option<ConnectionView>, ProjectionError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT doc FROM connections WHERE id = ?1 LIMIT 2")?;
+            let docs = stmt.query_map([&id], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            match docs.as_slice() {
+                [doc] => Ok(Some(serde_json::from_str(doc)?)),
+                [] => Ok(None),
+                _ => {
+                    tracing::warn!(connection_id = %id, "connection id exists in several tenants; refusing to pick one");
+                    Ok(None)
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn provider(&self, tenant_id: &str, id: &str) -> Result<Option<ProviderView>, ProjectionError> {
+        self.document(PROVIDERS, tenant_id, id).await
+    }
+
+    pub async fn subscription(&self, tenant_id: &str, id: &str) -> Result<Option<SubscriptionView>, ProjectionError> {
+        self.document(SUBSCRIPTIONS, tenant_id, id).await
+    }
+
+    pub async fn delivery(&self, tenant_id: &str, id: &str) -> Result<Option<DeliveryView>, ProjectionError> {
+        self.document(DELIVERIES, tenant_id, id).await
+    }
+
+    pub async fn run(&self, tenant_id: &str, id: &str) -> Result<Option<RunView>, ProjectionError> {
+        self.document(RUNS, tenant_id, id).await
+    }
+
+    pub async fn credential(&self, tenant_id: &str, id: &str) -> Result<Option<CredentialView>, ProjectionError> {
+        self.document(CREDENTIALS, tenant_id, id).await
+    }
+
+    /// Each projection's checkpoint (the global position it has applied up to), by name.
+    pub async fn checkpoints(&self) -> Result<Vec<(String, u64)>, ProjectionError> {
+        self.read(|conn| Ok(read_checkpoints(conn)?.into_iter().collect())).await
+    }
+
+    /// Every document of every table, ordered by table, tenant and id: two databases built from
+    /// the same events dump equal.
+    pub async fn dump(&self) -> Result<BTreeMap<String, Vec<(String, String, Value)>>, ProjectionError> {
+        self.read(|conn| {
+            let mut dump = BTreeMap::new();
+            for table in TABLES {
+                let mut stmt =
+                    conn.prepare(&format!("SELECT tenant_id, id, doc FROM {table} ORDER BY tenant_id, id"))?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+                    })?
+                    .map(|row| {
+                        let (tenant, id, doc) = row?;
+                        Ok((tenant, id, serde_json::from_str(&doc)?))
+                    })
+                    .collect::<Result<Vec<_>, ProjectionError>>()?;
+                dump.insert(table.to_owned(), rows);
+            }
+            Ok(dump)
+        })
+        .await
+    }
+
+    async fn document<T>(&self, table: &'static str, tenant_id: &str, id: &str) -> Result<Option<T>, ProjectionError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let (tenant_id, id) = (tenant_id.to_owned(), id.to_owned());
+        self.read(move |conn| load_doc(conn, table, &tenant_id, &id)).await
+    }
+
+    /// Runs `query` on a reader connection on the blocking pool.
+    async fn read<T, F>(&self, query: F) -> Result<T, ProjectionError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, ProjectionError> + Send + 'static,
+    {
+        // The semaphore is never closed, so acquiring only waits.
+        let permit = self.inner.reader_permits.clone().acquire_owned().await.expect("reader semaphore is never closed");
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let idle = inner.idle_readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => open_reader(&inner.path)?,
+            };
+            let result = query(&conn);
+            inner.idle_readers.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+            result
+        })
+        .await?
+    }
+}
+
+/// Readers are read-only so that nothing but the projector can change a read model.
+fn open_reader(path: &Path) -> Result<Connection, ProjectionError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+fn create_schema(conn: &Connection) -> Result<(), ProjectionError> {
+    let mut ddl = String::from(
+        "CREATE TABLE IF NOT EXISTS checkpoints (projection TEXT PRIMARY KEY, position INTEGER NOT NULL);\n",
+    );
+    for table in TABLES {
+        // NOT NULL on the key: SQLite would otherwise accept NULLs in a non-integer primary key.
+        ddl.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (tenant_id TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, \
+             PRIMARY KEY (tenant_id, id));\n\
+             CREATE INDEX IF NOT EXISTS {table}_by_id ON {table} (id);\n"
+        ));
+    }
+    conn.execute_batch(&ddl)?;
+    Ok(())
+}
+
+/// The document `id` of `tenant_id` in `table`, if there is one.
+pub(crate) fn load_doc<T: DeserializeOwned>(
+    conn: &Connection,
+    table: &str,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<T>, ProjectionError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT doc FROM {table} WHERE tenant_id = ?1 AND id = ?2"))?;
+    let doc: Option<String> = stmt.query_row(params![tenant_id, id], |row| row.get(0)).optional()?;
+    Ok(doc.map(|doc| serde_json::from_str(&doc)).transpose()?)
+}
+
+/// Inserts or replaces the document `id` of `tenant_id` in `table`.
+pub(crate) fn store_doc<T: Serialize>(
+    conn: &Connection,
+    table: &str,
+    tenant_id: &str,
+    id: &str,
+    doc: &T,
+) -> Result<(), ProjectionError> {
+    let doc = serde_json::to_string(doc)?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT INTO {table} (tenant_id, id, doc) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (tenant_id, id) DO UPDATE SET doc = excluded.doc"
+    ))?;
+    stmt.execute(params![tenant_id, id, doc])?;
+    Ok(())
+}
+
+/// Every stored checkpoint by projection name; a projection without a row has read nothing.
+pub(crate) fn read_checkpoints(conn: &Connection) -> Result<BTreeMap<String, u64>, ProjectionError> {
+    let mut stmt = conn.prepare_cached("SELECT projection, position FROM checkpoints")?;
+    // rusqlite refuses a negative position rather than wrapping it.
+    let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn write_checkpoint(conn: &Connection, projection: &str, position: u64) -> Result<(), ProjectionError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2) \
+         ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+    )?;
+    stmt.execute(params![projection, position])?;
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The projection runner: follows the store's global order and applies it to the read models,
+//! one SQLite transaction per batch, with the checkpoints in the same transaction.
+
+use std::path::Path;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use domain::{AnyEvent, DecodeError, EventEnvelope};
+use futures::StreamExt;
+use rusqlite::{Connection, TransactionBehavior};
+use store::{EventStore, StoreError, subscribe};
+use tokio::sync::watch;
+
+use crate::projectors::{self, ALL};
+use crate::read_models::{read_checkpoints, write_checkpoint};
+use crate::{ProjectionError, ReadModels};
+
+/// The most events applied in one transaction: large enough to catch up quickly, small enough
+/// that one transaction never holds the write lock for long.
+const BATCH: usize = 500;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The read side's runner and its progress. Cloning is cheap and shares the state; run one
+/// [`Projections::run`] per read-model database.
+#[derive(Clone)]
+pub struct Projections {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    read_models: ReadModels,
+    /// The global position every projection has applied (the lowest checkpoint).
+    position: watch::Sender<u64>,
+    caught_up: AtomicBool,
+}
+
+impl Projections {
+    /// The runner over `read_models`. Its position is 0 until [`Projections::run`] has read the
+    /// checkpoints, which it does before anything else.
+    pub fn new(read_models: ReadModels) -> Self {
+        let (position, _) = watch::channel(0);
+        Self { inner: Arc::new(Inner { read_models, position, caught_up: AtomicBool::new(false) }) }
+    }
+
+    /// The read models this runner writes.
+    pub fn read_models(&self) -> &ReadModels {
+        &self.inner.read_models
+    }
+
+    /// The global position every read model reflects.
+    pub fn position(&self) -> u64 {
+        *self.inner.position.borrow()
+    }
+
+    /// Waits until every read model reflects `position` (read-your-writes after a command);
+    /// `false` when `timeout` passes first.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> bool {
+        let mut progress = self.inner.position.subscribe();
+        // The sender lives as long as `self`, so `wait_for` only ends by reaching the position.
+        matches!(tokio::time::timeout(timeout, progress.wait_for(|p| *p >= position)).await, Ok(Ok(_)))
+    }
+
+    /// Whether the runner is running and has reached the head the store had when it (re)started:
+    /// what `/readyz` reports, so a process still replaying a large store takes no reads.
+    pub fn is_caught_up(&self) -> bool {
+        self.inner.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Follows the store from the lowest checkpoint and projects every event, until cancelled
+    /// (drop the future or abort its task; a batch in flight still commits or rolls back whole).
+    ///
+    /// Transient failures (store unavailable, database busy) are logged and retried from the
+    /// checkpoints after a backoff of 100 ms doubling up to 5 s. It returns only with a
+    /// [permanent](ProjectionError::is_permanent) error (an event this build cannot decode, a
+    /// read model altered outside the projector, a corrupt database): retrying would fail the
+    /// same way forever, and skipping would silently fork the read models from the store.
+    pub async fn run(&self, store: Arc<dyn EventStore>) -> Result<(), ProjectionError> {
+        let _running = ClearCaughtUpOnExit(&self.inner.caught_up);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let error = self.follow(&store, &mut backoff).await;
+            self.inner.caught_up.store(false, Ordering::Release);
+            if error.is_permanent() {
+                tracing::error!(%error, position = self.position(), "projection runner stopped");
+                return Err(error);
+            }
+            tracing::warn!(%error, retry_in = ?backoff, "projection runner failed; resuming from its checkpoints");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One subscription's worth of work; it only ends with the error that ended it.
+    async fn follow(&self, store: &Arc<dyn EventStore>, backoff: &mut Duration) -> ProjectionError {
+        let start = match self.stored_position().await {
+            Ok(start) => start,
+            Err(e) => return e,
+        };
+        self.publish(start);
+        let target = match store.head_position().await {
+            Ok(head) => head,
+            Err(e) => return e.into(),
+        };
+        self.note_progress(start, target);
+        let mut batches = pin!(subscribe(store.clone(), start).ready_chunks(BATCH));
+        while let Some(batch) = batches.next().await {
+            // A subscription yields nothing after an error, so the events before it are all
+            // there is to apply from this batch.
+            let mut events = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for item in batch {
+                match item {
+                    Ok(event) => events.push(event),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !events.is_empty() {
+                match apply_on_writer(&self.inner.read_models, events).await {
+                    Ok(position) => {
+                        self.publish(position);
+                        self.note_progress(position, target);
+                        *backoff = FIRST_BACKOFF;
+                    }
+                    Err(e) => return e,
+                }
+            }
+            if let Some(e) = failure {
+                return e.into();
+            }
+        }
+        StoreError::Unavailable("the store subscription ended".into()).into()
+    }
+
+    async fn stored_position(&self) -> Result<u64, ProjectionError> {
+        let writer = self.inner.read_models.writer();
+        tokio::task::spawn_blocking(move || {
+            let conn = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(lowest_checkpoint(&read_checkpoints(&conn)?))
+        })
+        .await?
+    }
+
+    /// Positions only move forward, even if two runners race on one database.
+    fn publish(&self, position: u64) {
+        self.inner.position.send_if_modified(|current| {
+            let advanced = position > *current;
+            *current = (*current).max(position);
+            advanced
+        });
+    }
+
+    fn note_progress(&self, position: u64, target: u64) {
+        if position >= target {
+            self.inner.caught_up.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// `is_caught_up` is about a runner that is still running: false once `run` returns or is
+/// dropped.
+struct ClearCaughtUpOnExit<'a>(&'a AtomicBool);
+
+impl Drop for ClearCaughtUpOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Builds a fresh read-model database at `path` from the whole store, up to the head it has
+/// when the rebuild starts (no live follow). `path` must not exist: rebuild beside the live
+/// database and swap the files while the server is stopped.
+pub async fn rebuild_into(store: Arc<dyn EventStore>, path: &Path) -> Result<ReadModels, ProjectionError> {
+    if tokio::fs::try_exists(path).await.unwrap_or(true) {
+        return Err(ProjectionError::TargetExists(path.to_path_buf()));
+    }
+    let target = path.to_path_buf();
+    let read_models = tokio::task::spawn_blocking(move || ReadModels::open(target)).await??;
+    let head = store.head_position().await?;
+    let mut after = 0;
+    while after < head {
+        let mut page = store.read_all(after, BATCH).await?;
+        page.retain(|e| e.global_position <= head);
+        let Some(last) = page.last() else { break };
+        after = last.global_position;
+        apply_on_writer(&read_models, page).await?;
+    }
+    Ok(read_models)
+}
+
+async fn apply_on_writer(read_models: &ReadModels, events: Vec<EventEnvelope>) -> Result<u64, ProjectionError> {
+    let writer = read_models.writer();
+    tokio::task::spawn_blocking(move || {
+        // A panic inside a batch drops its transaction, which rolls back: the connection behind
+        // a poisoned lock is clean.
+        let mut conn = writer.lock().unwrap_or_else(PoisonError::into_inner);
+        apply_batch(&mut conn, &events)
+    })
+    .await?
+}
+
+/// Applies `events` (in global order) to every projection that has not seen them, and moves
+/// every checkpoint past them, in one transaction: after a crash the database holds either the
+/// rows and the checkpoints of the batch or neither, so no event is applied twice or lost.
+/// Returns the lowest checkpoint afterwards.
+fn apply_batch(conn: &mut Connection, events: &[EventEnvelope]) -> Result<u64, ProjectionError> {
+    // IMMEDIATE takes the write lock before the checkpoints are read, so even two runners on one
+    // database cannot both apply an event.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let stored = read_checkpoints(&tx)?;
+    let mut checkpoints: Vec<u64> = ALL.iter().map(|p| stored.get(p.name).copied().unwrap_or(0)).collect();
+    for event in events {
+        let position = event.global_position;
+        if checkpoints.iter().all(|&checkpoint| checkpoint >= position) {
+            continue;
+        }
+        if let Some(decoded) = decode(event)? {
+            for (projection, &checkpoint) in ALL.iter().zip(&checkpoints) {
+                if position > checkpoint {
+                    (projection.apply)(&tx, event, &decoded)?;
+                }
+            }
+        }
+        for checkpoint in &mut checkpoints {
+            *checkpoint = (*checkpoint).max(position);
+        }
+    }
+    for (projection, &checkpoint) in ALL.iter().zip(&checkpoints) {
+        write_checkpoint(&tx, projection.name, checkpoint)?;
+    }
+    tx.commit()?;
+    Ok(checkpoints.into_iter().min().unwrap_or(0))
+}
+
+/// The decoded event, or `None` for a type this build does not know: a newer build may have
+/// added it, and no projection here has anything to make of it (forward compatibility).
+fn decode(event: &EventEnvelope) -> Result<Option<AnyEvent>, ProjectionError> {
+    match AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
+        Ok(decoded) => Ok(Some(decoded)),
+        Err(DecodeError::UnknownType(event_type)) => {
+            tracing::warn!(%event_type, global_position = event.global_position, "skipping an event of unknown type");
+            Ok(None)
+        }
+        Err(source) => Err(ProjectionError::Undecodable { global_position: event.global_position, source }),
+    }
+}
+
+/// The position every projection has reached; one without a checkpoint has reached nothing.
+fn lowest_checkpoint(stored: &std::collections::BTreeMap<String, u64>) -> u64 {
+    projectors::ALL.iter().map(|p| stored.get(p.name).copied().unwrap_or(0)).min().unwrap_or(0)
+}

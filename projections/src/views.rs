@@ -1,0 +1,115 @@
+//! The documents the read models hold, one per resource: the shapes the API's GETs serve.
+
+use chrono::{DateTime, Utc};
+use domain::connection::Health;
+use domain::provider::AuthModel;
+use domain::run::RunStatus;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionView {
+    pub connection_id: String,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub provider_id: String,
+    pub display_name: String,
+    pub auth_mode: AuthModel,
+    /// Always `Active`: connections have no other state yet.
+    pub status: String,
+    pub health: Health,
+    pub last_checked_at: Option<DateTime<Utc>>,
+    pub credential_ref: Option<String>,
+    /// The latest run requested against this connection.
+    pub last_run_id: Option<String>,
+    pub configuration: Map<String, Value>,
+    pub established_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderView {
+    pub provider_id: String,
+    pub tenant_id: String,
+    pub key: String,
+    pub display_name: String,
+    pub category: String,
+    pub auth_model: AuthModel,
+    pub api_client: String,
+    pub api_client_id: String,
+    pub capabilities: Vec<String>,
+    pub base_url: String,
+    /// Always `Registered`.
+    pub status: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionView {
+    pub subscription_id: String,
+    pub tenant_id: String,
+    pub project_id: Option<String>,
+    pub event_type: String,
+    pub endpoint_url: String,
+    pub signing_secret_ref: String,
+    pub active: bool,
+    /// `Active` or `Inactive`, after `active`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub delivery_id: String,
+    pub tenant_id: String,
+    pub connection_id: String,
+    pub provider: String,
+    pub provider_delivery_id: String,
+    pub event_name: String,
+    pub normalized_event_type: String,
+    pub payload_digest: String,
+    /// Always `Accepted`.
+    pub status: String,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView {
+    pub run_id: String,
+    pub tenant_id: String,
+    pub connection_id: String,
+    pub operation: String,
+    pub status: RunStatus,
+    pub attempts: u32,
+    pub requested_at: DateTime<Utc>,
+    /// When the first attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the run finished, whether it completed or failed.
+    pub completed_at: Option<DateTime<Utc>>,
+    pub trace_id: String,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialView {
+    pub credential_id: String,
+    pub tenant_id: String,
+    /// The unversioned vault reference, `kv://VAULT/NAME`.
+    pub secret_ref: String,
+    /// `Active`, or `Rotating` while a new version is being verified.
+    pub status: String,
+    pub current_version: u32,
+    pub pending_version: Option<u32>,
+    pub pending_version_ref: Option<String>,
+    /// The run verifying the latest rotation; kept after it ends so a failure can be traced.
+    pub verification_run_id: Option<String>,
+    /// Connections using the credential, in the order they were linked.
+    pub connections: Vec<String>,
+    pub last_rotation_reason: Option<String>,
+    pub last_rotated_at: Option<DateTime<Utc>>,
+}

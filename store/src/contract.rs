@@ -1,0 +1,383 @@
+//! The contract every [`EventStore`] adapter must pass.
+//!
+//! Each property is an async function over the store under test that panics when the store
+//! breaks it. Properties use fresh stream ids and do not assume an empty store, so they can run
+//! one after another on one store ([`run_all`]) or each on a fresh store (one named test per
+//! property). They do assume nothing else appends while they run.
+//!
+//! An adapter's test file runs them, e.g.:
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn the_contract_holds() {
+//!     store::contract::run_all(Arc::new(MyStore::open(...))).await;
+//! }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::{Actor, EventEnvelope, NewEvent};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::time::timeout;
+use uuid::Uuid;
+
+use crate::hash_chain::{GENESIS, event_hash};
+use crate::{EventStore, ExpectedVersion, StoreError, subscribe};
+
+/// How long a property waits for something that should happen promptly.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Runs every property, one after another, on `store`.
+pub async fn run_all(store: Arc<dyn EventStore>) {
+    append_with_no_stream_creates_the_stream(store.clone()).await;
+    no_stream_on_an_existing_stream_is_rejected(store.clone()).await;
+    exact_version_must_match(store.clone()).await;
+    any_appends_whatever_the_stream_holds(store.clone()).await;
+    a_rejected_batch_leaves_nothing(store.clone()).await;
+    an_empty_append_only_checks_the_expected_version(store.clone()).await;
+    read_stream_returns_the_stored_events_in_version_order(store.clone()).await;
+    read_all_pages_from_a_position(store.clone()).await;
+    global_positions_stay_gap_free_under_concurrent_appends(store.clone()).await;
+    each_stream_is_hash_chained(store.clone()).await;
+    subscribe_catches_up_then_follows_live_appends(store.clone()).await;
+    watch_head_follows_appends(store).await;
+}
+
+/// `NoStream` on a new stream appends the batch as versions 1..=n, with every field kept.
+pub async fn append_with_no_stream_creates_the_stream(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("new");
+    let events = sample_events(2);
+    let stored =
+        store.append(&stream, ExpectedVersion::NoStream, events.clone()).await.expect("append to a new stream");
+    assert_eq!(stored.len(), 2);
+    for ((envelope, event), version) in stored.iter().zip(&events).zip(1..) {
+        assert_eq!(envelope.stream_id, stream);
+        assert_eq!(envelope.stream_version, version);
+        assert_eq!(envelope.event_id, event.event_id);
+        assert_eq!(envelope.event_type, event.event_type);
+        assert_eq!(envelope.schema_version, event.schema_version);
+        assert_eq!(envelope.tenant_id, event.tenant_id);
+        assert_eq!(envelope.occurred_at, event.occurred_at);
+        assert_eq!(envelope.trace_id, event.trace_id);
+        assert_eq!(envelope.correlation_id, event.correlation_id);
+        assert_eq!(envelope.causation_id, event.causation_id);
+        assert_eq!(envelope.actor, event.actor);
+        assert_eq!(envelope.data, event.data);
+    }
+    assert_eq!(stored[1].global_position, stored[0].global_position + 1, "a batch takes consecutive positions");
+}
+
+/// `NoStream` on a stream that has events is rejected with the stream's last version.
+pub async fn no_stream_on_an_existing_stream_is_rejected(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("existing");
+    store.append(&stream, ExpectedVersion::NoStream, sample_events(2)).await.expect("first append");
+    let second = store.append(&stream, ExpectedVersion::NoStream, sample_events(1)).await;
+    assert_wrong_expected_version(second, &stream, ExpectedVersion::NoStream, 2);
+}
+
+/// `Exact(v)` appends only when the stream's last version is `v`.
+pub async fn exact_version_must_match(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("exact");
+    let on_missing = store.append(&stream, ExpectedVersion::Exact(1), sample_events(1)).await;
+    assert_wrong_expected_version(on_missing, &stream, ExpectedVersion::Exact(1), 0);
+
+    store.append(&stream, ExpectedVersion::NoStream, sample_events(2)).await.expect("first append");
+    let stored = store.append(&stream, ExpectedVersion::Exact(2), sample_events(1)).await.expect("append at version 2");
+    assert_eq!(stored[0].stream_version, 3);
+
+    let stale = store.append(&stream, ExpectedVersion::Exact(2), sample_events(1)).await;
+    assert_wrong_expected_version(stale, &stream, ExpectedVersion::Exact(2), 3);
+    let ahead = store.append(&stream, ExpectedVersion::Exact(4), sample_events(1)).await;
+    assert_wrong_expected_version(ahead, &stream, ExpectedVersion::Exact(4), 3);
+}
+
+/// `Any` appends to a new stream and to an existing one alike.
+pub async fn any_appends_whatever_the_stream_holds(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("any");
+    let first = store.append(&stream, ExpectedVersion::Any, sample_events(1)).await.expect("Any on a new stream");
+    assert_eq!(versions(&first), [1]);
+    let more = store.append(&stream, ExpectedVersion::Any, sample_events(2)).await.expect("Any on an existing stream");
+    assert_eq!(versions(&more), [2, 3]);
+}
+
+/// A rejected batch leaves no event behind: not in the stream, not in the global order, and
+/// its event ids are still free.
+pub async fn a_rejected_batch_leaves_nothing(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("atomic");
+    store.append(&stream, ExpectedVersion::NoStream, sample_events(1)).await.expect("first append");
+    let head = store.head_position().await.expect("head");
+
+    let batch = sample_events(3);
+    let rejected = store.append(&stream, ExpectedVersion::Exact(5), batch.clone()).await;
+    assert_wrong_expected_version(rejected, &stream, ExpectedVersion::Exact(5), 1);
+
+    assert_eq!(store.read_stream(&stream).await.expect("read stream").len(), 1);
+    assert_eq!(store.head_position().await.expect("head"), head);
+    assert!(store.read_all(head, 10).await.expect("read all").is_empty());
+    let retried = store.append(&stream, ExpectedVersion::Exact(1), batch).await.expect("the same batch, now expected");
+    assert_eq!(versions(&retried), [2, 3, 4]);
+    assert_eq!(positions(&retried), [head + 1, head + 2, head + 3], "the rejected batch took no position");
+}
+
+/// An empty batch appends nothing but still answers whether the expectation holds.
+pub async fn an_empty_append_only_checks_the_expected_version(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("empty");
+    let head = store.head_position().await.expect("head");
+    let stored = store.append(&stream, ExpectedVersion::NoStream, Vec::new()).await.expect("empty append");
+    assert!(stored.is_empty());
+    let wrong = store.append(&stream, ExpectedVersion::Exact(3), Vec::new()).await;
+    assert_wrong_expected_version(wrong, &stream, ExpectedVersion::Exact(3), 0);
+    assert!(store.read_stream(&stream).await.expect("read stream").is_empty());
+    assert_eq!(store.head_position().await.expect("head"), head);
+}
+
+/// `read_stream` returns exactly what the appends returned, versions 1..=n in order, and
+/// nothing of other streams; an unknown stream reads as empty.
+pub async fn read_stream_returns_the_stored_events_in_version_order(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("read");
+    let other = unique_stream("other");
+    let mut appended = Vec::new();
+    for (expected, size) in
+        [(ExpectedVersion::NoStream, 2), (ExpectedVersion::Exact(2), 1), (ExpectedVersion::Exact(3), 3)]
+    {
+        store.append(&other, ExpectedVersion::Any, sample_events(1)).await.expect("append to the other stream");
+        appended.extend(store.append(&stream, expected, sample_events(size)).await.expect("append"));
+    }
+    let read = store.read_stream(&stream).await.expect("read stream");
+    assert_eq!(read, appended, "read back differs from what append returned");
+    assert_eq!(versions(&read), (1..=6).collect::<Vec<_>>());
+    assert!(read.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    assert!(store.read_stream(&unique_stream("unknown")).await.expect("read unknown").is_empty());
+}
+
+/// `read_all(after, max)` returns at most `max` events after `after`, in global order.
+pub async fn read_all_pages_from_a_position(store: Arc<dyn EventStore>) {
+    let head = store.head_position().await.expect("head");
+    let appended =
+        store.append(&unique_stream("all"), ExpectedVersion::NoStream, sample_events(5)).await.expect("append");
+    assert_eq!(positions(&appended), (head + 1..=head + 5).collect::<Vec<_>>());
+
+    assert_eq!(store.read_all(head, 100).await.expect("read all"), appended);
+    assert_eq!(store.read_all(head + 1, 2).await.expect("a page"), appended[1..3]);
+    assert!(store.read_all(head + 5, 10).await.expect("past the head").is_empty());
+    assert!(store.read_all(head, 0).await.expect("an empty page").is_empty());
+    assert_eq!(store.head_position().await.expect("head"), head + 5);
+}
+
+/// Many concurrent appenders, some sharing a stream: positions stay 1..=N without holes, every
+/// acknowledged event is at the position it was given, every `read_all` taken meanwhile is a
+/// gap-free prefix, and the shared stream's versions and hash chain stay intact.
+pub async fn global_positions_stay_gap_free_under_concurrent_appends(store: Arc<dyn EventStore>) {
+    const APPENDERS: usize = 20;
+    const APPENDS_EACH: u64 = 50;
+    let shared_stream = unique_stream("shared");
+    let appending = Arc::new(AtomicBool::new(true));
+
+    let snapshots = tokio::spawn({
+        let (store, appending) = (store.clone(), appending.clone());
+        async move {
+            let mut taken = 0;
+            loop {
+                let last_round = !appending.load(Ordering::SeqCst);
+                let snapshot = store.read_all(0, usize::MAX).await.expect("snapshot");
+                assert_gap_free_from(0, &snapshot);
+                taken += 1;
+                if last_round {
+                    return taken;
+                }
+            }
+        }
+    });
+    let tail = tokio::spawn({
+        let (store, appending) = (store.clone(), appending.clone());
+        async move {
+            let mut head = store.watch_head();
+            let mut after = 0;
+            loop {
+                let last_round = !appending.load(Ordering::SeqCst);
+                let page = store.read_all(after, 7).await.expect("page");
+                assert_gap_free_from(after, &page);
+                after = page.last().map_or(after, |e| e.global_position);
+                if page.is_empty() {
+                    if last_round {
+                        return after;
+                    }
+                    let _ = timeout(Duration::from_millis(20), head.changed()).await;
+                }
+            }
+        }
+    });
+
+    let appenders: Vec<_> = (0..APPENDERS)
+        .map(|i| {
+            let store = store.clone();
+            // Half the appenders share a stream (`Any`), so requests for one stream meet in
+            // one commit; the others own a stream each (`Exact`).
+            let stream = if i % 2 == 0 { shared_stream.clone() } else { unique_stream("own") };
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for version in 0..APPENDS_EACH {
+                    let expected = if i % 2 == 0 { ExpectedVersion::Any } else { exact_or_no_stream(version) };
+                    acknowledged.extend(store.append(&stream, expected, sample_events(1)).await.expect("append"));
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for appender in appenders {
+        acknowledged.extend(appender.await.expect("appender task"));
+    }
+    appending.store(false, Ordering::SeqCst);
+    let snapshots_taken = snapshots.await.expect("snapshot task");
+    let tailed_to = tail.await.expect("tail task");
+
+    let everything = store.read_all(0, usize::MAX).await.expect("read everything");
+    assert_gap_free_from(0, &everything);
+    let head = store.head_position().await.expect("head");
+    assert_eq!(everything.last().map_or(0, |e| e.global_position), head);
+    assert_eq!(tailed_to, head, "the tailing reader reached the head");
+    assert!(snapshots_taken > 0);
+
+    assert_eq!(acknowledged.len(), APPENDERS * APPENDS_EACH as usize);
+    let by_position: HashMap<u64, &EventEnvelope> = everything.iter().map(|e| (e.global_position, e)).collect();
+    for ack in &acknowledged {
+        assert_eq!(by_position.get(&ack.global_position), Some(&ack), "acknowledged event not at its position");
+    }
+
+    let shared = store.read_stream(&shared_stream).await.expect("read the shared stream");
+    assert_eq!(versions(&shared), (1..=(APPENDERS as u64 / 2) * APPENDS_EACH).collect::<Vec<_>>());
+    assert_hash_chained(&shared);
+}
+
+/// Each event holds its predecessor's hash (`GENESIS` for the first) and the hash of its own
+/// content, across separate appends.
+pub async fn each_stream_is_hash_chained(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("chain");
+    let mut appended = store.append(&stream, ExpectedVersion::NoStream, sample_events(2)).await.expect("append");
+    appended.extend(store.append(&stream, ExpectedVersion::Exact(2), sample_events(3)).await.expect("append"));
+    assert_hash_chained(&appended);
+    assert_eq!(store.read_stream(&stream).await.expect("read stream"), appended);
+    let other =
+        store.append(&unique_stream("chain"), ExpectedVersion::NoStream, sample_events(1)).await.expect("append");
+    assert_eq!(other[0].prev_hash, GENESIS, "every stream starts its own chain");
+}
+
+/// [`subscribe`] delivers the events after its start position, then waits for and delivers
+/// live appends, in order.
+pub async fn subscribe_catches_up_then_follows_live_appends(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("subscribe");
+    let start = store.head_position().await.expect("head");
+    let existing = store.append(&stream, ExpectedVersion::NoStream, sample_events(3)).await.expect("append");
+    let mut subscription = Box::pin(subscribe(store.clone(), start));
+    for expected in &existing {
+        let delivered = timeout(PATIENCE, subscription.next()).await.expect("catch-up in time");
+        assert_eq!(delivered.expect("subscription open").expect("catch-up event"), *expected);
+    }
+    assert!(
+        timeout(Duration::from_millis(100), subscription.next()).await.is_err(),
+        "nothing to deliver once caught up"
+    );
+
+    let live = tokio::spawn({
+        let (store, stream) = (store.clone(), stream.clone());
+        async move {
+            let mut live = Vec::new();
+            for version in 3..6 {
+                live.extend(
+                    store.append(&stream, ExpectedVersion::Exact(version), sample_events(1)).await.expect("append"),
+                );
+            }
+            live
+        }
+    });
+    let live = live.await.expect("live appender");
+    for expected in &live {
+        let delivered = timeout(PATIENCE, subscription.next()).await.expect("live event in time");
+        assert_eq!(delivered.expect("subscription open").expect("live event"), *expected);
+    }
+}
+
+/// `watch_head` starts at the head position and advances to the position of each append.
+pub async fn watch_head_follows_appends(store: Arc<dyn EventStore>) {
+    let mut head = store.watch_head();
+    assert_eq!(*head.borrow_and_update(), store.head_position().await.expect("head"));
+    let stored =
+        store.append(&unique_stream("watch"), ExpectedVersion::NoStream, sample_events(2)).await.expect("append");
+    let last = stored[1].global_position;
+    timeout(PATIENCE, head.wait_for(|position| *position >= last))
+        .await
+        .expect("the head advances in time")
+        .expect("the store is open");
+    assert_eq!(store.head_position().await.expect("head"), last);
+}
+
+/// Asserts that `events` (one stream, in version order, from version 1) form an intact chain.
+pub fn assert_hash_chained(events: &[EventEnvelope]) {
+    let mut prev_hash = GENESIS.to_owned();
+    for event in events {
+        assert_eq!(event.prev_hash, prev_hash, "event {} does not link to its predecessor", event.stream_version);
+        assert_eq!(event.hash, event_hash(&event.prev_hash, event), "event {} hash mismatch", event.stream_version);
+        prev_hash = event.hash.clone();
+    }
+}
+
+/// `n` events with every envelope field set, including values that must round-trip exactly
+/// (nanosecond time, nested JSON, floats, non-ASCII text).
+pub fn sample_events(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "ContractTested".into(),
+            schema_version: 2,
+            tenant_id: "tenant-contract".into(),
+            occurred_at: Utc::now(),
+            trace_id: format!("trace-{i}"),
+            correlation_id: "correlation".into(),
+            causation_id: (i % 2 == 1).then(|| format!("cause-{i}")),
+            actor: Actor { subject: "contract".into(), client_id: (i % 2 == 0).then(|| "client".into()) },
+            data: json!({"n": i, "ratio": 0.1 + i as f64, "text": "héllo ✓", "nested": {"z": [1, null], "a": true}}),
+        })
+        .collect()
+}
+
+fn unique_stream(kind: &str) -> String {
+    format!("contract-{kind}-{}", Uuid::new_v4())
+}
+
+fn exact_or_no_stream(version: u64) -> ExpectedVersion {
+    if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) }
+}
+
+fn versions(events: &[EventEnvelope]) -> Vec<u64> {
+    events.iter().map(|e| e.stream_version).collect()
+}
+
+fn positions(events: &[EventEnvelope]) -> Vec<u64> {
+    events.iter().map(|e| e.global_position).collect()
+}
+
+fn assert_gap_free_from(after: u64, events: &[EventEnvelope]) {
+    for (event, expected) in events.iter().zip(after + 1..) {
+        assert_eq!(event.global_position, expected, "a reader saw a hole or a reordering after position {after}");
+    }
+}
+
+fn assert_wrong_expected_version(
+    result: Result<Vec<EventEnvelope>, StoreError>,
+    stream: &str,
+    expected: ExpectedVersion,
+    actual: u64,
+) {
+    match result {
+        Err(StoreError::WrongExpectedVersion { stream_id, expected: e, actual: a }) => {
+            assert_eq!((stream_id.as_str(), e, a), (stream, expected, actual));
+        }
+        other => panic!("expected WrongExpectedVersion {{ {expected:?}, actual: {actual} }}, got {other:?}"),
+    }
+}

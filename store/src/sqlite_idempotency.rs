@@ -1,0 +1,140 @@
+//! The SQLite [`IdempotencyStore`]: a table in the event store's database file.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use chrono::{SecondsFormat, Utc};
+use rusqlite::{Connection, params};
+
+use crate::sqlite::open_database;
+use crate::{IdempotencyStore, Reservation, StoreError, StoredResponse};
+
+const IDEMPOTENCY_MIGRATIONS: &[&str] = &["
+    CREATE TABLE idempotency_keys (
+        tenant_id    TEXT    NOT NULL,
+        operation    TEXT    NOT NULL,
+        key          TEXT    NOT NULL,
+        request_hash TEXT    NOT NULL,
+        resource_id  TEXT    NOT NULL,
+        status       INTEGER,
+        location     TEXT,
+        body         BLOB,
+        created_at   TEXT    NOT NULL,
+        PRIMARY KEY (tenant_id, operation, key)
+    ) STRICT, WITHOUT ROWID;
+"];
+
+/// Idempotency keys in an SQLite file, usually the one [`crate::SqliteEventStore`] uses.
+///
+/// It writes through a connection of its own; the busy timeout makes it wait for the event
+/// store's writer instead of failing while a batch commits.
+pub struct SqliteIdempotencyStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteIdempotencyStore {
+    /// Opens the store at `path`, creating the file and the table if absent. Blocks on file I/O.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = open_database(path, "idempotency", IDEMPOTENCY_MIGRATIONS)
+            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with_connection<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // Statements run to completion under the lock, so a poisoned lock holds a usable
+            // connection.
+            let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("idempotency task failed: {e}")))?
+        .map_err(|e| StoreError::Backend(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteIdempotencyStore {
+    async fn reserve(
+        &self,
+        tenant_id: &str,
+        operation: &str,
+        key: &str,
+        request_hash: &str,
+        resource_id: &str,
+    ) -> Result<Reservation, StoreError> {
+        let (tenant_id, operation, key) = (tenant_id.to_owned(), operation.to_owned(), key.to_owned());
+        let (request_hash, resource_id) = (request_hash.to_owned(), resource_id.to_owned());
+        self.with_connection(move |conn| {
+            let created_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+            let inserted = conn.execute(
+                "INSERT INTO idempotency_keys (tenant_id, operation, key, request_hash, resource_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (tenant_id, operation, key) DO NOTHING",
+                params![tenant_id, operation, key, request_hash, resource_id, created_at],
+            )?;
+            if inserted == 1 {
+                return Ok(Reservation::New);
+            }
+            // Rows are never deleted, so the one that won the conflict is still there.
+            conn.query_row(
+                "SELECT request_hash, resource_id, status, location, body FROM idempotency_keys
+                 WHERE tenant_id = ?1 AND operation = ?2 AND key = ?3",
+                params![tenant_id, operation, key],
+                |row| {
+                    let status: Option<u16> = row.get(2)?;
+                    let response = match status {
+                        Some(status) => Some(StoredResponse {
+                            status,
+                            location: row.get(3)?,
+                            body: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                        }),
+                        None => None,
+                    };
+                    Ok(Reservation::Existing { request_hash: row.get(0)?, resource_id: row.get(1)?, response })
+                },
+            )
+        })
+        .await
+    }
+
+    /// Records the response; once a key has one, later completions keep it (retries replay the
+    /// first response). Completing a key nobody reserved is an error.
+    async fn complete(
+        &self,
+        tenant_id: &str,
+        operation: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), StoreError> {
+        let (tenant_id, operation, key) = (tenant_id.to_owned(), operation.to_owned(), key.to_owned());
+        let response = response.clone();
+        let reserved = self
+            .with_connection(move |conn| {
+                let updated = conn.execute(
+                    "UPDATE idempotency_keys SET status = ?4, location = ?5, body = ?6
+                     WHERE tenant_id = ?1 AND operation = ?2 AND key = ?3 AND status IS NULL",
+                    params![tenant_id, operation, key, response.status, response.location, response.body],
+                )?;
+                if updated == 1 {
+                    return Ok(true);
+                }
+                conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE tenant_id = ?1 AND operation = ?2 AND key = ?3)",
+                    params![tenant_id, operation, key],
+                    |row| row.get(0),
+                )
+            })
+            .await?;
+        if reserved {
+            Ok(())
+        } else {
+            Err(StoreError::Backend("completing an idempotency key that was never reserved".into()))
+        }
+    }
+}

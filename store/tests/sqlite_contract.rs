@@ -1,0 +1,50 @@
+//! The event store contract, run against the SQLite adapter: each property on a fresh store,
+//! then all of them on one store.
+
+use std::sync::Arc;
+
+use store::{EventStore, SqliteEventStore, contract};
+use tempfile::TempDir;
+
+fn open_store() -> (TempDir, Arc<dyn EventStore>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteEventStore::open(&dir.path().join("events.db")).expect("open store");
+    (dir, Arc::new(store))
+}
+
+macro_rules! contract_tests {
+    ($($property:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $property() {
+            let (_dir, store) = open_store();
+            contract::$property(store).await;
+        }
+    )*};
+}
+
+contract_tests!(
+    append_with_no_stream_creates_the_stream,
+    no_stream_on_an_existing_stream_is_rejected,
+    exact_version_must_match,
+    any_appends_whatever_the_stream_holds,
+    a_rejected_batch_leaves_nothing,
+    an_empty_append_only_checks_the_expected_version,
+    read_stream_returns_the_stored_events_in_version_order,
+    read_all_pages_from_a_position,
+    global_positions_stay_gap_free_under_concurrent_appends,
+    each_stream_is_hash_chained,
+    subscribe_catches_up_then_follows_live_appends,
+    watch_head_follows_appends,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_whole_contract_holds_on_one_store() {
+    let (_dir, store) = open_store();
+    contract::run_all(store).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_contract_holds_on_a_single_threaded_runtime() {
+    let (_dir, store) = open_store();
+    contract::run_all(store).await;
+}

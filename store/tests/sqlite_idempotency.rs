@@ -1,0 +1,124 @@
+//! Idempotency-key reservations in SQLite, alone and next to the event store in one file.
+
+use std::sync::Arc;
+
+use store::contract::sample_events;
+use store::{
+    EventStore, ExpectedVersion, IdempotencyStore, Reservation, SqliteEventStore, SqliteIdempotencyStore,
+    StoredResponse,
+};
+
+fn open() -> (tempfile::TempDir, SqliteIdempotencyStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap();
+    (dir, store)
+}
+
+fn created(location: &str) -> StoredResponse {
+    StoredResponse { status: 201, location: Some(location.into()), body: br#"{"id":"conn-1"}"#.to_vec() }
+}
+
+#[tokio::test]
+async fn a_free_key_is_reserved() {
+    let (_dir, keys) = open();
+    assert_eq!(keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-1").await.unwrap(), Reservation::New);
+}
+
+#[tokio::test]
+async fn a_taken_key_reports_the_first_reservation() {
+    let (_dir, keys) = open();
+    keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-1").await.unwrap();
+    let second = keys.reserve("t1", "create-connection", "k1", "hash-b", "conn-2").await.unwrap();
+    assert_eq!(
+        second,
+        Reservation::Existing { request_hash: "hash-a".into(), resource_id: "conn-1".into(), response: None }
+    );
+}
+
+#[tokio::test]
+async fn a_completed_key_replays_the_first_response() {
+    let (_dir, keys) = open();
+    keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-1").await.unwrap();
+    keys.complete("t1", "create-connection", "k1", &created("/connections/conn-1")).await.unwrap();
+    // A second completion (a retry that raced the first) does not replace the response.
+    keys.complete("t1", "create-connection", "k1", &created("/connections/other")).await.unwrap();
+    let retry = keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-9").await.unwrap();
+    assert_eq!(
+        retry,
+        Reservation::Existing {
+            request_hash: "hash-a".into(),
+            resource_id: "conn-1".into(),
+            response: Some(created("/connections/conn-1")),
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_response_without_location_or_body_round_trips() {
+    let (_dir, keys) = open();
+    keys.reserve("t1", "op", "k", "h", "r").await.unwrap();
+    let accepted = StoredResponse { status: 202, location: None, body: Vec::new() };
+    keys.complete("t1", "op", "k", &accepted).await.unwrap();
+    assert!(matches!(
+        keys.reserve("t1", "op", "k", "h", "r").await.unwrap(),
+        Reservation::Existing { response: Some(r), .. } if r == accepted
+    ));
+}
+
+#[tokio::test]
+async fn keys_are_scoped_by_tenant_and_operation() {
+    let (_dir, keys) = open();
+    keys.reserve("t1", "create-connection", "k1", "h", "conn-1").await.unwrap();
+    assert_eq!(keys.reserve("t2", "create-connection", "k1", "h", "conn-2").await.unwrap(), Reservation::New);
+    assert_eq!(keys.reserve("t1", "create-provider", "k1", "h", "prov-1").await.unwrap(), Reservation::New);
+}
+
+#[tokio::test]
+async fn completing_an_unreserved_key_fails() {
+    let (_dir, keys) = open();
+    assert!(keys.complete("t1", "op", "never-reserved", &created("/x")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_of_one_key_make_one_new() {
+    let (_dir, keys) = open();
+    let keys = Arc::new(keys);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let keys = keys.clone();
+            tokio::spawn(async move { keys.reserve("t1", "op", "same", "h", &format!("res-{i}")).await.unwrap() })
+        })
+        .collect();
+    let mut new = 0;
+    for task in tasks {
+        if task.await.unwrap() == Reservation::New {
+            new += 1;
+        }
+    }
+    assert_eq!(new, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn it_shares_a_database_file_with_a_busy_event_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.db");
+    let events = Arc::new(SqliteEventStore::open(&path).unwrap());
+    let keys = Arc::new(SqliteIdempotencyStore::open(&path).unwrap());
+    let appends: Vec<_> = (0..50)
+        .map(|i| {
+            let events = events.clone();
+            tokio::spawn(async move {
+                events.append(&format!("s-{i}"), ExpectedVersion::NoStream, sample_events(2)).await.unwrap();
+            })
+        })
+        .collect();
+    for i in 0..50 {
+        let key = format!("k-{i}");
+        assert_eq!(keys.reserve("t1", "op", &key, "h", "r").await.unwrap(), Reservation::New);
+        keys.complete("t1", "op", &key, &created("/r")).await.unwrap();
+    }
+    for append in appends {
+        append.await.unwrap();
+    }
+    assert_eq!(events.head_position().await.unwrap(), 100);
+}

@@ -1,0 +1,197 @@
+//! The encrypted SQLite vault: versions, check-and-set, the master key, and what reaches disk.
+
+use std::path::Path;
+
+use domain::secret_ref::SecretRef;
+use store::{MasterKey, SecretMetadata, SecretStore, SqliteVault, VaultError};
+
+const KEY: &str = "8f1c2a3b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+const OTHER_KEY: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+fn open(path: &Path, key_hex: &str) -> SqliteVault {
+    SqliteVault::open(path, MasterKey::from_hex(key_hex).unwrap()).unwrap()
+}
+
+fn secret(text: &str) -> SecretRef {
+    SecretRef::parse(text).unwrap()
+}
+
+#[tokio::test]
+async fn a_stored_secret_reads_back_with_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("vault.db"), KEY);
+    let github = secret("kv://factory-integration/github-booking");
+    assert_eq!(vault.put(&github, b"ghp_first", None).await.unwrap(), 1);
+    let value = vault.get(&github).await.unwrap();
+    assert_eq!((value.version, value.value.as_slice()), (1, b"ghp_first".as_slice()));
+    assert!(!format!("{value:?}").contains("ghp_first"), "Debug shows the value");
+}
+
+#[tokio::test]
+async fn each_put_adds_a_version_and_old_versions_stay_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("vault.db"), KEY);
+    let s = secret("kv://v/token");
+    vault.put(&s, b"one", None).await.unwrap();
+    // The version of the ref passed to put is ignored: a put always adds the next version.
+    assert_eq!(vault.put(&s.with_version(1), b"two", None).await.unwrap(), 2);
+    assert_eq!(vault.get(&s).await.unwrap().value, b"two");
+    assert_eq!(vault.get(&s.with_version(1)).await.unwrap().value, b"one");
+    assert_eq!(vault.get(&s.with_version(2)).await.unwrap().version, 2);
+}
+
+#[tokio::test]
+async fn check_and_set_writes_only_over_the_expected_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("vault.db"), KEY);
+    let s = secret("kv://v/cas");
+    assert_eq!(vault.put(&s, b"one", Some(0)).await.unwrap(), 1, "0 expects a new secret");
+    match vault.put(&s, b"again", Some(0)).await {
+        Err(VaultError::VersionConflict { secret, expected: 0, actual: 1 }) => assert_eq!(secret, "kv://v/cas"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(vault.put(&s, b"two", Some(1)).await.unwrap(), 2);
+    assert!(matches!(
+        vault.put(&s, b"stale", Some(1)).await,
+        Err(VaultError::VersionConflict { expected: 1, actual: 2, .. })
+    ));
+    assert_eq!(vault.get(&s).await.unwrap().value, b"two", "a rejected put stores nothing");
+}
+
+#[tokio::test]
+async fn concurrent_check_and_set_lets_exactly_one_writer_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = std::sync::Arc::new(open(&dir.path().join("vault.db"), KEY));
+    let s = secret("kv://v/race");
+    vault.put(&s, b"base", None).await.unwrap();
+    let writers: Vec<_> = (0..10)
+        .map(|i| {
+            let (vault, s) = (vault.clone(), s.clone());
+            tokio::spawn(async move { vault.put(&s, format!("writer-{i}").as_bytes(), Some(1)).await })
+        })
+        .collect();
+    let mut won = 0;
+    for writer in writers {
+        match writer.await.unwrap() {
+            Ok(2) => won += 1,
+            Err(VaultError::VersionConflict { actual: 2, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+#[tokio::test]
+async fn unknown_secrets_and_versions_are_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("vault.db"), KEY);
+    assert!(
+        matches!(vault.get(&secret("kv://v/missing")).await, Err(VaultError::NotFound(r)) if r == "kv://v/missing")
+    );
+    vault.put(&secret("kv://v/one"), b"x", None).await.unwrap();
+    assert!(matches!(vault.get(&secret("kv://v/one?version=2")).await, Err(VaultError::NotFound(_))));
+    assert!(matches!(vault.get(&secret("kv://other/one")).await, Err(VaultError::NotFound(_))));
+    assert_eq!(vault.metadata(&secret("kv://v/missing")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn another_master_key_cannot_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    let s = secret("kv://v/api-key");
+    open(&path, KEY).put(&s, b"sk-live-123", None).await.unwrap();
+    let wrong = open(&path, OTHER_KEY);
+    assert!(matches!(wrong.get(&s).await, Err(VaultError::Undecryptable(r)) if r == "kv://v/api-key?version=1"));
+    assert_eq!(open(&path, KEY).get(&s).await.unwrap().value, b"sk-live-123");
+}
+
+#[tokio::test]
+async fn a_ciphertext_moved_to_another_row_does_not_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    let vault = open(&path, KEY);
+    vault.put(&secret("kv://v/admin"), b"admin-password", None).await.unwrap();
+    vault.put(&secret("kv://v/guest"), b"guest-password", None).await.unwrap();
+
+    // An attacker with write access to the file swaps guest's row for a copy of admin's.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "DELETE FROM secret_versions WHERE name = 'guest';
+         INSERT INTO secret_versions (vault, name, version, key_id, nonce, ciphertext, created_at)
+         SELECT vault, 'guest', version, key_id, nonce, ciphertext, created_at
+         FROM secret_versions WHERE name = 'admin';",
+    )
+    .unwrap();
+    assert!(matches!(vault.get(&secret("kv://v/guest")).await, Err(VaultError::Undecryptable(_))));
+    assert_eq!(vault.get(&secret("kv://v/admin")).await.unwrap().value, b"admin-password");
+}
+
+#[tokio::test]
+async fn stored_versions_cannot_be_updated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    open(&path, KEY).put(&secret("kv://v/fixed"), b"value", None).await.unwrap();
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let update = db.execute("UPDATE secret_versions SET ciphertext = x'00' WHERE name = 'fixed'", []);
+    assert!(update.unwrap_err().to_string().contains("immutable"));
+}
+
+#[tokio::test]
+async fn the_database_never_holds_a_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    let plaintext = b"PLAINTEXT-MARKER-4f2a9c";
+    {
+        let vault = open(&path, KEY);
+        for name in ["a", "b", "c"] {
+            vault.put(&secret(&format!("kv://v/{name}")), plaintext, None).await.unwrap();
+        }
+        // Checked while the vault is open, so the WAL file is looked at too.
+        assert_no_file_contains(dir.path(), plaintext);
+    }
+    assert_no_file_contains(dir.path(), plaintext);
+    assert_no_file_contains(dir.path(), KEY.as_bytes());
+}
+
+fn assert_no_file_contains(dir: &Path, needle: &[u8]) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} holds a plaintext", path.display());
+    }
+}
+
+#[tokio::test]
+async fn list_and_metadata_describe_secrets_without_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("vault.db"), KEY);
+    assert!(vault.list().await.unwrap().is_empty());
+    for (text, value) in [("kv://b/z", "1"), ("kv://a/y", "1"), ("kv://b/z", "2"), ("kv://a/x", "1"), ("kv://b/z", "3")]
+    {
+        vault.put(&secret(text), value.as_bytes(), None).await.unwrap();
+    }
+    let meta =
+        |text: &str, current_version, versions| SecretMetadata { secret: secret(text), current_version, versions };
+    assert_eq!(
+        vault.list().await.unwrap(),
+        [meta("kv://a/x", 1, 1), meta("kv://a/y", 1, 1), meta("kv://b/z", 3, 3)],
+        "ordered by vault and name"
+    );
+    // A pinned ref describes the whole secret, reported unpinned.
+    assert_eq!(vault.metadata(&secret("kv://b/z?version=1")).await.unwrap(), Some(meta("kv://b/z", 3, 3)));
+}
+
+#[tokio::test]
+async fn secrets_survive_reopening_with_the_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    let s = secret("kv://v/durable");
+    let key = MasterKey::load_or_create(dir.path()).unwrap();
+    let key_id = key.id().to_owned();
+    SqliteVault::open(&path, key).unwrap().put(&s, b"kept", None).await.unwrap();
+
+    let key = MasterKey::load_or_create(dir.path()).unwrap();
+    assert_eq!(key.id(), key_id);
+    assert!(!format!("{key:?}").contains(&std::fs::read_to_string(dir.path().join("master.key")).unwrap()));
+    assert_eq!(SqliteVault::open(&path, key).unwrap().get(&s).await.unwrap().value, b"kept");
+}
