@@ -1,0 +1,318 @@
+//! The HTTP contract through the real binary: errors as problem documents, auth, tenancy,
+//! versioning, tracing, idempotency, read-your-writes, health and the OpenAPI document.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{ALL_SCOPES, App, github_signature, spawn_app};
+
+const TENANT: &str = "connectsoft";
+
+fn provider(key: &str) -> Value {
+    json!({
+        "tenantId": TENANT, "key": key, "displayName": "GitHub", "category": "SourceControl",
+        "authModel": "OAuth2ClientCredentials", "apiClient": "ConnectSoft.Scm.GitHub",
+        "capabilities": [], "baseUrl": "https://api.github.com"
+    })
+}
+
+fn connection(webhook_secret_ref: Option<&str>) -> Value {
+    let mut configuration = json!({ "organization": "acme" });
+    if let Some(r) = webhook_secret_ref {
+        configuration["webhookSecretRef"] = json!(r);
+    }
+    json!({
+        "projectId": "proj-1", "providerId": "prov-github", "displayName": "Acme GitHub",
+        "authMode": "OAuth2ClientCredentials", "credentialRef": "kv://factory/acme-github",
+        "configuration": configuration
+    })
+}
+
+async fn problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let trace = response.headers().get("x-trace-id").expect("X-Trace-Id on errors").to_str().unwrap().to_string();
+    let body: Value = response.json().await.expect("problem json");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["traceId"], trace.as_str());
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "problem without {field}: {body}");
+    }
+    body
+}
+
+async fn setup_connection(app: &App, token: &str) -> String {
+    let r = app.post_json("/integrations/providers", token, &provider("github")).await;
+    assert_eq!(r.status(), 201);
+    let r = app.post_json("/integrations/connections", token, &connection(Some("kv://factory/acme-webhook"))).await;
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["connectionId"].as_str().unwrap().to_string()
+}
+
+async fn events_in_store(app: &App) -> u64 {
+    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    ready["storePosition"].as_u64().expect("storePosition")
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_documents_with_the_right_status() {
+    let app = spawn_app();
+    let token = app.token(TENANT, ALL_SCOPES);
+    let post = |body: &'static str, content_type: &'static str| {
+        app.client
+            .post(app.url("/integrations/providers"))
+            .bearer_auth(&token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    problem(post("{not json", "application/json").await.unwrap(), 400).await;
+    problem(post("{}", "text/plain").await.unwrap(), 415).await;
+    let missing = problem(post(r#"{"key":"x"}"#, "application/json").await.unwrap(), 422).await;
+    assert!(missing["errors"][0]["field"].is_string(), "{missing}");
+    let mut wrong_type = provider("github");
+    wrong_type["capabilities"] = json!("sms.send");
+    let wrong = problem(app.post_json("/integrations/providers", &token, &wrong_type).await, 422).await;
+    assert_eq!(wrong["errors"][0]["field"], "capabilities");
+    let mut bad_enum = provider("github");
+    bad_enum["authModel"] = json!("Telepathy");
+    assert_eq!(problem(app.post_json("/integrations/providers", &token, &bad_enum).await, 422).await["errors"][0]["field"], "authModel");
+    let mut bad_key = provider("Not A Slug");
+    bad_key["key"] = json!("Not A Slug");
+    assert_eq!(problem(app.post_json("/integrations/providers", &token, &bad_key).await, 422).await["errors"][0]["field"], "key");
+
+    let huge = format!(r#"{{"key":"{}"}}"#, "x".repeat(300 * 1024));
+    let r = app.client.post(app.url("/integrations/providers")).bearer_auth(&token).header("content-type", "application/json").body(huge).send().await.unwrap();
+    problem(r, 413).await;
+
+    let r = app.client.delete(app.url("/integrations/providers")).bearer_auth(&token).send().await.unwrap();
+    assert!(r.headers().contains_key("allow"));
+    problem(r, 405).await;
+    problem(app.get("/no/such/route", &token).await, 404).await;
+    problem(app.get("/integrations/connections/conn-0000", &token).await, 404).await;
+    problem(app.get("/integrations/runs/run-0000", &token).await, 404).await;
+
+    // A connection to a provider that is not registered names the field.
+    let unknown = problem(app.post_json("/integrations/connections", &token, &connection(None)).await, 422).await;
+    assert_eq!(unknown["errors"][0]["field"], "providerId");
+    // A secret in place of a secret reference is refused.
+    let mut plaintext = connection(None);
+    plaintext["credentialRef"] = json!("hunter2");
+    app.post_json("/integrations/providers", &token, &provider("github")).await;
+    assert_eq!(problem(app.post_json("/integrations/connections", &token, &plaintext).await, 422).await["errors"][0]["field"], "credentialRef");
+    // Registering a key twice in a tenant conflicts.
+    problem(app.post_json("/integrations/providers", &token, &provider("github")).await, 409).await;
+    // Rotating an unknown credential is 404; a malformed id is 422.
+    let rotate = |id: &str| json!({ "credentialId": id, "reason": "Manual" });
+    problem(app.post_json("/integrations/credentials/rotate", &token, &rotate("cred-nope")).await, 404).await;
+    problem(app.post_json("/integrations/credentials/rotate", &token, &rotate("nope")).await, 422).await;
+}
+
+#[tokio::test]
+async fn tokens_scopes_and_tenants_are_enforced() {
+    let app = spawn_app();
+    let token = app.token(TENANT, ALL_SCOPES);
+    let id = setup_connection(&app, &token).await;
+    let path = format!("/integrations/connections/{id}");
+
+    let r = app.client.get(app.url(&path)).send().await.unwrap();
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    problem(r, 401).await;
+    let r = app.client.get(app.url(&path)).bearer_auth("not-a-jwt").send().await.unwrap();
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    problem(r, 401).await;
+    let forged = api::auth::mint_dev_token(&[7u8; 32], api::auth::DEV_ISSUER, api::auth::DEV_AUDIENCE, "mallory", TENANT, &["integration.connections.read"], std::time::Duration::from_secs(60)).unwrap();
+    problem(app.get(&path, &forged).await, 401).await;
+
+    let write_only = app.token(TENANT, "integration.connections.write");
+    let r = app.get(&path, &write_only).await;
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("insufficient_scope"));
+    assert_eq!(problem(r, 403).await["title"], "insufficient_scope");
+
+    // Another tenant's resource does not exist for you, and you cannot write into another tenant.
+    let other = app.token("globex", ALL_SCOPES);
+    problem(app.get(&path, &other).await, 404).await;
+    let mut foreign = provider("stripe");
+    foreign["tenantId"] = json!(TENANT);
+    problem(app.post_json("/integrations/providers", &other, &foreign).await, 403).await;
+    assert_eq!(app.get(&path, &token).await.status(), 200);
+}
+
+#[tokio::test]
+async fn versions_are_negotiated_by_accept_header() {
+    let app = spawn_app();
+    let token = app.token(TENANT, ALL_SCOPES);
+    let id = setup_connection(&app, &token).await;
+    let path = format!("/integrations/connections/{id}");
+    for accept in [None, Some("application/vnd.connectsoft.integration.v1+json"), Some("application/json"), Some("*/*")] {
+        let mut r = app.client.get(app.url(&path)).bearer_auth(&token);
+        if let Some(a) = accept {
+            r = r.header("accept", a);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{accept:?}");
+        assert_eq!(r.headers()["content-type"], "application/vnd.connectsoft.integration.v1+json");
+    }
+    for accept in ["application/vnd.connectsoft.integration.v2+json", "application/vnd.connectsoft.integration.v0+json"] {
+        let r = app.client.get(app.url(&path)).bearer_auth(&token).header("accept", accept).send().await.unwrap();
+        problem(r, 406).await;
+    }
+}
+
+#[tokio::test]
+async fn an_incoming_traceparent_sets_the_trace_id() {
+    let app = spawn_app();
+    let token = app.token(TENANT, ALL_SCOPES);
+    let r = app
+        .client
+        .post(app.url("/integrations/providers"))
+        .bearer_auth(&token)
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .json(&provider("github"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-trace-id"], "trace-4bf92f3577b34da6a3ce929d0e0e4736");
+    let r = app.client.get(app.url("/nowhere")).header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").send().await.unwrap();
+    assert_eq!(problem(r, 404).await["traceId"], "trace-4bf92f3577b34da6a3ce929d0e0e4736");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_answer_and_appends_nothing() {
+    let app = spawn_app();
+    let token = app.token(TENANT, ALL_SCOPES);
+    app.post_json("/integrations/providers", &token, &provider("github")).await;
+    let send = |body: Value| {
+        app.client.post(app.url("/integrations/connections")).bearer_auth(&token).header("idempotency-key", "k-1").json(&body).send()
+    };
+    let first = send(connection(None)).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let location = first.headers()["location"].clone();
+    let first_body: Value = first.json().await.unwrap();
+    let events = events_in_store(&app).await;
+
+    let again = send(connection(None)).await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["location"], location);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first_body);
+    assert_eq!(events_in_store(&app).await, events, "a replay appended events");
+
+    let mut other = connection(None);
+    other["displayName"] = json!("Something else");
+    problem(send(other).await.unwrap(), 422).await;
+    assert_eq!(events_in_store(&app).await, events);
+
+    // Without a key, the same body creates a second connection.
+    let r = app.post_json("/integrations/connections", &token, &connection(None)).await;
+    assert_ne!(r.json::<Value>().await.unwrap()["connectionId"], first_body["connectionId"]);
+}
+
+#[tokio::test]
+async fn a_get_right_after_a_post_sees_the_resource() {
+    let app = spawn_app();
+    let token = app.token(TENANT, ALL_SCOPES);
+    app.post_json("/integrations/providers", &token, &provider("github")).await;
+    for _ in 0..20 {
+        let r = app.post_json("/integrations/connections", &token, &connection(None)).await;
+        let id = r.json::<Value>().await.unwrap()["connectionId"].as_str().unwrap().to_string();
+        let got = app.get(&format!("/integrations/connections/{id}"), &token).await;
+        assert_eq!(got.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn webhook_deliveries_fail_closed() {
+    let app = spawn_app();
+    let token = app.token(TENANT, ALL_SCOPES);
+    app.put_secret("kv://factory/acme-webhook", "the-webhook-secret");
+    let id = setup_connection(&app, &token).await;
+    let body = serde_json::to_vec(&json!({ "providerDeliveryId": "gh-1", "eventName": "pull_request", "payload": { "action": "closed", "merged": true } })).unwrap();
+    let deliver = |signature: Option<String>, connection: &str, provider: &str| {
+        let mut r = app
+            .client
+            .post(app.url(&format!("/webhooks/deliveries?connectionId={connection}")))
+            .header("x-cs-provider", provider)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(s) = signature {
+            r = r.header("x-hub-signature-256", s);
+        }
+        r.send()
+    };
+    let before = events_in_store(&app).await;
+    problem(deliver(None, &id, "github").await.unwrap(), 401).await;
+    problem(deliver(Some(github_signature("wrong-secret", &body)), &id, "github").await.unwrap(), 401).await;
+    problem(deliver(Some(github_signature("the-webhook-secret", &body)), "conn-unknown", "github").await.unwrap(), 401).await;
+    problem(deliver(Some(github_signature("the-webhook-secret", &body)), &id, "stripe").await.unwrap(), 400).await;
+    assert_eq!(events_in_store(&app).await, before, "a refused delivery stored something");
+
+    let ok = deliver(Some(github_signature("the-webhook-secret", &body)), &id, "github").await.unwrap();
+    assert_eq!(ok.status(), 202);
+    assert_eq!(ok.json::<Value>().await.unwrap()["normalizedEventType"], "PullRequestMerged");
+    // The connection may also be named by header.
+    let by_header = app
+        .client
+        .post(app.url("/webhooks/deliveries"))
+        .header("x-cs-provider", "github")
+        .header("x-cs-connection", &id)
+        .header("x-hub-signature-256", github_signature("the-webhook-secret", &body))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_header.status(), 202);
+}
+
+#[tokio::test]
+async fn a_rotation_while_one_is_in_flight_conflicts_and_its_run_is_visible() {
+    let app = spawn_app();
+    let token = app.token(TENANT, ALL_SCOPES);
+    setup_connection(&app, &token).await;
+    let rotate = json!({ "tenantId": TENANT, "credentialId": "cred-acme-github", "reason": "ScheduledRotation" });
+    let r = app.post_json("/integrations/credentials/rotate", &token, &rotate).await;
+    assert_eq!(r.status(), 202);
+    let started: Value = r.json().await.unwrap();
+    assert_eq!(started["newVersionRef"], "kv://factory/acme-github?version=2");
+    let run = app.get(&format!("/integrations/runs/{}", started["verificationRunId"].as_str().unwrap()), &token).await;
+    assert_eq!(run.status(), 200);
+    assert_eq!(run.json::<Value>().await.unwrap()["operation"], "VerifyCredential");
+    problem(app.post_json("/integrations/credentials/rotate", &token, &rotate).await, 409).await;
+}
+
+#[tokio::test]
+async fn health_endpoints_and_the_openapi_document() {
+    let app = spawn_app();
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    let mut ready = false;
+    for _ in 0..50 {
+        if app.client.get(app.url("/readyz")).send().await.unwrap().status() == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "/readyz never became ready");
+    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/integrations/connections", "post"),
+        ("/integrations/connections/{connectionId}", "get"),
+        ("/integrations/providers", "post"),
+        ("/webhooks/subscriptions", "post"),
+        ("/webhooks/deliveries", "post"),
+        ("/integrations/runs/{runId}", "get"),
+        ("/integrations/credentials/rotate", "post"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["securitySchemes"]["githubSignature"].is_object());
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+    // Every $ref resolves.
+    let text = doc.to_string();
+    for r in regex::Regex::new(r##""\$ref":"#/components/(\w+)/(\w+)""##).unwrap().captures_iter(&text) {
+        assert!(doc["components"][&r[1]][&r[2]].is_object(), "dangling $ref {}/{}", &r[1], &r[2]);
+    }
+}
