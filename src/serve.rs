@@ -91,7 +91,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store,
         settings: ApiSettings { max_body_bytes: args.max_body_bytes, ..ApiSettings::default() },
     };
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     crate::announce_listening(addr);
     if dev_mode {

@@ -76,13 +76,27 @@ async fn bad_input_gets_problem_documents_with_the_right_status() {
     assert_eq!(wrong["errors"][0]["field"], "capabilities");
     let mut bad_enum = provider("github");
     bad_enum["authModel"] = json!("Telepathy");
-    assert_eq!(problem(app.post_json("/integrations/providers", &token, &bad_enum).await, 422).await["errors"][0]["field"], "authModel");
+    assert_eq!(
+        problem(app.post_json("/integrations/providers", &token, &bad_enum).await, 422).await["errors"][0]["field"],
+        "authModel"
+    );
     let mut bad_key = provider("Not A Slug");
     bad_key["key"] = json!("Not A Slug");
-    assert_eq!(problem(app.post_json("/integrations/providers", &token, &bad_key).await, 422).await["errors"][0]["field"], "key");
+    assert_eq!(
+        problem(app.post_json("/integrations/providers", &token, &bad_key).await, 422).await["errors"][0]["field"],
+        "key"
+    );
 
     let huge = format!(r#"{{"key":"{}"}}"#, "x".repeat(300 * 1024));
-    let r = app.client.post(app.url("/integrations/providers")).bearer_auth(&token).header("content-type", "application/json").body(huge).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/integrations/providers"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     problem(r, 413).await;
 
     let r = app.client.delete(app.url("/integrations/providers")).bearer_auth(&token).send().await.unwrap();
@@ -99,7 +113,10 @@ async fn bad_input_gets_problem_documents_with_the_right_status() {
     let mut plaintext = connection(None);
     plaintext["credentialRef"] = json!("hunter2");
     app.post_json("/integrations/providers", &token, &provider("github")).await;
-    assert_eq!(problem(app.post_json("/integrations/connections", &token, &plaintext).await, 422).await["errors"][0]["field"], "credentialRef");
+    assert_eq!(
+        problem(app.post_json("/integrations/connections", &token, &plaintext).await, 422).await["errors"][0]["field"],
+        "credentialRef"
+    );
     // Registering a key twice in a tenant conflicts.
     problem(app.post_json("/integrations/providers", &token, &provider("github")).await, 409).await;
     // Rotating an unknown credential is 404; a malformed id is 422.
@@ -121,7 +138,16 @@ async fn tokens_scopes_and_tenants_are_enforced() {
     let r = app.client.get(app.url(&path)).bearer_auth("not-a-jwt").send().await.unwrap();
     assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
     problem(r, 401).await;
-    let forged = api::auth::mint_dev_token(&[7u8; 32], api::auth::DEV_ISSUER, api::auth::DEV_AUDIENCE, "mallory", TENANT, &["integration.connections.read"], std::time::Duration::from_secs(60)).unwrap();
+    let forged = api::auth::mint_dev_token(
+        &[7u8; 32],
+        api::auth::DEV_ISSUER,
+        api::auth::DEV_AUDIENCE,
+        "mallory",
+        TENANT,
+        &["integration.connections.read"],
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     problem(app.get(&path, &forged).await, 401).await;
 
     let write_only = app.token(TENANT, "integration.connections.write");
@@ -144,7 +170,8 @@ async fn versions_are_negotiated_by_accept_header() {
     let token = app.token(TENANT, ALL_SCOPES);
     let id = setup_connection(&app, &token).await;
     let path = format!("/integrations/connections/{id}");
-    for accept in [None, Some("application/vnd.connectsoft.integration.v1+json"), Some("application/json"), Some("*/*")] {
+    for accept in [None, Some("application/vnd.connectsoft.integration.v1+json"), Some("application/json"), Some("*/*")]
+    {
         let mut r = app.client.get(app.url(&path)).bearer_auth(&token);
         if let Some(a) = accept {
             r = r.header("accept", a);
@@ -153,7 +180,8 @@ async fn versions_are_negotiated_by_accept_header() {
         assert_eq!(r.status(), 200, "{accept:?}");
         assert_eq!(r.headers()["content-type"], "application/vnd.connectsoft.integration.v1+json");
     }
-    for accept in ["application/vnd.connectsoft.integration.v2+json", "application/vnd.connectsoft.integration.v0+json"] {
+    for accept in ["application/vnd.connectsoft.integration.v2+json", "application/vnd.connectsoft.integration.v0+json"]
+    {
         let r = app.client.get(app.url(&path)).bearer_auth(&token).header("accept", accept).send().await.unwrap();
         problem(r, 406).await;
     }
@@ -173,7 +201,13 @@ async fn an_incoming_traceparent_sets_the_trace_id() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-trace-id"], "trace-4bf92f3577b34da6a3ce929d0e0e4736");
-    let r = app.client.get(app.url("/nowhere")).header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/nowhere"))
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(problem(r, 404).await["traceId"], "trace-4bf92f3577b34da6a3ce929d0e0e4736");
 }
 
@@ -183,7 +217,12 @@ async fn an_idempotency_key_replays_the_first_answer_and_appends_nothing() {
     let token = app.token(TENANT, ALL_SCOPES);
     app.post_json("/integrations/providers", &token, &provider("github")).await;
     let send = |body: Value| {
-        app.client.post(app.url("/integrations/connections")).bearer_auth(&token).header("idempotency-key", "k-1").json(&body).send()
+        app.client
+            .post(app.url("/integrations/connections"))
+            .bearer_auth(&token)
+            .header("idempotency-key", "k-1")
+            .json(&body)
+            .send()
     };
     let first = send(connection(None)).await.unwrap();
     assert_eq!(first.status(), 201);
@@ -243,7 +282,8 @@ async fn webhook_deliveries_fail_closed() {
     let before = events_in_store(&app).await;
     problem(deliver(None, &id, "github").await.unwrap(), 401).await;
     problem(deliver(Some(github_signature("wrong-secret", &body)), &id, "github").await.unwrap(), 401).await;
-    problem(deliver(Some(github_signature("the-webhook-secret", &body)), "conn-unknown", "github").await.unwrap(), 401).await;
+    problem(deliver(Some(github_signature("the-webhook-secret", &body)), "conn-unknown", "github").await.unwrap(), 401)
+        .await;
     problem(deliver(Some(github_signature("the-webhook-secret", &body)), &id, "stripe").await.unwrap(), 400).await;
     assert_eq!(events_in_store(&app).await, before, "a refused delivery stored something");
 

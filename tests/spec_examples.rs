@@ -92,7 +92,8 @@ async fn every_spec_example_replays_with_the_documented_shape() {
         assert!(headers.contains_key("x-trace-id"), "{name}: no X-Trace-Id");
         let mut failures = Vec::new();
         for (k, v) in expected["headers"].as_object().into_iter().flatten() {
-            let actual = headers.get(k).map(|h| Value::String(h.to_str().expect("ascii").into())).unwrap_or(Value::Null);
+            let actual =
+                headers.get(k).map(|h| Value::String(h.to_str().expect("ascii").into())).unwrap_or(Value::Null);
             check(&format!("header {k}"), v, &actual, &vars, &mut failures);
         }
         let actual: Value = serde_json::from_str(&text).expect("json body");

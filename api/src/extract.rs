@@ -39,7 +39,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         }
         let raw = Bytes::from_request(request, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large", rejection.body_text())
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload-too-large",
+                    "Payload too large",
+                    rejection.body_text(),
+                )
             } else {
                 Problem::bad_request(rejection.body_text())
             }
@@ -176,7 +181,10 @@ mod tests {
     #[test]
     fn syntax_errors_are_400_and_shape_errors_422_with_the_field() {
         assert_eq!(parse_json::<Body>(b"{").unwrap_err().status, 400);
-        assert_eq!(parse_json::<Body>(br#"{"displayName":"x","nested":{"count":1}} trailing"#).unwrap_err().status, 400);
+        assert_eq!(
+            parse_json::<Body>(br#"{"displayName":"x","nested":{"count":1}} trailing"#).unwrap_err().status,
+            400
+        );
         let missing = parse_json::<Body>(br#"{"nested":{"count":1}}"#).unwrap_err();
         assert_eq!((missing.status, missing.errors[0].field.as_str()), (422, "displayName"));
         let wrong = parse_json::<Body>(br#"{"displayName":"x","nested":{"count":"many"}}"#).unwrap_err();

@@ -98,7 +98,8 @@ async fn readyz(State(app): State<AppState>) -> Response {
     let projected = app.projections.position();
     match head {
         Ok(head) if app.projections.is_caught_up() => {
-            axum::Json(json!({ "status": "ready", "storePosition": head, "projectionPosition": projected })).into_response()
+            axum::Json(json!({ "status": "ready", "storePosition": head, "projectionPosition": projected }))
+                .into_response()
         }
         Ok(head) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -125,7 +126,8 @@ async fn unknown_route(request: Request) -> Problem {
 async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    let is_problem =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return response;
     }
@@ -134,7 +136,9 @@ async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
         StatusCode::METHOD_NOT_ALLOWED => {
             Problem::new(status, "method-not-allowed", "Method not allowed", "this route does not accept that method")
         }
-        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(status, "payload-too-large", "Payload too large", "the body is too large"),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(status, "payload-too-large", "Payload too large", "the body is too large")
+        }
         s if s.is_server_error() => Problem::internal(&format!("bare {s} from a layer")),
         s => Problem::new(s, "error", s.canonical_reason().unwrap_or("Error"), s.to_string()),
     };

@@ -46,7 +46,8 @@ fn component<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
 
 /// The OpenAPI 3.1 document of the public API.
 pub fn document() -> Value {
-    let mut g = SchemaSettings::draft2020_12().with(|s| s.definitions_path = "/components/schemas".into()).into_generator();
+    let mut g =
+        SchemaSettings::draft2020_12().with(|s| s.definitions_path = "/components/schemas".into()).into_generator();
     macro_rules! register {
         ($t:ty) => {
             component::<$t>(&mut g)
@@ -61,7 +62,10 @@ pub fn document() -> Value {
                 "headers": { "X-Trace-Id": { "$ref": "#/components/headers/TraceId" } } })
     };
     let problems = |codes: &[&str]| {
-        codes.iter().map(|c| (c.to_string(), json!({ "$ref": format!("#/components/responses/Problem{c}") }))).collect::<serde_json::Map<_, _>>()
+        codes
+            .iter()
+            .map(|c| (c.to_string(), json!({ "$ref": format!("#/components/responses/Problem{c}") })))
+            .collect::<serde_json::Map<_, _>>()
     };
     let with = |mut responses: Value, extra: serde_json::Map<String, Value>| {
         responses.as_object_mut().map(|m| m.extend(extra));
@@ -167,7 +171,8 @@ fn problem_responses(codes: &[&str]) -> Value {
                 "415" => "Body is not JSON",
                 _ => "Invalid fields (see errors)",
             };
-            let content = json!({ "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } });
+            let content =
+                json!({ "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } });
             (format!("Problem{c}"), json!({ "description": description, "content": content }))
         })
         .collect();

@@ -74,8 +74,11 @@ where
         tracing::warn!(position, "read models did not catch up before answering");
     }
     if let Some(key) = &key {
-        let stored =
-            StoredResponse { status: accepted.status.as_u16(), location: accepted.location.clone(), body: accepted.body.clone() };
+        let stored = StoredResponse {
+            status: accepted.status.as_u16(),
+            location: accepted.location.clone(),
+            body: accepted.body.clone(),
+        };
         app.idempotency.finish(tenant_id, operation, key, &stored).await?;
     }
     Ok(respond(accepted.status, accepted.location, accepted.body))

@@ -52,7 +52,8 @@ pub async fn with_trace_id(request: Request, next: Next) -> Response {
         .and_then(trace_id_from_traceparent)
         .unwrap_or_else(new_w3c_trace_id);
     let trace_id = format_trace_id(&w3c);
-    let span = tracing::info_span!("request", trace_id = %trace_id, method = %request.method(), path = %request.uri().path());
+    let span =
+        tracing::info_span!("request", trace_id = %trace_id, method = %request.method(), path = %request.uri().path());
     let mut response = TRACE_ID.scope(trace_id.clone(), next.run(request).instrument(span)).await;
     if let Ok(v) = HeaderValue::from_str(&trace_id) {
         response.headers_mut().insert(TRACE_ID_HEADER, v);

@@ -25,7 +25,8 @@ pub fn accepts_v1(accept: &str) -> bool {
 
 /// Middleware: refuses unsupported versions and labels JSON answers with the versioned type.
 pub async fn negotiate_version(request: Request, next: Next) -> Response {
-    let accept = request.headers().get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
+    let accept =
+        request.headers().get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
     if !accept.trim().is_empty() && !accepts_v1(&accept) {
         return Problem::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -36,7 +37,8 @@ pub async fn negotiate_version(request: Request, next: Next) -> Response {
         .into_response();
     }
     let mut response = next.run(request).await;
-    let is_plain_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_plain_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if is_plain_json {
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE_V1));
     }
@@ -49,14 +51,26 @@ mod tests {
 
     #[test]
     fn v1_json_and_wildcards_are_accepted() {
-        for ok in [MEDIA_TYPE_V1, "application/json", "*/*", "application/*", "text/html, application/json;q=0.5", "application/vnd.connectsoft.integration.v1+json; charset=utf-8"] {
+        for ok in [
+            MEDIA_TYPE_V1,
+            "application/json",
+            "*/*",
+            "application/*",
+            "text/html, application/json;q=0.5",
+            "application/vnd.connectsoft.integration.v1+json; charset=utf-8",
+        ] {
             assert!(accepts_v1(ok), "{ok}");
         }
     }
 
     #[test]
     fn other_versions_and_types_are_not() {
-        for bad in ["application/vnd.connectsoft.integration.v2+json", "application/vnd.connectsoft.integration.v0+json", "text/html", "application/json;q=0"] {
+        for bad in [
+            "application/vnd.connectsoft.integration.v2+json",
+            "application/vnd.connectsoft.integration.v0+json",
+            "text/html",
+            "application/json;q=0",
+        ] {
             assert!(!accepts_v1(bad), "{bad}");
         }
     }

@@ -16,6 +16,8 @@ pub mod error;
 pub mod event;
 /// Resource ids: spec prefixes over time-ordered UUIDv7s.
 pub mod ids;
+/// JSON Schemas of every event version and of the envelope.
+pub mod schemas;
 /// `kv://VAULT/NAME?version=N` references to vault secrets.
 pub mod secret_ref;
 

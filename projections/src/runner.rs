@@ -176,6 +176,7 @@ impl Drop for ClearCaughtUpOnExit<'_> {
 /// when the rebuild starts (no live follow). `path` must not exist: rebuild beside the live
 /// database and swap the files while the server is stopped.
 pub async fn rebuild_into(store: Arc<dyn EventStore>, path: &Path) -> Result<ReadModels, ProjectionError> {
+    // When existence cannot be told (no permission to look), refuse too: it may be live.
     if tokio::fs::try_exists(path).await.unwrap_or(true) {
         return Err(ProjectionError::TargetExists(path.to_path_buf()));
     }

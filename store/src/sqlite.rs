@@ -9,7 +9,7 @@
 //!
 //! Reads run on tokio's blocking pool over a small pool of read-only connections.
 //!
-//! This module also opens the engine's other SQLite files ([`open_database`]): the pragmas and
+//! This module also opens the engine's other SQLite files (`open_database`): the pragmas and
 //! the per-component schema migrations are the same for all of them.
 
 use std::path::{Path, PathBuf};

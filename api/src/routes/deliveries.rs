@@ -46,7 +46,8 @@ async fn ingest(
     request: Request,
 ) -> Result<Response, Problem> {
     let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let provider = header_text(PROVIDER_HEADER).ok_or_else(|| Problem::bad_request("the X-CS-Provider header is required"))?;
+    let provider =
+        header_text(PROVIDER_HEADER).ok_or_else(|| Problem::bad_request("the X-CS-Provider header is required"))?;
     if provider != github::PROVIDER {
         return Err(Problem::bad_request(format!("provider {provider} is not supported for inbound webhooks")));
     }
@@ -61,7 +62,8 @@ async fn ingest(
     };
 
     // Unknown connection, foreign provider, no secret: all the same 401, so nothing leaks.
-    let connection = app.read_models.connection_by_id(&connection_id).await?.ok_or_else(|| rejected("unknown connection"))?;
+    let connection =
+        app.read_models.connection_by_id(&connection_id).await?.ok_or_else(|| rejected("unknown connection"))?;
     if connection.provider_id != ids::provider_id(provider) {
         return Err(rejected("the connection does not belong to this provider"));
     }

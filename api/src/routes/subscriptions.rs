@@ -29,27 +29,35 @@ async fn create(
         return Err(Problem::invalid_field("endpointUrl", "must be at most 2048 characters"));
     }
     let ctx = context_of(&caller.0);
-    run_command(&app, &ctx.tenant_id, "create-subscription", &headers, &body.raw, ids::SUBSCRIPTION, |subscription_id| async {
-        let command = CreateWebhookSubscription {
-            subscription_id,
-            tenant_id: ctx.tenant_id.clone(),
-            project_id: request.project_id,
-            event_type: request.event_type,
-            endpoint_url: request.endpoint_url,
-            signing_secret_ref: request.signing_secret_ref,
-            active: request.active,
-            created_at: app.commands.now(),
-        };
-        let outcome = app.commands.create_subscription(&ctx, command).await?;
-        let e = outcome.created;
-        let location = format!("/webhooks/subscriptions/{}", e.subscription_id);
-        let response = SubscriptionCreatedResponse {
-            subscription_id: e.subscription_id,
-            status: if e.active { "Active" } else { "Inactive" }.into(),
-            event_type: e.event_type,
-            created_at: e.created_at,
-        };
-        Ok(Accepted::new(StatusCode::CREATED, Some(location), &response, outcome.last_position))
-    })
+    run_command(
+        &app,
+        &ctx.tenant_id,
+        "create-subscription",
+        &headers,
+        &body.raw,
+        ids::SUBSCRIPTION,
+        |subscription_id| async {
+            let command = CreateWebhookSubscription {
+                subscription_id,
+                tenant_id: ctx.tenant_id.clone(),
+                project_id: request.project_id,
+                event_type: request.event_type,
+                endpoint_url: request.endpoint_url,
+                signing_secret_ref: request.signing_secret_ref,
+                active: request.active,
+                created_at: app.commands.now(),
+            };
+            let outcome = app.commands.create_subscription(&ctx, command).await?;
+            let e = outcome.created;
+            let location = format!("/webhooks/subscriptions/{}", e.subscription_id);
+            let response = SubscriptionCreatedResponse {
+                subscription_id: e.subscription_id,
+                status: if e.active { "Active" } else { "Inactive" }.into(),
+                event_type: e.event_type,
+                created_at: e.created_at,
+            };
+            Ok(Accepted::new(StatusCode::CREATED, Some(location), &response, outcome.last_position))
+        },
+    )
     .await
 }

@@ -1,0 +1,67 @@
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+
+use crate::connection::{ConnectionEstablished, ConnectionHealthChecked};
+use crate::credential::{
+    CredentialLinked, CredentialRegistered, CredentialRotated, CredentialRotationFailed, CredentialRotationStarted,
+};
+use crate::delivery::DeliveryAccepted;
+use crate::event::schema_version_of;
+use crate::provider::ProviderRegistered;
+use crate::run::{RunCompleted, RunFailed, RunRequested, RunStarted};
+use crate::subscription::WebhookSubscriptionCreated;
+
+/// The JSON Schema (2020-12) of one event type's data at one schema version.
+pub struct EventSchema {
+    pub event_type: &'static str,
+    pub version: u32,
+    pub schema: Schema,
+}
+
+fn schema_of<T: JsonSchema>(event_type: &'static str) -> EventSchema {
+    let schema = SchemaGenerator::new(SchemaSettings::draft2020_12()).into_root_schema_for::<T>();
+    EventSchema { event_type, version: schema_version_of(event_type), schema }
+}
+
+/// The schema of every event type at its current version; the event structs are named after
+/// their types, so the list is checked against [`crate::any_event::all_event_types`].
+pub fn event_schemas() -> Vec<EventSchema> {
+    macro_rules! schemas {
+        ($($t:ident),* $(,)?) => { vec![$(schema_of::<$t>(stringify!($t))),*] };
+    }
+    schemas![
+        ConnectionEstablished,
+        ConnectionHealthChecked,
+        ProviderRegistered,
+        WebhookSubscriptionCreated,
+        DeliveryAccepted,
+        RunRequested,
+        RunStarted,
+        RunCompleted,
+        RunFailed,
+        CredentialRegistered,
+        CredentialLinked,
+        CredentialRotationStarted,
+        CredentialRotated,
+        CredentialRotationFailed,
+    ]
+}
+
+/// The schema of the stored and published envelope.
+pub fn envelope_schema() -> Schema {
+    SchemaGenerator::new(SchemaSettings::draft2020_12()).into_root_schema_for::<crate::EventEnvelope>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_type_has_a_schema() {
+        let mut listed: Vec<_> = event_schemas().iter().map(|s| s.event_type).collect();
+        let mut defined: Vec<_> = crate::any_event::all_event_types().collect();
+        listed.sort();
+        defined.sort();
+        assert_eq!(listed, defined);
+    }
+}
