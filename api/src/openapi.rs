@@ -68,7 +68,9 @@ pub fn document() -> Value {
             .collect::<serde_json::Map<_, _>>()
     };
     let with = |mut responses: Value, extra: serde_json::Map<String, Value>| {
-        responses.as_object_mut().map(|m| m.extend(extra));
+        if let Some(m) = responses.as_object_mut() {
+            m.extend(extra);
+        }
         responses
     };
     let idempotency = json!({ "$ref": "#/components/parameters/IdempotencyKey" });
