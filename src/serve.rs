@@ -9,6 +9,7 @@ use clap::Args;
 use commands::idempotency::Idempotency;
 use commands::{Commands, SystemClock};
 use projections::{Projections, ReadModels};
+use store::cached_vault::CachedSecretStore;
 use store::sqlite::SqliteEventStore;
 use store::sqlite_idempotency::SqliteIdempotencyStore;
 use store::{EventStore, SecretStore};
@@ -17,6 +18,8 @@ use crate::{DataDir, dev_auth};
 
 pub const EVENTS_DB: &str = "events.db";
 pub const READ_MODELS_DB: &str = "readmodels.db";
+/// How long a resolved current secret version is reused before the vault is asked again.
+const SECRET_CACHE_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -72,7 +75,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = Authenticator::new(auth_config).await?;
 
     let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.join(EVENTS_DB))?);
-    let vault: Arc<dyn SecretStore> = Arc::new(crate::secrets::open_vault(&args.data)?);
+    let vault: Arc<dyn SecretStore> =
+        Arc::new(CachedSecretStore::new(Arc::new(crate::secrets::open_vault(&args.data)?), SECRET_CACHE_TTL));
     let idempotency = Idempotency::new(Arc::new(SqliteIdempotencyStore::open(&dir.join(EVENTS_DB))?));
     let read_models = ReadModels::open(dir.join(READ_MODELS_DB))?;
     let projections = Projections::new(read_models.clone());

@@ -6,11 +6,13 @@
 //! - [`sqlite`]: the embedded default adapter (WAL, synchronous commits, group commit).
 //! - [`idempotency`]: the `IdempotencyStore` port for `Idempotency-Key` reservations, and
 //!   [`sqlite_idempotency`], its adapter in the event store's SQLite file.
+//! - [`cached_vault`]: a read-through cache in front of any `SecretStore`.
 //! - [`vault`]: the `SecretStore` port (`kv://` refs), and [`sqlite_vault`], its adapter
 //!   encrypting every version under the master key in a SQLite file of its own.
 //! - `contract` (feature `contract-tests`): the suite every `EventStore` adapter must pass.
 #![forbid(unsafe_code)]
 
+pub mod cached_vault;
 pub mod event_store;
 pub mod hash_chain;
 pub mod idempotency;

@@ -1,0 +1,102 @@
+//! A read-through cache in front of a [`SecretStore`], so hot paths (verifying every inbound
+//! webhook) do not decrypt the same secret from disk on each request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use domain::secret_ref::SecretRef;
+
+use crate::vault::{SecretMetadata, SecretStore, SecretValue, VaultError};
+
+/// Entries kept at most; the cache is cleared when full (secrets are few, so this is rare).
+const CAPACITY: usize = 4096;
+
+/// Caches `get`: a pinned version forever (versions are immutable), an unversioned ref (the
+/// current version) for `current_ttl`, so a promoted version is picked up within that time.
+/// Writes go straight through and drop the secret's unversioned entry.
+pub struct CachedSecretStore {
+    inner: Arc<dyn SecretStore>,
+    current_ttl: Duration,
+    entries: Mutex<HashMap<SecretRef, (SecretValue, Option<Instant>)>>,
+}
+
+impl CachedSecretStore {
+    pub fn new(inner: Arc<dyn SecretStore>, current_ttl: Duration) -> Self {
+        Self { inner, current_ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn cached(&self, secret: &SecretRef) -> Option<SecretValue> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        match entries.get(secret) {
+            Some((value, None)) => Some(value.clone()),
+            Some((value, Some(expires))) if Instant::now() < *expires => Some(value.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl SecretStore for CachedSecretStore {
+    async fn put(&self, secret: &SecretRef, value: &[u8], expected_current: Option<u32>) -> Result<u32, VaultError> {
+        let version = self.inner.put(secret, value, expected_current).await?;
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret.unversioned());
+        Ok(version)
+    }
+
+    async fn get(&self, secret: &SecretRef) -> Result<SecretValue, VaultError> {
+        if let Some(value) = self.cached(secret) {
+            return Ok(value);
+        }
+        let value = self.inner.get(secret).await?;
+        let expires = secret.version.is_none().then(|| Instant::now() + self.current_ttl);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= CAPACITY {
+            entries.clear();
+        }
+        entries.insert(secret.clone(), (value.clone(), expires));
+        Ok(value)
+    }
+
+    async fn metadata(&self, secret: &SecretRef) -> Result<Option<SecretMetadata>, VaultError> {
+        self.inner.metadata(secret).await
+    }
+
+    async fn list(&self) -> Result<Vec<SecretMetadata>, VaultError> {
+        self.inner.list().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlite_vault::{MasterKey, SqliteVault};
+
+    fn secret(text: &str) -> SecretRef {
+        SecretRef::parse(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn current_versions_expire_and_writes_through_the_cache_are_seen_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault: Arc<dyn SecretStore> =
+            Arc::new(SqliteVault::open(&dir.path().join("v.db"), MasterKey::from_bytes([1; 32])).unwrap());
+        let cached = CachedSecretStore::new(vault.clone(), Duration::from_millis(200));
+        let s = secret("kv://v/n");
+        cached.put(&s, b"one", None).await.unwrap();
+        assert_eq!(cached.get(&s).await.unwrap().value, b"one");
+
+        // Written behind the cache's back: the current value is stale until the TTL passes.
+        vault.put(&s, b"two", None).await.unwrap();
+        assert_eq!(cached.get(&s).await.unwrap().value, b"one");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(cached.get(&s).await.unwrap().value, b"two");
+
+        // Written through the cache: seen at once. Pinned versions never change.
+        cached.put(&s, b"three", None).await.unwrap();
+        assert_eq!(cached.get(&s).await.unwrap().value, b"three");
+        assert_eq!(cached.get(&s.with_version(1)).await.unwrap().value, b"one");
+        assert!(matches!(cached.get(&secret("kv://v/missing")).await, Err(VaultError::NotFound(_))));
+    }
+}
