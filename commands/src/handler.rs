@@ -7,8 +7,14 @@ use thiserror::Error;
 
 use crate::{Clock, CommandContext};
 
-/// How often a command is re-decided when another writer got to its stream first.
-const MAX_CONFLICT_RETRIES: usize = 5;
+/// How often a command is decided and appended before it gives up on a stream other writers keep
+/// changing.
+///
+/// Each failed attempt means another writer's append to the stream succeeded, so this is also
+/// how many writers to one stream at once are sure to all get through. It must not be small:
+/// the store group-commits, answering every loser of a batch at the same moment, so concurrent
+/// writers retry in lock-step and each round lets exactly one of them through.
+const MAX_CONFLICT_RETRIES: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum CommandError {

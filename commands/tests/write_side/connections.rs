@@ -1,0 +1,245 @@
+//! Establishing connections: the provider must be registered in the tenant; the credential the
+//! connection names is registered by the first connection and linked by later ones.
+
+use chrono::Duration;
+use domain::AggregateEvent;
+use domain::DomainError;
+use domain::connection::{Connection, ConnectionCommand, ConnectionEvent, EstablishConnection, ProviderSnapshot};
+use domain::credential::CredentialEvent;
+use domain::ids::stream_id;
+use domain::provider::AuthModel;
+use domain::secret_ref::SecretRef;
+
+use crate::support::{
+    GITHUB_CREDENTIAL, GITHUB_SECRET, TENANT, TestEngine, ctx, establish_input, rejection, spawn_engine, t0, types,
+};
+
+async fn credential_events(engine: &TestEngine, tenant_id: &str) -> Vec<CredentialEvent> {
+    engine
+        .events(&stream_id(tenant_id, GITHUB_CREDENTIAL))
+        .await
+        .into_iter()
+        .map(|e| CredentialEvent::decode(&e.event_type, e.schema_version, e.data).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn establishing_a_connection_to_an_unknown_provider_is_rejected_and_appends_nothing() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+
+    let result =
+        engine.commands.establish_connection(&ctx, establish_input("conn-1", "prov-github", Some(GITHUB_SECRET))).await;
+
+    assert_eq!(rejection(result), DomainError::UnknownProvider { provider_id: "prov-github".into() });
+    assert_eq!(engine.head().await, 0);
+}
+
+#[tokio::test]
+async fn establishing_a_connection_appends_connection_established_with_the_clocks_time() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    let provider = engine.register_provider(&ctx, "github").await;
+
+    let outcome = engine.commands.establish_connection(&ctx, establish_input("conn-1", &provider, None)).await.unwrap();
+
+    let e = &outcome.established;
+    assert_eq!(
+        (e.connection_id.as_str(), e.tenant_id.as_str(), e.provider_id.as_str()),
+        ("conn-1", TENANT, "prov-github")
+    );
+    assert_eq!(e.established_at, t0());
+    let stored = engine.events(&stream_id(TENANT, "conn-1")).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!((stored[0].event_type.as_str(), stored[0].stream_version), ("ConnectionEstablished", 1));
+    assert_eq!(
+        ConnectionEvent::decode(&stored[0].event_type, 1, stored[0].data.clone()).unwrap(),
+        ConnectionEvent::ConnectionEstablished(outcome.established.clone())
+    );
+    assert_eq!(outcome.last_position, Some(stored[0].global_position));
+}
+
+#[tokio::test]
+async fn a_connection_without_a_credential_ref_registers_no_credential() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    engine.establish(&ctx, "conn-1", None).await;
+    assert!(engine.events(&stream_id(TENANT, GITHUB_CREDENTIAL)).await.is_empty());
+    // The provider's registration and the connection, nothing else.
+    assert_eq!(engine.head().await, 2);
+}
+
+#[tokio::test]
+async fn the_first_connection_registers_its_credential_at_the_vaults_current_version() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    engine.put_secret_versions(GITHUB_SECRET, 2).await;
+    let provider = engine.register_provider(&ctx, "github").await;
+
+    let outcome = engine
+        .commands
+        .establish_connection(&ctx, establish_input("conn-1", &provider, Some(GITHUB_SECRET)))
+        .await
+        .unwrap();
+
+    let [CredentialEvent::CredentialRegistered(registered)] = &credential_events(&engine, TENANT).await[..] else {
+        panic!("expected one CredentialRegistered in {TENANT}/{GITHUB_CREDENTIAL}");
+    };
+    assert_eq!(registered.credential_id, GITHUB_CREDENTIAL);
+    assert_eq!(registered.tenant_id, TENANT);
+    assert_eq!(registered.secret_ref, SecretRef::parse(GITHUB_SECRET).unwrap());
+    assert_eq!(registered.current_version, 2);
+    assert_eq!(registered.connection_id, "conn-1");
+    assert_eq!(registered.auth_kind, AuthModel::OAuth2ClientCredentials);
+    assert_eq!(registered.registered_at, t0());
+    // Read-your-writes waits for the last of the two appends.
+    assert_eq!(outcome.last_position, Some(engine.head().await));
+}
+
+#[tokio::test]
+async fn a_credential_ref_pinned_to_a_version_registers_the_unversioned_credential_at_the_current_version() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    engine.put_secret_versions(GITHUB_SECRET, 3).await;
+    let provider = engine.register_provider(&ctx, "github").await;
+    let pinned = format!("{GITHUB_SECRET}?version=1");
+
+    engine.commands.establish_connection(&ctx, establish_input("conn-1", &provider, Some(&pinned))).await.unwrap();
+
+    let [CredentialEvent::CredentialRegistered(registered)] = &credential_events(&engine, TENANT).await[..] else {
+        panic!("expected one CredentialRegistered");
+    };
+    assert_eq!(registered.secret_ref.to_string(), GITHUB_SECRET);
+    assert_eq!(registered.current_version, 3);
+}
+
+#[tokio::test]
+async fn a_credential_not_yet_in_the_vault_is_registered_at_version_1() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    engine.establish(&ctx, "conn-1", Some(GITHUB_SECRET)).await;
+    let [CredentialEvent::CredentialRegistered(registered)] = &credential_events(&engine, TENANT).await[..] else {
+        panic!("expected one CredentialRegistered");
+    };
+    assert_eq!(registered.current_version, 1);
+}
+
+#[tokio::test]
+async fn a_second_connection_with_the_same_credential_ref_links_to_the_registered_credential() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    engine.put_secret_versions(GITHUB_SECRET, 2).await;
+    engine.establish(&ctx, "conn-1", Some(GITHUB_SECRET)).await;
+
+    engine.establish(&ctx, "conn-2", Some(GITHUB_SECRET)).await;
+
+    let events = credential_events(&engine, TENANT).await;
+    let [CredentialEvent::CredentialRegistered(registered), CredentialEvent::CredentialLinked(linked)] = &events[..]
+    else {
+        panic!("expected CredentialRegistered then CredentialLinked, got {events:?}");
+    };
+    assert_eq!((registered.connection_id.as_str(), registered.current_version), ("conn-1", 2));
+    assert_eq!((linked.credential_id.as_str(), linked.connection_id.as_str()), (GITHUB_CREDENTIAL, "conn-2"));
+    assert_eq!(linked.linked_at, t0());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_established_concurrently_with_one_credential_ref_are_all_linked() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    let provider = engine.register_provider(&ctx, "github").await;
+
+    let connections = 12;
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            let (commands, ctx, provider) = (engine.commands.clone(), ctx.clone(), provider.clone());
+            tokio::spawn(async move {
+                let input = establish_input(&format!("conn-{i}"), &provider, Some(GITHUB_SECRET));
+                commands.establish_connection(&ctx, input).await.map(|_| ())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+
+    let history = engine.history(&stream_id(TENANT, GITHUB_CREDENTIAL)).await;
+    assert_eq!(types(&history[..1]), ["CredentialRegistered"]);
+    assert_eq!(types(&history[1..]), vec!["CredentialLinked"; connections - 1]);
+    let mut linked: Vec<_> = credential_events(&engine, TENANT)
+        .await
+        .into_iter()
+        .map(|e| match e {
+            CredentialEvent::CredentialRegistered(r) => r.connection_id,
+            CredentialEvent::CredentialLinked(l) => l.connection_id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    linked.sort();
+    linked.dedup();
+    assert_eq!(linked.len(), connections);
+}
+
+#[tokio::test]
+async fn a_retried_establish_with_the_same_connection_id_returns_the_first_event_and_appends_nothing() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    let provider = engine.register_provider(&ctx, "github").await;
+    let input = establish_input("conn-1", &provider, Some(GITHUB_SECRET));
+    let first = engine.commands.establish_connection(&ctx, input.clone()).await.unwrap();
+    let head = engine.head().await;
+
+    // The retry runs later (another clock), as an Idempotency-Key retry after a crash would.
+    let later = engine.commands_at(t0() + Duration::minutes(5));
+    let retried = later.establish_connection(&ctx, input).await.unwrap();
+
+    assert_eq!(retried.established, first.established);
+    assert_eq!(retried.established.established_at, t0());
+    assert_eq!(engine.head().await, head, "the retry appended");
+    assert_eq!(types(&engine.history(&stream_id(TENANT, "conn-1")).await), ["ConnectionEstablished"]);
+    assert_eq!(types(&engine.history(&stream_id(TENANT, GITHUB_CREDENTIAL)).await), ["CredentialRegistered"]);
+}
+
+#[tokio::test]
+async fn a_crash_between_the_connection_and_its_credential_is_healed_by_the_retry() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    engine.put_secret_versions(GITHUB_SECRET, 2).await;
+    let provider = engine.register_provider(&ctx, "github").await;
+    // The first attempt appended the connection and stopped before the credential.
+    let first_attempt = ConnectionCommand::Establish(EstablishConnection {
+        connection_id: "conn-1".into(),
+        tenant_id: TENANT.into(),
+        project_id: "proj-booking-saas".into(),
+        provider_id: provider.clone(),
+        provider: Some(ProviderSnapshot { provider_id: provider.clone() }),
+        display_name: "Booking SaaS GitHub".into(),
+        auth_mode: AuthModel::OAuth2ClientCredentials,
+        credential_ref: Some(GITHUB_SECRET.into()),
+        configuration: Default::default(),
+        established_at: t0(),
+    });
+    engine.commands.execute::<Connection>(&ctx, &stream_id(TENANT, "conn-1"), &first_attempt).await.unwrap();
+
+    engine
+        .commands
+        .establish_connection(&ctx, establish_input("conn-1", &provider, Some(GITHUB_SECRET)))
+        .await
+        .unwrap();
+
+    assert_eq!(types(&engine.history(&stream_id(TENANT, "conn-1")).await), ["ConnectionEstablished"]);
+    let [CredentialEvent::CredentialRegistered(registered)] = &credential_events(&engine, TENANT).await[..] else {
+        panic!("expected one CredentialRegistered");
+    };
+    assert_eq!((registered.connection_id.as_str(), registered.current_version), ("conn-1", 2));
+}
+
+#[tokio::test]
+async fn a_provider_is_named_by_its_id_not_its_key() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    engine.register_provider(&ctx, "github").await;
+    let result = engine.commands.establish_connection(&ctx, establish_input("conn-1", "github", None)).await;
+    assert_eq!(rejection(result), DomainError::UnknownProvider { provider_id: "github".into() });
+    assert_eq!(engine.head().await, 1);
+}

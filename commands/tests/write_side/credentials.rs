@@ -1,0 +1,170 @@
+//! Rotating a credential: the rotation is recorded on the credential, then its verification run
+//! is requested; one rotation at a time, and a retried request completes what the first began.
+
+use domain::AggregateEvent;
+use domain::DomainError;
+use domain::credential::{Credential, CredentialCommand, StartRotation};
+use domain::ids::stream_id;
+use domain::run::RunEvent;
+use serde_json::json;
+
+use commands::credentials::VERIFY_CREDENTIAL_OPERATION;
+
+use crate::support::{GITHUB_CREDENTIAL, GITHUB_SECRET, TENANT, TestEngine, ctx, rejection, spawn_engine, t0, types};
+
+/// A credential at vault version 2, used by `conn-1` (which registered it) and `conn-2`.
+async fn engine_with_a_shared_credential() -> TestEngine {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    engine.put_secret_versions(GITHUB_SECRET, 2).await;
+    engine.establish(&ctx, "conn-1", Some(GITHUB_SECRET)).await;
+    engine.establish(&ctx, "conn-2", Some(GITHUB_SECRET)).await;
+    engine
+}
+
+async fn run_events(engine: &TestEngine, tenant_id: &str, run_id: &str) -> Vec<RunEvent> {
+    engine
+        .events(&stream_id(tenant_id, run_id))
+        .await
+        .into_iter()
+        .map(|e| RunEvent::decode(&e.event_type, e.schema_version, e.data).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn rotating_a_credential_answers_the_next_versions_ref() {
+    let engine = engine_with_a_shared_credential().await;
+
+    let outcome = engine
+        .commands
+        .start_credential_rotation(&ctx(TENANT), GITHUB_CREDENTIAL, "ScheduledRotation", "run-verify-1")
+        .await
+        .unwrap();
+
+    assert_eq!(outcome.credential_id, GITHUB_CREDENTIAL);
+    assert_eq!(outcome.new_version_ref, format!("{GITHUB_SECRET}?version=3"));
+    assert_eq!(outcome.verification_run_id, "run-verify-1");
+    assert_eq!(outcome.last_position, Some(engine.head().await));
+    let credential = engine.events(&stream_id(TENANT, GITHUB_CREDENTIAL)).await;
+    let started = credential.last().unwrap();
+    assert_eq!((started.event_type.as_str(), started.stream_version), ("CredentialRotationStarted", 3));
+    assert_eq!((started.data["fromVersion"].clone(), started.data["newVersion"].clone()), (json!(2), json!(3)));
+    assert_eq!(started.data["reason"], json!("ScheduledRotation"));
+}
+
+#[tokio::test]
+async fn rotating_a_credential_requests_its_verification_run_against_the_first_linked_connection() {
+    let engine = engine_with_a_shared_credential().await;
+    let ctx = ctx(TENANT);
+
+    engine
+        .commands
+        .start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "ScheduledRotation", "run-verify-1")
+        .await
+        .unwrap();
+
+    let [RunEvent::RunRequested(requested)] = &run_events(&engine, TENANT, "run-verify-1").await[..] else {
+        panic!("expected one RunRequested in {TENANT}/run-verify-1");
+    };
+    assert_eq!(requested.operation, VERIFY_CREDENTIAL_OPERATION);
+    assert_eq!(requested.operation, "VerifyCredential");
+    assert_eq!((requested.run_id.as_str(), requested.tenant_id.as_str()), ("run-verify-1", TENANT));
+    assert_eq!(requested.connection_id, "conn-1");
+    assert_eq!(
+        requested.input,
+        json!({ "credentialId": GITHUB_CREDENTIAL, "version": 3, "versionRef": format!("{GITHUB_SECRET}?version=3") })
+    );
+    assert_eq!((requested.trace_id.as_str(), requested.requested_at), (ctx.trace_id.as_str(), t0()));
+}
+
+#[tokio::test]
+async fn a_second_rotation_with_another_run_is_rejected_while_one_is_in_flight() {
+    let engine = engine_with_a_shared_credential().await;
+    let ctx = ctx(TENANT);
+    engine
+        .commands
+        .start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "ScheduledRotation", "run-verify-1")
+        .await
+        .unwrap();
+    let head = engine.head().await;
+
+    let result = engine.commands.start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "Leaked", "run-verify-2").await;
+
+    assert_eq!(
+        rejection(result),
+        DomainError::RotationInFlight { credential_id: GITHUB_CREDENTIAL.into(), pending_version: 3 }
+    );
+    assert_eq!(engine.head().await, head);
+    assert!(engine.events(&stream_id(TENANT, "run-verify-2")).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_rotation_retried_with_the_same_run_id_answers_the_same_and_appends_nothing() {
+    let engine = engine_with_a_shared_credential().await;
+    let ctx = ctx(TENANT);
+    let first = engine
+        .commands
+        .start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "ScheduledRotation", "run-verify-1")
+        .await
+        .unwrap();
+    let head = engine.head().await;
+
+    let retried = engine
+        .commands
+        .start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "ScheduledRotation", "run-verify-1")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (retried.new_version_ref, retried.verification_run_id),
+        (first.new_version_ref, first.verification_run_id)
+    );
+    assert_eq!(engine.head().await, head, "the retry appended");
+}
+
+#[tokio::test]
+async fn a_crash_between_starting_the_rotation_and_requesting_its_run_is_healed_by_the_retry() {
+    let engine = engine_with_a_shared_credential().await;
+    let ctx = ctx(TENANT);
+    // The first attempt recorded the rotation and stopped before requesting the run.
+    let start = CredentialCommand::StartRotation(StartRotation {
+        credential_id: GITHUB_CREDENTIAL.into(),
+        reason: "ScheduledRotation".into(),
+        verification_run_id: "run-verify-1".into(),
+        started_at: t0(),
+    });
+    engine.commands.execute::<Credential>(&ctx, &stream_id(TENANT, GITHUB_CREDENTIAL), &start).await.unwrap();
+    assert!(engine.events(&stream_id(TENANT, "run-verify-1")).await.is_empty());
+
+    let retried = engine
+        .commands
+        .start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "ScheduledRotation", "run-verify-1")
+        .await
+        .unwrap();
+    let head = engine.head().await;
+    // And once more, as a client that did not get the answer would.
+    engine
+        .commands
+        .start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "ScheduledRotation", "run-verify-1")
+        .await
+        .unwrap();
+
+    assert_eq!(retried.new_version_ref, format!("{GITHUB_SECRET}?version=3"));
+    assert_eq!(retried.last_position, Some(head), "the run requested by the retry is what to wait for");
+    assert_eq!(engine.head().await, head, "the second retry appended");
+    assert_eq!(types(&engine.history(&stream_id(TENANT, "run-verify-1")).await), ["RunRequested"]);
+    let rotations = types(&engine.history(&stream_id(TENANT, GITHUB_CREDENTIAL)).await)
+        .into_iter()
+        .filter(|t| *t == "CredentialRotationStarted")
+        .count();
+    assert_eq!(rotations, 1);
+}
+
+#[tokio::test]
+async fn rotating_an_unknown_credential_is_not_found_and_appends_nothing() {
+    let engine = spawn_engine();
+    let result =
+        engine.commands.start_credential_rotation(&ctx(TENANT), GITHUB_CREDENTIAL, "ScheduledRotation", "run-1").await;
+    assert!(matches!(rejection(result), DomainError::NotFound { kind: "credential", id } if id == GITHUB_CREDENTIAL));
+    assert_eq!(engine.head().await, 0);
+}

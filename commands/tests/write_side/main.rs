@@ -1,0 +1,10 @@
+//! The write side against the real SQLite event store, vault and idempotency table in a
+//! temporary directory, with a fixed clock: one binary, one module per use-case family.
+
+mod connections;
+mod credentials;
+mod execute;
+mod idempotency;
+mod providers;
+mod support;
+mod tenancy;
