@@ -32,8 +32,12 @@ impl Commands {
             started_at: self.now(),
         });
         let executed = self.execute::<Credential>(ctx, &stream_id(&ctx.tenant_id, credential_id), &command).await?;
-        let CredentialState::Registered { connections, pending: Some(pending), .. } = executed.state else {
+        // The rotation this request started, now or on an earlier try with the same run id.
+        let CredentialState::Registered { connections, started, .. } = executed.state else {
             return Err(DomainError::NotFound { kind: "credential", id: credential_id.into() }.into());
+        };
+        let Some(pending) = started.into_iter().find(|r| r.verification_run_id == verification_run_id) else {
+            return Err(DomainError::NotFound { kind: "rotation", id: verification_run_id.into() }.into());
         };
         // Requested after the rotation is recorded, so a crash in between leaves a rotation the
         // retried request (same verification run id) completes, never an orphan run.

@@ -127,8 +127,9 @@ impl AggregateEvent for CredentialEvent {
     }
 }
 
+/// A rotation as started: the version it verifies and the run that verifies it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PendingRotation {
+pub struct Rotation {
     pub version: u32,
     pub version_ref: String,
     pub verification_run_id: String,
@@ -143,7 +144,9 @@ pub enum CredentialState {
         current_version: u32,
         connections: Vec<String>,
         /// The version being verified and its verification run, while a rotation is in flight.
-        pending: Option<PendingRotation>,
+        pending: Option<Rotation>,
+        /// Every rotation ever started, oldest first: a retried start is recognised by its run.
+        started: Vec<Rotation>,
     },
 }
 
@@ -182,11 +185,14 @@ impl Decider for Credential {
             }
             (
                 CredentialCommand::StartRotation(c),
-                CredentialState::Registered { secret_ref, current_version, pending, .. },
+                CredentialState::Registered { secret_ref, current_version, pending, started, .. },
             ) => {
+                // The same request retried (same verification run), even after that rotation
+                // finished: it has already started, so nothing new happens.
+                if started.iter().any(|r| r.verification_run_id == c.verification_run_id) {
+                    return Ok(vec![]);
+                }
                 match pending {
-                    // The same request retried (same verification run): it has already started.
-                    Some(p) if p.verification_run_id == c.verification_run_id => return Ok(vec![]),
                     Some(p) => {
                         return Err(DomainError::RotationInFlight {
                             credential_id: c.credential_id.clone(),
@@ -244,30 +250,42 @@ impl Decider for Credential {
                 current_version: e.current_version,
                 connections: vec![e.connection_id.clone()],
                 pending: None,
+                started: Vec::new(),
             },
-            (CredentialState::Registered { secret_ref, current_version, mut connections, pending }, e) => match e {
-                CredentialEvent::CredentialRegistered(_) => unreachable!("matched above"),
-                CredentialEvent::CredentialLinked(l) => {
-                    connections.push(l.connection_id.clone());
-                    CredentialState::Registered { secret_ref, current_version, connections, pending }
+            (CredentialState::Registered { secret_ref, current_version, mut connections, pending, mut started }, e) => {
+                match e {
+                    CredentialEvent::CredentialRegistered(_) => unreachable!("matched above"),
+                    CredentialEvent::CredentialLinked(l) => {
+                        connections.push(l.connection_id.clone());
+                        CredentialState::Registered { secret_ref, current_version, connections, pending, started }
+                    }
+                    CredentialEvent::CredentialRotationStarted(s) => {
+                        let rotation = Rotation {
+                            version: s.new_version,
+                            version_ref: s.new_version_ref.clone(),
+                            verification_run_id: s.verification_run_id.clone(),
+                        };
+                        started.push(rotation.clone());
+                        CredentialState::Registered {
+                            secret_ref,
+                            current_version,
+                            connections,
+                            pending: Some(rotation),
+                            started,
+                        }
+                    }
+                    CredentialEvent::CredentialRotated(r) => CredentialState::Registered {
+                        secret_ref,
+                        current_version: r.version,
+                        connections,
+                        pending: None,
+                        started,
+                    },
+                    CredentialEvent::CredentialRotationFailed(_) => {
+                        CredentialState::Registered { secret_ref, current_version, connections, pending: None, started }
+                    }
                 }
-                CredentialEvent::CredentialRotationStarted(s) => CredentialState::Registered {
-                    secret_ref,
-                    current_version,
-                    connections,
-                    pending: Some(PendingRotation {
-                        version: s.new_version,
-                        version_ref: s.new_version_ref.clone(),
-                        verification_run_id: s.verification_run_id.clone(),
-                    }),
-                },
-                CredentialEvent::CredentialRotated(r) => {
-                    CredentialState::Registered { secret_ref, current_version: r.version, connections, pending: None }
-                }
-                CredentialEvent::CredentialRotationFailed(_) => {
-                    CredentialState::Registered { secret_ref, current_version, connections, pending: None }
-                }
-            },
+            }
             (CredentialState::None, _) => CredentialState::None,
         }
     }
@@ -350,6 +368,12 @@ mod tests {
     #[test]
     fn the_same_rotation_retried_starts_nothing_new() {
         assert_eq!(given_when(&[link("conn-1"), rotate("run-1")], &rotate("run-1")), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_rotation_retried_after_it_finished_starts_nothing_new() {
+        assert_eq!(given_when(&[link("conn-1"), rotate("run-1"), complete()], &rotate("run-1")), Ok(vec![]));
+        assert_eq!(given_when(&[link("conn-1"), rotate("run-1"), fail()], &rotate("run-1")), Ok(vec![]));
     }
 
     #[test]

@@ -123,6 +123,30 @@ async fn a_rotation_retried_with_the_same_run_id_answers_the_same_and_appends_no
 }
 
 #[tokio::test]
+async fn a_rotation_retried_after_it_was_promoted_answers_the_same_and_appends_nothing() {
+    let engine = engine_with_a_shared_credential().await;
+    let ctx = ctx(TENANT);
+    let first = engine
+        .commands
+        .start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "ScheduledRotation", "run-verify-1")
+        .await
+        .unwrap();
+    let promote = CredentialCommand::CompleteRotation { credential_id: GITHUB_CREDENTIAL.into(), rotated_at: t0() };
+    engine.commands.execute::<Credential>(&ctx, &stream_id(TENANT, GITHUB_CREDENTIAL), &promote).await.unwrap();
+    let head = engine.head().await;
+
+    // The client never saw the first answer (a crash) and retries after the rotation finished.
+    let retried = engine
+        .commands
+        .start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "ScheduledRotation", "run-verify-1")
+        .await
+        .unwrap();
+
+    assert_eq!(retried.new_version_ref, first.new_version_ref);
+    assert_eq!(engine.head().await, head, "the retry started a second rotation");
+}
+
+#[tokio::test]
 async fn a_crash_between_starting_the_rotation_and_requesting_its_run_is_healed_by_the_retry() {
     let engine = engine_with_a_shared_credential().await;
     let ctx = ctx(TENANT);
