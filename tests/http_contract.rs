@@ -285,6 +285,18 @@ async fn webhook_deliveries_fail_closed() {
     problem(deliver(Some(github_signature("the-webhook-secret", &body)), "conn-unknown", "github").await.unwrap(), 401)
         .await;
     problem(deliver(Some(github_signature("the-webhook-secret", &body)), &id, "stripe").await.unwrap(), 400).await;
+    // The signature is checked before the body is even parsed.
+    let garbage = app
+        .client
+        .post(app.url(&format!("/webhooks/deliveries?connectionId={id}")))
+        .header("x-cs-provider", "github")
+        .header("x-hub-signature-256", github_signature("wrong-secret", b"{not json"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    problem(garbage, 401).await;
     assert_eq!(events_in_store(&app).await, before, "a refused delivery stored something");
 
     let ok = deliver(Some(github_signature("the-webhook-secret", &body)), &id, "github").await.unwrap();

@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::post;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::bodies::{DeliveryAcceptedResponse, InboundDeliveryRequest, require_text};
-use crate::extract::{DeliveriesIngest, JsonBody, Scope, authenticate_header};
+use crate::extract::{DeliveriesIngest, Scope, authenticate_header, json_bytes, parse_json};
 use crate::problem::Problem;
 use crate::respond::{Accepted, run_command};
 use crate::trace::current_trace_id;
@@ -76,15 +76,15 @@ async fn ingest(
         .and_then(|v| v.as_str())
         .and_then(|r| SecretRef::parse(r).ok())
         .ok_or_else(|| rejected("the connection has no webhook secret"))?;
-    let body: JsonBody<InboundDeliveryRequest> = JsonBody::from_request(request, &()).await?;
+    let raw = json_bytes(request, &()).await?;
     let secret = app.vault.get(&secret_ref).await.map_err(|e| {
         tracing::warn!(connection_id, error = %e, "webhook secret unavailable");
         rejected("the connection's webhook secret is unavailable")
     })?;
-    github::verify_signature(&secret.value, &body.raw, header_text(github::SIGNATURE_HEADER))
+    // Verified over the raw bytes, before anything in the body is read.
+    github::verify_signature(&secret.value, &raw, header_text(github::SIGNATURE_HEADER))
         .map_err(|e| rejected(&e.to_string()))?;
-
-    let request = body.value;
+    let request: InboundDeliveryRequest = parse_json(&raw)?;
     let mut errors = Vec::new();
     require_text(&mut errors, "providerDeliveryId", &request.provider_delivery_id, 256);
     require_text(&mut errors, "eventName", &request.event_name, 128);
@@ -94,7 +94,7 @@ async fn ingest(
     let normalized_event_type = github::normalize(&request.event_name, &request.payload);
     let actor = Actor { subject: format!("webhook:{provider}"), client_id: None };
     let ctx = CommandContext::new(connection.tenant_id.clone(), current_trace_id(), actor);
-    run_command(&app, &ctx.tenant_id, "ingest-delivery", &headers, &body.raw, ids::DELIVERY, |delivery_id| async {
+    run_command(&app, &ctx.tenant_id, "ingest-delivery", &headers, &raw, ids::DELIVERY, |delivery_id| async {
         let command = AcceptDelivery {
             delivery_id,
             tenant_id: ctx.tenant_id.clone(),
@@ -103,7 +103,7 @@ async fn ingest(
             provider_delivery_id: request.provider_delivery_id,
             event_name: request.event_name,
             normalized_event_type,
-            payload_digest: payload_digest(&body.raw),
+            payload_digest: payload_digest(&raw),
             received_at: app.commands.now(),
         };
         let outcome = app.commands.accept_delivery(&ctx, command).await?;
