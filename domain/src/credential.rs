@@ -192,14 +192,11 @@ impl Decider for Credential {
                 if started.iter().any(|r| r.verification_run_id == c.verification_run_id) {
                     return Ok(vec![]);
                 }
-                match pending {
-                    Some(p) => {
-                        return Err(DomainError::RotationInFlight {
-                            credential_id: c.credential_id.clone(),
-                            pending_version: p.version,
-                        });
-                    }
-                    None => {}
+                if let Some(p) = pending {
+                    return Err(DomainError::RotationInFlight {
+                        credential_id: c.credential_id.clone(),
+                        pending_version: p.version,
+                    });
                 }
                 if c.reason.trim().is_empty() || c.reason.len() > 256 {
                     return Err(DomainError::invalid("reason", "must be 1 to 256 characters"));
