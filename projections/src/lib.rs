@@ -17,7 +17,7 @@ pub mod runner;
 pub mod views;
 
 pub use error::ProjectionError;
-pub use integrity::{ChainBreak, VerifyReport, verify_chains};
+pub use integrity::{BrokenEvent, ChainBreak, VerifyReport, verify_chains};
 pub use read_models::ReadModels;
 pub use runner::{Projections, rebuild_into};
 pub use views::{ConnectionView, CredentialView, DeliveryView, ProviderView, RunView, SubscriptionView};
