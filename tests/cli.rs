@@ -116,10 +116,10 @@ async fn serve_with_a_jwks_accepts_the_identity_providers_tokens_only() {
                        "apiClient": "Vendor.Client", "baseUrl": "https://api.github.com" });
     assert_eq!(app.post_json("/integrations/providers", &good, &body).await.status(), 201);
     assert_eq!(app.post_json("/integrations/providers", &wrong_audience, &body).await.status(), 401);
-    // Development tokens are not accepted once a JWKS is configured.
+    // Development tokens are not accepted once a JWKS is configured, even with a dev secret on disk.
+    std::fs::write(dir.path().join("dev-hs256.secret"), hex::encode([9u8; 32])).unwrap();
     let dev = run(&["token", "--tenant", "connectsoft", "--scope", "integration.providers.write"], dir.path());
-    if dev.status.success() {
-        let dev_token = String::from_utf8_lossy(&dev.stdout).trim().to_string();
-        assert_eq!(app.post_json("/integrations/providers", &dev_token, &body).await.status(), 401);
-    }
+    assert!(dev.status.success(), "{}", String::from_utf8_lossy(&dev.stderr));
+    let dev_token = String::from_utf8_lossy(&dev.stdout).trim().to_string();
+    assert_eq!(app.post_json("/integrations/providers", &dev_token, &body).await.status(), 401);
 }

@@ -302,15 +302,17 @@ async fn webhook_deliveries_fail_closed() {
     let ok = deliver(Some(github_signature("the-webhook-secret", &body)), &id, "github").await.unwrap();
     assert_eq!(ok.status(), 202);
     assert_eq!(ok.json::<Value>().await.unwrap()["normalizedEventType"], "PullRequestMerged");
-    // The connection may also be named by header.
+    // The connection may also be named by header (another delivery: a repeat would be deduplicated).
+    let second =
+        serde_json::to_vec(&json!({ "providerDeliveryId": "gh-2", "eventName": "push", "payload": {} })).unwrap();
     let by_header = app
         .client
         .post(app.url("/webhooks/deliveries"))
         .header("x-cs-provider", "github")
         .header("x-cs-connection", &id)
-        .header("x-hub-signature-256", github_signature("the-webhook-secret", &body))
+        .header("x-hub-signature-256", github_signature("the-webhook-secret", &second))
         .header("content-type", "application/json")
-        .body(body.clone())
+        .body(second)
         .send()
         .await
         .unwrap();

@@ -134,16 +134,22 @@ async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return response;
     }
-    let (mut parts, _) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    // Keep what the layer said (e.g. which path parameter was bad), within reason.
+    let said = axum::body::to_bytes(body, 1024).await.ok().map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let detail = |fallback: &str| said.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| fallback.to_string());
     let problem = match status {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            Problem::new(status, "method-not-allowed", "Method not allowed", "this route does not accept that method")
-        }
+        StatusCode::METHOD_NOT_ALLOWED => Problem::new(
+            status,
+            "method-not-allowed",
+            "Method not allowed",
+            detail("this route does not accept that method"),
+        ),
         StatusCode::PAYLOAD_TOO_LARGE => {
-            Problem::new(status, "payload-too-large", "Payload too large", "the body is too large")
+            Problem::new(status, "payload-too-large", "Payload too large", detail("the body is too large"))
         }
-        s if s.is_server_error() => Problem::internal(&format!("bare {s} from a layer")),
-        s => Problem::new(s, "error", s.canonical_reason().unwrap_or("Error"), s.to_string()),
+        s if s.is_server_error() => Problem::internal(&format!("bare {s} from a layer: {}", detail(""))),
+        s => Problem::new(s, "error", s.canonical_reason().unwrap_or("Error"), detail(&s.to_string())),
     };
     let fresh = problem.into_response();
     parts.headers.insert(header::CONTENT_TYPE, fresh.headers()[header::CONTENT_TYPE].clone());

@@ -28,7 +28,7 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     pub trace_id: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     /// Extra response headers (`WWW-Authenticate`, `Allow`), not part of the body.
     #[serde(skip)]

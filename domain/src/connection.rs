@@ -110,8 +110,36 @@ pub enum ConnectionState {
     },
 }
 
-/// Configuration keys whose values name vault secrets and so must be `kv://` refs.
-pub const SECRET_REF_KEYS: &[&str] = &["webhookSecretRef"];
+/// Words that mark a configuration key as naming a secret (`webhookSecretRef`, `apiKey`,
+/// `accessToken`, `password`, ...): its value must be a `kv://` ref, so no secret value can ever
+/// enter an event.
+const SECRET_KEY_WORDS: &[&str] =
+    &["secret", "token", "password", "passwd", "apikey", "api_key", "privatekey", "credential"];
+
+/// Whether a configuration key names a secret.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase().replace('-', "");
+    // `tokenUrl` or `credentialEndpoint` name where a secret is fetched, not the secret.
+    let names_a_location = ["url", "uri", "endpoint"].iter().any(|s| key.ends_with(s));
+    !names_a_location && SECRET_KEY_WORDS.iter().any(|w| key.contains(w))
+}
+
+/// Every secret-named key, at any depth, must hold a `kv://` ref.
+fn require_refs_for_secrets(map: &Map<String, Value>, path: &str) -> Result<(), DomainError> {
+    for (key, value) in map {
+        let field = format!("{path}.{key}");
+        match value {
+            Value::Object(inner) => require_refs_for_secrets(inner, &field)?,
+            _ if is_secret_key(key) => {
+                let r =
+                    value.as_str().ok_or_else(|| DomainError::invalid(&field, "must be a kv:// secret reference"))?;
+                SecretRef::parse(r).map_err(|reason| DomainError::invalid(&field, reason))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 pub struct Connection;
 
@@ -178,14 +206,7 @@ fn establish(c: &EstablishConnection) -> Result<Vec<ConnectionEvent>, DomainErro
     if let Some(r) = &c.credential_ref {
         SecretRef::parse(r).map_err(|reason| DomainError::invalid("credentialRef", reason))?;
     }
-    for key in SECRET_REF_KEYS {
-        if let Some(v) = c.configuration.get(*key) {
-            let r = v
-                .as_str()
-                .ok_or_else(|| DomainError::invalid(format!("configuration.{key}"), "must be a kv:// string"))?;
-            SecretRef::parse(r).map_err(|reason| DomainError::invalid(format!("configuration.{key}"), reason))?;
-        }
-    }
+    require_refs_for_secrets(&c.configuration, "configuration")?;
     Ok(vec![ConnectionEvent::ConnectionEstablished(ConnectionEstablished {
         connection_id: c.connection_id.clone(),
         tenant_id: c.tenant_id.clone(),

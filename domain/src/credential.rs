@@ -170,7 +170,14 @@ impl Decider for Credential {
                     registered_at: c.at,
                 })])
             }
-            (CredentialCommand::LinkConnection(c), CredentialState::Registered { connections, .. }) => {
+            (CredentialCommand::LinkConnection(c), CredentialState::Registered { connections, secret_ref, .. }) => {
+                // `cred-{name}` names one secret: the same name in another vault is not it.
+                if c.secret_ref.unversioned() != *secret_ref {
+                    return Err(DomainError::invalid(
+                        "credentialRef",
+                        format!("{} is already the credential of {secret_ref}", credential_id(&c.secret_ref)),
+                    ));
+                }
                 if connections.contains(&c.connection_id) {
                     return Ok(vec![]);
                 }
@@ -344,6 +351,17 @@ mod tests {
             [CredentialEvent::CredentialLinked(_)]
         ));
         assert_eq!(given_when(&[link("conn-1")], &link("conn-1")).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn the_same_name_in_another_vault_is_not_linked() {
+        let mut other = link("conn-2");
+        if let CredentialCommand::LinkConnection(l) = &mut other {
+            l.secret_ref = SecretRef::parse("kv://another-vault/github-booking").unwrap();
+        }
+        assert!(
+            matches!(given_when(&[link("conn-1")], &other), Err(DomainError::Invalid { field, .. }) if field == "credentialRef")
+        );
     }
 
     #[test]
