@@ -5,6 +5,7 @@ mod dev_auth;
 mod secrets;
 mod serve;
 mod verify;
+mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +34,11 @@ enum Command {
     Secrets(secrets::SecretsCommand),
     /// Check every stream's hash chain; exit code 1 names the first break.
     Verify(verify::VerifyArgs),
+    /// Run the Kafka consumers (commands, run executor) as a member of their consumer groups.
+    Worker(worker::WorkerArgs),
+    /// Integration runs: start one through the control plane.
+    #[command(subcommand)]
+    Runs(worker::RunsCommand),
 }
 
 /// Where the engine keeps its files.
@@ -77,6 +83,8 @@ fn main() -> ExitCode {
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
             Command::Secrets(command) => secrets::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => verify::run(args).await,
+            Command::Worker(args) => worker::run_worker(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Runs(command) => worker::run_runs(command).await.map(|()| ExitCode::SUCCESS),
         }
     });
     result.unwrap_or_else(|e| {

@@ -1,3 +1,4 @@
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,17 +10,13 @@ use clap::Args;
 use commands::idempotency::Idempotency;
 use commands::{Commands, SystemClock};
 use projections::{Projections, ReadModels};
-use store::cached_vault::CachedSecretStore;
-use store::sqlite::SqliteEventStore;
 use store::sqlite_idempotency::SqliteIdempotencyStore;
-use store::{EventStore, SecretStore};
+use tokio_util::sync::CancellationToken;
 
 use crate::{DataDir, dev_auth};
 
 pub const EVENTS_DB: &str = "events.db";
 pub const READ_MODELS_DB: &str = "readmodels.db";
-/// How long a resolved current secret version is reused before the vault is asked again.
-const SECRET_CACHE_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -44,6 +41,23 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes (413 above).
     #[arg(long, env = "IE_MAX_BODY_BYTES", default_value_t = ApiSettings::default().max_body_bytes)]
     max_body_bytes: usize,
+    /// Inbound webhooks: how far a signed timestamp may be from now, either way, in seconds.
+    #[arg(long, env = "IE_WEBHOOK_TIMESTAMP_TOLERANCE_SECONDS", default_value_t = 300)]
+    webhook_timestamp_tolerance_seconds: u64,
+    /// Inbound webhooks: how long after a secret rotation the previous secret still verifies, in seconds.
+    #[arg(long, env = "IE_WEBHOOK_SECRET_GRACE_SECONDS", default_value_t = 86_400)]
+    webhook_secret_grace_seconds: u64,
+    /// Inbound webhooks: a normalization rule table (TOML) to load instead of the built-in one.
+    #[arg(long, env = "IE_NORMALIZATION_RULES")]
+    normalization_rules: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    kafka: crate::worker::KafkaArgs,
+    #[command(flatten)]
+    runs: crate::worker::RunArgs,
+    /// Run no consumers in this process (no run executor, no commands consumer): leave runs to
+    /// `worker` processes. With --kafka-brokers the relay still runs.
+    #[arg(long, env = "IE_NO_WORKERS")]
+    no_workers: bool,
 }
 
 impl ServeArgs {
@@ -74,9 +88,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (auth_config, dev_mode) = args.auth_config()?;
     let auth = Authenticator::new(auth_config).await?;
 
-    let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.join(EVENTS_DB))?);
-    let vault: Arc<dyn SecretStore> =
-        Arc::new(CachedSecretStore::new(Arc::new(crate::secrets::open_vault(&args.data)?), SECRET_CACHE_TTL));
+    // Worker processes and the `runs start` command may append to the same store.
+    let crate::worker::Stores { store, vault } = crate::worker::Stores::open(&args.data)?;
     let idempotency = Idempotency::new(Arc::new(SqliteIdempotencyStore::open(&dir.join(EVENTS_DB))?));
     let read_models = ReadModels::open(dir.join(READ_MODELS_DB))?;
     let projections = Projections::new(read_models.clone());
@@ -84,6 +97,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let (projections, store) = (projections.clone(), store.clone());
         async move { projections.run(store).await }
     });
+    let kafka = args.kafka.settings();
+    let roles = crate::worker::Roles { relay: kafka.is_some(), consumers: !args.no_workers };
+    let mut workers = crate::worker::start(
+        &crate::worker::Stores { store: store.clone(), vault: vault.clone() },
+        dir,
+        kafka.as_ref(),
+        &args.runs,
+        roles,
+    )
+    .await?;
 
     let state = AppState {
         commands: Commands::new(store.clone(), vault.clone(), Arc::new(SystemClock)),
@@ -93,7 +116,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         vault,
         idempotency,
         store,
-        settings: ApiSettings { max_body_bytes: args.max_body_bytes, ..ApiSettings::default() },
+        settings: ApiSettings {
+            max_body_bytes: args.max_body_bytes,
+            webhook_timestamp_tolerance: Duration::from_secs(args.webhook_timestamp_tolerance_seconds),
+            webhook_secret_grace: Duration::from_secs(args.webhook_secret_grace_seconds),
+            normalization_rules: Arc::new(match &args.normalization_rules {
+                None => connectors::normalization::RuleTable::default_rules(),
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    connectors::normalization::RuleTable::parse(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                }
+            }),
+            ..ApiSettings::default()
+        },
     };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -108,14 +144,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!(%addr, data_dir = %dir.display(), "serving");
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    let stopped = CancellationToken::new();
+    let mut server = tokio::spawn(
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown({
+                let stopped = stopped.clone();
+                async move { stopped.cancelled().await }
+            })
+            .into_future(),
+    );
+    let served = tokio::select! {
+        served = &mut server => served.map_err(anyhow::Error::from).and_then(|s| s.map_err(anyhow::Error::from)),
+        () = shutdown_signal() => {
+            // Drain the requests in flight before the workers stop.
+            stopped.cancel();
+            server.await.map_err(anyhow::Error::from).and_then(|s| s.map_err(anyhow::Error::from))
+        }
+        ended = workers.any_ended() => {
+            stopped.cancel();
+            let _ = server.await;
+            ended
+        }
+    };
+    workers.stop().await;
     projector.abort();
     // Give in-flight SQLite work on blocking threads a moment to finish its transaction.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    Ok(())
+    served
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -18,6 +18,10 @@ fn generated() -> BTreeMap<PathBuf, String> {
     for (name, schema) in api::openapi::body_schemas() {
         add(format!("api/{name}.json"), &schema);
     }
+    // The Kafka messages (asyncapi.yaml refers to these files).
+    for (name, schema) in workers::messages::message_schemas() {
+        add(format!("kafka/{name}.json"), &schema);
+    }
     files
 }
 

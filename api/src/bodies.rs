@@ -118,9 +118,14 @@ pub struct InboundDeliveryRequest {
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryAcceptedResponse {
     pub delivery_id: String,
+    /// `Accepted`.
     pub status: String,
     pub normalized_event_type: String,
     pub trace_id: String,
+    /// `true` (with status 200) when the vendor's delivery id was already accepted on this
+    /// connection: the answer names the first delivery and nothing new was stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -134,7 +139,11 @@ pub struct RunResponse {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub trace_id: String,
+    /// The error of the latest failed attempt, or why the run failed.
     pub last_error: Option<String>,
+    /// When the next attempt is due, while a failed attempt waits for its retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -47,11 +47,23 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// How long a POST waits for the read models to show its effect before answering.
     pub read_your_writes_timeout: Duration,
+    /// Inbound webhooks: how far a signed timestamp may be from now, either way.
+    pub webhook_timestamp_tolerance: Duration,
+    /// Inbound webhooks: how long after a secret rotation the previous secret still verifies.
+    pub webhook_secret_grace: Duration,
+    /// Inbound webhooks: the normalization rule table, loaded at start.
+    pub normalization_rules: Arc<connectors::normalization::RuleTable>,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        Self { max_body_bytes: 256 * 1024, read_your_writes_timeout: Duration::from_secs(5) }
+        Self {
+            max_body_bytes: 256 * 1024,
+            read_your_writes_timeout: Duration::from_secs(5),
+            webhook_timestamp_tolerance: Duration::from_secs(300),
+            webhook_secret_grace: Duration::from_secs(24 * 3600),
+            normalization_rules: Arc::new(connectors::normalization::RuleTable::default_rules()),
+        }
     }
 }
 

@@ -114,18 +114,28 @@ pub fn document() -> Value {
             }},
             "/webhooks/deliveries": { "post": {
                 "operationId": "ingestDelivery", "summary": "Ingest an inbound webhook delivery",
-                "description": "Authenticated by the provider's signature over the raw body (X-Hub-Signature-256 for GitHub) \
-                                with the target connection's webhook secret; a bearer token is optional.",
+                "description": "Authenticated by the provider's signature over the raw body, with the scheme and secret of the \
+                                target connection (GitHub X-Hub-Signature-256, Stripe-Signature, Standard Webhooks, Slack, \
+                                Shopify, Twilio, GitLab X-Gitlab-Token, or a compact JWS body verified with the provider's \
+                                JWKS); a bearer token is optional. With X-CS-Provider the body is the spec's envelope, \
+                                without it the vendor's own delivery (any content type the vendor sends). The vendor's \
+                                delivery id is unique per connection: a repeat is answered 200 with the first deliveryId \
+                                and `duplicate: true`, and stores nothing. See docs/webhooks.md.",
                 "security": [{ "githubSignature": [] }, { "githubSignature": [], "bearer": ["webhooks.deliveries.ingest"] }],
                 "parameters": [
-                    idempotency,
-                    { "name": "X-CS-Provider", "in": "header", "required": true, "schema": { "type": "string", "enum": ["github"] } },
+                    { "name": "X-CS-Provider", "in": "header", "required": false,
+                      "description": "Announces the spec's envelope; names the connection's scheme or provider key",
+                      "schema": { "type": "string", "examples": ["github", "stripe", "standard-webhooks", "slack", "shopify", "twilio", "gitlab", "jws"] } },
                     { "name": "connectionId", "in": "query", "required": false, "schema": { "type": "string" },
                       "description": "The target connection (or the X-CS-Connection header)" },
                     { "name": "X-CS-Connection", "in": "header", "required": false, "schema": { "type": "string" } }
                 ],
                 "requestBody": body("InboundDeliveryRequest"),
-                "responses": with(json!({ "202": ok("DeliveryAcceptedResponse", "Accepted") }), problems(&post_codes))
+                "responses": with(
+                    json!({ "202": ok("DeliveryAcceptedResponse", "Accepted"),
+                            "200": ok("DeliveryAcceptedResponse", "A repeat of an accepted delivery; nothing stored") }),
+                    problems(&["400", "401", "403", "406", "413", "415", "422"])
+                )
             }},
             "/integrations/runs/{runId}": { "get": {
                 "operationId": "getRun", "summary": "Retrieve an integration run and its outcome",

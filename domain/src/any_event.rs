@@ -70,6 +70,8 @@ mod tests {
             run_id: "run-1".into(),
             attempt: 2,
             started_at: chrono::DateTime::UNIX_EPOCH,
+            worker_id: None,
+            lease_expires_at: None,
         });
         let stored = e.encode();
         assert_eq!(stored.event_type, "RunStarted");

@@ -1,3 +1,17 @@
+//! An integration run: one operation against a connection's provider, tried in attempts.
+//!
+//! ```text
+//! RunRequested ─> RunStarted ─┬─> RunCompleted
+//!                             └─> RunAttemptFailed ─> RunStarted ─> ... ─> RunFailed
+//! ```
+//!
+//! Each attempt is taken under a lease: `RunStarted` names the worker and the moment its lease
+//! expires (the attempt's deadline plus a grace period). While the lease holds, no other worker
+//! may start an attempt, so a run is never executed twice at once; once it has expired, the
+//! attempt is recorded as abandoned and the next worker takes over. Only the attempt that holds
+//! the lease can complete or fail it, so a late answer from a worker that lost its lease is
+//! refused.
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -5,7 +19,8 @@ use serde_json::Value;
 
 use crate::{AggregateEvent, Decider, DomainError};
 
-/// Where a run is in its life. Serialised as the spec's `status` values.
+/// Where a run is in its life. Serialised as the spec's `status` values. A run waiting for its
+/// next attempt after a failed one is still `Running`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RunStatus {
     Requested,
@@ -17,9 +32,24 @@ pub enum RunStatus {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunCommand {
     Request(RequestRun),
-    StartAttempt { run_id: String, started_at: DateTime<Utc> },
-    Complete { run_id: String, output: Value, completed_at: DateTime<Utc> },
-    Fail { run_id: String, error: String, failed_at: DateTime<Utc> },
+    /// Take the next attempt under a lease.
+    StartAttempt(StartAttempt),
+    /// The attempt holding the lease succeeded.
+    Complete {
+        run_id: String,
+        attempt: u32,
+        output: Value,
+        completed_at: DateTime<Utc>,
+    },
+    /// The attempt holding the lease failed.
+    FailAttempt(FailAttempt),
+    /// The run cannot be executed at all (unknown operation, connection gone): it fails without
+    /// an attempt.
+    Fail {
+        run_id: String,
+        error: String,
+        failed_at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +61,29 @@ pub struct RequestRun {
     pub input: Value,
     pub trace_id: String,
     pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartAttempt {
+    pub run_id: String,
+    /// The worker taking the attempt, recorded in the lease.
+    pub worker_id: String,
+    pub started_at: DateTime<Utc>,
+    /// Until when the worker holds the run; no other attempt may start before.
+    pub lease_expires_at: DateTime<Utc>,
+    /// The operation's attempt limit: past it, the run fails instead of starting again.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailAttempt {
+    pub run_id: String,
+    pub attempt: u32,
+    pub error: String,
+    pub failed_at: DateTime<Utc>,
+    /// When the next attempt is due; `None` ends the run as failed (a permanent error, or the
+    /// last attempt the operation allows).
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -52,6 +105,24 @@ pub struct RunStarted {
     /// 1 for the first attempt.
     pub attempt: u32,
     pub started_at: DateTime<Utc>,
+    /// The worker executing the attempt (absent in events written before leases existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// Until when that worker holds the run; no other attempt starts before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunAttemptFailed {
+    pub run_id: String,
+    pub attempt: u32,
+    pub error: String,
+    pub failed_at: DateTime<Utc>,
+    /// When the next attempt is due; absent when no attempt follows (a `RunFailed` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -75,21 +146,32 @@ pub struct RunFailed {
 pub enum RunEvent {
     RunRequested(RunRequested),
     RunStarted(RunStarted),
+    RunAttemptFailed(RunAttemptFailed),
     RunCompleted(RunCompleted),
     RunFailed(RunFailed),
 }
 
 impl AggregateEvent for RunEvent {
-    const TYPES: &'static [&'static str] = &["RunRequested", "RunStarted", "RunCompleted", "RunFailed"];
+    const TYPES: &'static [&'static str] =
+        &["RunRequested", "RunStarted", "RunAttemptFailed", "RunCompleted", "RunFailed"];
 
     fn event_type(&self) -> &'static str {
         match self {
             Self::RunRequested(_) => "RunRequested",
             Self::RunStarted(_) => "RunStarted",
+            Self::RunAttemptFailed(_) => "RunAttemptFailed",
             Self::RunCompleted(_) => "RunCompleted",
             Self::RunFailed(_) => "RunFailed",
         }
     }
+}
+
+/// The attempt in flight and who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub attempt: u32,
+    pub worker_id: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -99,7 +181,18 @@ pub enum RunState {
     Exists {
         status: RunStatus,
         attempts: u32,
+        /// The attempt in flight; `None` before the first and between attempts.
+        lease: Option<Lease>,
+        /// When the next attempt may start, after a failed one.
+        next_attempt_at: Option<DateTime<Utc>>,
     },
+}
+
+impl RunState {
+    /// Whether the run has ended, completed or failed.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Self::Exists { status: RunStatus::Completed | RunStatus::Failed, .. })
+    }
 }
 
 pub struct Run;
@@ -110,84 +203,201 @@ impl Decider for Run {
     type State = RunState;
 
     fn decide(command: &RunCommand, state: &RunState) -> Result<Vec<RunEvent>, DomainError> {
-        use RunStatus::*;
-        let invalid = |status: &RunStatus, command| DomainError::InvalidTransition {
-            kind: "run",
-            state: format!("{status:?}"),
-            command,
+        let RunState::Exists { status, attempts, lease, next_attempt_at } = state else {
+            return match command {
+                RunCommand::Request(r) => request(r),
+                RunCommand::StartAttempt(_)
+                | RunCommand::Complete { .. }
+                | RunCommand::FailAttempt(_)
+                | RunCommand::Fail { .. } => Err(DomainError::InvalidTransition {
+                    kind: "run",
+                    state: "not requested".into(),
+                    command: "advance",
+                }),
+            };
         };
-        match (command, state) {
-            (RunCommand::Request(r), RunState::None) => {
-                if r.operation.is_empty() {
-                    return Err(DomainError::invalid("operation", "must not be empty"));
-                }
-                Ok(vec![RunEvent::RunRequested(RunRequested {
-                    run_id: r.run_id.clone(),
-                    tenant_id: r.tenant_id.clone(),
-                    connection_id: r.connection_id.clone(),
-                    operation: r.operation.clone(),
-                    input: r.input.clone(),
-                    trace_id: r.trace_id.clone(),
-                    requested_at: r.requested_at,
-                })])
+        let invalid = |state: String, command| DomainError::InvalidTransition { kind: "run", state, command };
+        let finished = matches!(status, RunStatus::Completed | RunStatus::Failed);
+        match command {
+            RunCommand::Request(r) => Err(DomainError::AlreadyExists { kind: "run", id: r.run_id.clone() }),
+            RunCommand::StartAttempt(_) | RunCommand::FailAttempt(_) | RunCommand::Fail { .. } if finished => {
+                Err(invalid(format!("{status:?}"), "advance"))
             }
-            (RunCommand::Request(r), RunState::Exists { .. }) => {
-                Err(DomainError::AlreadyExists { kind: "run", id: r.run_id.clone() })
-            }
-            (_, RunState::None) => {
-                Err(DomainError::InvalidTransition { kind: "run", state: "not requested".into(), command: "advance" })
-            }
-            (
-                RunCommand::StartAttempt { run_id, started_at },
-                RunState::Exists { status: Requested | Running, attempts },
-            ) => Ok(vec![RunEvent::RunStarted(RunStarted {
-                run_id: run_id.clone(),
-                attempt: attempts + 1,
-                started_at: *started_at,
-            })]),
-            (RunCommand::Complete { run_id, output, completed_at }, RunState::Exists { status: Running, .. }) => {
+            RunCommand::Complete { .. } if finished => Err(invalid(format!("{status:?}"), "complete")),
+            RunCommand::StartAttempt(c) => start_attempt(c, *attempts, lease.as_ref(), *next_attempt_at),
+            RunCommand::Complete { run_id, attempt, output, completed_at } => {
+                holding_lease(lease.as_ref(), *attempt, "complete")?;
                 Ok(vec![RunEvent::RunCompleted(RunCompleted {
                     run_id: run_id.clone(),
                     output: output.clone(),
                     completed_at: *completed_at,
                 })])
             }
-            (RunCommand::Fail { run_id, error, failed_at }, RunState::Exists { status: Requested | Running, .. }) => {
-                Ok(vec![RunEvent::RunFailed(RunFailed {
-                    run_id: run_id.clone(),
-                    error: error.clone(),
-                    failed_at: *failed_at,
-                })])
+            RunCommand::FailAttempt(c) => {
+                holding_lease(lease.as_ref(), c.attempt, "fail")?;
+                let mut events = vec![RunEvent::RunAttemptFailed(RunAttemptFailed {
+                    run_id: c.run_id.clone(),
+                    attempt: c.attempt,
+                    error: c.error.clone(),
+                    failed_at: c.failed_at,
+                    next_attempt_at: c.next_attempt_at,
+                })];
+                if c.next_attempt_at.is_none() {
+                    events.push(RunEvent::RunFailed(RunFailed {
+                        run_id: c.run_id.clone(),
+                        error: c.error.clone(),
+                        failed_at: c.failed_at,
+                    }));
+                }
+                Ok(events)
             }
-            (RunCommand::StartAttempt { .. }, RunState::Exists { status, .. }) => Err(invalid(status, "start")),
-            (RunCommand::Complete { .. }, RunState::Exists { status, .. }) => Err(invalid(status, "complete")),
-            (RunCommand::Fail { .. }, RunState::Exists { status, .. }) => Err(invalid(status, "fail")),
+            RunCommand::Fail { run_id, error, failed_at } => Ok(vec![RunEvent::RunFailed(RunFailed {
+                run_id: run_id.clone(),
+                error: error.clone(),
+                failed_at: *failed_at,
+            })]),
         }
     }
 
     fn evolve(state: RunState, event: &RunEvent) -> RunState {
-        let attempts = match state {
-            RunState::Exists { attempts, .. } => attempts,
-            RunState::None => 0,
+        let (attempts, next_attempt_at) = match &state {
+            RunState::Exists { attempts, next_attempt_at, .. } => (*attempts, *next_attempt_at),
+            RunState::None => (0, None),
         };
         match event {
-            RunEvent::RunRequested(_) => RunState::Exists { status: RunStatus::Requested, attempts: 0 },
-            RunEvent::RunStarted(e) => {
-                RunState::Exists { status: RunStatus::Running, attempts: e.attempt.max(attempts) }
+            RunEvent::RunRequested(_) => {
+                RunState::Exists { status: RunStatus::Requested, attempts: 0, lease: None, next_attempt_at: None }
             }
-            RunEvent::RunCompleted(_) => RunState::Exists { status: RunStatus::Completed, attempts },
-            RunEvent::RunFailed(_) => RunState::Exists { status: RunStatus::Failed, attempts },
+            RunEvent::RunStarted(e) => RunState::Exists {
+                status: RunStatus::Running,
+                attempts: e.attempt.max(attempts),
+                // Attempts recorded before leases existed hold none: the run may be taken again.
+                lease: e.lease_expires_at.map(|expires_at| Lease {
+                    attempt: e.attempt,
+                    worker_id: e.worker_id.clone().unwrap_or_default(),
+                    expires_at,
+                }),
+                next_attempt_at: None,
+            },
+            RunEvent::RunAttemptFailed(e) => RunState::Exists {
+                status: RunStatus::Running,
+                attempts: e.attempt.max(attempts),
+                lease: None,
+                next_attempt_at: e.next_attempt_at,
+            },
+            RunEvent::RunCompleted(_) => {
+                RunState::Exists { status: RunStatus::Completed, attempts, lease: None, next_attempt_at }
+            }
+            RunEvent::RunFailed(_) => {
+                RunState::Exists { status: RunStatus::Failed, attempts, lease: None, next_attempt_at: None }
+            }
         }
+    }
+}
+
+fn request(r: &RequestRun) -> Result<Vec<RunEvent>, DomainError> {
+    if r.operation.is_empty() {
+        return Err(DomainError::invalid("operation", "must not be empty"));
+    }
+    Ok(vec![RunEvent::RunRequested(RunRequested {
+        run_id: r.run_id.clone(),
+        tenant_id: r.tenant_id.clone(),
+        connection_id: r.connection_id.clone(),
+        operation: r.operation.clone(),
+        input: r.input.clone(),
+        trace_id: r.trace_id.clone(),
+        requested_at: r.requested_at,
+    })])
+}
+
+/// The next attempt, if no lease holds the run and it is due; an expired lease is recorded as
+/// an abandoned attempt first.
+fn start_attempt(
+    c: &StartAttempt,
+    attempts: u32,
+    lease: Option<&Lease>,
+    next_attempt_at: Option<DateTime<Utc>>,
+) -> Result<Vec<RunEvent>, DomainError> {
+    let mut events = Vec::new();
+    if let Some(lease) = lease {
+        if c.started_at < lease.expires_at {
+            return Err(DomainError::InvalidTransition {
+                kind: "run",
+                state: format!(
+                    "leased to worker {} for attempt {} until {}",
+                    lease.worker_id,
+                    lease.attempt,
+                    lease.expires_at.to_rfc3339()
+                ),
+                command: "start",
+            });
+        }
+        // The holder stopped (crashed, or cut off from the store) without recording an outcome.
+        events.push(RunEvent::RunAttemptFailed(RunAttemptFailed {
+            run_id: c.run_id.clone(),
+            attempt: lease.attempt,
+            error: format!(
+                "attempt {} abandoned: worker {} did not finish it before its lease expired at {}",
+                lease.attempt,
+                lease.worker_id,
+                lease.expires_at.to_rfc3339()
+            ),
+            failed_at: c.started_at,
+            next_attempt_at: Some(c.started_at),
+        }));
+    } else if let Some(due) = next_attempt_at
+        && c.started_at < due
+    {
+        return Err(DomainError::InvalidTransition {
+            kind: "run",
+            state: format!("waiting for its next attempt, due at {}", due.to_rfc3339()),
+            command: "start",
+        });
+    }
+    if attempts >= c.max_attempts {
+        events.push(RunEvent::RunFailed(RunFailed {
+            run_id: c.run_id.clone(),
+            error: format!("gave up after {attempts} attempts (the operation allows {})", c.max_attempts),
+            failed_at: c.started_at,
+        }));
+        return Ok(events);
+    }
+    events.push(RunEvent::RunStarted(RunStarted {
+        run_id: c.run_id.clone(),
+        attempt: attempts + 1,
+        started_at: c.started_at,
+        worker_id: Some(c.worker_id.clone()),
+        lease_expires_at: Some(c.lease_expires_at),
+    }));
+    Ok(events)
+}
+
+/// Only the attempt in flight may record its outcome: a worker whose lease was taken over
+/// answers too late.
+fn holding_lease(lease: Option<&Lease>, attempt: u32, command: &'static str) -> Result<(), DomainError> {
+    match lease {
+        Some(lease) if lease.attempt == attempt => Ok(()),
+        Some(lease) => Err(DomainError::InvalidTransition {
+            kind: "run",
+            state: format!("running attempt {} (attempt {attempt} is over)", lease.attempt),
+            command,
+        }),
+        None => Err(DomainError::InvalidTransition {
+            kind: "run",
+            state: format!("between attempts (attempt {attempt} is over)"),
+            command,
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeDelta;
     use serde_json::json;
 
-    fn t() -> DateTime<Utc> {
-        DateTime::UNIX_EPOCH
+    fn t(seconds: i64) -> DateTime<Utc> {
+        DateTime::UNIX_EPOCH + TimeDelta::seconds(seconds)
     }
 
     fn request() -> RunCommand {
@@ -198,60 +408,146 @@ mod tests {
             operation: "OpenPullRequest".into(),
             input: json!({"title": "x"}),
             trace_id: "trace-1".into(),
-            requested_at: t(),
+            requested_at: t(0),
         })
     }
-    fn start() -> RunCommand {
-        RunCommand::StartAttempt { run_id: "run-1".into(), started_at: t() }
+    /// Worker `w` starts an attempt at `at` with a 10 s lease; the operation allows 3 attempts.
+    fn start(w: &str, at: i64) -> RunCommand {
+        RunCommand::StartAttempt(StartAttempt {
+            run_id: "run-1".into(),
+            worker_id: w.into(),
+            started_at: t(at),
+            lease_expires_at: t(at + 10),
+            max_attempts: 3,
+        })
     }
-    fn complete() -> RunCommand {
-        RunCommand::Complete { run_id: "run-1".into(), output: json!({}), completed_at: t() }
+    fn complete(attempt: u32) -> RunCommand {
+        RunCommand::Complete { run_id: "run-1".into(), attempt, output: json!({}), completed_at: t(5) }
+    }
+    fn fail_attempt(attempt: u32, retry_at: Option<i64>) -> RunCommand {
+        RunCommand::FailAttempt(FailAttempt {
+            run_id: "run-1".into(),
+            attempt,
+            error: "502 Bad Gateway".into(),
+            failed_at: t(3),
+            next_attempt_at: retry_at.map(t),
+        })
     }
     fn fail() -> RunCommand {
-        RunCommand::Fail { run_id: "run-1".into(), error: "boom".into(), failed_at: t() }
+        RunCommand::Fail { run_id: "run-1".into(), error: "unknown operation".into(), failed_at: t(1) }
     }
 
-    /// Given the commands, when `then` is decided, the result.
+    /// Given the commands (each must be accepted), when `when` is decided: the outcome.
     fn given_when(given: &[RunCommand], when: &RunCommand) -> Result<Vec<RunEvent>, DomainError> {
-        let state = given.iter().fold(RunState::None, |s, c| Run::decide(c, &s).unwrap().iter().fold(s, Run::evolve));
-        Run::decide(when, &state)
+        Run::decide(when, &given_state(given))
+    }
+
+    fn given_state(given: &[RunCommand]) -> RunState {
+        given.iter().fold(RunState::None, |s, c| {
+            let events = Run::decide(c, &s).unwrap_or_else(|e| panic!("given {c:?} was rejected: {e}"));
+            events.iter().fold(s, Run::evolve)
+        })
+    }
+
+    fn types(events: &[RunEvent]) -> Vec<&'static str> {
+        events.iter().map(AggregateEvent::event_type).collect()
     }
 
     #[test]
     fn a_run_is_requested_started_and_completed() {
-        assert!(matches!(given_when(&[], &request()).unwrap()[..], [RunEvent::RunRequested(_)]));
+        assert_eq!(types(&given_when(&[], &request()).unwrap()), ["RunRequested"]);
+        let started = given_when(&[request()], &start("w1", 1)).unwrap();
         assert!(matches!(
-            given_when(&[request()], &start()).unwrap()[..],
-            [RunEvent::RunStarted(RunStarted { attempt: 1, .. })]
+            &started[..],
+            [RunEvent::RunStarted(RunStarted { attempt: 1, worker_id: Some(w), lease_expires_at: Some(_), .. })] if w == "w1"
         ));
-        assert!(matches!(given_when(&[request(), start()], &complete()).unwrap()[..], [RunEvent::RunCompleted(_)]));
+        assert_eq!(types(&given_when(&[request(), start("w1", 1)], &complete(1)).unwrap()), ["RunCompleted"]);
     }
 
     #[test]
-    fn a_retried_attempt_counts_up() {
+    fn a_failed_attempt_is_retried_when_due_and_counts_up() {
+        let given = [request(), start("w1", 1), fail_attempt(1, Some(20))];
         assert!(matches!(
-            given_when(&[request(), start()], &start()).unwrap()[..],
+            given_when(&given, &start("w1", 19)),
+            Err(DomainError::InvalidTransition { command: "start", .. })
+        ));
+        assert!(matches!(
+            &given_when(&given, &start("w1", 20)).unwrap()[..],
             [RunEvent::RunStarted(RunStarted { attempt: 2, .. })]
         ));
+        let state = given_state(&given);
+        assert!(matches!(state, RunState::Exists { status: RunStatus::Running, attempts: 1, lease: None, .. }));
     }
 
     #[test]
-    fn a_run_can_fail() {
-        assert!(matches!(given_when(&[request(), start()], &fail()).unwrap()[..], [RunEvent::RunFailed(_)]));
+    fn the_last_allowed_attempt_failing_fails_the_run() {
+        assert_eq!(
+            types(&given_when(&[request(), start("w1", 1)], &fail_attempt(1, None)).unwrap()),
+            ["RunAttemptFailed", "RunFailed"]
+        );
+        // Even when a retry was scheduled, no attempt starts past the operation's limit.
+        let given = [
+            request(),
+            start("w", 1),
+            fail_attempt(1, Some(0)),
+            start("w", 2),
+            fail_attempt(2, Some(0)),
+            start("w", 3),
+            fail_attempt(3, Some(0)),
+        ];
+        assert_eq!(types(&given_when(&given, &start("w", 4)).unwrap()), ["RunFailed"]);
+    }
+
+    #[test]
+    fn a_leased_run_is_not_started_twice_at_once() {
+        let given = [request(), start("w1", 1)];
+        let refused = given_when(&given, &start("w2", 10));
+        assert!(
+            matches!(&refused, Err(DomainError::InvalidTransition { state, .. }) if state.contains("leased to worker w1")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_is_recorded_as_abandoned_and_taken_over() {
+        let events = given_when(&[request(), start("w1", 1)], &start("w2", 11)).unwrap();
+        assert_eq!(types(&events), ["RunAttemptFailed", "RunStarted"]);
+        assert!(matches!(&events[0], RunEvent::RunAttemptFailed(f) if f.attempt == 1 && f.error.contains("w1")));
+        assert!(
+            matches!(&events[1], RunEvent::RunStarted(s) if s.attempt == 2 && s.worker_id.as_deref() == Some("w2"))
+        );
+    }
+
+    #[test]
+    fn a_worker_that_lost_its_lease_cannot_record_an_outcome() {
+        let taken_over = [request(), start("w1", 1), start("w2", 11)];
+        assert!(matches!(given_when(&taken_over, &complete(1)), Err(DomainError::InvalidTransition { .. })));
+        assert!(matches!(given_when(&taken_over, &fail_attempt(1, None)), Err(DomainError::InvalidTransition { .. })));
+        assert_eq!(types(&given_when(&taken_over, &complete(2)).unwrap()), ["RunCompleted"]);
+    }
+
+    #[test]
+    fn a_run_can_fail_without_an_attempt() {
+        assert_eq!(types(&given_when(&[request()], &fail()).unwrap()), ["RunFailed"]);
     }
 
     #[test]
     fn invalid_transitions_are_rejected() {
         assert!(matches!(given_when(&[request()], &request()), Err(DomainError::AlreadyExists { .. })));
-        assert!(matches!(given_when(&[], &start()), Err(DomainError::InvalidTransition { .. })));
-        assert!(matches!(given_when(&[request()], &complete()), Err(DomainError::InvalidTransition { .. })));
-        assert!(matches!(
-            given_when(&[request(), start(), complete()], &complete()),
-            Err(DomainError::InvalidTransition { .. })
-        ));
-        assert!(matches!(
-            given_when(&[request(), start(), fail()], &start()),
-            Err(DomainError::InvalidTransition { .. })
-        ));
+        assert!(matches!(given_when(&[], &start("w", 1)), Err(DomainError::InvalidTransition { .. })));
+        assert!(matches!(given_when(&[request()], &complete(1)), Err(DomainError::InvalidTransition { .. })));
+        let completed = [request(), start("w", 1), complete(1)];
+        assert!(matches!(given_when(&completed, &complete(1)), Err(DomainError::InvalidTransition { .. })));
+        assert!(matches!(given_when(&completed, &start("w", 30)), Err(DomainError::InvalidTransition { .. })));
+        assert!(given_state(&completed).is_finished());
+        let failed = [request(), start("w", 1), fail_attempt(1, None)];
+        assert!(matches!(given_when(&failed, &start("w", 30)), Err(DomainError::InvalidTransition { .. })));
+    }
+
+    #[test]
+    fn started_events_written_before_leases_still_decode() {
+        let old = json!({"runId": "run-1", "attempt": 1, "startedAt": "2026-06-11T09:03:00Z"});
+        let decoded = RunEvent::decode("RunStarted", 1, old).unwrap();
+        assert!(matches!(decoded, RunEvent::RunStarted(RunStarted { worker_id: None, lease_expires_at: None, .. })));
     }
 }

@@ -8,7 +8,7 @@ use crate::credential::{
 use crate::delivery::DeliveryAccepted;
 use crate::event::schema_version_of;
 use crate::provider::ProviderRegistered;
-use crate::run::{RunCompleted, RunFailed, RunRequested, RunStarted};
+use crate::run::{RunAttemptFailed, RunCompleted, RunFailed, RunRequested, RunStarted};
 use crate::subscription::WebhookSubscriptionCreated;
 
 /// The JSON Schema (2020-12) of one event type's data at one schema version.
@@ -29,7 +29,7 @@ pub fn event_schemas() -> Vec<EventSchema> {
     macro_rules! schemas {
         ($($t:ident),* $(,)?) => { vec![$(schema_of::<$t>(stringify!($t))),*] };
     }
-    schemas![
+    let mut schemas = schemas![
         ConnectionEstablished,
         ConnectionHealthChecked,
         ProviderRegistered,
@@ -37,6 +37,7 @@ pub fn event_schemas() -> Vec<EventSchema> {
         DeliveryAccepted,
         RunRequested,
         RunStarted,
+        RunAttemptFailed,
         RunCompleted,
         RunFailed,
         CredentialRegistered,
@@ -44,7 +45,14 @@ pub fn event_schemas() -> Vec<EventSchema> {
         CredentialRotationStarted,
         CredentialRotated,
         CredentialRotationFailed,
-    ]
+    ];
+    // The normalized integration events share one data shape; each type gets its own file.
+    schemas.extend(crate::delivery::NORMALIZED_EVENT_TYPES.iter().map(|t| {
+        let mut s = schema_of::<crate::delivery::NormalizedIntegrationEvent>(t);
+        s.schema.insert("title".into(), (*t).into());
+        s
+    }));
+    schemas
 }
 
 /// The schema of the stored and published envelope.

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use domain::credential::{Credential, CredentialCommand, LinkConnection, StartRotation};
 use domain::provider::AuthModel;
-use domain::run::{RequestRun, Run, RunCommand};
+use domain::run::{FailAttempt, RequestRun, Run, RunCommand, StartAttempt};
 use domain::secret_ref::SecretRef;
 use domain::{AggregateEvent, AnyEvent, Decider};
 use proptest::prelude::*;
@@ -16,7 +16,7 @@ fn at(seconds: i64) -> DateTime<Utc> {
 
 fn run_command(kind: u8, n: i64) -> RunCommand {
     let run_id = "run-1".to_string();
-    match kind % 4 {
+    match kind % 5 {
         0 => RunCommand::Request(RequestRun {
             run_id,
             tenant_id: "t".into(),
@@ -26,8 +26,26 @@ fn run_command(kind: u8, n: i64) -> RunCommand {
             trace_id: "trace-1".into(),
             requested_at: at(n),
         }),
-        1 => RunCommand::StartAttempt { run_id, started_at: at(n) },
-        2 => RunCommand::Complete { run_id, output: json!({ "ok": n }), completed_at: at(n) },
+        1 => RunCommand::StartAttempt(StartAttempt {
+            run_id,
+            worker_id: format!("worker-{}", n % 2),
+            started_at: at(n),
+            lease_expires_at: at(n + 5),
+            max_attempts: 3,
+        }),
+        2 => RunCommand::Complete {
+            run_id,
+            attempt: (n % 3) as u32 + 1,
+            output: json!({ "ok": n }),
+            completed_at: at(n),
+        },
+        3 => RunCommand::FailAttempt(FailAttempt {
+            run_id,
+            attempt: (n % 3) as u32 + 1,
+            error: format!("error {n}"),
+            failed_at: at(n),
+            next_attempt_at: (n % 2 == 0).then(|| at(n + 1)),
+        }),
         _ => RunCommand::Fail { run_id, error: format!("error {n}"), failed_at: at(n) },
     }
 }

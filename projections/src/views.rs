@@ -91,7 +91,11 @@ pub struct RunView {
     /// When the run finished, whether it completed or failed.
     pub completed_at: Option<DateTime<Utc>>,
     pub trace_id: String,
+    /// The error of the latest failed attempt, or why the run failed.
     pub last_error: Option<String>,
+    /// When the next attempt is due, while a failed attempt waits for its retry.
+    #[serde(default)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use domain::secret_ref::SecretRef;
 
-use crate::vault::{SecretMetadata, SecretStore, SecretValue, VaultError};
+use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, VaultError};
 
 /// Entries kept at most; the cache is cleared when full (secrets are few, so this is rare).
 const CAPACITY: usize = 4096;
@@ -20,11 +20,12 @@ pub struct CachedSecretStore {
     inner: Arc<dyn SecretStore>,
     current_ttl: Duration,
     entries: Mutex<HashMap<SecretRef, (SecretValue, Option<Instant>)>>,
+    previous: Mutex<HashMap<SecretRef, (Option<PreviousSecret>, Instant)>>,
 }
 
 impl CachedSecretStore {
     pub fn new(inner: Arc<dyn SecretStore>, current_ttl: Duration) -> Self {
-        Self { inner, current_ttl, entries: Mutex::new(HashMap::new()) }
+        Self { inner, current_ttl, entries: Mutex::new(HashMap::new()), previous: Mutex::new(HashMap::new()) }
     }
 
     fn cached(&self, secret: &SecretRef) -> Option<SecretValue> {
@@ -42,6 +43,7 @@ impl SecretStore for CachedSecretStore {
     async fn put(&self, secret: &SecretRef, value: &[u8], expected_current: Option<u32>) -> Result<u32, VaultError> {
         let version = self.inner.put(secret, value, expected_current).await?;
         self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret.unversioned());
+        self.previous.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret.unversioned());
         Ok(version)
     }
 
@@ -65,6 +67,26 @@ impl SecretStore for CachedSecretStore {
 
     async fn list(&self) -> Result<Vec<SecretMetadata>, VaultError> {
         self.inner.list().await
+    }
+
+    /// Cached like the current version (for `current_ttl`): verifying a webhook during a
+    /// rotation asks for it on every request.
+    async fn previous(&self, secret: &SecretRef) -> Result<Option<PreviousSecret>, VaultError> {
+        {
+            let previous = self.previous.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((value, expires)) = previous.get(secret)
+                && Instant::now() < *expires
+            {
+                return Ok(value.clone());
+            }
+        }
+        let value = self.inner.previous(secret).await?;
+        let mut previous = self.previous.lock().unwrap_or_else(PoisonError::into_inner);
+        if previous.len() >= CAPACITY {
+            previous.clear();
+        }
+        previous.insert(secret.clone(), (value.clone(), Instant::now() + self.current_ttl));
+        Ok(value)
     }
 }
 

@@ -20,7 +20,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::sqlite::open_database;
-use crate::vault::{SecretMetadata, SecretStore, SecretValue, VaultError};
+use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, VaultError};
 
 const VAULT_MIGRATIONS: &[&str] = &["
     CREATE TABLE secret_versions (
@@ -364,6 +364,44 @@ impl SecretStore for SqliteVault {
         .await
     }
 
+    /// Version `current - 1`, superseded when version `current` was stored.
+    async fn previous(&self, secret: &SecretRef) -> Result<Option<PreviousSecret>, VaultError> {
+        if secret.version.is_some() {
+            return Ok(None);
+        }
+        let secret = secret.clone();
+        self.with_connection(move |conn, cipher| {
+            let current = current_version(conn, &secret).map_err(backend)?;
+            if current < 2 {
+                return Ok(None);
+            }
+            let superseded_at: String = conn
+                .query_row(
+                    "SELECT created_at FROM secret_versions WHERE vault = ?1 AND name = ?2 AND version = ?3",
+                    params![secret.vault, secret.name, current],
+                    |row| row.get(0),
+                )
+                .map_err(backend)?;
+            let superseded_at = chrono::DateTime::parse_from_rfc3339(&superseded_at)
+                .map_err(|e| VaultError::Backend(format!("{secret} version {current}: bad created_at: {e}")))?
+                .with_timezone(&Utc);
+            let version = current - 1;
+            let stored = conn
+                .query_row(
+                    "SELECT key_id, nonce, ciphertext FROM secret_versions
+                     WHERE vault = ?1 AND name = ?2 AND version = ?3",
+                    params![secret.vault, secret.name, version],
+                    |row| Ok(StoredVersion { key_id: row.get(0)?, nonce: row.get(1)?, ciphertext: row.get(2)? }),
+                )
+                .optional()
+                .map_err(backend)?
+                .ok_or_else(|| VaultError::NotFound(secret.with_version(version).to_string()))?;
+            let value = cipher.open(&secret, version, stored)?;
+            Ok(Some(PreviousSecret { value: SecretValue { version, value }, superseded_at }))
+        })
+        .await
+    }
+
     async fn list(&self) -> Result<Vec<SecretMetadata>, VaultError> {
         self.with_connection(|conn, _| {
             let mut query = conn
@@ -448,6 +486,27 @@ mod tests {
         fs::write(dir.path().join(MasterKey::FILE_NAME), "garbage").unwrap();
         assert!(MasterKey::load_or_create_from(None, dir.path()).is_err());
         assert_eq!(fs::read_to_string(dir.path().join(MasterKey::FILE_NAME)).unwrap(), "garbage");
+    }
+
+    #[tokio::test]
+    async fn the_previous_version_is_the_one_before_current_with_when_it_was_superseded() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = SqliteVault::open(&dir.path().join("v.db"), MasterKey::from_bytes([7; 32])).unwrap();
+        let s = SecretRef::parse("kv://v/hook").unwrap();
+        assert_eq!(vault.previous(&s).await.unwrap(), None, "no secret");
+        vault.put(&s, b"one", None).await.unwrap();
+        assert_eq!(vault.previous(&s).await.unwrap(), None, "a single version has no previous");
+        let before = Utc::now();
+        vault.put(&s, b"two", None).await.unwrap();
+        let previous = vault.previous(&s).await.unwrap().unwrap();
+        assert_eq!((previous.value.version, previous.value.value.as_slice()), (1, &b"one"[..]));
+        assert!(
+            previous.superseded_at >= before - chrono::Duration::seconds(1) && previous.superseded_at <= Utc::now()
+        );
+        vault.put(&s, b"three", None).await.unwrap();
+        assert_eq!(vault.previous(&s).await.unwrap().unwrap().value.value, b"two");
+        assert_eq!(vault.previous(&s.with_version(3)).await.unwrap(), None, "pinned refs do not rotate");
+        assert!(!format!("{previous:?}").contains("one"), "Debug redacts the value");
     }
 
     #[test]

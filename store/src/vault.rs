@@ -29,6 +29,28 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
+/// The version that was current before the current one, with the moment it stopped being
+/// current (when the current version was stored).
+///
+/// This is the vault's "previous" stage: inbound webhooks accept it for a grace period after a
+/// rotation, while the vendor still signs with it. When staging labels arrive (current, pending,
+/// previous), `previous` is the version labelled previous and `superseded_at` the moment the
+/// label moved to it; a pending version is not returned here.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub value: SecretValue,
+    pub superseded_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Debug for PreviousSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreviousSecret")
+            .field("value", &self.value)
+            .field("superseded_at", &self.superseded_at)
+            .finish()
+    }
+}
+
 /// Metadata of a secret, never its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretMetadata {
@@ -53,4 +75,11 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// Metadata of every secret, ordered by vault and name.
     async fn list(&self) -> Result<Vec<SecretMetadata>, VaultError>;
+
+    /// The previous version of an unversioned ref, see [`PreviousSecret`]; `None` when the
+    /// secret has a single version, and for a pinned ref (pinned refs do not rotate). Stores
+    /// that keep no history answer `None`, so nothing but the current version verifies.
+    async fn previous(&self, _secret: &SecretRef) -> Result<Option<PreviousSecret>, VaultError> {
+        Ok(None)
+    }
 }

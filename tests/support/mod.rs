@@ -62,6 +62,12 @@ pub fn spawn_app_in(data_dir: &Path, extra: &[&str]) -> App {
 }
 
 impl App {
+    /// An app around a `serve` child a test started itself (e.g. to read its stderr).
+    pub fn attach(base: String, data_dir: &Path, child: Child) -> App {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        App { base, data_dir: data_dir.to_path_buf(), client, child, _temp: None }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -33,5 +33,6 @@ async fn get_run(
         completed_at: view.completed_at,
         trace_id: view.trace_id,
         last_error: view.last_error,
+        next_attempt_at: view.next_attempt_at,
     }))
 }

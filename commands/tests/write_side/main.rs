@@ -3,6 +3,7 @@
 
 mod connections;
 mod credentials;
+mod deliveries;
 mod execute;
 mod idempotency;
 mod providers;

@@ -49,7 +49,12 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
                 None => Ok(()),
             }
         }
-        AnyEvent::Run(RunEvent::RunStarted(_) | RunEvent::RunCompleted(_) | RunEvent::RunFailed(_))
+        AnyEvent::Run(
+            RunEvent::RunStarted(_)
+            | RunEvent::RunAttemptFailed(_)
+            | RunEvent::RunCompleted(_)
+            | RunEvent::RunFailed(_),
+        )
         | AnyEvent::Provider(_)
         | AnyEvent::Subscription(_)
         | AnyEvent::Delivery(_)

@@ -35,6 +35,7 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
                 completed_at: None,
                 trace_id: e.trace_id.clone(),
                 last_error: None,
+                next_attempt_at: None,
             };
             store_doc(tx, NAME, &event.tenant_id, &e.run_id, &view)
         }
@@ -43,15 +44,25 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
             // As the decider counts: the attempt number, never going back.
             view.attempts = view.attempts.max(e.attempt);
             view.started_at = view.started_at.or(Some(e.started_at));
+            view.next_attempt_at = None;
+        }),
+        RunEvent::RunAttemptFailed(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
+            // Still running: the next attempt is scheduled (or a RunFailed follows).
+            view.status = RunStatus::Running;
+            view.attempts = view.attempts.max(e.attempt);
+            view.last_error = Some(e.error.clone());
+            view.next_attempt_at = e.next_attempt_at;
         }),
         RunEvent::RunCompleted(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
             view.status = RunStatus::Completed;
             view.completed_at = Some(e.completed_at);
+            view.next_attempt_at = None;
         }),
         RunEvent::RunFailed(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
             view.status = RunStatus::Failed;
             view.completed_at = Some(e.failed_at);
             view.last_error = Some(e.error.clone());
+            view.next_attempt_at = None;
         }),
     }
 }

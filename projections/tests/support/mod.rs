@@ -12,7 +12,7 @@ use domain::Actor;
 use domain::delivery::AcceptDelivery;
 use domain::ids::{self, stream_id};
 use domain::provider::{AuthModel, RegisterProvider};
-use domain::run::{Run, RunCommand};
+use domain::run::{Run, RunCommand, StartAttempt};
 use domain::subscription::CreateWebhookSubscription;
 use projections::{ProjectionError, Projections, ReadModels};
 use serde_json::json;
@@ -79,7 +79,14 @@ impl Engine {
     }
 
     pub async fn start_run_attempt(&self, tenant: &str, run_id: &str) {
-        let command = RunCommand::StartAttempt { run_id: run_id.into(), started_at: now() };
+        let command = RunCommand::StartAttempt(StartAttempt {
+            run_id: run_id.into(),
+            worker_id: "worker-test".into(),
+            started_at: now(),
+            // Expired at once: starting again is a takeover (the tests start a run twice).
+            lease_expires_at: now(),
+            max_attempts: 3,
+        });
         self.commands.execute::<Run>(&ctx(tenant), &stream_id(tenant, run_id), &command).await.unwrap();
     }
 
@@ -89,7 +96,14 @@ impl Engine {
     }
 
     pub async fn complete_run(&self, tenant: &str, run_id: &str) {
-        let command = RunCommand::Complete { run_id: run_id.into(), output: json!({"number": 7}), completed_at: now() };
+        // The attempt in flight completes.
+        let history = self.commands.load::<domain::run::RunEvent>(&stream_id(tenant, run_id)).await.unwrap();
+        let attempt = match <Run as domain::Decider>::fold(&history.events) {
+            domain::run::RunState::Exists { attempts, .. } => attempts,
+            domain::run::RunState::None => 0,
+        };
+        let command =
+            RunCommand::Complete { run_id: run_id.into(), attempt, output: json!({"number": 7}), completed_at: now() };
         self.commands.execute::<Run>(&ctx(tenant), &stream_id(tenant, run_id), &command).await.unwrap();
     }
 
@@ -168,6 +182,7 @@ pub async fn run_scenario(engine: &Engine, tenant: &str) -> Scenario {
         provider_delivery_id: "gh-12345".into(),
         event_name: "pull_request".into(),
         normalized_event_type: "PullRequestMerged".into(),
+        attributes: Default::default(),
         payload_digest: "sha256:ab12".into(),
         received_at: now(),
     };

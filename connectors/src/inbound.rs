@@ -1,0 +1,335 @@
+//! The inbound gateway's vendor side: which scheme verifies a connection's deliveries, running
+//! it over the raw request, and reading the vendor-native delivery (id, event, payload) out of
+//! the verified bytes.
+
+use std::collections::BTreeMap;
+
+use ring::digest;
+use serde_json::Value;
+
+use crate::jws::JwkSet;
+use crate::signature::{KeyIndex, SignatureError};
+use crate::{form, github, gitlab, jws, shopify, slack, standard_webhooks, stripe, twilio};
+
+/// Request headers by lower-case name (the first value of a repeated header).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(BTreeMap<String, String>);
+
+impl Headers {
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut map = BTreeMap::new();
+        for (name, value) in pairs {
+            map.entry(name.to_ascii_lowercase()).or_insert_with(|| value.to_string());
+        }
+        Self(map)
+    }
+
+    /// The trimmed value of a header.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim())
+    }
+}
+
+/// A request as the gateway received it, with what verification needs.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedRequest<'a> {
+    pub headers: &'a Headers,
+    /// The raw body, exactly as received.
+    pub body: &'a [u8],
+    /// The URL the vendor called (Twilio signs it).
+    pub url: &'a str,
+    /// Unix seconds now.
+    pub now: i64,
+    /// How far a signed timestamp may be from `now`, either way.
+    pub tolerance_seconds: u64,
+}
+
+/// One way a vendor authenticates its deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    GitHub,
+    Stripe,
+    StandardWebhooks,
+    Slack,
+    Shopify,
+    Twilio,
+    GitLab,
+    Jws,
+}
+
+impl Scheme {
+    pub const ALL: [Scheme; 8] = [
+        Self::GitHub,
+        Self::Stripe,
+        Self::StandardWebhooks,
+        Self::Slack,
+        Self::Shopify,
+        Self::Twilio,
+        Self::GitLab,
+        Self::Jws,
+    ];
+
+    /// The name used in `X-CS-Provider`, the connection's `webhookScheme`, the rule table and
+    /// the `provider` of `DeliveryAccepted`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GitHub => "github",
+            Self::Stripe => "stripe",
+            Self::StandardWebhooks => "standard-webhooks",
+            Self::Slack => "slack",
+            Self::Shopify => "shopify",
+            Self::Twilio => "twilio",
+            Self::GitLab => "gitlab",
+            Self::Jws => "jws",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The scheme a provider key implies when the connection names none: the key itself, or
+    /// the part before its first `-` (`twilio-sms` is Twilio). `svix` is Standard Webhooks.
+    pub fn for_provider_key(key: &str) -> Option<Self> {
+        let family = key.split('-').next().unwrap_or(key);
+        match family {
+            "svix" => Some(Self::StandardWebhooks),
+            "jws" => None,
+            _ => Self::from_name(key).or_else(|| Self::from_name(family)),
+        }
+    }
+
+    /// The header that carries the proof, for error messages and `WWW-Authenticate`.
+    pub fn signature_header(self) -> &'static str {
+        match self {
+            Self::GitHub => "X-Hub-Signature-256",
+            Self::Stripe => "Stripe-Signature",
+            Self::StandardWebhooks => "webhook-signature",
+            Self::Slack => "X-Slack-Signature",
+            Self::Shopify => "X-Shopify-Hmac-Sha256",
+            Self::Twilio => "X-Twilio-Signature",
+            Self::GitLab => "X-Gitlab-Token",
+            Self::Jws => "the JWS body",
+        }
+    }
+
+    /// Whether the scheme verifies with the connection's secret (all but JWS, which uses the
+    /// provider's public keys).
+    pub fn uses_secret(self) -> bool {
+        self != Self::Jws
+    }
+}
+
+/// What verifies a delivery: the connection's secrets (current first, then the previous one
+/// during a rotation) or the provider's public keys.
+#[derive(Debug, Clone, Copy)]
+pub enum Keys<'a> {
+    Secrets(&'a [&'a [u8]]),
+    Jwks(&'a JwkSet),
+}
+
+/// A verified request: which key verified it and the signed bytes (the body itself, or a JWS's
+/// payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub key_index: KeyIndex,
+    pub signed_body: Vec<u8>,
+}
+
+/// Runs `scheme`'s verification over the raw request.
+pub fn verify(scheme: Scheme, request: &SignedRequest<'_>, keys: Keys<'_>) -> Result<Verified, SignatureError> {
+    let by_secret = |verify: fn(&SignedRequest<'_>, &[&[u8]]) -> Result<KeyIndex, SignatureError>| match keys {
+        Keys::Secrets(secrets) => {
+            verify(request, secrets).map(|key_index| Verified { key_index, signed_body: request.body.to_vec() })
+        }
+        Keys::Jwks(_) => Err(SignatureError::UnknownKey("this scheme verifies with a secret, not a JWKS")),
+    };
+    match scheme {
+        Scheme::GitHub => by_secret(github::verify),
+        Scheme::Stripe => by_secret(stripe::verify),
+        Scheme::StandardWebhooks => by_secret(standard_webhooks::verify),
+        Scheme::Slack => by_secret(slack::verify),
+        Scheme::Shopify => by_secret(shopify::verify),
+        Scheme::Twilio => by_secret(twilio::verify),
+        Scheme::GitLab => by_secret(gitlab::verify),
+        Scheme::Jws => match keys {
+            Keys::Jwks(set) => jws::verify(request, set).map(|payload| Verified { key_index: 0, signed_body: payload }),
+            Keys::Secrets(_) => Err(SignatureError::UnknownKey("JWS deliveries verify with the provider's JWKS")),
+        },
+    }
+}
+
+/// A delivery read from its verified bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeDelivery {
+    /// The vendor's id of the delivery: deliveries are deduplicated on it, per connection.
+    pub provider_delivery_id: String,
+    pub event_name: String,
+    pub payload: Value,
+}
+
+/// Why a verified vendor-native request is not a delivery we can read (answered 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ShapeError(pub String);
+
+/// Reads a vendor-native delivery: where each vendor puts its delivery id and event name, and
+/// the payload (JSON, or a form body as an object of strings). Only `signed_body` decides
+/// the payload; headers only supply ids and event names the vendor sends nowhere else.
+pub fn native_delivery(scheme: Scheme, headers: &Headers, signed_body: &[u8]) -> Result<NativeDelivery, ShapeError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .map(String::from)
+            .ok_or_else(|| ShapeError(format!("the {name} header is required")))
+    };
+    let is_form =
+        !signed_body.trim_ascii_start().starts_with(b"{") && !signed_body.trim_ascii_start().starts_with(b"[");
+    let json = || -> Result<Value, ShapeError> {
+        serde_json::from_slice(signed_body).map_err(|e| ShapeError(format!("the body is not JSON: {e}")))
+    };
+    let text = |payload: &Value, path: &[&str]| -> Option<String> {
+        let mut value = payload;
+        for key in path {
+            value = value.get(key)?;
+        }
+        value.as_str().filter(|s| !s.is_empty()).map(String::from)
+    };
+    let digest_id = || format!("sha256:{}", hex::encode(digest::digest(&digest::SHA256, signed_body)));
+    let delivery = match scheme {
+        Scheme::GitHub => NativeDelivery {
+            provider_delivery_id: header(github::DELIVERY_HEADER)?,
+            event_name: header(github::EVENT_HEADER)?,
+            payload: json()?,
+        },
+        Scheme::Shopify => NativeDelivery {
+            provider_delivery_id: header(shopify::WEBHOOK_ID_HEADER)?,
+            event_name: header(shopify::TOPIC_HEADER)?,
+            payload: json()?,
+        },
+        Scheme::GitLab => {
+            let payload = json()?;
+            NativeDelivery {
+                provider_delivery_id: header(gitlab::EVENT_UUID_HEADER)?,
+                event_name: text(&payload, &["object_kind"])
+                    .ok_or_else(|| ShapeError("the body has no object_kind".into()))?,
+                payload,
+            }
+        }
+        Scheme::Stripe => {
+            let payload = json()?;
+            NativeDelivery {
+                provider_delivery_id: text(&payload, &["id"])
+                    .ok_or_else(|| ShapeError("the event has no id".into()))?,
+                event_name: text(&payload, &["type"]).ok_or_else(|| ShapeError("the event has no type".into()))?,
+                payload,
+            }
+        }
+        Scheme::StandardWebhooks => {
+            let payload = json()?;
+            NativeDelivery {
+                provider_delivery_id: header(standard_webhooks::ID_HEADER)?,
+                event_name: text(&payload, &["type"]).ok_or_else(|| ShapeError("the payload has no type".into()))?,
+                payload,
+            }
+        }
+        Scheme::Slack if is_form => {
+            let pairs = form::parse(signed_body);
+            let payload = form::to_json(&pairs);
+            let event_name = if payload.get("command").is_some() { "slash_command" } else { "interaction" };
+            // A form request has no id of its own: the digest of the signed bytes (timestamp
+            // included by the signature) names it.
+            NativeDelivery { provider_delivery_id: digest_id(), event_name: event_name.into(), payload }
+        }
+        Scheme::Slack => {
+            let payload = json()?;
+            let outer = text(&payload, &["type"]).ok_or_else(|| ShapeError("the body has no type".into()))?;
+            let event_name = match outer.as_str() {
+                "event_callback" => text(&payload, &["event", "type"]).unwrap_or(outer),
+                _ => outer,
+            };
+            NativeDelivery {
+                provider_delivery_id: text(&payload, &["event_id"]).unwrap_or_else(digest_id),
+                event_name,
+                payload,
+            }
+        }
+        Scheme::Twilio => {
+            let payload = if is_form { form::to_json(&form::parse(signed_body)) } else { json()? };
+            let event_name = if payload.get("MessageStatus").is_some() || payload.get("SmsStatus").is_some() {
+                "message.status".to_string()
+            } else if payload.get("CallStatus").is_some() {
+                "call.status".to_string()
+            } else {
+                text(&payload, &["type"]).unwrap_or_else(|| "request".into())
+            };
+            // Twilio's idempotency token header is not signed; the digest of the signed
+            // parameters is, and a retry repeats them exactly.
+            NativeDelivery { provider_delivery_id: digest_id(), event_name, payload }
+        }
+        Scheme::Jws => {
+            let payload = json()?;
+            let event_name = ["type", "event", "event_type", "notificationType"]
+                .iter()
+                .find_map(|k| text(&payload, &[k]))
+                .ok_or_else(|| ShapeError("the JWS payload has no type".into()))?;
+            NativeDelivery {
+                provider_delivery_id: text(&payload, &["jti"])
+                    .or_else(|| text(&payload, &["id"]))
+                    .unwrap_or_else(digest_id),
+                event_name,
+                payload,
+            }
+        }
+    };
+    if delivery.provider_delivery_id.len() > 256 || delivery.event_name.len() > 128 {
+        return Err(ShapeError("the delivery id or event name is too long".into()));
+    }
+    Ok(delivery)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_have_unique_names_and_follow_provider_keys() {
+        for scheme in Scheme::ALL {
+            assert_eq!(Scheme::from_name(scheme.name()), Some(scheme));
+        }
+        assert_eq!(Scheme::for_provider_key("github"), Some(Scheme::GitHub));
+        assert_eq!(Scheme::for_provider_key("twilio-sms"), Some(Scheme::Twilio));
+        assert_eq!(Scheme::for_provider_key("standard-webhooks"), Some(Scheme::StandardWebhooks));
+        assert_eq!(Scheme::for_provider_key("svix"), Some(Scheme::StandardWebhooks));
+        assert_eq!(Scheme::for_provider_key("openai"), None);
+        assert_eq!(Scheme::for_provider_key("jws"), None, "JWS is chosen explicitly, with its key set");
+    }
+
+    #[test]
+    fn headers_are_case_insensitive_and_keep_the_first_value() {
+        let h = Headers::from_pairs([("X-GitHub-Event", " push "), ("x-github-event", "other")]);
+        assert_eq!(h.get("x-github-event"), Some("push"));
+    }
+
+    #[test]
+    fn native_deliveries_name_their_ids_and_events() {
+        let gh = Headers::from_pairs([("x-github-delivery", "d-1"), ("x-github-event", "push")]);
+        let d = native_delivery(Scheme::GitHub, &gh, br#"{"ref":"refs/heads/main"}"#).unwrap();
+        assert_eq!((d.provider_delivery_id.as_str(), d.event_name.as_str()), ("d-1", "push"));
+        assert!(native_delivery(Scheme::GitHub, &Headers::default(), b"{}").is_err());
+
+        let stripe = native_delivery(Scheme::Stripe, &Headers::default(), br#"{"id":"evt_1","type":"invoice.paid"}"#);
+        assert_eq!(stripe.unwrap().event_name, "invoice.paid");
+
+        let slack = br#"{"type":"event_callback","event_id":"Ev1","event":{"type":"app_mention"}}"#;
+        let d = native_delivery(Scheme::Slack, &Headers::default(), slack).unwrap();
+        assert_eq!((d.provider_delivery_id.as_str(), d.event_name.as_str()), ("Ev1", "app_mention"));
+
+        let twilio = b"MessageSid=SM1&MessageStatus=delivered";
+        let d = native_delivery(Scheme::Twilio, &Headers::default(), twilio).unwrap();
+        assert_eq!(d.event_name, "message.status");
+        assert_eq!(d.payload["MessageStatus"], "delivered");
+        assert!(d.provider_delivery_id.starts_with("sha256:"));
+    }
+}

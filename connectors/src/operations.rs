@@ -1,0 +1,267 @@
+//! Integration operations: what a run asks a provider to do, resolved to the provider's API
+//! client. The run executor (workers) knows nothing vendor-specific: it resolves the run's
+//! operation here, takes the operation's retry policy, and calls it.
+//!
+//! | operation | providers | client |
+//! |---|---|---|
+//! | `http.request` | any | [`crate::http_call`]: a signed HTTP call to the provider's `baseUrl` |
+//! | `OpenPullRequest` | GitHub | [`crate::github_api`]: `POST /repos/{owner}/{repo}/pulls` |
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::egress::{EgressError, EgressPolicy, http_client};
+use crate::{github_api, http_call};
+
+/// The operation name of the generic signed HTTP call.
+pub const HTTP_REQUEST: &str = "http.request";
+/// The operation name of GitHub's "create a pull request".
+pub const OPEN_PULL_REQUEST: &str = "OpenPullRequest";
+
+/// The provider and connection a run targets, as registered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderTarget {
+    /// The provider's key in its tenant, e.g. `github`.
+    pub provider_key: String,
+    /// The API client implementation named at registration, e.g. `ConnectSoft.SourceControl.Providers.GitHub`.
+    pub api_client: String,
+    /// Where the provider's API lives, e.g. `https://api.github.com`.
+    pub base_url: String,
+    /// The connection's provider settings (`organization`, `defaultBranch`, ...).
+    pub configuration: Map<String, Value>,
+}
+
+impl ProviderTarget {
+    /// Whether the provider is GitHub (by its key or its API client's name).
+    pub fn is_github(&self) -> bool {
+        self.provider_key == "github"
+            || self.api_client.rsplit('.').next().is_some_and(|name| name.eq_ignore_ascii_case("github"))
+    }
+}
+
+/// A credential value from the vault. `Debug` never prints it.
+#[derive(Clone)]
+pub struct Credential(Vec<u8>);
+
+impl Credential {
+    pub fn new(value: Vec<u8>) -> Self {
+        Self(value)
+    }
+
+    pub(crate) fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credential(<redacted>)")
+    }
+}
+
+/// How an operation is retried: attempts, the per-attempt deadline and the backoff between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// How long one attempt may take before it counts as failed.
+    pub attempt_timeout: Duration,
+    /// The wait before the second attempt; each later wait doubles, up to `max_backoff`.
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Why an operation could not be resolved for a run: permanent, the run fails at once.
+#[derive(Debug, Error, PartialEq)]
+pub enum ResolveError {
+    #[error("operation {operation} is not supported for provider {provider} (supported: {supported})")]
+    Unsupported { operation: String, provider: String, supported: String },
+    #[error("invalid input for {operation}: {reason}")]
+    InvalidInput { operation: String, reason: String },
+}
+
+/// Why a call failed.
+#[derive(Debug, Error, PartialEq)]
+pub enum CallError {
+    /// May succeed later (timeouts, 5xx, 429, connection refused): the run retries.
+    #[error("{0}")]
+    Retryable(String),
+    /// Fails the same way every time (4xx, bad credentials, refused by egress policy).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl CallError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_))
+    }
+}
+
+/// A run's operation, validated and bound to its API client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResolvedOperation {
+    HttpRequest(http_call::HttpRequestInput),
+    OpenPullRequest(github_api::OpenPullRequest),
+}
+
+impl ResolvedOperation {
+    /// The default retry policy of the operation.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        match self {
+            // Vendor APIs answer in seconds; a pull request that fails three times needs a human.
+            Self::OpenPullRequest(_) => RetryPolicy {
+                max_attempts: 3,
+                attempt_timeout: Duration::from_secs(30),
+                first_backoff: Duration::from_secs(2),
+                max_backoff: Duration::from_secs(60),
+            },
+            Self::HttpRequest(_) => RetryPolicy {
+                max_attempts: 5,
+                attempt_timeout: Duration::from_secs(15),
+                first_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+/// Resolves `operation` with `input` for the provider of `target`.
+pub fn resolve(operation: &str, target: &ProviderTarget, input: &Value) -> Result<ResolvedOperation, ResolveError> {
+    let invalid = |reason: String| ResolveError::InvalidInput { operation: operation.into(), reason };
+    match operation {
+        HTTP_REQUEST => http_call::HttpRequestInput::parse(input).map(ResolvedOperation::HttpRequest).map_err(invalid),
+        OPEN_PULL_REQUEST if target.is_github() => github_api::OpenPullRequest::parse(input, &target.configuration)
+            .map(ResolvedOperation::OpenPullRequest)
+            .map_err(invalid),
+        _ => Err(ResolveError::Unsupported {
+            operation: operation.into(),
+            provider: target.provider_key.clone(),
+            supported: supported_operations(target).join(", "),
+        }),
+    }
+}
+
+/// The operations the provider of `target` supports.
+pub fn supported_operations(target: &ProviderTarget) -> Vec<&'static str> {
+    let mut supported = vec![HTTP_REQUEST];
+    if target.is_github() {
+        supported.push(OPEN_PULL_REQUEST);
+    }
+    supported
+}
+
+/// The API clients, sharing one egress-checked HTTP client.
+#[derive(Debug, Clone)]
+pub struct ApiClients {
+    http: reqwest::Client,
+    policy: EgressPolicy,
+}
+
+impl ApiClients {
+    pub fn new(policy: EgressPolicy) -> Result<Self, EgressError> {
+        Ok(Self { http: http_client(policy, Duration::from_secs(10))?, policy })
+    }
+
+    /// Performs `operation` against `target` with `credential`; the output is recorded in the
+    /// run's `RunCompleted` event, so it never contains the credential.
+    pub async fn call(
+        &self,
+        operation: &ResolvedOperation,
+        target: &ProviderTarget,
+        credential: &Credential,
+    ) -> Result<Value, CallError> {
+        let base = reqwest::Url::parse(&target.base_url)
+            .map_err(|e| CallError::Permanent(format!("provider baseUrl {}: {e}", target.base_url)))?;
+        crate::egress::check_url(self.policy, &base).map_err(CallError::Permanent)?;
+        match operation {
+            ResolvedOperation::HttpRequest(input) => http_call::call(&self.http, &base, input, credential).await,
+            ResolvedOperation::OpenPullRequest(input) => {
+                github_api::open_pull_request(&self.http, &base, input, credential).await
+            }
+        }
+    }
+}
+
+/// Classifies a transport error: nothing reached the provider, or its answer never came.
+pub(crate) fn transport_error(error: &reqwest::Error) -> CallError {
+    // The chain says why (connection refused, refused by egress policy, ...); the URL holds no secret.
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if message.contains("egress policy") { CallError::Permanent(message) } else { CallError::Retryable(message) }
+}
+
+/// Classifies an HTTP status that is not a success.
+pub(crate) fn status_error(status: reqwest::StatusCode, detail: &str) -> CallError {
+    let message = format!("{status}: {detail}");
+    if status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429) {
+        CallError::Retryable(message)
+    } else {
+        CallError::Permanent(message)
+    }
+}
+
+/// The beginning of a response body, for error messages.
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    const MAX: usize = 512;
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]).into_owned();
+    if body.len() > MAX { format!("{text}...") } else { text }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn github() -> ProviderTarget {
+        ProviderTarget {
+            provider_key: "github".into(),
+            api_client: "ConnectSoft.SourceControl.Providers.GitHub".into(),
+            base_url: "https://api.github.com".into(),
+            configuration: json!({"organization": "connectsoft-booking", "defaultBranch": "main"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn operations_resolve_to_the_providers_client() {
+        let pr = resolve(OPEN_PULL_REQUEST, &github(), &json!({"repo": "booking", "title": "T", "head": "feature"}));
+        assert!(matches!(pr, Ok(ResolvedOperation::OpenPullRequest(_))));
+        let call = resolve(HTTP_REQUEST, &github(), &json!({"method": "GET", "path": "/zen"}));
+        assert!(matches!(call, Ok(ResolvedOperation::HttpRequest(_))));
+    }
+
+    #[test]
+    fn unknown_operations_and_foreign_providers_are_unsupported() {
+        let twilio = ProviderTarget {
+            provider_key: "twilio-sms".into(),
+            api_client: "ConnectSoft.Sms.Providers.Twilio".into(),
+            ..github()
+        };
+        let refused = resolve(OPEN_PULL_REQUEST, &twilio, &json!({}));
+        assert!(matches!(&refused, Err(ResolveError::Unsupported { provider, .. }) if provider == "twilio-sms"));
+        assert!(matches!(resolve("DeleteEverything", &github(), &json!({})), Err(ResolveError::Unsupported { .. })));
+    }
+
+    #[test]
+    fn credentials_are_redacted_in_debug() {
+        assert_eq!(format!("{:?}", Credential::new(b"ghp_secret".to_vec())), "Credential(<redacted>)");
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_retryable_client_errors_are_not() {
+        assert!(status_error(reqwest::StatusCode::BAD_GATEWAY, "").is_retryable());
+        assert!(status_error(reqwest::StatusCode::TOO_MANY_REQUESTS, "").is_retryable());
+        assert!(!status_error(reqwest::StatusCode::UNPROCESSABLE_ENTITY, "").is_retryable());
+        assert!(!status_error(reqwest::StatusCode::UNAUTHORIZED, "").is_retryable());
+    }
+}

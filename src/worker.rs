@@ -1,0 +1,380 @@
+//! The workers' wiring: the `worker` command (Kafka consumers in a consumer group), the workers
+//! `serve` runs in-process (the embedded feed by default, Kafka with `--kafka-brokers`), the
+//! relay, and the `runs start` command that feeds `StartRun` to the engine.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use commands::{Commands, SystemClock};
+use connectors::egress::EgressPolicy;
+use connectors::operations::ApiClients;
+use domain::Actor;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use store::cached_vault::CachedSecretStore;
+use store::sqlite::SqliteEventStore;
+use store::{EventStore, SecretStore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use workers::executor::RUN_EXECUTOR_CONSUMER;
+use workers::kafka::{ensure_topics, run_commands_consumer};
+use workers::messages::{
+    COMMAND_SCHEMA_VERSION, COMMANDS_TOPIC, ControlCommand, SCHEMA_VERSION_HEADER, StartRun, run_id_for,
+};
+use workers::relay::{RELAY_CONSUMER, run_relay};
+use workers::start_run::{StartRunHandler, parse_command};
+use workers::{
+    ConsumerOptions, EmbeddedFeed, ExecutorSettings, KafkaFeed, KafkaSettings, RunExecutor, SharedStore,
+    SqliteCheckpoints, run_consumer_with,
+};
+
+use crate::DataDir;
+use crate::serve::EVENTS_DB;
+
+/// The workers' checkpoints (relay, embedded consumers), beside the event store.
+pub const WORKERS_DB: &str = "workers.db";
+/// How often a process looks for events other processes appended.
+const SHARED_STORE_POLL: Duration = Duration::from_millis(200);
+/// How long a resolved current secret version is reused before the vault is asked again.
+const SECRET_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Where the Kafka bus is; without brokers the engine runs embedded.
+#[derive(Args, Clone, Debug)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (`host:port,...`). Without it, `serve` runs embedded: the workers
+    /// read the event store in-process and nothing is published.
+    #[arg(long, env = "IE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Prefix of the consumer groups (`PREFIX.run-executor`, `PREFIX.commands`).
+    #[arg(long, env = "IE_KAFKA_GROUP_PREFIX", default_value = "integration-engine")]
+    pub kafka_group_prefix: String,
+    /// Partitions of the topics created when missing.
+    #[arg(long, env = "IE_KAFKA_PARTITIONS", default_value_t = 6)]
+    pub kafka_partitions: i32,
+    /// Replication factor of the topics created when missing.
+    #[arg(long, env = "IE_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub kafka_replication_factor: i32,
+    /// How long the group waits for a silent worker before handing its partitions to the others.
+    #[arg(long, env = "IE_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_session_timeout_ms: u64,
+}
+
+impl KafkaArgs {
+    pub fn settings(&self) -> Option<KafkaSettings> {
+        let brokers = self.kafka_brokers.as_ref()?;
+        let mut settings = KafkaSettings::new(brokers.clone());
+        settings.group_prefix = self.kafka_group_prefix.clone();
+        settings.partitions = self.kafka_partitions;
+        settings.replication_factor = self.kafka_replication_factor;
+        settings.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
+        Some(settings)
+    }
+}
+
+/// How runs are executed.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Attempts per run, overriding every operation's own limit.
+    #[arg(long, env = "IE_RUN_MAX_ATTEMPTS")]
+    pub run_max_attempts: Option<u32>,
+    /// Per-attempt timeout in ms, overriding every operation's own.
+    #[arg(long, env = "IE_RUN_ATTEMPT_TIMEOUT_MS")]
+    pub run_attempt_timeout_ms: Option<u64>,
+    /// Backoff before the second attempt in ms (doubling per attempt), overriding the operation's.
+    #[arg(long, env = "IE_RUN_FIRST_BACKOFF_MS")]
+    pub run_first_backoff_ms: Option<u64>,
+    /// Longest backoff between attempts in ms, overriding the operation's.
+    #[arg(long, env = "IE_RUN_MAX_BACKOFF_MS")]
+    pub run_max_backoff_ms: Option<u64>,
+    /// How long an attempt's lease outlives its timeout, in ms.
+    #[arg(long, env = "IE_RUN_LEASE_GRACE_MS", default_value_t = 5_000)]
+    pub run_lease_grace_ms: u64,
+    /// Let runs call private, loopback and link-local addresses (development and tests only).
+    #[arg(long, env = "IE_ALLOW_PRIVATE_EGRESS")]
+    pub allow_private_egress: bool,
+}
+
+impl RunArgs {
+    fn executor_settings(&self) -> ExecutorSettings {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+        let host = if host.is_empty() { "host".to_owned() } else { host };
+        let mut settings = ExecutorSettings::new(format!("{host}-{}", std::process::id()));
+        settings.lease_grace = Duration::from_millis(self.run_lease_grace_ms);
+        settings.max_attempts = self.run_max_attempts;
+        settings.attempt_timeout = self.run_attempt_timeout_ms.map(Duration::from_millis);
+        settings.first_backoff = self.run_first_backoff_ms.map(Duration::from_millis);
+        settings.max_backoff = self.run_max_backoff_ms.map(Duration::from_millis);
+        settings
+    }
+
+    fn egress(&self) -> EgressPolicy {
+        if self.allow_private_egress { EgressPolicy::AllowPrivate } else { EgressPolicy::PublicOnly }
+    }
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    data: DataDir,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    runs: RunArgs,
+}
+
+/// The engine's stores as the workers need them.
+pub struct Stores {
+    pub store: Arc<dyn EventStore>,
+    pub vault: Arc<dyn SecretStore>,
+}
+
+impl Stores {
+    /// Opens the data dir's event store (seeing other processes' appends) and vault.
+    pub fn open(data: &DataDir) -> anyhow::Result<Self> {
+        let dir = &data.data_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let sqlite: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.join(EVENTS_DB))?);
+        let store: Arc<dyn EventStore> = Arc::new(SharedStore::new(sqlite, SHARED_STORE_POLL));
+        let vault: Arc<dyn SecretStore> =
+            Arc::new(CachedSecretStore::new(Arc::new(crate::secrets::open_vault(data)?), SECRET_CACHE_TTL));
+        Ok(Self { store, vault })
+    }
+
+    fn commands(&self) -> Commands {
+        Commands::new(self.store.clone(), self.vault.clone(), Arc::new(SystemClock))
+    }
+}
+
+/// Background tasks started by [`start`]; [`Workers::stop`] ends them.
+pub struct Workers {
+    shutdown: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Workers {
+    /// Asks every task to stop and waits for them (a run in flight is abandoned to its lease).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for (name, task) in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::error!(task = name, error = %format!("{error:#}"), "worker task failed"),
+                Ok(Err(error)) => tracing::error!(task = name, %error, "worker task panicked"),
+                Err(_) => tracing::warn!(task = name, "worker task did not stop in time"),
+            }
+        }
+    }
+
+    /// Waits until any task ends (they run until shutdown, so that is a failure).
+    pub async fn any_ended(&mut self) -> anyhow::Result<()> {
+        if self.tasks.is_empty() {
+            return std::future::pending().await;
+        }
+        let (ended, index, _) = futures::future::select_all(self.tasks.iter_mut().map(|(_, task)| task)).await;
+        let name = self.tasks[index].0;
+        match ended {
+            Ok(Ok(())) => Err(anyhow::anyhow!("worker task {name} stopped")),
+            Ok(Err(error)) => Err(error.context(format!("worker task {name}"))),
+            Err(error) => Err(anyhow::anyhow!("worker task {name} panicked: {error}")),
+        }
+    }
+}
+
+/// What a process runs besides (or instead of) the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Publish the store's events to Kafka (the server of a data dir, with brokers).
+    pub relay: bool,
+    /// Consume commands and execute runs.
+    pub consumers: bool,
+}
+
+/// Starts the background work of `roles` over `stores`: on Kafka when `kafka` is set, else on
+/// the embedded feed.
+pub async fn start(
+    stores: &Stores,
+    data_dir: &Path,
+    kafka: Option<&KafkaSettings>,
+    runs: &RunArgs,
+    roles: Roles,
+) -> anyhow::Result<Workers> {
+    let shutdown = CancellationToken::new();
+    let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+    let checkpoints = if roles.relay || (roles.consumers && kafka.is_none()) {
+        Some(SqliteCheckpoints::open(data_dir.join(WORKERS_DB)).await?)
+    } else {
+        None
+    };
+    if let (true, Some(settings), Some(checkpoints)) = (roles.relay, kafka, &checkpoints) {
+        let feed = EmbeddedFeed::open(stores.store.clone(), checkpoints.clone(), RELAY_CONSUMER).await?;
+        let (settings, token) = (settings.clone(), shutdown.child_token());
+        tasks.push((
+            "relay",
+            tokio::spawn(async move {
+                if wait_for_topics(&settings, &token).await {
+                    run_relay(feed, &settings, token).await?;
+                }
+                Ok(())
+            }),
+        ));
+    }
+    if roles.consumers {
+        let clients = ApiClients::new(runs.egress())?;
+        let executor = Arc::new(RunExecutor::new(
+            stores.commands(),
+            stores.vault.clone(),
+            clients,
+            runs.executor_settings(),
+            shutdown.child_token(),
+        ));
+        // A run holds its event while it executes; small batches commit finished runs sooner.
+        let options = ConsumerOptions { batch_size: 10, ..ConsumerOptions::default() };
+        let token = shutdown.child_token();
+        match (kafka, &checkpoints) {
+            (Some(settings), _) => {
+                let settings_for_feed = settings.clone();
+                tasks.push((
+                    "run-executor",
+                    tokio::spawn(async move {
+                        if wait_for_topics(&settings_for_feed, &token).await {
+                            let feed = KafkaFeed::subscribe(&settings_for_feed, RUN_EXECUTOR_CONSUMER)?;
+                            run_consumer_with(feed, executor, options, token).await?;
+                        }
+                        Ok(())
+                    }),
+                ));
+                let handler = StartRunHandler::new(stores.commands(), kafka_actor());
+                let (settings, token) = (settings.clone(), shutdown.child_token());
+                tasks.push((
+                    "commands",
+                    tokio::spawn(async move {
+                        if wait_for_topics(&settings, &token).await {
+                            run_commands_consumer(&settings, handler, token).await?;
+                        }
+                        Ok(())
+                    }),
+                ));
+            }
+            (None, Some(checkpoints)) => {
+                let feed = EmbeddedFeed::open(stores.store.clone(), checkpoints.clone(), RUN_EXECUTOR_CONSUMER).await?;
+                tasks.push((
+                    "run-executor",
+                    tokio::spawn(async move { Ok(run_consumer_with(feed, executor, options, token).await?) }),
+                ));
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(Workers { shutdown, tasks })
+}
+
+/// Creates the topics when missing, retrying while the brokers cannot be reached (the API
+/// serves meanwhile); false when shutdown came first.
+async fn wait_for_topics(settings: &KafkaSettings, shutdown: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match ensure_topics(settings).await {
+            Ok(()) => return true,
+            Err(error) => tracing::warn!(%error, retry_in = ?delay, "cannot create the Kafka topics yet"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn kafka_actor() -> Actor {
+    Actor { subject: format!("kafka:{COMMANDS_TOPIC}"), client_id: None }
+}
+
+/// `integration-engine worker`: consumers of both topics in their consumer groups, until
+/// SIGTERM or Ctrl-C.
+pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let Some(settings) = args.kafka.settings() else {
+        anyhow::bail!("worker needs --kafka-brokers (IE_KAFKA_BROKERS); without Kafka, serve runs the workers itself");
+    };
+    let stores = Stores::open(&args.data)?;
+    let roles = Roles { relay: false, consumers: true };
+    let mut workers = start(&stores, &args.data.data_dir, Some(&settings), &args.runs, roles).await?;
+    println!("worker started (brokers {}, group prefix {})", settings.brokers, settings.group_prefix);
+    tracing::info!(brokers = %settings.brokers, "worker started");
+    tokio::select! {
+        () = crate::serve::shutdown_signal() => {}
+        ended = workers.any_ended() => ended?,
+    }
+    workers.stop().await;
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// Start a run (the control plane's StartRun): on the commands topic with --kafka-brokers,
+    /// else recorded directly in the data dir's store for the embedded server to execute.
+    Start(StartRunArgs),
+}
+
+#[derive(Args)]
+pub struct StartRunArgs {
+    #[command(flatten)]
+    data: DataDir,
+    /// Kafka bootstrap servers: publish the command to integration.commands.v1 instead.
+    #[arg(long, env = "IE_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    connection: String,
+    /// e.g. OpenPullRequest or http.request.
+    #[arg(long)]
+    operation: String,
+    /// The operation's input, a JSON object.
+    #[arg(long, default_value = "{}")]
+    input: String,
+    /// The same key starts the same run once (the run id is derived from it).
+    #[arg(long)]
+    idempotency_key: String,
+}
+
+pub async fn run_runs(command: RunsCommand) -> anyhow::Result<()> {
+    let RunsCommand::Start(args) = command;
+    let input = serde_json::from_str(&args.input).context("--input must be JSON")?;
+    let start = StartRun {
+        tenant_id: args.tenant,
+        connection_id: args.connection,
+        operation: args.operation,
+        input,
+        idempotency_key: args.idempotency_key,
+    };
+    let command = ControlCommand::StartRun(start.clone());
+    let value = serde_json::to_vec(&command)?;
+    let version = COMMAND_SCHEMA_VERSION.to_string();
+    // The same validation the consumers apply, before anything is sent.
+    parse_command(Some(version.as_bytes()), Some(&value)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let run_id = run_id_for(&start.tenant_id, &start.idempotency_key);
+    if let Some(brokers) = args.kafka_brokers {
+        let settings = KafkaSettings::new(brokers);
+        ensure_topics(&settings).await?;
+        let producer = settings.producer()?;
+        let key = format!("{}/{}", start.tenant_id, start.connection_id);
+        let headers =
+            OwnedHeaders::new().insert(Header { key: SCHEMA_VERSION_HEADER, value: Some(version.as_bytes()) });
+        let record = FutureRecord::to(COMMANDS_TOPIC).key(key.as_bytes()).payload(&value).headers(headers);
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("publishing StartRun: {e}"))?;
+        println!("{run_id}");
+        return Ok(());
+    }
+    let stores = Stores::open(&args.data)?;
+    let handler = StartRunHandler::new(stores.commands(), Actor { subject: "cli".into(), client_id: None });
+    let trace_id = format!("trace-{}", uuid::Uuid::new_v4().simple());
+    let requested = handler.handle(&start, &trace_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", requested.run_id);
+    Ok(())
+}

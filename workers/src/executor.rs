@@ -1,0 +1,362 @@
+//! The run executor: the consumer that executes requested runs.
+//!
+//! For each `RunRequested` it drives the run to its end, one attempt at a time:
+//! `RunStarted` (under a lease) → the operation through the provider's API client
+//! (`connectors::operations`) within the attempt timeout → `RunCompleted`, or
+//! `RunAttemptFailed` and, after an exponential backoff with jitter, the next attempt, up to
+//! the operation's attempt limit → `RunFailed`. Permanent errors (4xx, unknown operation,
+//! missing connection or credential) fail the run at once.
+//!
+//! The handler returns only once the run has ended (or another worker holds it), so the
+//! consumer commits the `RunRequested` only then: a worker that dies mid-run leaves it
+//! uncommitted, and the next owner of the partition (or the restarted process) gets it again.
+//! It then waits for the dead worker's lease to expire and takes over; the lease outlives the
+//! attempt timeout, so two attempts of a run never overlap.
+//!
+//! `VerifyCredential` runs (requested by credential rotation) are left alone: verifying a
+//! pending credential version and promoting it belongs to the credential rotation issue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use commands::credentials::VERIFY_CREDENTIAL_OPERATION;
+use commands::{CommandContext, CommandError, Commands};
+use connectors::operations::{
+    ApiClients, CallError, Credential, ProviderTarget, ResolvedOperation, RetryPolicy, resolve,
+};
+use domain::connection::ConnectionEvent;
+use domain::ids::stream_id;
+use domain::provider::ProviderEvent;
+use domain::run::{FailAttempt, Run, RunCommand, RunEvent, RunRequested, RunState, StartAttempt};
+use domain::secret_ref::SecretRef;
+use domain::{Actor, AggregateEvent, Decider, DomainError, EventEnvelope};
+use store::{SecretStore, VaultError};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::EventHandler;
+
+/// The executor's consumer name.
+pub const RUN_EXECUTOR_CONSUMER: &str = "run-executor";
+
+/// Settings of the executor; `None` fields keep the operation's own policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorSettings {
+    /// Recorded in each attempt's lease, e.g. `worker-{host}-{pid}`.
+    pub worker_id: String,
+    /// How long a lease outlives its attempt's timeout: a worker that is alive has recorded the
+    /// outcome by then.
+    pub lease_grace: Duration,
+    pub max_attempts: Option<u32>,
+    pub attempt_timeout: Option<Duration>,
+    pub first_backoff: Option<Duration>,
+    pub max_backoff: Option<Duration>,
+}
+
+impl ExecutorSettings {
+    pub fn new(worker_id: impl Into<String>) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            lease_grace: Duration::from_secs(5),
+            max_attempts: None,
+            attempt_timeout: None,
+            first_backoff: None,
+            max_backoff: None,
+        }
+    }
+
+    /// The operation's policy with these settings' overrides.
+    pub fn policy_for(&self, operation: &ResolvedOperation) -> RetryPolicy {
+        let default = operation.retry_policy();
+        RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(default.max_attempts).max(1),
+            attempt_timeout: self.attempt_timeout.unwrap_or(default.attempt_timeout),
+            first_backoff: self.first_backoff.unwrap_or(default.first_backoff),
+            max_backoff: self.max_backoff.unwrap_or(default.max_backoff),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ExecutorError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("vault: {0}")]
+    Vault(#[from] VaultError),
+    /// Shutdown came while the run was in hand; it stays uncommitted and is resumed later.
+    #[error("shutting down with run {0} in progress")]
+    ShuttingDown(String),
+}
+
+/// The executor of runs; an [`EventHandler`] for [`crate::run_consumer`].
+pub struct RunExecutor {
+    commands: Commands,
+    vault: Arc<dyn SecretStore>,
+    clients: ApiClients,
+    settings: ExecutorSettings,
+    shutdown: CancellationToken,
+}
+
+impl RunExecutor {
+    pub fn new(
+        commands: Commands,
+        vault: Arc<dyn SecretStore>,
+        clients: ApiClients,
+        settings: ExecutorSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { commands, vault, clients, settings, shutdown }
+    }
+
+    /// Drives the run of `requested` to its end.
+    async fn drive(&self, event: &EventEnvelope, requested: &RunRequested) -> Result<(), ExecutorError> {
+        let tenant = &event.tenant_id;
+        let stream = stream_id(tenant, &requested.run_id);
+        if requested.operation == VERIFY_CREDENTIAL_OPERATION {
+            tracing::debug!(run_id = %requested.run_id, "VerifyCredential runs are left to the credential verifier");
+            return Ok(());
+        }
+        let ctx = CommandContext {
+            tenant_id: tenant.clone(),
+            trace_id: requested.trace_id.clone(),
+            correlation_id: event.correlation_id.clone(),
+            causation_id: Some(event.event_id.to_string()),
+            actor: Actor { subject: format!("worker:{}", self.settings.worker_id), client_id: None },
+        };
+        if self.state(&stream).await?.is_finished() {
+            return Ok(());
+        }
+        let target = match self.target(tenant, &requested.connection_id).await? {
+            Ok(target) => target,
+            Err(reason) => return self.fail_run(&ctx, &stream, requested, reason).await,
+        };
+        let operation = match resolve(&requested.operation, &target.provider, &requested.input) {
+            Ok(operation) => operation,
+            Err(reason) => return self.fail_run(&ctx, &stream, requested, reason.to_string()).await,
+        };
+        let policy = self.settings.policy_for(&operation);
+        loop {
+            let state = self.state(&stream).await?;
+            let RunState::Exists { lease, next_attempt_at, .. } = &state else { return Ok(()) };
+            if state.is_finished() {
+                return Ok(());
+            }
+            let now = self.commands.now();
+            // Another worker (or this process before a restart) holds the run: wait it out.
+            let wait_until = match (lease, next_attempt_at) {
+                (Some(lease), _) if now < lease.expires_at => Some(lease.expires_at),
+                (None, Some(due)) if now < *due => Some(*due),
+                _ => None,
+            };
+            if let Some(until) = wait_until {
+                tracing::info!(run_id = %requested.run_id, until = %until, "waiting for the run's lease or its next attempt");
+                self.sleep_until(until, &requested.run_id).await?;
+                continue;
+            }
+            let started_at = self.commands.now();
+            let start = RunCommand::StartAttempt(StartAttempt {
+                run_id: requested.run_id.clone(),
+                worker_id: self.settings.worker_id.clone(),
+                started_at,
+                lease_expires_at: started_at + delta(policy.attempt_timeout + self.settings.lease_grace),
+                max_attempts: policy.max_attempts,
+            });
+            let started = match self.commands.execute::<Run>(&ctx, &stream, &start).await {
+                Ok(started) => started,
+                // Someone moved the run between our read and our decision: look again.
+                Err(CommandError::Rejected(DomainError::InvalidTransition { .. })) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let RunState::Exists { attempts: attempt, .. } = started.state else { return Ok(()) };
+            if started.state.is_finished() {
+                tracing::warn!(run_id = %requested.run_id, attempt, "run failed: no attempt left");
+                return Ok(());
+            }
+            tracing::info!(run_id = %requested.run_id, attempt, operation = %requested.operation, "attempt started");
+            let outcome = self.attempt(&operation, &target, policy.attempt_timeout, &requested.run_id).await?;
+            let recorded = match outcome {
+                Ok(output) => {
+                    let complete = RunCommand::Complete {
+                        run_id: requested.run_id.clone(),
+                        attempt,
+                        output,
+                        completed_at: self.commands.now(),
+                    };
+                    self.commands.execute::<Run>(&ctx, &stream, &complete).await.map(|_| true)
+                }
+                Err(error) => {
+                    let failed_at = self.commands.now();
+                    let next_attempt_at = (error.is_retryable() && attempt < policy.max_attempts)
+                        .then(|| failed_at + delta(backoff_with_jitter(&policy, attempt)));
+                    tracing::warn!(run_id = %requested.run_id, attempt, %error, next_attempt_at = ?next_attempt_at, "attempt failed");
+                    let fail = RunCommand::FailAttempt(FailAttempt {
+                        run_id: requested.run_id.clone(),
+                        attempt,
+                        error: error.to_string(),
+                        failed_at,
+                        next_attempt_at,
+                    });
+                    self.commands.execute::<Run>(&ctx, &stream, &fail).await.map(|_| next_attempt_at.is_none())
+                }
+            };
+            match recorded {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(CommandError::Rejected(error)) => {
+                    // Our lease expired and another worker took the run over: it is theirs now.
+                    tracing::warn!(run_id = %requested.run_id, attempt, %error, "outcome refused: the run was taken over");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// One attempt: the credential, then the call within the timeout.
+    async fn attempt(
+        &self,
+        operation: &ResolvedOperation,
+        target: &RunTarget,
+        timeout: Duration,
+        run_id: &str,
+    ) -> Result<Result<serde_json::Value, CallError>, ExecutorError> {
+        let credential = match &target.credential_ref {
+            None => return Ok(Err(CallError::Permanent("the connection has no credentialRef".into()))),
+            Some(secret) => match self.vault.get(secret).await {
+                Ok(value) => Credential::new(value.value),
+                Err(VaultError::NotFound(name)) => {
+                    return Ok(Err(CallError::Permanent(format!("credential {name} is not in the vault"))));
+                }
+                Err(e) => return Ok(Err(CallError::Retryable(format!("vault: {e}")))),
+            },
+        };
+        tokio::select! {
+            // Abandoned: the lease expires and the run is taken over after a restart.
+            () = self.shutdown.cancelled() => Err(ExecutorError::ShuttingDown(run_id.into())),
+            outcome = tokio::time::timeout(timeout, self.clients.call(operation, &target.provider, &credential)) => {
+                Ok(outcome.unwrap_or_else(|_| Err(CallError::Retryable(format!("attempt timed out after {} ms", timeout.as_millis())))))
+            }
+        }
+    }
+
+    async fn state(&self, stream: &str) -> Result<RunState, ExecutorError> {
+        Ok(Run::fold(&self.commands.load::<RunEvent>(stream).await?.events))
+    }
+
+    /// The connection's provider and credential; `Err(reason)` when the run cannot target it.
+    async fn target(&self, tenant: &str, connection_id: &str) -> Result<Result<RunTarget, String>, ExecutorError> {
+        let connection = self.commands.load::<ConnectionEvent>(&stream_id(tenant, connection_id)).await?;
+        let Some(ConnectionEvent::ConnectionEstablished(established)) = connection.events.into_iter().next() else {
+            return Ok(Err(format!("connection {connection_id} does not exist in tenant {tenant}")));
+        };
+        let provider = self.commands.load::<ProviderEvent>(&stream_id(tenant, &established.provider_id)).await?;
+        let Some(ProviderEvent::ProviderRegistered(registered)) = provider.events.into_iter().next() else {
+            return Ok(Err(format!("provider {} is not registered in tenant {tenant}", established.provider_id)));
+        };
+        let credential_ref = match established.credential_ref.as_deref().map(SecretRef::parse).transpose() {
+            Ok(secret) => secret,
+            Err(reason) => return Ok(Err(format!("the connection's credentialRef is invalid: {reason}"))),
+        };
+        Ok(Ok(RunTarget {
+            provider: ProviderTarget {
+                provider_key: registered.key,
+                api_client: registered.api_client,
+                base_url: registered.base_url,
+                configuration: established.configuration,
+            },
+            credential_ref,
+        }))
+    }
+
+    async fn fail_run(
+        &self,
+        ctx: &CommandContext,
+        stream: &str,
+        requested: &RunRequested,
+        error: String,
+    ) -> Result<(), ExecutorError> {
+        tracing::warn!(run_id = %requested.run_id, %error, "run failed without an attempt");
+        let fail = RunCommand::Fail { run_id: requested.run_id.clone(), error, failed_at: self.commands.now() };
+        match self.commands.execute::<Run>(ctx, stream, &fail).await {
+            Ok(_) | Err(CommandError::Rejected(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn sleep_until(&self, until: DateTime<Utc>, run_id: &str) -> Result<(), ExecutorError> {
+        let wait = (until - self.commands.now()).to_std().unwrap_or_default() + Duration::from_millis(20);
+        tokio::select! {
+            () = self.shutdown.cancelled() => Err(ExecutorError::ShuttingDown(run_id.into())),
+            () = tokio::time::sleep(wait) => Ok(()),
+        }
+    }
+}
+
+/// What a run targets: the provider as the connection names it, and the credential.
+struct RunTarget {
+    provider: ProviderTarget,
+    credential_ref: Option<SecretRef>,
+}
+
+#[async_trait]
+impl EventHandler for RunExecutor {
+    type Error = ExecutorError;
+
+    async fn handle(&self, event: &EventEnvelope) -> Result<(), ExecutorError> {
+        if event.event_type != "RunRequested" {
+            return Ok(());
+        }
+        match RunEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
+            Ok(RunEvent::RunRequested(requested)) => self.drive(event, &requested).await,
+            Ok(_) => Ok(()),
+            Err(error) => {
+                tracing::error!(event_id = %event.event_id, %error, "skipping an unreadable RunRequested");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The wait before attempt `failed_attempt + 1`: `first_backoff × 2^(failed_attempt-1)` capped
+/// at `max_backoff`, of which a random half is taken off ("equal jitter"), so runs that failed
+/// together do not retry together.
+pub fn backoff_with_jitter(policy: &RetryPolicy, failed_attempt: u32) -> Duration {
+    let exponent = failed_attempt.saturating_sub(1).min(20);
+    let base = policy.first_backoff.saturating_mul(1 << exponent).min(policy.max_backoff);
+    let half = base / 2;
+    let random = (uuid::Uuid::new_v4().as_u128() & u128::from(u64::MAX)) as u64;
+    let jitter_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    let jitter = if jitter_nanos == 0 { Duration::ZERO } else { Duration::from_nanos(random % (jitter_nanos + 1)) };
+    half + jitter
+}
+
+fn delta(duration: Duration) -> TimeDelta {
+    TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_limit_with_jitter_in_the_upper_half() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            attempt_timeout: Duration::from_secs(1),
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+        };
+        for (attempt, base) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (9, 1000)] {
+            let base = Duration::from_millis(base);
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..50 {
+                let delay = backoff_with_jitter(&policy, attempt);
+                assert!(delay >= base / 2 && delay <= base, "attempt {attempt}: {delay:?}");
+                seen.insert(delay);
+            }
+            assert!(seen.len() > 1, "jitter varies the delay");
+        }
+    }
+}
