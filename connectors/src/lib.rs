@@ -1,11 +1,14 @@
-//! Everything vendor-specific. For now: GitHub's inbound webhook signature and the
-//! normalization of its events into integration event types.
+//! Everything vendor-specific: the inbound webhook verifiers (one per signature scheme), the
+//! normalization rule table, and the outbound API clients that run operations call through the
+//! SSRF-safe egress client.
 #![forbid(unsafe_code)]
 
+/// GitHub's `X-Hub-Signature-256`.
 pub mod github;
+/// Refusal reasons, constant-time comparison and the timestamp window shared by the verifiers.
 pub mod signature;
 
-// Inbound webhook gateway (issue 4): one verifier per scheme, the dispatcher, the rule table.
+// Inbound: one verifier per scheme, the dispatcher, the rule table.
 /// `application/x-www-form-urlencoded` bodies (Twilio, Slack).
 pub mod form;
 /// GitLab's `X-Gitlab-Token`.
@@ -27,6 +30,7 @@ pub mod stripe;
 /// Twilio's `X-Twilio-Signature`.
 pub mod twilio;
 
+// Outbound: the API clients of run operations.
 /// The SSRF-safe outbound HTTP client the API clients share.
 pub mod egress;
 /// GitHub's REST API client (`OpenPullRequest`).
