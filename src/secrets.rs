@@ -18,6 +18,10 @@ pub enum SecretsCommand {
         data: DataDir,
         /// kv://VAULT/NAME
         secret: String,
+        /// The tenant whose vault VAULT is: claimed on first use, refused when another tenant
+        /// owns it. Secrets of a vault no tenant claimed are usable by every tenant.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// List secrets with their versions (never values).
     List {
@@ -49,7 +53,7 @@ fn parse_ref(text: &str) -> anyhow::Result<SecretRef> {
 
 pub async fn run(command: SecretsCommand) -> anyhow::Result<()> {
     match command {
-        SecretsCommand::Put { data, secret } => {
+        SecretsCommand::Put { data, secret, tenant } => {
             let secret = parse_ref(&secret)?;
             if secret.version.is_some() {
                 bail!("versions are assigned by the vault: give kv://VAULT/NAME without ?version");
@@ -65,12 +69,21 @@ pub async fn run(command: SecretsCommand) -> anyhow::Result<()> {
             if value.is_empty() {
                 bail!("the value on stdin is empty");
             }
-            let version = open_vault(&data)?.put(&secret, &value, None).await?;
+            let vault = open_vault(&data)?;
+            if let Some(tenant) = &tenant {
+                if !domain::ids::is_tenant_id(tenant) {
+                    bail!("{tenant} is not a tenant id");
+                }
+                vault.claim(&secret.vault, tenant).await?;
+            }
+            let version = vault.put(&secret, &value, None).await?;
             println!("stored {}", secret.with_version(version));
         }
         SecretsCommand::List { data } => {
-            for m in open_vault(&data)?.list().await? {
-                println!("{}\tcurrent={}\tversions={}", m.secret, m.current_version, m.versions);
+            let vault = open_vault(&data)?;
+            for m in vault.list().await? {
+                let owner = vault.owner(&m.secret.vault).await?.unwrap_or_else(|| "-".into());
+                println!("{}\tcurrent={}\tversions={}\ttenant={owner}", m.secret, m.current_version, m.versions);
             }
         }
         SecretsCommand::Show { data, secret, reveal } => {

@@ -370,3 +370,41 @@ async fn health_endpoints_and_the_openapi_document() {
         assert!(doc["components"][&r[1]][&r[2]].is_object(), "dangling $ref {}/{}", &r[1], &r[2]);
     }
 }
+
+#[tokio::test]
+async fn another_tenants_secrets_can_neither_be_named_nor_verify_deliveries() {
+    let app = spawn_app();
+    support::put_secret_as(
+        &app.data_dir,
+        "kv://connectsoft-vault/hook",
+        "connectsoft-hook-secret",
+        &["--tenant", TENANT],
+    );
+    let intruder = app.token("globex", ALL_SCOPES);
+    assert_eq!(app.post_json("/integrations/providers", &intruder, &json!({"key": "github", "displayName": "GitHub",
+        "category": "SourceControl", "authModel": "ApiKey", "apiClient": "A.GitHub", "baseUrl": "https://api.github.com"})).await.status(), 201);
+    let mut stolen = connection(Some("kv://connectsoft-vault/hook"));
+    stolen["credentialRef"] = json!(null);
+    let refused = problem(app.post_json("/integrations/connections", &intruder, &stolen).await, 422).await;
+    assert_eq!(refused["errors"][0]["field"], "configuration.webhookSecretRef");
+
+    // A connection made while the vault was nobody's stops verifying once its owner claims it.
+    app.put_secret("kv://later-claimed/hook", "shared-secret");
+    let r = app.post_json("/integrations/connections", &intruder, &connection(Some("kv://later-claimed/hook"))).await;
+    let id = r.json::<Value>().await.unwrap()["connectionId"].as_str().unwrap().to_string();
+    support::put_secret_as(&app.data_dir, "kv://later-claimed/other", "x", &["--tenant", TENANT]);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await; // the server's secret cache (5 s)
+    let body =
+        serde_json::to_vec(&json!({ "providerDeliveryId": "gh-9", "eventName": "push", "payload": {} })).unwrap();
+    let r = app
+        .client
+        .post(app.url(&format!("/webhooks/deliveries?connectionId={id}")))
+        .header("x-cs-provider", "github")
+        .header("x-hub-signature-256", github_signature("shared-secret", &body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    problem(r, 401).await;
+}

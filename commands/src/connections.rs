@@ -41,6 +41,10 @@ impl Commands {
             ProviderState::Registered(p) => Some(ProviderSnapshot { provider_id: p.provider_id.clone() }),
             ProviderState::Unregistered => None,
         };
+        self.check_secret_access(ctx, input.credential_ref.as_deref(), "credentialRef").await?;
+        for (field, secret) in domain::connection::secret_refs(&input.configuration, "configuration") {
+            self.check_secret_access(ctx, Some(&secret), &field).await?;
+        }
         let command = ConnectionCommand::Establish(EstablishConnection {
             connection_id: input.connection_id.clone(),
             tenant_id: ctx.tenant_id.clone(),
@@ -76,6 +80,23 @@ impl Commands {
             last_position = linked.last_position.or(last_position);
         }
         Ok(ConnectionEstablishedOutcome { established, last_position })
+    }
+
+    /// Refuses a `kv://` ref whose vault another tenant owns (refs that do not parse are left to
+    /// the decider, which names what is wrong with them).
+    pub(crate) async fn check_secret_access(
+        &self,
+        ctx: &CommandContext,
+        secret: Option<&str>,
+        field: &str,
+    ) -> Result<(), CommandError> {
+        let Some(secret) = secret.and_then(|r| SecretRef::parse(r).ok()) else { return Ok(()) };
+        match store::vault::check_access(self.vault.as_ref(), &secret, &ctx.tenant_id).await {
+            Err(store::VaultError::Forbidden(_)) => {
+                Err(DomainError::invalid(field, format!("{secret} is not accessible to this tenant")).into())
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Records the outcome of a health-check run against a connection.

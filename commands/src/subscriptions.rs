@@ -20,6 +20,7 @@ impl Commands {
     ) -> Result<SubscriptionCreatedOutcome, CommandError> {
         command.tenant_id = ctx.tenant_id.clone();
         command.created_at = self.now();
+        self.check_secret_access(ctx, Some(&command.signing_secret_ref), "signingSecretRef").await?;
         let stream = stream_id(&ctx.tenant_id, &command.subscription_id);
         let created = self.create::<WebhookSubscription>(ctx, &stream, &command).await?;
         match created.events.into_iter().next() {

@@ -124,6 +124,20 @@ pub fn is_secret_key(key: &str) -> bool {
     !names_a_location && SECRET_KEY_WORDS.iter().any(|w| key.contains(w))
 }
 
+/// The `kv://` refs held by secret-named keys, at any depth, with their field paths.
+pub fn secret_refs(map: &Map<String, Value>, path: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (key, value) in map {
+        let field = format!("{path}.{key}");
+        match value {
+            Value::Object(inner) => found.extend(secret_refs(inner, &field)),
+            Value::String(r) if is_secret_key(key) => found.push((field, r.clone())),
+            _ => {}
+        }
+    }
+    found
+}
+
 /// Every secret-named key, at any depth, must hold a `kv://` ref.
 fn require_refs_for_secrets(map: &Map<String, Value>, path: &str) -> Result<(), DomainError> {
     for (key, value) in map {

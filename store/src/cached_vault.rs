@@ -21,11 +21,19 @@ pub struct CachedSecretStore {
     current_ttl: Duration,
     entries: Mutex<HashMap<SecretRef, (SecretValue, Option<Instant>)>>,
     previous: Mutex<HashMap<SecretRef, (Option<PreviousSecret>, Instant)>>,
+    /// Vault owners, kept as long as a current version.
+    owners: Mutex<HashMap<String, (Option<String>, Instant)>>,
 }
 
 impl CachedSecretStore {
     pub fn new(inner: Arc<dyn SecretStore>, current_ttl: Duration) -> Self {
-        Self { inner, current_ttl, entries: Mutex::new(HashMap::new()), previous: Mutex::new(HashMap::new()) }
+        Self {
+            inner,
+            current_ttl,
+            entries: Mutex::new(HashMap::new()),
+            previous: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+        }
     }
 
     fn cached(&self, secret: &SecretRef) -> Option<SecretValue> {
@@ -71,6 +79,30 @@ impl SecretStore for CachedSecretStore {
 
     /// Cached like the current version (for `current_ttl`): verifying a webhook during a
     /// rotation asks for it on every request.
+    async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError> {
+        {
+            let owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((owner, expires)) = owners.get(vault)
+                && Instant::now() < *expires
+            {
+                return Ok(owner.clone());
+            }
+        }
+        let owner = self.inner.owner(vault).await?;
+        let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+        if owners.len() >= CAPACITY {
+            owners.clear();
+        }
+        owners.insert(vault.to_string(), (owner.clone(), Instant::now() + self.current_ttl));
+        Ok(owner)
+    }
+
+    async fn claim(&self, vault: &str, tenant_id: &str) -> Result<(), VaultError> {
+        self.inner.claim(vault, tenant_id).await?;
+        self.owners.lock().unwrap_or_else(PoisonError::into_inner).remove(vault);
+        Ok(())
+    }
+
     async fn previous(&self, secret: &SecretRef) -> Result<Option<PreviousSecret>, VaultError> {
         {
             let previous = self.previous.lock().unwrap_or_else(PoisonError::into_inner);

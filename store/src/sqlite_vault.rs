@@ -22,7 +22,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::sqlite::open_database;
 use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, VaultError};
 
-const VAULT_MIGRATIONS: &[&str] = &["
+const VAULT_MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE secret_versions (
         vault      TEXT    NOT NULL,
         name       TEXT    NOT NULL,
@@ -38,7 +39,14 @@ const VAULT_MIGRATIONS: &[&str] = &["
     BEGIN
         SELECT RAISE(ABORT, 'secret versions are immutable');
     END;
-"];
+",
+    "
+    CREATE TABLE vault_owners (
+        vault     TEXT NOT NULL PRIMARY KEY,
+        tenant_id TEXT NOT NULL
+    ) STRICT;
+",
+];
 
 /// Names the associated-data layout, so a future layout cannot be confused with this one.
 const AAD_SCHEME: &[u8] = b"integration-engine/vault/v1";
@@ -398,6 +406,32 @@ impl SecretStore for SqliteVault {
                 .ok_or_else(|| VaultError::NotFound(secret.with_version(version).to_string()))?;
             let value = cipher.open(&secret, version, stored)?;
             Ok(Some(PreviousSecret { value: SecretValue { version, value }, superseded_at }))
+        })
+        .await
+    }
+
+    async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError> {
+        let vault = vault.to_string();
+        self.with_connection(move |conn, _| {
+            conn.query_row("SELECT tenant_id FROM vault_owners WHERE vault = ?1", params![vault], |row| row.get(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn claim(&self, vault: &str, tenant_id: &str) -> Result<(), VaultError> {
+        let (vault, tenant_id) = (vault.to_string(), tenant_id.to_string());
+        self.with_connection(move |conn, _| {
+            conn.execute(
+                "INSERT INTO vault_owners (vault, tenant_id) VALUES (?1, ?2) ON CONFLICT (vault) DO NOTHING",
+                params![vault, tenant_id],
+            )
+            .map_err(backend)?;
+            let owner: String = conn
+                .query_row("SELECT tenant_id FROM vault_owners WHERE vault = ?1", params![vault], |row| row.get(0))
+                .map_err(backend)?;
+            if owner == tenant_id { Ok(()) } else { Err(VaultError::Forbidden(format!("kv://{vault}"))) }
         })
         .await
     }

@@ -12,6 +12,9 @@ pub enum VaultError {
     /// The master key cannot decrypt this version (wrong key, or the data was altered).
     #[error("secret {0} cannot be decrypted with the configured master key")]
     Undecryptable(String),
+    /// The secret's vault belongs to another tenant.
+    #[error("secret {0} is not accessible to this tenant")]
+    Forbidden(String),
     #[error("vault backend: {0}")]
     Backend(String),
 }
@@ -81,5 +84,23 @@ pub trait SecretStore: Send + Sync + 'static {
     /// that keep no history answer `None`, so nothing but the current version verifies.
     async fn previous(&self, _secret: &SecretRef) -> Result<Option<PreviousSecret>, VaultError> {
         Ok(None)
+    }
+
+    /// The tenant a vault (the `VAULT` of `kv://VAULT/NAME`) belongs to; `None` for a vault no
+    /// tenant has claimed (a single-tenant deployment's shared vault).
+    async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError>;
+
+    /// Makes `vault` the tenant's; refused with [`VaultError::Forbidden`] when another tenant
+    /// owns it. Claiming one's own vault again is a no-op.
+    async fn claim(&self, vault: &str, tenant_id: &str) -> Result<(), VaultError>;
+}
+
+/// Refuses a secret whose vault another tenant owns. Every place that resolves a `kv://` ref on
+/// a tenant's behalf (connections, subscriptions, inbound webhooks, runs) goes through this, so
+/// a tenant can never name, and so use, another tenant's secret.
+pub async fn check_access(store: &dyn SecretStore, secret: &SecretRef, tenant_id: &str) -> Result<(), VaultError> {
+    match store.owner(&secret.vault).await? {
+        Some(owner) if owner != tenant_id => Err(VaultError::Forbidden(secret.unversioned().to_string())),
+        _ => Ok(()),
     }
 }

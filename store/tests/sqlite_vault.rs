@@ -194,3 +194,20 @@ async fn secrets_survive_reopening_with_the_key_file() {
     assert_eq!(key.id(), key_id);
     assert_eq!(SqliteVault::open(&path, key).unwrap().get(&s).await.unwrap().value, b"kept");
 }
+
+#[tokio::test]
+async fn a_vault_belongs_to_the_first_tenant_that_claims_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("vault.db"), KEY);
+    assert_eq!(vault.owner("factory").await.unwrap(), None);
+    vault.claim("factory", "connectsoft").await.unwrap();
+    vault.claim("factory", "connectsoft").await.unwrap();
+    assert!(matches!(vault.claim("factory", "globex").await, Err(VaultError::Forbidden(_))));
+    assert_eq!(vault.owner("factory").await.unwrap().as_deref(), Some("connectsoft"));
+
+    let secret = secret("kv://factory/key");
+    store::vault::check_access(&vault, &secret, "connectsoft").await.unwrap();
+    assert!(matches!(store::vault::check_access(&vault, &secret, "globex").await, Err(VaultError::Forbidden(_))));
+    // Unclaimed vaults are shared.
+    store::vault::check_access(&vault, &SecretRef::parse("kv://shared/key").unwrap(), "globex").await.unwrap();
+}

@@ -106,10 +106,16 @@ impl App {
 }
 
 pub fn put_secret(data_dir: &Path, secret_ref: &str, value: &str) {
+    put_secret_as(data_dir, secret_ref, value, &[]);
+}
+
+/// `secrets put` with extra arguments (e.g. `["--tenant", "t"]`).
+pub fn put_secret_as(data_dir: &Path, secret_ref: &str, value: &str, extra: &[&str]) {
     let mut child = Command::new(BIN)
         .args(["secrets", "put", "--data-dir"])
         .arg(data_dir)
         .arg(secret_ref)
+        .args(extra)
         .env_remove("IE_MASTER_KEY")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

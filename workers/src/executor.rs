@@ -259,6 +259,15 @@ impl RunExecutor {
             Ok(secret) => secret,
             Err(reason) => return Ok(Err(format!("the connection's credentialRef is invalid: {reason}"))),
         };
+        if let Some(secret) = &credential_ref {
+            match store::vault::check_access(self.vault.as_ref(), secret, tenant).await {
+                Ok(()) => {}
+                Err(VaultError::Forbidden(name)) => {
+                    return Ok(Err(format!("credential {name} belongs to another tenant")));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(Ok(RunTarget {
             provider: ProviderTarget {
                 provider_key: registered.key,

@@ -337,6 +337,8 @@ async fn secrets_of(
         tracing::warn!(connection_id = connection.connection_id, error = %e, "webhook secret unavailable");
         Refusal::unauthorized("secret_unavailable", "the connection's webhook secret is unavailable")
     };
+    // A secret in another tenant's vault never verifies this tenant's deliveries.
+    store::vault::check_access(app.vault.as_ref(), &secret_ref, &connection.tenant_id).await.map_err(unavailable)?;
     let current = app.vault.get(&secret_ref).await.map_err(unavailable)?;
     let mut secrets = vec![current.value];
     let grace = chrono::Duration::from_std(app.settings.webhook_secret_grace).unwrap_or(chrono::Duration::zero());

@@ -105,3 +105,46 @@ async fn the_same_verification_run_id_in_two_tenants_is_two_runs() {
         assert_eq!(engine.events(&stream_id(tenant, "run-verify-1")).await[0].data["tenantId"], tenant);
     }
 }
+
+#[tokio::test]
+async fn another_tenants_vault_cannot_be_named_by_a_connection_or_a_subscription() {
+    use store::SecretStore;
+    let engine = spawn_engine();
+    engine.vault.claim("factory-integration", TENANT).await.unwrap();
+    let provider = engine.register_provider(&ctx(OTHER_TENANT), "github").await;
+    let head = engine.head().await;
+
+    let mut stolen = establish_input("conn-1", &provider, Some(GITHUB_SECRET));
+    let refused = rejection(engine.commands.establish_connection(&ctx(OTHER_TENANT), stolen.clone()).await);
+    assert!(matches!(&refused, DomainError::Invalid { field, .. } if field == "credentialRef"), "{refused:?}");
+
+    stolen.credential_ref = None;
+    stolen.configuration.insert("webhookSecretRef".into(), serde_json::json!("kv://factory-integration/hook"));
+    let refused = rejection(engine.commands.establish_connection(&ctx(OTHER_TENANT), stolen).await);
+    assert!(
+        matches!(&refused, DomainError::Invalid { field, .. } if field == "configuration.webhookSecretRef"),
+        "{refused:?}"
+    );
+
+    let subscription = domain::subscription::CreateWebhookSubscription {
+        subscription_id: "sub-1".into(),
+        tenant_id: OTHER_TENANT.into(),
+        project_id: None,
+        event_type: "X".into(),
+        endpoint_url: "https://example.com".into(),
+        signing_secret_ref: "kv://factory-integration/partner".into(),
+        active: true,
+        created_at: crate::support::t0(),
+    };
+    let refused = rejection(engine.commands.create_subscription(&ctx(OTHER_TENANT), subscription).await);
+    assert!(matches!(&refused, DomainError::Invalid { field, .. } if field == "signingSecretRef"), "{refused:?}");
+    assert_eq!(engine.head().await, head, "a refused command appended");
+
+    // The owner may.
+    let own_provider = engine.register_provider(&ctx(TENANT), "github").await;
+    engine
+        .commands
+        .establish_connection(&ctx(TENANT), establish_input("conn-2", &own_provider, Some(GITHUB_SECRET)))
+        .await
+        .unwrap();
+}
