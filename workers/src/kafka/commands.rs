@@ -12,7 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::{KafkaSettings, LoggedConsumer, RebalanceLog};
+use super::{KafkaSettings, LoggedConsumer, RebalanceLog, commit_refused_by_rebalance};
 use crate::FeedError;
 use crate::messages::{
     COMMANDS_DLQ_TOPIC, COMMANDS_TOPIC, ControlCommand, DLQ_ERROR_CLASS_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER,
@@ -200,6 +200,13 @@ async fn commit(consumer: &Arc<LoggedConsumer>, message: &CommandMessage, shutdo
                     consumer.assignment().is_ok_and(|a| a.find_partition(COMMANDS_TOPIC, message.partition).is_some());
                 if !still_ours {
                     // The new owner starts from the last committed offset; the handling is idempotent.
+                    return;
+                }
+                if commit_refused_by_rebalance(&error) {
+                    // The group rebalanced under this consumer: no retry can succeed before it
+                    // reads again (which is when librdkafka does its part of the rebalance). The
+                    // partition's owner after the rebalance gets the command again; idempotent.
+                    tracing::warn!(%error, "command offset not committed: the group is rebalancing");
                     return;
                 }
                 tracing::warn!(%error, "committing a command offset failed; retrying");

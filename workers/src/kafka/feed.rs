@@ -12,7 +12,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use super::{KafkaSettings, LoggedConsumer, RebalanceLog};
+use super::{KafkaSettings, LoggedConsumer, RebalanceLog, commit_refused_by_rebalance};
 use crate::messages::{CloudEvent, EVENTS_TOPIC};
 use crate::{EventFeed, FeedError};
 
@@ -173,10 +173,25 @@ impl EventFeed for KafkaFeed {
         }
         if offsets.count() > 0 {
             let consumer = Arc::clone(&self.consumer);
-            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
+            let committed = tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
                 .await
-                .map_err(|e| FeedError::Checkpoint(format!("commit task failed: {e}")))?
-                .map_err(|e| FeedError::Checkpoint(e.to_string()))?;
+                .map_err(|e| FeedError::Checkpoint(format!("commit task failed: {e}")))?;
+            match committed {
+                Ok(()) => {}
+                // The group rebalanced under this member: a retry cannot succeed until the feed
+                // is read again, and the consumer loop retries a commit before reading. The
+                // events stay uncommitted and come again to their partitions' owners after the
+                // rebalance (this feed drops the ones it has delivered): at least once.
+                Err(error) if commit_refused_by_rebalance(&error) => {
+                    tracing::warn!(
+                        consumer = %self.consumer_name,
+                        position,
+                        %error,
+                        "commit refused by a rebalance; the events will be delivered again"
+                    );
+                }
+                Err(error) => return Err(FeedError::Checkpoint(error.to_string())),
+            }
         }
         self.taken.drain(..=index);
         Ok(())

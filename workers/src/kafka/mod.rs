@@ -120,6 +120,21 @@ impl ConsumerContext for RebalanceLog {
 /// A consumer whose rebalances are logged.
 pub(crate) type LoggedConsumer = StreamConsumer<RebalanceLog>;
 
+/// Whether a commit was refused because the group has rebalanced without this member's
+/// generation (a rebalance is under way, or the member was evicted). Retrying cannot succeed
+/// before the consumer is read again (librdkafka completes its part of a rebalance while the
+/// consumer is polled), so retrying in a loop would keep the member out of the group for good.
+pub(crate) fn commit_refused_by_rebalance(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::UnknownMemberId
+        )
+    )
+}
+
 #[derive(Debug, Error)]
 pub enum KafkaSetupError {
     #[error("kafka: {0}")]
