@@ -408,3 +408,31 @@ async fn another_tenants_secrets_can_neither_be_named_nor_verify_deliveries() {
         .unwrap();
     problem(r, 401).await;
 }
+
+#[tokio::test]
+async fn concurrent_registrations_with_one_idempotency_key_all_get_the_same_answer() {
+    let app = spawn_app();
+    let token = app.token(TENANT, ALL_SCOPES);
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let request = app
+                .client
+                .post(app.url("/integrations/providers"))
+                .bearer_auth(&token)
+                .header("idempotency-key", "register-github")
+                .json(&provider("github"));
+            tokio::spawn(async move {
+                let answer = request.send().await.unwrap();
+                (answer.status().as_u16(), answer.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        bodies.push(body);
+    }
+    assert!(bodies.windows(2).all(|w| w[0]["providerId"] == w[1]["providerId"]));
+    assert_eq!(events_in_store(&app).await, 1, "more than one registration was appended");
+}

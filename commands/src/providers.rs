@@ -30,4 +30,40 @@ impl Commands {
             None => Err(DomainError::ProviderKeyTaken { key: command.key }.into()),
         }
     }
+
+    /// [`Self::register_provider`] for a request that may have run before (an `Idempotency-Key`
+    /// retry after a crash or a lost answer): when the key is taken by a registration equal to
+    /// this one, that registration is the answer, since it is exactly what this request creates.
+    /// A registration that differs is still [`DomainError::ProviderKeyTaken`].
+    pub async fn register_provider_or_find_same(
+        &self,
+        ctx: &CommandContext,
+        command: RegisterProvider,
+    ) -> Result<ProviderRegisteredOutcome, CommandError> {
+        match self.register_provider(ctx, command.clone()).await {
+            Err(CommandError::Rejected(DomainError::ProviderKeyTaken { key })) => {
+                let stream = stream_id(&ctx.tenant_id, &provider_id(&key));
+                let loaded = self.load::<ProviderEvent>(&stream).await?;
+                match loaded.events.into_iter().next() {
+                    Some(ProviderEvent::ProviderRegistered(registered))
+                        if registers_the_same(&registered, &command) =>
+                    {
+                        Ok(ProviderRegisteredOutcome { registered, last_position: loaded.last_position })
+                    }
+                    _ => Err(DomainError::ProviderKeyTaken { key }.into()),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+fn registers_the_same(registered: &ProviderRegistered, command: &RegisterProvider) -> bool {
+    registered.key == command.key
+        && registered.display_name == command.display_name
+        && registered.category == command.category
+        && registered.auth_model == command.auth_model
+        && registered.api_client == command.api_client
+        && registered.capabilities == command.capabilities
+        && registered.base_url == command.base_url
 }

@@ -9,7 +9,7 @@ use crate::AppState;
 use crate::bodies::{ProviderRegisteredResponse, RegisterProviderRequest, require_text};
 use crate::extract::{Authorized, JsonBody, ProvidersWrite};
 use crate::problem::Problem;
-use crate::respond::{Accepted, run_command};
+use crate::respond::{Accepted, IDEMPOTENCY_KEY, run_command};
 use crate::routes::context_of;
 
 pub fn router() -> Router<AppState> {
@@ -49,7 +49,13 @@ async fn register(
             base_url: request.base_url,
             registered_at: app.commands.now(),
         };
-        let outcome = app.commands.register_provider(&ctx, command).await?;
+        // With an Idempotency-Key, this very request may have registered the provider before
+        // its answer was stored; an equal registration under the key is then its answer.
+        let outcome = if headers.contains_key(IDEMPOTENCY_KEY) {
+            app.commands.register_provider_or_find_same(&ctx, command).await?
+        } else {
+            app.commands.register_provider(&ctx, command).await?
+        };
         let e = outcome.registered;
         let location = format!("/integrations/providers/{}", e.provider_id);
         let response = ProviderRegisteredResponse {

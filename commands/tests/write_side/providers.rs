@@ -59,3 +59,20 @@ async fn a_malformed_provider_key_is_rejected_and_appends_nothing() {
     assert!(matches!(rejection(result), DomainError::Invalid { field, .. } if field == "key"));
     assert_eq!(engine.head().await, 0);
 }
+
+#[tokio::test]
+async fn a_retried_registration_finds_its_own_provider_but_a_different_one_is_still_key_taken() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    let first = engine.commands.register_provider(&ctx, register_provider("github")).await.unwrap();
+
+    // The same request again (its answer was lost): the registration it made is its answer.
+    let retried = engine.commands.register_provider_or_find_same(&ctx, register_provider("github")).await.unwrap();
+    assert_eq!(retried.registered, first.registered);
+    assert_eq!(engine.head().await, 1, "the retry appended");
+
+    let mut different = register_provider("github");
+    different.base_url = "https://github.example.com/api/v3".into();
+    let result = engine.commands.register_provider_or_find_same(&ctx, different).await;
+    assert_eq!(rejection(result), DomainError::ProviderKeyTaken { key: "github".into() });
+}
