@@ -40,23 +40,8 @@ async fn an_event_edited_in_the_database_is_reported_first() {
     let tampered = engine.store.read_all(2, 1).await.unwrap().remove(0);
     assert_eq!(tampered.global_position, 3);
 
-    let db = rusqlite::Connection::open(engine.events_db()).unwrap();
     // Someone with the file: whatever guards the table against updates is no obstacle to them.
-    let triggers: Vec<String> = db
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'")
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    for trigger in triggers {
-        db.execute(&format!("DROP TRIGGER \"{trigger}\""), []).unwrap();
-    }
-    let edited = db
-        .execute("UPDATE events SET data = json_set(data, '$.displayName', 'Evil') WHERE global_position = 3", [])
-        .unwrap();
-    assert_eq!(edited, 1);
-    drop(db);
+    tamper(&engine, "UPDATE events SET data = json_set(data, '$.displayName', 'Evil') WHERE global_position = 3");
 
     let report = verify_chains(engine.store.as_ref(), None).await.unwrap();
     let first = report.first_break.expect("the edit is found");
