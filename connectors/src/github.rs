@@ -5,7 +5,7 @@
 use ring::hmac;
 
 use crate::inbound::SignedRequest;
-use crate::signature::{KeyIndex, SignatureError, hmac_of, verify_hmac};
+use crate::signature::{KeyIndex, SignatureError, hmac_of, parse_prefixed_hex_digest, verify_hmac};
 
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 pub const EVENT_HEADER: &str = "x-github-event";
@@ -14,12 +14,7 @@ pub const PROVIDER: &str = "github";
 
 /// The 32-byte digest of an `X-Hub-Signature-256` value.
 pub fn parse_signature_header(header: &str) -> Result<Vec<u8>, SignatureError> {
-    let hex_digest = header.trim().strip_prefix("sha256=").ok_or(SignatureError::Malformed("expected sha256=<hex>"))?;
-    let digest = hex::decode(hex_digest).map_err(|_| SignatureError::Malformed("the digest is not hex"))?;
-    if digest.len() != 32 {
-        return Err(SignatureError::Malformed("the digest is not 32 bytes"));
-    }
-    Ok(digest)
+    parse_prefixed_hex_digest(header, "sha256=", "expected sha256=<hex>")
 }
 
 /// Checks the header against the HMAC-SHA256 of the raw body under each secret, in constant time.

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
 
 use crate::inbound::SignedRequest;
-use crate::signature::{KeyIndex, SignatureError, hmac_of, verify_hmac};
+use crate::signature::{KeyIndex, SignatureError, hmac_of, require_sha256_length, verify_hmac};
 
 pub const SIGNATURE_HEADER: &str = "x-shopify-hmac-sha256";
 pub const TOPIC_HEADER: &str = "x-shopify-topic";
@@ -16,10 +16,7 @@ pub const WEBHOOK_ID_HEADER: &str = "x-shopify-webhook-id";
 /// The 32-byte digest of an `X-Shopify-Hmac-Sha256` value.
 pub fn parse_signature_header(header: &str) -> Result<Vec<u8>, SignatureError> {
     let digest = STANDARD.decode(header.trim()).map_err(|_| SignatureError::Malformed("the digest is not base64"))?;
-    if digest.len() != 32 {
-        return Err(SignatureError::Malformed("the digest is not 32 bytes"));
-    }
-    Ok(digest)
+    require_sha256_length(digest)
 }
 
 pub fn verify(request: &SignedRequest<'_>, secrets: &[&[u8]]) -> Result<KeyIndex, SignatureError> {

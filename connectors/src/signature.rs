@@ -94,6 +94,26 @@ pub(crate) fn parse_unix_seconds(text: &str) -> Result<i64, SignatureError> {
     text.parse().map_err(|_| SignatureError::Malformed("the timestamp is not a Unix time in seconds"))
 }
 
+/// A SHA-256 digest given as `{prefix}<hex>` (`sha256=` for GitHub, `v0=` for Slack);
+/// `expected` names that shape in the refusal.
+pub fn parse_prefixed_hex_digest(
+    header: &str,
+    prefix: &str,
+    expected: &'static str,
+) -> Result<Vec<u8>, SignatureError> {
+    let hex_digest = header.trim().strip_prefix(prefix).ok_or(SignatureError::Malformed(expected))?;
+    let digest = hex::decode(hex_digest).map_err(|_| SignatureError::Malformed("the digest is not hex"))?;
+    require_sha256_length(digest)
+}
+
+/// The digest, if it has SHA-256's 32 bytes.
+pub fn require_sha256_length(digest: Vec<u8>) -> Result<Vec<u8>, SignatureError> {
+    if digest.len() != 32 {
+        return Err(SignatureError::Malformed("the digest is not 32 bytes"));
+    }
+    Ok(digest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,19 +5,16 @@ use ring::hmac;
 use serde_json::Value;
 
 use crate::inbound::SignedRequest;
-use crate::signature::{KeyIndex, SignatureError, check_timestamp, hmac_of, parse_unix_seconds, verify_hmac};
+use crate::signature::{
+    KeyIndex, SignatureError, check_timestamp, hmac_of, parse_prefixed_hex_digest, parse_unix_seconds, verify_hmac,
+};
 
 pub const SIGNATURE_HEADER: &str = "x-slack-signature";
 pub const TIMESTAMP_HEADER: &str = "x-slack-request-timestamp";
 
 /// The 32-byte digest of an `X-Slack-Signature` value.
 pub fn parse_signature_header(header: &str) -> Result<Vec<u8>, SignatureError> {
-    let hex_digest = header.trim().strip_prefix("v0=").ok_or(SignatureError::Malformed("expected v0=<hex>"))?;
-    let digest = hex::decode(hex_digest).map_err(|_| SignatureError::Malformed("the digest is not hex"))?;
-    if digest.len() != 32 {
-        return Err(SignatureError::Malformed("the digest is not 32 bytes"));
-    }
-    Ok(digest)
+    parse_prefixed_hex_digest(header, "v0=", "expected v0=<hex>")
 }
 
 pub fn verify(request: &SignedRequest<'_>, secrets: &[&[u8]]) -> Result<KeyIndex, SignatureError> {
