@@ -115,7 +115,10 @@ async fn the_relay_publishes_every_event_as_a_cloudevent_that_validates_against_
         assert!(ce["time"].is_string() && ce["position"].is_string() && ce["traceid"].is_string());
         // Key = stream id; the headers.
         assert_eq!(m.key.as_deref(), Some(stream_id.as_str()));
-        assert_eq!(m.headers["cs-schema-version"], "1");
+        // Each type at its own current version (ProviderRegistered is at v2).
+        let schema_version = domain::event::schema_version_of(event_type);
+        assert_eq!(m.headers["cs-schema-version"], schema_version.to_string());
+        assert_eq!(ce["schemaversion"], schema_version);
         assert_eq!(m.headers["ce_type"], *event_type);
         assert_eq!(m.headers["ce_id"], *event_id);
         assert_eq!(m.headers["tenant-id"], TENANT);
@@ -125,9 +128,8 @@ async fn the_relay_publishes_every_event_as_a_cloudevent_that_validates_against_
         // The value validates against schemas/kafka, its data against schemas/events.
         let errors: Vec<String> = envelope_validator.iter_errors(ce).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{event_type} is not a valid CloudEvent: {errors:?}");
-        let data_schema: Value =
-            serde_json::from_str(&std::fs::read_to_string(format!("schemas/events/{event_type}.v1.json")).unwrap())
-                .unwrap();
+        let schema_file = format!("schemas/events/{event_type}.v{schema_version}.json");
+        let data_schema: Value = serde_json::from_str(&std::fs::read_to_string(schema_file).unwrap()).unwrap();
         let data_validator = jsonschema::validator_for(&data_schema).expect("event schema");
         let errors: Vec<String> = data_validator.iter_errors(&ce["data"]).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{event_type} data does not match its schema: {errors:?}");

@@ -108,6 +108,7 @@ scopes! {
     DeliveriesIngest = "webhooks.deliveries.ingest";
     RunsRead = "integration.runs.read";
     CredentialsRotate = "integration.credentials.rotate";
+    AuditRead = "integration.audit.read";
 }
 
 /// A caller with a valid bearer token that carries scope `S`: 401 without one, 403 without `S`.

@@ -30,9 +30,41 @@ pub struct RegisterProvider {
     pub registered_at: DateTime<Utc>,
 }
 
+/// The version of the engine's API client implementations that new registrations are served by.
+pub const API_CLIENT_VERSION: u32 = 1;
+
+/// A provider was registered (schema v2).
+///
+/// v2 added `apiClientVersion`, so the registry can tell which version of a client serves a
+/// provider (and route an upgrade) without parsing it out of `apiClientId`. A v1 event is upcast
+/// with `apiClientVersion: 1`: v1 registrations were always served by client v1
+/// (`apiClientId` was always `client-{name}-v1`). See [`crate::event::upcast`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderRegistered {
+    pub provider_id: String,
+    pub tenant_id: String,
+    pub key: String,
+    pub display_name: String,
+    pub category: String,
+    pub auth_model: AuthModel,
+    pub api_client: String,
+    /// The engine's API client implementation serving this provider, e.g. `client-twilio-v1`.
+    pub api_client_id: String,
+    /// The version of that API client implementation (the `N` of `client-{name}-vN`).
+    pub api_client_version: u32,
+    pub capabilities: Vec<String>,
+    pub base_url: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// `ProviderRegistered` as schema v1 stored it: kept for its JSON Schema
+/// (`schemas/events/ProviderRegistered.v1.json`) and as the input of its upcaster. Nothing
+/// writes it any more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "ProviderRegistered")]
+pub struct ProviderRegisteredV1 {
     pub provider_id: String,
     pub tenant_id: String,
     pub key: String,
@@ -70,11 +102,11 @@ pub enum ProviderState {
     Registered(Box<ProviderRegistered>),
 }
 
-/// The API client id for an implementation name: its last dotted segment, lowercased, at v1
-/// (`ConnectSoft.Sms.Providers.Twilio` → `client-twilio-v1`).
+/// The API client id for an implementation name: its last dotted segment, lowercased, at
+/// [`API_CLIENT_VERSION`] (`ConnectSoft.Sms.Providers.Twilio` → `client-twilio-v1`).
 pub fn api_client_id(api_client: &str) -> String {
     let name = api_client.rsplit('.').next().unwrap_or(api_client).to_ascii_lowercase();
-    format!("client-{name}-v1")
+    format!("client-{name}-v{API_CLIENT_VERSION}")
 }
 
 pub struct Provider;
@@ -109,6 +141,7 @@ impl Decider for Provider {
             auth_model: command.auth_model,
             api_client: command.api_client.clone(),
             api_client_id: api_client_id(&command.api_client),
+            api_client_version: API_CLIENT_VERSION,
             capabilities: command.capabilities.clone(),
             base_url: command.base_url.clone(),
             registered_at: command.registered_at,
@@ -147,6 +180,34 @@ mod tests {
         let [ProviderEvent::ProviderRegistered(e)] = events.as_slice() else { panic!("{events:?}") };
         assert_eq!(e.provider_id, "prov-twilio-sms");
         assert_eq!(e.api_client_id, "client-twilio-v1");
+        assert_eq!(e.api_client_version, 1);
+    }
+
+    #[test]
+    fn new_registrations_are_written_at_v2_and_a_v1_registration_reads_back_as_v2() {
+        let events = Provider::decide(&register("twilio-sms"), &ProviderState::default()).unwrap();
+        let stored = events[0].encode();
+        assert_eq!((stored.event_type.as_str(), stored.schema_version), ("ProviderRegistered", 2));
+        assert_eq!(stored.data["apiClientVersion"], 1);
+
+        // The same registration as v1 stored it: no apiClientVersion.
+        let ProviderEvent::ProviderRegistered(v2) = &events[0];
+        let v1 = ProviderRegisteredV1 {
+            provider_id: v2.provider_id.clone(),
+            tenant_id: v2.tenant_id.clone(),
+            key: v2.key.clone(),
+            display_name: v2.display_name.clone(),
+            category: v2.category.clone(),
+            auth_model: v2.auth_model,
+            api_client: v2.api_client.clone(),
+            api_client_id: v2.api_client_id.clone(),
+            capabilities: v2.capabilities.clone(),
+            base_url: v2.base_url.clone(),
+            registered_at: v2.registered_at,
+        };
+        let v1_data = serde_json::to_value(&v1).unwrap();
+        assert!(v1_data.get("apiClientVersion").is_none());
+        assert_eq!(ProviderEvent::decode("ProviderRegistered", 1, v1_data).unwrap(), events[0]);
     }
 
     #[test]

@@ -100,6 +100,19 @@ pub async fn verify_chains(store: &dyn EventStore, tenant: Option<&str>) -> Resu
             let missing = expected_position;
             expected_position = event.global_position + 1;
             if stream_prefix.as_deref().is_some_and(|p| !event.stream_id.starts_with(p)) {
+                // A deleted event leaves nothing to tell whose it was: it may have been this
+                // tenant's (the last of one of its streams, which no later version would
+                // betray), so a hole is reported whichever tenant's event follows it.
+                if gap {
+                    report.first_break.get_or_insert_with(|| ChainBreak {
+                        global_position: missing,
+                        event: None,
+                        reason: format!(
+                            "global positions {missing}..{} are missing (deleted events)",
+                            event.global_position - 1
+                        ),
+                    });
+                }
                 continue;
             }
             report.events += 1;

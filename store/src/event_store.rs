@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use domain::{EventEnvelope, NewEvent};
 use futures::{Stream, StreamExt};
 use thiserror::Error;
@@ -54,11 +55,70 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `max` events with a global position greater than `after`, in global order.
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<EventEnvelope>, StoreError>;
 
+    /// Up to `max` events matching `filter` with a global position greater than `after`, in
+    /// global order: what auditors page through (`replay`, `/audit/...`). An empty page means
+    /// nothing matches after `after`. The default walks [`EventStore::read_all`]; adapters that
+    /// can filter where the data lives override it.
+    async fn read_filtered(
+        &self,
+        filter: &EventFilter,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        const SCAN_PAGE: usize = 1000;
+        let mut found = Vec::new();
+        let mut after = after.max(filter.after_position.unwrap_or(0));
+        while found.len() < max {
+            let page = self.read_all(after, SCAN_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.global_position;
+            let past_the_end = filter.up_to_position.is_some_and(|end| after >= end);
+            found.extend(page.into_iter().filter(|e| filter.matches(e)).take(max - found.len()));
+            if past_the_end {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
     /// The global position of the last committed event (0 for an empty store).
     async fn head_position(&self) -> Result<u64, StoreError>;
 
     /// Follows the head position as appends commit, so readers wait instead of polling.
     fn watch_head(&self) -> watch::Receiver<u64>;
+}
+
+/// Which events a filtered read returns ([`EventStore::read_filtered`]); `None` and empty
+/// fields match every event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this stream (`{tenantId}/{resourceId}`).
+    pub stream_id: Option<String>,
+    /// Only this tenant's events.
+    pub tenant_id: Option<String>,
+    /// Only events of one of these types.
+    pub event_types: Vec<String>,
+    /// Only events with a global position greater than this.
+    pub after_position: Option<u64>,
+    /// Only events with a global position up to this one, inclusive.
+    pub up_to_position: Option<u64>,
+    /// Only events that occurred at or after this instant.
+    pub occurred_from: Option<DateTime<Utc>>,
+    /// Only events that occurred before this instant.
+    pub occurred_before: Option<DateTime<Utc>>,
+}
+
+impl EventFilter {
+    /// Whether `event` passes every condition of the filter.
+    pub fn matches(&self, event: &EventEnvelope) -> bool {
+        self.stream_id.as_ref().is_none_or(|s| *s == event.stream_id)
+            && self.tenant_id.as_ref().is_none_or(|t| *t == event.tenant_id)
+            && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
+            && self.after_position.is_none_or(|p| event.global_position > p)
+            && self.up_to_position.is_none_or(|p| event.global_position <= p)
+            && self.occurred_from.is_none_or(|t| event.occurred_at >= t)
+            && self.occurred_before.is_none_or(|t| event.occurred_at < t)
+    }
 }
 
 /// A subscription to the global order: it catches up from `after`, then follows live appends.

@@ -35,7 +35,44 @@ contract_tests!(
     each_stream_is_hash_chained,
     subscribe_catches_up_then_follows_live_appends,
     watch_head_follows_appends,
+    read_filtered_returns_what_the_filter_matches_in_global_order,
 );
+
+/// The SQLite store with the port's default `read_filtered` (a filtered walk of `read_all`), so
+/// the contract checks the default other adapters inherit as well as SQLite's own query.
+struct WithDefaultReadFiltered(SqliteEventStore);
+
+#[async_trait::async_trait]
+impl EventStore for WithDefaultReadFiltered {
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: store::ExpectedVersion,
+        events: Vec<domain::NewEvent>,
+    ) -> Result<Vec<domain::EventEnvelope>, store::StoreError> {
+        self.0.append(stream_id, expected, events).await
+    }
+    async fn read_stream(&self, stream_id: &str) -> Result<Vec<domain::EventEnvelope>, store::StoreError> {
+        self.0.read_stream(stream_id).await
+    }
+    async fn read_all(&self, after: u64, max: usize) -> Result<Vec<domain::EventEnvelope>, store::StoreError> {
+        self.0.read_all(after, max).await
+    }
+    async fn head_position(&self) -> Result<u64, store::StoreError> {
+        self.0.head_position().await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.watch_head()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_default_read_filtered_keeps_the_contract() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteEventStore::open(&dir.path().join("events.db")).expect("open store");
+    contract::read_filtered_returns_what_the_filter_matches_in_global_order(Arc::new(WithDefaultReadFiltered(store)))
+        .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_whole_contract_holds_on_one_store() {

@@ -2,6 +2,8 @@
 //! tokens with its `token` command, and talk HTTP to it.
 #![allow(dead_code)]
 
+pub mod streams;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +33,14 @@ pub fn spawn_app() -> App {
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = temp.path().to_path_buf();
     let mut app = spawn_app_in(&dir, &[]);
+    app._temp = Some(temp);
+    app
+}
+
+/// Starts `integration-engine serve` on a fresh data dir with extra arguments.
+pub fn spawn_app_with(extra: &[&str]) -> App {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let mut app = spawn_app_in(temp.path(), extra);
     app._temp = Some(temp);
     app
 }

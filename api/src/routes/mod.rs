@@ -1,5 +1,6 @@
 //! One router per resource; handlers are the use case, extractors did the checking.
 
+pub mod audit;
 pub mod connections;
 pub mod credentials;
 pub mod deliveries;
