@@ -94,6 +94,16 @@ pub struct CreateSubscriptionRequest {
     pub signing_secret_ref: String,
     #[serde(default = "active_by_default")]
     pub active: bool,
+    /// Requests in flight to the endpoint at most at once (1 to 1000, default 10).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Requests started per second at most (1 to 10000); absent: no limit.
+    #[serde(default)]
+    pub rate_limit_per_second: Option<u32>,
+    /// Deliver in publication order, the next message after the previous one succeeded or was
+    /// dead-lettered (one request in flight).
+    #[serde(default)]
+    pub strict_ordering: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -144,6 +154,34 @@ pub struct RunResponse {
     /// When the next attempt is due, while a failed attempt waits for its retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// For `DeliverWebhook` runs: the subscription delivered to (also in `connectionId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_id: Option<String>,
+    /// Every attempt in order: when, the outcome, and for webhook deliveries the endpoint's
+    /// status, latency and the start of its answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<RunAttempt>,
+}
+
+/// One attempt of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunAttempt {
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    /// `Running`, `Succeeded` or `Failed`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// At most 1 KiB of the answer's body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod deliveries;
 pub mod handler;
 pub mod idempotency;
+pub mod outbound;
 pub mod providers;
 pub mod runs;
 pub mod subscriptions;

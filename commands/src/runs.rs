@@ -38,3 +38,16 @@ impl Commands {
         }
     }
 }
+
+impl Commands {
+    /// Sends a run that ended (a dead-lettered webhook delivery, or one to deliver again) once
+    /// more; true when this call requested it (false: it is running already).
+    pub async fn redeliver_run(&self, ctx: &CommandContext, run_id: &str, reason: &str) -> Result<bool, CommandError> {
+        let command = RunCommand::Redeliver { run_id: run_id.into(), reason: reason.into(), requested_at: self.now() };
+        match self.execute::<Run>(ctx, &stream_id(&ctx.tenant_id, run_id), &command).await {
+            Ok(_) => Ok(true),
+            Err(CommandError::Rejected(DomainError::InvalidTransition { .. })) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -39,5 +39,7 @@ pub mod github_api;
 pub mod http_call;
 /// Run operations resolved to the provider's API client, with their retry policies.
 pub mod operations;
+/// Outbound webhook deliveries: Standard Webhooks signatures, CloudEvents headers, answers.
+pub mod outbound_webhooks;
 
 pub use signature::SignatureError;

@@ -4,6 +4,7 @@ use crate::connection::ConnectionEvent;
 use crate::credential::CredentialEvent;
 use crate::delivery::DeliveryEvent;
 use crate::event::{AggregateEvent, DecodeError};
+use crate::outbound::OutboundMessageEvent;
 use crate::provider::ProviderEvent;
 use crate::run::RunEvent;
 use crate::subscription::SubscriptionEvent;
@@ -17,6 +18,8 @@ pub enum AnyEvent {
     Delivery(DeliveryEvent),
     Run(RunEvent),
     Credential(CredentialEvent),
+    /// Platform events published for webhook fan-out.
+    Outbound(OutboundMessageEvent),
 }
 
 /// Every event type the domain defines, across aggregates.
@@ -28,6 +31,7 @@ pub fn all_event_types() -> impl Iterator<Item = &'static str> {
         DeliveryEvent::TYPES,
         RunEvent::TYPES,
         CredentialEvent::TYPES,
+        OutboundMessageEvent::TYPES,
     ]
     .into_iter()
     .flatten()
@@ -53,6 +57,8 @@ impl AnyEvent {
             RunEvent::decode(t, schema_version, data).map(Self::Run)
         } else if is::<CredentialEvent>(t) {
             CredentialEvent::decode(t, schema_version, data).map(Self::Credential)
+        } else if is::<OutboundMessageEvent>(t) {
+            OutboundMessageEvent::decode(t, schema_version, data).map(Self::Outbound)
         } else {
             Err(DecodeError::UnknownType(t.into()))
         }

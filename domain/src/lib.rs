@@ -29,6 +29,8 @@ pub mod credential;
 pub mod delivery;
 /// A provider registered in a tenant's vendor registry.
 pub mod provider;
+/// An outbound message: a platform event published for webhook fan-out.
+pub mod outbound;
 /// An integration run and its attempts.
 pub mod run;
 /// An outbound webhook subscription.

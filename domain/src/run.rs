@@ -11,6 +11,10 @@
 //! attempt is recorded as abandoned and the next worker takes over. Only the attempt that holds
 //! the lease can complete or fail it, so a late answer from a worker that lost its lease is
 //! refused.
+//!
+//! Outbound webhook deliveries (operation `DeliverWebhook`) are runs too: their failed attempts
+//! carry the endpoint's answer (status, latency, a truncated body), and a run that ended can be
+//! sent again (`RunRedeliveryRequested`), which gives it a fresh budget of attempts.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -43,6 +47,15 @@ pub enum RunCommand {
     },
     /// The attempt holding the lease failed.
     FailAttempt(FailAttempt),
+    /// The attempt holding the lease got an answer that is a failure (or no answer in time):
+    /// recorded with what the endpoint said.
+    FailAttemptWithResponse(FailAttempt, AttemptResponse),
+    /// Send a run that ended (a dead-lettered delivery, or one to deliver again) once more.
+    Redeliver {
+        run_id: String,
+        reason: String,
+        requested_at: DateTime<Utc>,
+    },
     /// The run cannot be executed at all (unknown operation, connection gone): it fails without
     /// an attempt.
     Fail {
@@ -86,6 +99,20 @@ pub struct FailAttempt {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
+/// What an endpoint answered to one attempt, as far as it answered.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptResponse {
+    /// The HTTP status; `None` when no answer came (timeout, refused connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// From sending the request to the end of the answer (or the failure).
+    pub latency_ms: u64,
+    /// The start of the answer's body (at most 1 KiB, lossy UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunRequested {
@@ -123,6 +150,19 @@ pub struct RunAttemptFailed {
     /// When the next attempt is due; absent when no attempt follows (a `RunFailed` does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// What the endpoint answered, for attempts that reached one (webhook deliveries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<AttemptResponse>,
+}
+
+/// A run that had ended is sent again with a fresh budget of attempts, the first one now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRedeliveryRequested {
+    pub run_id: String,
+    /// Who asked and why (e.g. `webhooks redeliver --subscription sub-...`).
+    pub reason: String,
+    pub requested_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -149,11 +189,12 @@ pub enum RunEvent {
     RunAttemptFailed(RunAttemptFailed),
     RunCompleted(RunCompleted),
     RunFailed(RunFailed),
+    RunRedeliveryRequested(RunRedeliveryRequested),
 }
 
 impl AggregateEvent for RunEvent {
     const TYPES: &'static [&'static str] =
-        &["RunRequested", "RunStarted", "RunAttemptFailed", "RunCompleted", "RunFailed"];
+        &["RunRequested", "RunStarted", "RunAttemptFailed", "RunCompleted", "RunFailed", "RunRedeliveryRequested"];
 
     fn event_type(&self) -> &'static str {
         match self {
@@ -162,6 +203,7 @@ impl AggregateEvent for RunEvent {
             Self::RunAttemptFailed(_) => "RunAttemptFailed",
             Self::RunCompleted(_) => "RunCompleted",
             Self::RunFailed(_) => "RunFailed",
+            Self::RunRedeliveryRequested(_) => "RunRedeliveryRequested",
         }
     }
 }
@@ -185,6 +227,8 @@ pub enum RunState {
         lease: Option<Lease>,
         /// When the next attempt may start, after a failed one.
         next_attempt_at: Option<DateTime<Utc>>,
+        /// Attempts made before the latest redelivery: the attempt limit counts from here.
+        attempts_before_redelivery: u32,
     },
 }
 
@@ -203,12 +247,14 @@ impl Decider for Run {
     type State = RunState;
 
     fn decide(command: &RunCommand, state: &RunState) -> Result<Vec<RunEvent>, DomainError> {
-        let RunState::Exists { status, attempts, lease, next_attempt_at } = state else {
+        let RunState::Exists { status, attempts, lease, next_attempt_at, attempts_before_redelivery } = state else {
             return match command {
                 RunCommand::Request(r) => request(r),
                 RunCommand::StartAttempt(_)
                 | RunCommand::Complete { .. }
                 | RunCommand::FailAttempt(_)
+                | RunCommand::FailAttemptWithResponse(..)
+                | RunCommand::Redeliver { .. }
                 | RunCommand::Fail { .. } => Err(DomainError::InvalidTransition {
                     kind: "run",
                     state: "not requested".into(),
@@ -220,11 +266,28 @@ impl Decider for Run {
         let finished = matches!(status, RunStatus::Completed | RunStatus::Failed);
         match command {
             RunCommand::Request(r) => Err(DomainError::AlreadyExists { kind: "run", id: r.run_id.clone() }),
-            RunCommand::StartAttempt(_) | RunCommand::FailAttempt(_) | RunCommand::Fail { .. } if finished => {
+            RunCommand::StartAttempt(_)
+            | RunCommand::FailAttempt(_)
+            | RunCommand::FailAttemptWithResponse(..)
+            | RunCommand::Fail { .. }
+                if finished =>
+            {
                 Err(invalid(format!("{status:?}"), "advance"))
             }
             RunCommand::Complete { .. } if finished => Err(invalid(format!("{status:?}"), "complete")),
-            RunCommand::StartAttempt(c) => start_attempt(c, *attempts, lease.as_ref(), *next_attempt_at),
+            RunCommand::Redeliver { run_id, reason, requested_at } => {
+                if !finished {
+                    return Err(invalid(format!("{status:?}"), "redeliver"));
+                }
+                Ok(vec![RunEvent::RunRedeliveryRequested(RunRedeliveryRequested {
+                    run_id: run_id.clone(),
+                    reason: reason.clone(),
+                    requested_at: *requested_at,
+                })])
+            }
+            RunCommand::StartAttempt(c) => {
+                start_attempt(c, *attempts, *attempts_before_redelivery, lease.as_ref(), *next_attempt_at)
+            }
             RunCommand::Complete { run_id, attempt, output, completed_at } => {
                 holding_lease(lease.as_ref(), *attempt, "complete")?;
                 Ok(vec![RunEvent::RunCompleted(RunCompleted {
@@ -233,24 +296,8 @@ impl Decider for Run {
                     completed_at: *completed_at,
                 })])
             }
-            RunCommand::FailAttempt(c) => {
-                holding_lease(lease.as_ref(), c.attempt, "fail")?;
-                let mut events = vec![RunEvent::RunAttemptFailed(RunAttemptFailed {
-                    run_id: c.run_id.clone(),
-                    attempt: c.attempt,
-                    error: c.error.clone(),
-                    failed_at: c.failed_at,
-                    next_attempt_at: c.next_attempt_at,
-                })];
-                if c.next_attempt_at.is_none() {
-                    events.push(RunEvent::RunFailed(RunFailed {
-                        run_id: c.run_id.clone(),
-                        error: c.error.clone(),
-                        failed_at: c.failed_at,
-                    }));
-                }
-                Ok(events)
-            }
+            RunCommand::FailAttempt(c) => fail_attempt(c, None, lease.as_ref()),
+            RunCommand::FailAttemptWithResponse(c, response) => fail_attempt(c, Some(response), lease.as_ref()),
             RunCommand::Fail { run_id, error, failed_at } => Ok(vec![RunEvent::RunFailed(RunFailed {
                 run_id: run_id.clone(),
                 error: error.clone(),
@@ -260,14 +307,27 @@ impl Decider for Run {
     }
 
     fn evolve(state: RunState, event: &RunEvent) -> RunState {
-        let (attempts, next_attempt_at) = match &state {
-            RunState::Exists { attempts, next_attempt_at, .. } => (*attempts, *next_attempt_at),
-            RunState::None => (0, None),
+        let (attempts, next_attempt_at, attempts_before_redelivery) = match &state {
+            RunState::Exists { attempts, next_attempt_at, attempts_before_redelivery, .. } => {
+                (*attempts, *next_attempt_at, *attempts_before_redelivery)
+            }
+            RunState::None => (0, None, 0),
         };
         match event {
-            RunEvent::RunRequested(_) => {
-                RunState::Exists { status: RunStatus::Requested, attempts: 0, lease: None, next_attempt_at: None }
-            }
+            RunEvent::RunRequested(_) => RunState::Exists {
+                status: RunStatus::Requested,
+                attempts: 0,
+                lease: None,
+                next_attempt_at: None,
+                attempts_before_redelivery: 0,
+            },
+            RunEvent::RunRedeliveryRequested(e) => RunState::Exists {
+                status: RunStatus::Running,
+                attempts,
+                lease: None,
+                next_attempt_at: Some(e.requested_at),
+                attempts_before_redelivery: attempts,
+            },
             RunEvent::RunStarted(e) => RunState::Exists {
                 status: RunStatus::Running,
                 attempts: e.attempt.max(attempts),
@@ -278,19 +338,29 @@ impl Decider for Run {
                     expires_at,
                 }),
                 next_attempt_at: None,
+                attempts_before_redelivery,
             },
             RunEvent::RunAttemptFailed(e) => RunState::Exists {
                 status: RunStatus::Running,
                 attempts: e.attempt.max(attempts),
                 lease: None,
                 next_attempt_at: e.next_attempt_at,
+                attempts_before_redelivery,
             },
-            RunEvent::RunCompleted(_) => {
-                RunState::Exists { status: RunStatus::Completed, attempts, lease: None, next_attempt_at }
-            }
-            RunEvent::RunFailed(_) => {
-                RunState::Exists { status: RunStatus::Failed, attempts, lease: None, next_attempt_at: None }
-            }
+            RunEvent::RunCompleted(_) => RunState::Exists {
+                status: RunStatus::Completed,
+                attempts,
+                lease: None,
+                next_attempt_at,
+                attempts_before_redelivery,
+            },
+            RunEvent::RunFailed(_) => RunState::Exists {
+                status: RunStatus::Failed,
+                attempts,
+                lease: None,
+                next_attempt_at: None,
+                attempts_before_redelivery,
+            },
         }
     }
 }
@@ -315,6 +385,7 @@ fn request(r: &RequestRun) -> Result<Vec<RunEvent>, DomainError> {
 fn start_attempt(
     c: &StartAttempt,
     attempts: u32,
+    attempts_before_redelivery: u32,
     lease: Option<&Lease>,
     next_attempt_at: Option<DateTime<Utc>>,
 ) -> Result<Vec<RunEvent>, DomainError> {
@@ -344,6 +415,7 @@ fn start_attempt(
             ),
             failed_at: c.started_at,
             next_attempt_at: Some(c.started_at),
+            response: None,
         }));
     } else if let Some(due) = next_attempt_at
         && c.started_at < due
@@ -354,10 +426,11 @@ fn start_attempt(
             command: "start",
         });
     }
-    if attempts >= c.max_attempts {
+    let counted = attempts.saturating_sub(attempts_before_redelivery);
+    if counted >= c.max_attempts {
         events.push(RunEvent::RunFailed(RunFailed {
             run_id: c.run_id.clone(),
-            error: format!("gave up after {attempts} attempts (the operation allows {})", c.max_attempts),
+            error: format!("gave up after {counted} attempts (the operation allows {})", c.max_attempts),
             failed_at: c.started_at,
         }));
         return Ok(events);
@@ -369,6 +442,31 @@ fn start_attempt(
         worker_id: Some(c.worker_id.clone()),
         lease_expires_at: Some(c.lease_expires_at),
     }));
+    Ok(events)
+}
+
+/// `RunAttemptFailed` (with the endpoint's answer, if any), and `RunFailed` when no attempt follows.
+fn fail_attempt(
+    c: &FailAttempt,
+    response: Option<&AttemptResponse>,
+    lease: Option<&Lease>,
+) -> Result<Vec<RunEvent>, DomainError> {
+    holding_lease(lease, c.attempt, "fail")?;
+    let mut events = vec![RunEvent::RunAttemptFailed(RunAttemptFailed {
+        run_id: c.run_id.clone(),
+        attempt: c.attempt,
+        error: c.error.clone(),
+        failed_at: c.failed_at,
+        next_attempt_at: c.next_attempt_at,
+        response: response.cloned(),
+    })];
+    if c.next_attempt_at.is_none() {
+        events.push(RunEvent::RunFailed(RunFailed {
+            run_id: c.run_id.clone(),
+            error: c.error.clone(),
+            failed_at: c.failed_at,
+        }));
+    }
     Ok(events)
 }
 
@@ -542,6 +640,42 @@ mod tests {
         assert!(given_state(&completed).is_finished());
         let failed = [request(), start("w", 1), fail_attempt(1, None)];
         assert!(matches!(given_when(&failed, &start("w", 30)), Err(DomainError::InvalidTransition { .. })));
+    }
+
+    #[test]
+    fn an_ended_run_is_redelivered_with_a_fresh_budget_and_its_answers_are_recorded() {
+        let response = AttemptResponse { status_code: Some(503), latency_ms: 12, response_body: Some("busy".into()) };
+        let fail_with_response = |attempt| {
+            RunCommand::FailAttemptWithResponse(
+                FailAttempt {
+                    run_id: "run-1".into(),
+                    attempt,
+                    error: "503".into(),
+                    failed_at: t(3),
+                    next_attempt_at: None,
+                },
+                response.clone(),
+            )
+        };
+        let given = [request(), start("w", 1), fail_with_response(1)];
+        let events = given_when(&given[..2], &given[2]).unwrap();
+        assert!(matches!(&events[0], RunEvent::RunAttemptFailed(f) if f.response.as_ref() == Some(&response)));
+        assert_eq!(types(&events), ["RunAttemptFailed", "RunFailed"]);
+        let redeliver =
+            RunCommand::Redeliver { run_id: "run-1".into(), reason: "operator".into(), requested_at: t(50) };
+        assert!(matches!(given_when(&given[..2], &redeliver), Err(DomainError::InvalidTransition { .. })));
+        assert_eq!(types(&given_when(&given, &redeliver).unwrap()), ["RunRedeliveryRequested"]);
+        let redelivered = [request(), start("w", 1), fail_with_response(1), redeliver.clone()];
+        assert!(matches!(given_when(&redelivered, &start("w", 49)), Err(DomainError::InvalidTransition { .. })));
+        // Attempt 2 of the run, the first of the new budget (3 allowed again).
+        let mut history = redelivered.to_vec();
+        for (n, at) in [(2, 60), (3, 70), (4, 80)] {
+            let started = given_when(&history, &start("w", at)).unwrap();
+            assert!(matches!(&started[..], [RunEvent::RunStarted(RunStarted { attempt, .. })] if *attempt == n));
+            history.push(start("w", at));
+            history.push(fail_attempt(n, Some(0)));
+        }
+        assert_eq!(types(&given_when(&history, &start("w", 90)).unwrap()), ["RunFailed"]);
     }
 
     #[test]

@@ -58,6 +58,14 @@ pub struct SubscriptionView {
     /// `Active` or `Inactive`, after `active`.
     pub status: String,
     pub created_at: DateTime<Utc>,
+    /// Throughput and ordering of its deliveries.
+    #[serde(default)]
+    pub delivery: domain::subscription::DeliverySettings,
+    /// Why it was deactivated (410 Gone, `webhook-delivery: disable`, failing for too long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivation_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +104,30 @@ pub struct RunView {
     /// When the next attempt is due, while a failed attempt waits for its retry.
     #[serde(default)]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Every attempt in order, with what the endpoint answered (webhook deliveries) or the
+    /// error; redeliveries are listed where they were requested.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<AttemptView>,
+}
+
+/// One attempt of a run, as its events tell it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    /// `Running`, `Succeeded` or `Failed`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,4 +148,10 @@ pub struct CredentialView {
     pub connections: Vec<String>,
     pub last_rotation_reason: Option<String>,
     pub last_rotated_at: Option<DateTime<Utc>>,
+    /// The version current before the last promotion, until its overlap ends.
+    #[serde(default)]
+    pub previous_version: Option<u32>,
+    /// Why the latest rotation failed verification; cleared by the next promotion.
+    #[serde(default)]
+    pub last_rotation_failure: Option<String>,
 }

@@ -11,6 +11,10 @@
 //! - [`messages`]: the wire formats (CloudEvents, headers, `StartRun`) and the topic names.
 //! - [`start_run`]: validates, authorises and handles `StartRun` (Kafka and CLI alike).
 //! - [`executor`]: `RunExecutor`, the handler that executes requested runs.
+//! - [`process_manager`]: requests a connection's first health check and a rotation's
+//!   verification run from their events, with deterministic run ids.
+//! - [`schedules`]: periodic, jittered health checks and the retirement of previous credential
+//!   versions after their overlap.
 //! - [`checkpoints`]: `SqliteCheckpoints`, the durable positions of the embedded consumers.
 //! - [`consumer`]: the `EventHandler` trait the workers implement and `run_consumer`, the loop
 //!   that feeds a handler, retries its failures and commits after them.
@@ -21,10 +25,13 @@ pub mod checkpoints;
 pub mod consumer;
 pub mod embedded;
 pub mod executor;
+pub mod fanout;
 pub mod feed;
 pub mod kafka;
 pub mod messages;
+pub mod process_manager;
 pub mod relay;
+pub mod schedules;
 pub mod shared_store;
 pub mod start_run;
 

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 /// The topic every stored event is published to, keyed by stream id.
 pub const EVENTS_TOPIC: &str = "integration.events.v1";
-/// The control plane's commands to the engine (`StartRun`).
+/// The control plane's commands to the engine (`StartRun`, `PublishEvent`).
 pub const COMMANDS_TOPIC: &str = "integration.commands.v1";
 /// Commands that were malformed or unauthorised, with the reason in headers.
 pub const COMMANDS_DLQ_TOPIC: &str = "integration.commands.v1.dlq";
@@ -194,6 +194,7 @@ fn hex_of(bytes: &[u8]) -> String {
 #[schemars(title = "ControlCommand", description = "A command of integration.commands.v1")]
 pub enum ControlCommand {
     StartRun(StartRun),
+    PublishEvent(PublishEvent),
 }
 
 /// The current schema version of the control plane's commands.
@@ -214,6 +215,33 @@ pub struct StartRun {
     pub input: Value,
     /// Unique per intended run within the tenant (1 to 200 characters).
     pub idempotency_key: String,
+}
+
+/// Publish a platform event (e.g. `DeploymentPromoted`) to the tenant's webhook subscriptions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishEvent {
+    pub tenant_id: String,
+    /// Subscriptions to a project get only that project's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// The event type subscriptions match (exactly, or by a `Prefix*` pattern).
+    pub event_type: String,
+    /// The event's data (the `data` of the delivered body).
+    #[serde(default = "empty_object")]
+    pub data: Value,
+    /// `msg-...`: the message id receivers see as `webhook-id`; publishing the same id again is
+    /// one message. Absent: derived from the message's topic, partition and offset, so a
+    /// redelivery of the same Kafka message is still one message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+/// The message id of a `PublishEvent` without one: `msg-` and 32 hex digits of SHA-256 over
+/// where the command was read (topic, partition, offset).
+pub fn message_id_for(origin: &str) -> String {
+    let digest = Sha256::new().chain_update(b"PublishEvent\0").chain_update(origin).finalize();
+    domain::ids::new_id(domain::outbound::MESSAGE, Uuid::from_slice(&digest[..16]).unwrap_or_default())
 }
 
 fn empty_object() -> Value {

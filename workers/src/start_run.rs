@@ -8,7 +8,7 @@ use domain::ids::{self, stream_id};
 use domain::{Actor, DomainError};
 use thiserror::Error;
 
-use crate::messages::{COMMAND_SCHEMA_VERSION, ControlCommand, StartRun, run_id_for};
+use crate::messages::{COMMAND_SCHEMA_VERSION, ControlCommand, PublishEvent, StartRun, run_id_for};
 
 /// Why a command is refused for good; it goes to the dead-letter topic with this reason.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -58,6 +58,7 @@ pub fn parse_command(schema_version: Option<&[u8]>, value: Option<&[u8]>) -> Res
     let command: ControlCommand = serde_json::from_slice(value).map_err(|e| Rejection::Malformed(e.to_string()))?;
     match &command {
         ControlCommand::StartRun(start) => validate(start)?,
+        ControlCommand::PublishEvent(publish) => validate_publish(publish)?,
     }
     Ok(command)
 }
@@ -78,6 +79,23 @@ fn validate(start: &StartRun) -> Result<(), Rejection> {
     }
     if !start.input.is_object() {
         return malformed("input must be a JSON object");
+    }
+    Ok(())
+}
+
+fn validate_publish(publish: &PublishEvent) -> Result<(), Rejection> {
+    let malformed = |reason: &str| Err(Rejection::Malformed(reason.into()));
+    if !ids::is_tenant_id(&publish.tenant_id) {
+        return malformed("tenantId must be 1 to 64 letters, digits, '-', '_' or '.'");
+    }
+    if !domain::outbound::is_event_type_name(&publish.event_type) {
+        return malformed("eventType must be 1 to 128 letters, digits, '.', '_' or '-'");
+    }
+    if publish.message_id.as_deref().is_some_and(|m| !ids::has_prefix(m, domain::outbound::MESSAGE)) {
+        return malformed("messageId must be msg- followed by lowercase letters, digits or '-'");
+    }
+    if publish.project_id.as_deref().is_some_and(|p| p.is_empty() || p.len() > 128) {
+        return malformed("projectId must be 1 to 128 characters");
     }
     Ok(())
 }
@@ -141,6 +159,34 @@ impl StartRunHandler {
             .into());
         }
         Ok(RunStartRequested { run_id, newly_requested: before.events.is_empty() })
+    }
+
+    /// Publishes the platform event of `publish` (validated by [`parse_command`]) as its
+    /// message id, or `fallback_message_id` when it names none; returns the message id.
+    pub async fn publish_event(
+        &self,
+        publish: &PublishEvent,
+        fallback_message_id: &str,
+        trace_id: &str,
+    ) -> Result<String, StartRunError> {
+        validate_publish(publish)?;
+        let message_id = publish.message_id.clone().unwrap_or_else(|| fallback_message_id.to_owned());
+        let ctx = CommandContext::new(&publish.tenant_id, trace_id, self.actor.clone());
+        match self
+            .commands
+            .publish_event(&ctx, &message_id, publish.project_id.clone(), &publish.event_type, publish.data.clone())
+            .await
+        {
+            Ok(_) => Ok(message_id),
+            Err(CommandError::Rejected(DomainError::Invalid { field, reason })) => {
+                Err(Rejection::Malformed(format!("{field}: {reason}")).into())
+            }
+            Err(CommandError::Rejected(DomainError::InvalidTransition { .. })) => Err(Rejection::Conflict(format!(
+                "messageId {message_id} was published before with another eventType, projectId or data"
+            ))
+            .into()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

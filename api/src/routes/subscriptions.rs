@@ -3,8 +3,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
+use connectors::egress::check_webhook_endpoint;
 use domain::ids;
-use domain::subscription::CreateWebhookSubscription;
+use domain::subscription::{CreateWebhookSubscription, DeliverySettings};
 
 use crate::AppState;
 use crate::bodies::{CreateSubscriptionRequest, SubscriptionCreatedResponse};
@@ -28,6 +29,16 @@ async fn create(
     if request.endpoint_url.len() > 2048 {
         return Err(Problem::invalid_field("endpointUrl", "must be at most 2048 characters"));
     }
+    // SSRF: https only (plain http for allow-listed hosts), no private, loopback, link-local,
+    // CGNAT, multicast or metadata address unless allow-listed. Names are checked again when
+    // each delivery connects.
+    check_webhook_endpoint(&request.endpoint_url, &app.settings.webhook_egress_allow)
+        .map_err(|reason| Problem::invalid_field("endpointUrl", reason))?;
+    let delivery = DeliverySettings {
+        max_in_flight: request.max_in_flight.unwrap_or(DeliverySettings::default().max_in_flight),
+        rate_limit_per_second: request.rate_limit_per_second,
+        strict_ordering: request.strict_ordering,
+    };
     let ctx = context_of(&caller.0);
     run_command(
         &app,
@@ -46,6 +57,7 @@ async fn create(
                 signing_secret_ref: request.signing_secret_ref,
                 active: request.active,
                 created_at: app.commands.now(),
+                delivery,
             };
             let outcome = app.commands.create_subscription(&ctx, command).await?;
             let e = outcome.created;

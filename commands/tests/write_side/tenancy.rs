@@ -87,9 +87,13 @@ async fn rotating_another_tenants_credential_is_not_found_and_appends_nothing() 
 #[tokio::test]
 async fn the_same_verification_run_id_in_two_tenants_is_two_runs() {
     let engine = spawn_engine();
+    engine.put_secret_versions(GITHUB_SECRET, 1).await;
     for tenant in [TENANT, OTHER_TENANT] {
         engine.establish(&ctx(tenant), "conn-1", Some(GITHUB_SECRET)).await;
     }
+    // The version both rotations verify, staged by an operator.
+    let secret = domain::secret_ref::SecretRef::parse(GITHUB_SECRET).unwrap();
+    store::SecretStore::stage_pending(engine.vault.as_ref(), &secret, b"value-2", None).await.unwrap();
 
     for tenant in [TENANT, OTHER_TENANT] {
         engine
@@ -135,6 +139,7 @@ async fn another_tenants_vault_cannot_be_named_by_a_connection_or_a_subscription
         signing_secret_ref: "kv://factory-integration/partner".into(),
         active: true,
         created_at: crate::support::t0(),
+        delivery: Default::default(),
     };
     let refused = rejection(engine.commands.create_subscription(&ctx(OTHER_TENANT), subscription).await);
     assert!(matches!(&refused, DomainError::Invalid { field, .. } if field == "signingSecretRef"), "{refused:?}");

@@ -53,11 +53,13 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
             RunEvent::RunStarted(_)
             | RunEvent::RunAttemptFailed(_)
             | RunEvent::RunCompleted(_)
-            | RunEvent::RunFailed(_),
+            | RunEvent::RunFailed(_)
+            | RunEvent::RunRedeliveryRequested(_),
         )
         | AnyEvent::Provider(_)
         | AnyEvent::Subscription(_)
         | AnyEvent::Delivery(_)
-        | AnyEvent::Credential(_) => Ok(()),
+        | AnyEvent::Credential(_)
+        | AnyEvent::Outbound(_) => Ok(()),
     }
 }

@@ -16,7 +16,8 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
         | AnyEvent::Provider(_)
         | AnyEvent::Subscription(_)
         | AnyEvent::Delivery(_)
-        | AnyEvent::Run(_) => Ok(()),
+        | AnyEvent::Run(_)
+        | AnyEvent::Outbound(_) => Ok(()),
     }
 }
 
@@ -39,6 +40,8 @@ fn apply_credential_event(
                 connections: vec![e.connection_id.clone()],
                 last_rotation_reason: None,
                 last_rotated_at: None,
+                previous_version: None,
+                last_rotation_failure: None,
             };
             store_doc(tx, NAME, &event.tenant_id, &e.credential_id, &view)
         }
@@ -62,9 +65,11 @@ fn apply_credential_event(
             update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
                 view.status = "Active".into();
                 view.current_version = e.version;
+                view.previous_version = Some(e.previous_version);
                 view.pending_version = None;
                 view.pending_version_ref = None;
                 view.last_rotated_at = Some(e.rotated_at);
+                view.last_rotation_failure = None;
             })
         }
         CredentialEvent::CredentialRotationFailed(e) => {
@@ -73,6 +78,14 @@ fn apply_credential_event(
                 view.status = "Active".into();
                 view.pending_version = None;
                 view.pending_version_ref = None;
+                view.last_rotation_failure = Some(e.reason.clone());
+            })
+        }
+        CredentialEvent::CredentialVersionRetired(e) => {
+            update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
+                if view.previous_version == Some(e.version) {
+                    view.previous_version = None;
+                }
             })
         }
     }

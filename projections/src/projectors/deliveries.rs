@@ -33,6 +33,7 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
         | AnyEvent::Provider(_)
         | AnyEvent::Subscription(_)
         | AnyEvent::Run(_)
-        | AnyEvent::Credential(_) => Ok(()),
+        | AnyEvent::Credential(_)
+        | AnyEvent::Outbound(_) => Ok(()),
     }
 }

@@ -21,7 +21,7 @@ pub mod subscriptions;
 pub type Apply = fn(&Transaction<'_>, &EventEnvelope, &AnyEvent) -> Result<(), ProjectionError>;
 
 /// A projection: the name of its checkpoint (and of its table) and its projector.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Projection {
     pub name: &'static str,
     pub apply: Apply,

@@ -31,6 +31,7 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
         | AnyEvent::Subscription(_)
         | AnyEvent::Delivery(_)
         | AnyEvent::Run(_)
-        | AnyEvent::Credential(_) => Ok(()),
+        | AnyEvent::Credential(_)
+        | AnyEvent::Outbound(_) => Ok(()),
     }
 }

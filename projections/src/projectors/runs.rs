@@ -5,7 +5,7 @@ use rusqlite::Transaction;
 use super::update_doc;
 use crate::ProjectionError;
 use crate::read_models::{RUNS, store_doc};
-use crate::views::RunView;
+use crate::views::{AttemptView, RunView};
 
 pub const NAME: &str = RUNS;
 
@@ -16,7 +16,8 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
         | AnyEvent::Provider(_)
         | AnyEvent::Subscription(_)
         | AnyEvent::Delivery(_)
-        | AnyEvent::Credential(_) => Ok(()),
+        | AnyEvent::Credential(_)
+        | AnyEvent::Outbound(_) => Ok(()),
     }
 }
 
@@ -36,6 +37,7 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
                 trace_id: e.trace_id.clone(),
                 last_error: None,
                 next_attempt_at: None,
+                attempt_log: Vec::new(),
             };
             store_doc(tx, NAME, &event.tenant_id, &e.run_id, &view)
         }
@@ -45,6 +47,16 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
             view.attempts = view.attempts.max(e.attempt);
             view.started_at = view.started_at.or(Some(e.started_at));
             view.next_attempt_at = None;
+            view.attempt_log.push(AttemptView {
+                attempt: e.attempt,
+                started_at: e.started_at,
+                outcome: "Running".into(),
+                finished_at: None,
+                status_code: None,
+                latency_ms: None,
+                response_body: None,
+                error: None,
+            });
         }),
         RunEvent::RunAttemptFailed(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
             // Still running: the next attempt is scheduled (or a RunFailed follows).
@@ -52,17 +64,42 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
             view.attempts = view.attempts.max(e.attempt);
             view.last_error = Some(e.error.clone());
             view.next_attempt_at = e.next_attempt_at;
+            if let Some(entry) = view.attempt_log.iter_mut().rev().find(|a| a.attempt == e.attempt) {
+                entry.outcome = "Failed".into();
+                entry.finished_at = Some(e.failed_at);
+                entry.error = Some(e.error.clone());
+                if let Some(response) = &e.response {
+                    entry.status_code = response.status_code;
+                    entry.latency_ms = Some(response.latency_ms);
+                    entry.response_body.clone_from(&response.response_body);
+                }
+            }
         }),
         RunEvent::RunCompleted(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
             view.status = RunStatus::Completed;
             view.completed_at = Some(e.completed_at);
             view.next_attempt_at = None;
+            // The attempt in flight is the one that completed it.
+            if let Some(entry) = view.attempt_log.last_mut().filter(|a| a.outcome == "Running") {
+                entry.outcome = "Succeeded".into();
+                entry.finished_at = Some(e.completed_at);
+                // Webhook deliveries record the endpoint's answer in the output.
+                entry.status_code =
+                    e.output.get("statusCode").and_then(|v| v.as_u64()).and_then(|v| u16::try_from(v).ok());
+                entry.latency_ms = e.output.get("latencyMs").and_then(serde_json::Value::as_u64);
+                entry.response_body = e.output.get("responseBody").and_then(|v| v.as_str()).map(str::to_owned);
+            }
         }),
         RunEvent::RunFailed(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
             view.status = RunStatus::Failed;
             view.completed_at = Some(e.failed_at);
             view.last_error = Some(e.error.clone());
             view.next_attempt_at = None;
+        }),
+        RunEvent::RunRedeliveryRequested(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
+            view.status = RunStatus::Running;
+            view.completed_at = None;
+            view.next_attempt_at = Some(e.requested_at);
         }),
     }
 }

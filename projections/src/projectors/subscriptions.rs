@@ -2,6 +2,7 @@ use domain::subscription::SubscriptionEvent;
 use domain::{AnyEvent, EventEnvelope};
 use rusqlite::Transaction;
 
+use super::update_doc;
 use crate::ProjectionError;
 use crate::read_models::{SUBSCRIPTIONS, store_doc};
 use crate::views::SubscriptionView;
@@ -21,13 +22,25 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
                 active: e.active,
                 status: if e.active { "Active" } else { "Inactive" }.into(),
                 created_at: e.created_at,
+                delivery: e.delivery,
+                deactivation_reason: None,
+                deactivated_at: None,
             };
             store_doc(tx, NAME, &event.tenant_id, &e.subscription_id, &view)
+        }
+        AnyEvent::Subscription(SubscriptionEvent::WebhookSubscriptionDeactivated(e)) => {
+            update_doc(tx, NAME, event, &e.subscription_id, |view: &mut SubscriptionView| {
+                view.active = false;
+                view.status = "Inactive".into();
+                view.deactivation_reason = Some(e.reason.clone());
+                view.deactivated_at = Some(e.deactivated_at);
+            })
         }
         AnyEvent::Connection(_)
         | AnyEvent::Provider(_)
         | AnyEvent::Delivery(_)
         | AnyEvent::Run(_)
-        | AnyEvent::Credential(_) => Ok(()),
+        | AnyEvent::Credential(_)
+        | AnyEvent::Outbound(_) => Ok(()),
     }
 }

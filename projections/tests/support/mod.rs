@@ -45,6 +45,7 @@ pub struct Engine {
     pub dir: TempDir,
     pub store: Arc<dyn EventStore>,
     pub commands: Commands,
+    pub vault: Arc<SqliteVault>,
 }
 
 impl Engine {
@@ -52,8 +53,8 @@ impl Engine {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).unwrap());
         let vault = Arc::new(SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap());
-        let commands = Commands::new(store.clone(), vault, Arc::new(FixedClock));
-        Self { dir, store, commands }
+        let commands = Commands::new(store.clone(), vault.clone(), Arc::new(FixedClock));
+        Self { dir, store, commands, vault }
     }
 
     pub fn events_db(&self) -> PathBuf {
@@ -171,6 +172,7 @@ pub async fn run_scenario(engine: &Engine, tenant: &str) -> Scenario {
         signing_secret_ref: "kv://factory-integration/partner-hook-secret".into(),
         active: true,
         created_at: now(),
+        delivery: Default::default(),
     };
     let subscription_id = commands.create_subscription(&ctx, subscription).await.unwrap().created.subscription_id;
 
@@ -189,6 +191,10 @@ pub async fn run_scenario(engine: &Engine, tenant: &str) -> Scenario {
     let delivery_id = commands.accept_delivery(&ctx, delivery).await.unwrap().accepted.delivery_id;
 
     let verification_run_id = new_resource_id(ids::RUN);
+    // The version the rotation verifies, staged by an operator.
+    let secret = domain::secret_ref::SecretRef::parse(SECRET_REF).unwrap();
+    store::SecretStore::put(engine.vault.as_ref(), &secret, b"v1", None).await.unwrap();
+    store::SecretStore::stage_pending(engine.vault.as_ref(), &secret, b"v2", None).await.unwrap();
     commands.start_credential_rotation(&ctx, CREDENTIAL_ID, "ScheduledRotation", &verification_run_id).await.unwrap();
     engine.start_run_attempt(tenant, &verification_run_id).await;
     engine.fail_run(tenant, &verification_run_id, "provider answered 401").await;

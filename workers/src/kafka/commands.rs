@@ -16,7 +16,7 @@ use super::{KafkaSettings, LoggedConsumer, RebalanceLog, commit_refused_by_rebal
 use crate::FeedError;
 use crate::messages::{
     COMMANDS_DLQ_TOPIC, COMMANDS_TOPIC, ControlCommand, DLQ_ERROR_CLASS_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER,
-    SCHEMA_VERSION_HEADER, TRACEPARENT_HEADER,
+    SCHEMA_VERSION_HEADER, TRACEPARENT_HEADER, message_id_for,
 };
 use crate::start_run::{Rejection, StartRunError, StartRunHandler, parse_command};
 
@@ -99,15 +99,33 @@ async fn handle_until_done(
     shutdown: &CancellationToken,
 ) -> bool {
     let mut backoff = FIRST_BACKOFF;
+    let trace_id = message
+        .header(TRACEPARENT_HEADER)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(trace_id_of_traceparent)
+        .unwrap_or_else(|| format!("trace-{}", uuid::Uuid::new_v4().simple()));
     loop {
         let outcome: Result<(), Rejection> =
             match parse_command(message.header(SCHEMA_VERSION_HEADER), message.value.as_deref()) {
+                Ok(ControlCommand::PublishEvent(publish)) => {
+                    let origin = format!("{COMMANDS_TOPIC}/{}/{}", message.partition, message.offset);
+                    match handler.publish_event(&publish, &message_id_for(&origin), &trace_id).await {
+                        Ok(message_id) => {
+                            tracing::debug!(offset = message.offset, %message_id, "command handled: PublishEvent");
+                            return true;
+                        }
+                        Err(StartRunError::Rejected(rejection)) => Err(rejection),
+                        Err(StartRunError::Unavailable(error)) => {
+                            tracing::warn!(%error, retry_in = ?backoff, "PublishEvent could not be recorded; retrying");
+                            if !pause(backoff, shutdown).await {
+                                return false;
+                            }
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            continue;
+                        }
+                    }
+                }
                 Ok(ControlCommand::StartRun(start)) => {
-                    let trace_id = message
-                        .header(TRACEPARENT_HEADER)
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(trace_id_of_traceparent)
-                        .unwrap_or_else(|| format!("trace-{}", uuid::Uuid::new_v4().simple()));
                     match handler.handle(&start, &trace_id).await {
                         Ok(requested) => {
                             tracing::info!(

@@ -1,0 +1,352 @@
+//! Outbound webhooks: the dispatcher's settings and wiring, and the `webhooks` command
+//! (`publish` a platform event, `redeliver` dead-lettered deliveries).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use commands::{CommandContext, Commands};
+use connectors::egress::EgressAllowList;
+use domain::outbound::DELIVER_WEBHOOK_OPERATION;
+use domain::run::{Run, RunEvent, RunState, RunStatus};
+use domain::{Actor, AggregateEvent, Decider};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use workers::fanout::{Dispatcher, FANOUT_CONSUMER, FanOut, WebhookSettings, parse_duration, parse_schedule};
+use workers::kafka::ensure_topics;
+use workers::messages::{COMMAND_SCHEMA_VERSION, COMMANDS_TOPIC, ControlCommand, PublishEvent, SCHEMA_VERSION_HEADER};
+use workers::start_run::parse_command;
+use workers::{ConsumerOptions, EmbeddedFeed, KafkaFeed, KafkaSettings, SqliteCheckpoints, run_consumer_with};
+
+use crate::DataDir;
+use crate::worker::Stores;
+
+/// How outbound webhooks are delivered (flags of `serve` and `worker`).
+#[derive(Args, Clone, Debug)]
+pub struct WebhookArgs {
+    /// Hosts, addresses and networks (comma-separated: `127.0.0.1,hooks.internal,10.20.0.0/16`)
+    /// webhook endpoints may use although not public; plain http only for these.
+    #[arg(long, env = "IE_WEBHOOK_ALLOW_HOSTS", default_value = "")]
+    pub webhook_allow_hosts: String,
+    /// The waits after each failed delivery attempt (its length + 1 attempts, then dead-letter).
+    #[arg(long, env = "IE_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h")]
+    pub webhook_retry_schedule: String,
+    /// The share of each wait drawn at random either way (0.2: ±20%).
+    #[arg(long, env = "IE_WEBHOOK_RETRY_JITTER", default_value_t = 0.2)]
+    pub webhook_retry_jitter: f64,
+    /// An attempt without a complete answer within this many ms failed.
+    #[arg(long, env = "IE_WEBHOOK_TIMEOUT_MS", default_value_t = 15_000)]
+    pub webhook_timeout_ms: u64,
+    /// How long an attempt's lease outlives its timeout, in ms (then another worker takes over).
+    #[arg(long, env = "IE_WEBHOOK_LEASE_GRACE_MS", default_value_t = 5_000)]
+    pub webhook_lease_grace_ms: u64,
+    /// The longest Retry-After honoured, in seconds.
+    #[arg(long, env = "IE_WEBHOOK_MAX_RETRY_AFTER_SECONDS", default_value_t = 3_600)]
+    pub webhook_max_retry_after_seconds: u64,
+    /// A subscription failing without a success for this long is deactivated (`5d`, `12h`, `30s`).
+    #[arg(long, env = "IE_WEBHOOK_DISABLE_AFTER", default_value = "5d")]
+    pub webhook_disable_after: String,
+    /// How long after a signing secret's rotation the previous version signs too, in seconds.
+    #[arg(long, env = "IE_WEBHOOK_SIGNING_GRACE_SECONDS", default_value_t = 86_400)]
+    pub webhook_signing_grace_seconds: u64,
+    /// Delivery requests in flight across all subscriptions at most.
+    #[arg(long, env = "IE_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub webhook_max_in_flight: usize,
+}
+
+impl WebhookArgs {
+    pub fn allow_list(&self) -> anyhow::Result<EgressAllowList> {
+        EgressAllowList::parse(&self.webhook_allow_hosts).map_err(|e| anyhow::anyhow!("--webhook-allow-hosts: {e}"))
+    }
+
+    pub fn settings(&self, worker_id: String) -> anyhow::Result<WebhookSettings> {
+        let mut settings = WebhookSettings::new(worker_id);
+        settings.retry_schedule = parse_schedule(&self.webhook_retry_schedule)
+            .map_err(|e| anyhow::anyhow!("--webhook-retry-schedule: {e}"))?;
+        anyhow::ensure!((0.0..=1.0).contains(&self.webhook_retry_jitter), "--webhook-retry-jitter must be 0 to 1");
+        settings.jitter = self.webhook_retry_jitter;
+        settings.attempt_timeout = Duration::from_millis(self.webhook_timeout_ms.max(1));
+        settings.lease_grace = Duration::from_millis(self.webhook_lease_grace_ms);
+        settings.max_retry_after = Duration::from_secs(self.webhook_max_retry_after_seconds);
+        settings.disable_after_failing_for =
+            parse_duration(&self.webhook_disable_after).map_err(|e| anyhow::anyhow!("--webhook-disable-after: {e}"))?;
+        settings.secret_grace = Duration::from_secs(self.webhook_signing_grace_seconds);
+        settings.allow = Arc::new(self.allow_list()?);
+        settings.max_in_flight_total = self.webhook_max_in_flight.max(1);
+        Ok(settings)
+    }
+}
+
+/// Starts the webhook dispatcher and the fan-out (on Kafka when `kafka` is set, else on the
+/// embedded feed with its checkpoint in `checkpoints`).
+pub async fn start(
+    stores: &Stores,
+    kafka: Option<&KafkaSettings>,
+    checkpoints: Option<&SqliteCheckpoints>,
+    args: &WebhookArgs,
+    worker_id: String,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+) -> anyhow::Result<()> {
+    let commands = Commands::new(stores.store.clone(), stores.vault.clone(), Arc::new(commands::SystemClock));
+    let dispatcher =
+        Dispatcher::new(stores.store.clone(), commands.clone(), stores.vault.clone(), args.settings(worker_id)?)?;
+    let fan_out = FanOut::new(commands, dispatcher.directory(), shutdown.child_token());
+    let token = shutdown.child_token();
+    tasks.push(("webhook-dispatcher", tokio::spawn(async move { Ok(dispatcher.run(token).await?) })));
+    let options = ConsumerOptions { batch_size: 100, ..ConsumerOptions::default() };
+    let token = shutdown.child_token();
+    match (kafka, checkpoints) {
+        (Some(settings), _) => {
+            let settings = settings.clone();
+            tasks.push((
+                "webhook-fanout",
+                tokio::spawn(async move {
+                    if crate::worker::wait_for_topics(&settings, &token).await {
+                        let feed = KafkaFeed::subscribe(&settings, FANOUT_CONSUMER)?;
+                        run_consumer_with(feed, fan_out, options, token).await?;
+                    }
+                    Ok(())
+                }),
+            ));
+        }
+        (None, Some(checkpoints)) => {
+            let feed = EmbeddedFeed::open(stores.store.clone(), checkpoints.clone(), FANOUT_CONSUMER).await?;
+            tasks.push((
+                "webhook-fanout",
+                tokio::spawn(async move { Ok(run_consumer_with(feed, fan_out, options, token).await?) }),
+            ));
+        }
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum WebhooksCommand {
+    /// Publish a platform event to the tenant's subscriptions (PublishEvent): on the commands
+    /// topic with --kafka-brokers, else recorded in the data dir's store.
+    Publish(PublishArgs),
+    /// Send dead-lettered deliveries again: one run, a subscription's, or those of a time range.
+    Redeliver(RedeliverArgs),
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    data: DataDir,
+    /// Publish to integration.commands.v1 instead of the store.
+    #[arg(long, env = "IE_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    project: Option<String>,
+    /// e.g. DeploymentPromoted.
+    #[arg(long)]
+    event_type: String,
+    /// The event's data, a JSON value.
+    #[arg(long, default_value = "{}")]
+    data_json: String,
+    /// `msg-...`; the same id publishes one message. Default: a new id.
+    #[arg(long)]
+    message_id: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RedeliverArgs {
+    #[command(flatten)]
+    data: DataDir,
+    #[arg(long)]
+    tenant: String,
+    /// One delivery run.
+    #[arg(long)]
+    run: Option<String>,
+    /// The dead-lettered deliveries of one subscription.
+    #[arg(long)]
+    subscription: Option<String>,
+    /// Only deliveries requested at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<DateTime<Utc>>,
+    /// Only deliveries requested before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<DateTime<Utc>>,
+    /// Also send again deliveries that succeeded (by default only dead-lettered ones).
+    #[arg(long)]
+    include_delivered: bool,
+}
+
+pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
+    match command {
+        WebhooksCommand::Publish(args) => publish(args).await,
+        WebhooksCommand::Redeliver(args) => redeliver(args).await,
+    }
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let data = serde_json::from_str(&args.data_json).context("--data-json must be JSON")?;
+    let message_id =
+        args.message_id.unwrap_or_else(|| domain::ids::new_id(domain::outbound::MESSAGE, uuid::Uuid::now_v7()));
+    let publish = PublishEvent {
+        tenant_id: args.tenant,
+        project_id: args.project,
+        event_type: args.event_type,
+        data,
+        message_id: Some(message_id.clone()),
+    };
+    let value = serde_json::to_vec(&ControlCommand::PublishEvent(publish.clone()))?;
+    let version = COMMAND_SCHEMA_VERSION.to_string();
+    parse_command(Some(version.as_bytes()), Some(&value)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(brokers) = args.kafka_brokers {
+        let settings = KafkaSettings::new(brokers);
+        ensure_topics(&settings).await?;
+        let key = format!("{}/{message_id}", publish.tenant_id);
+        let headers =
+            OwnedHeaders::new().insert(Header { key: SCHEMA_VERSION_HEADER, value: Some(version.as_bytes()) });
+        let record = FutureRecord::to(COMMANDS_TOPIC).key(key.as_bytes()).payload(&value).headers(headers);
+        settings
+            .producer()?
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("publishing PublishEvent: {e}"))?;
+    } else {
+        let stores = Stores::open(&args.data)?;
+        let handler = workers::start_run::StartRunHandler::new(
+            commands_of(&stores),
+            Actor { subject: "cli".into(), client_id: None },
+        );
+        let trace_id = format!("trace-{}", uuid::Uuid::new_v4().simple());
+        handler.publish_event(&publish, &message_id, &trace_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    println!("{message_id}");
+    Ok(())
+}
+
+fn commands_of(stores: &Stores) -> Commands {
+    Commands::new(stores.store.clone(), stores.vault.clone(), Arc::new(commands::SystemClock))
+}
+
+/// A webhook run as the store tells it.
+struct DeliveryRun {
+    subscription_id: String,
+    requested_at: DateTime<Utc>,
+    state: RunState,
+}
+
+async fn redeliver(args: RedeliverArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.run.is_some() || args.subscription.is_some() || args.since.is_some() || args.until.is_some(),
+        "name what to redeliver: --run, --subscription, and/or --since/--until"
+    );
+    let stores = Stores::open(&args.data)?;
+    let runs = webhook_runs(&stores, &args.tenant, args.run.as_deref()).await?;
+    let mut chosen: Vec<&String> = runs
+        .iter()
+        .filter(|(id, run)| {
+            args.run.as_ref().is_none_or(|r| r == *id)
+                && args.subscription.as_ref().is_none_or(|s| *s == run.subscription_id)
+                && args.since.is_none_or(|t| run.requested_at >= t)
+                && args.until.is_none_or(|t| run.requested_at < t)
+                && match &run.state {
+                    RunState::Exists { status: RunStatus::Failed, .. } => true,
+                    RunState::Exists { status: RunStatus::Completed, .. } => args.include_delivered,
+                    _ => false,
+                }
+        })
+        .map(|(id, _)| id)
+        .collect();
+    chosen.sort();
+    if let Some(run) = &args.run
+        && chosen.is_empty()
+    {
+        anyhow::bail!(
+            "{run} is not a webhook delivery of tenant {} that ended{}",
+            args.tenant,
+            if args.include_delivered {
+                ""
+            } else {
+                " dead-lettered (add --include-delivered to resend a delivered one)"
+            }
+        );
+    }
+    let commands = commands_of(&stores);
+    let reason = match (&args.run, &args.subscription) {
+        (Some(run), _) => format!("webhooks redeliver --run {run}"),
+        (None, Some(sub)) => format!("webhooks redeliver --subscription {sub}"),
+        (None, None) => "webhooks redeliver --since/--until".to_owned(),
+    };
+    let ctx = CommandContext::new(
+        &args.tenant,
+        format!("trace-{}", uuid::Uuid::new_v4().simple()),
+        Actor { subject: "cli".into(), client_id: None },
+    );
+    let mut count = 0;
+    for run_id in chosen {
+        if commands.redeliver_run(&ctx, run_id, &reason).await? {
+            println!("{run_id}");
+            count += 1;
+        }
+    }
+    eprintln!("{count} deliveries requested again");
+    Ok(())
+}
+
+/// Every webhook run of the tenant (just `only` when given), folded from the store.
+async fn webhook_runs(
+    stores: &Stores,
+    tenant: &str,
+    only: Option<&str>,
+) -> anyhow::Result<HashMap<String, DeliveryRun>> {
+    let mut runs: HashMap<String, DeliveryRun> = HashMap::new();
+    if let Some(run_id) = only {
+        let stream = stores.store.read_stream(&domain::ids::stream_id(tenant, run_id)).await?;
+        fold_into(&mut runs, stream.iter());
+        return Ok(runs);
+    }
+    let mut after = 0;
+    loop {
+        let page = stores.store.read_all(after, 4096).await?;
+        let Some(last) = page.last() else { break };
+        after = last.global_position;
+        fold_into(&mut runs, page.iter().filter(|e| e.tenant_id == tenant));
+    }
+    Ok(runs)
+}
+
+fn fold_into<'a>(runs: &mut HashMap<String, DeliveryRun>, events: impl Iterator<Item = &'a domain::EventEnvelope>) {
+    for envelope in events {
+        if !RunEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            continue;
+        }
+        let Ok(event) = RunEvent::decode(&envelope.event_type, envelope.schema_version, envelope.data.clone()) else {
+            continue;
+        };
+        match &event {
+            RunEvent::RunRequested(r) if r.operation == DELIVER_WEBHOOK_OPERATION => {
+                let subscription_id =
+                    r.input.get("subscriptionId").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+                let state = Run::evolve(RunState::None, &event);
+                runs.insert(r.run_id.clone(), DeliveryRun { subscription_id, requested_at: r.requested_at, state });
+            }
+            RunEvent::RunRequested(_) => {}
+            other => {
+                let run_id = match other {
+                    RunEvent::RunStarted(e) => &e.run_id,
+                    RunEvent::RunAttemptFailed(e) => &e.run_id,
+                    RunEvent::RunCompleted(e) => &e.run_id,
+                    RunEvent::RunFailed(e) => &e.run_id,
+                    RunEvent::RunRedeliveryRequested(e) => &e.run_id,
+                    RunEvent::RunRequested(e) => &e.run_id,
+                };
+                if let Some(run) = runs.get_mut(run_id) {
+                    run.state = Run::evolve(std::mem::take(&mut run.state), other);
+                }
+            }
+        }
+    }
+}

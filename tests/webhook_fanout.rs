@@ -1,0 +1,510 @@
+//! Outbound webhook fan-out end to end through the real binary (embedded mode): subscriptions
+//! created over HTTP, platform events published with `integration-engine webhooks publish`,
+//! delivered to a receiver process that verifies every request with the PyPI
+//! `standardwebhooks` package (tests/fanout_support/receiver.py), and read back with
+//! `GET /integrations/runs/{runId}`. The receiver needs `python3` with `standardwebhooks`
+//! (`pip install standardwebhooks`; scripts/test installs it).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{App, BIN, spawn_app_in};
+
+const TENANT: &str = "connectsoft";
+const SCOPES: &str = "webhooks.subscriptions.write integration.runs.read";
+const SECRET_REF: &str = "kv://partner-hooks/signing";
+/// Two `whsec_` secrets (base64 of 24 bytes each).
+const SECRET_V1: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET_V2: &str = "whsec_c2Vjb25kLXZlcnNpb24tb2YtdGhlLWtleQ==";
+
+/// A receiver process (tests/fanout_support/receiver.py) and its request log.
+struct Receiver {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    fn start(plan: &str, delay: f64, secrets: &[&str]) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fanout_support/receiver.py");
+        let mut command = Command::new("python3");
+        command.arg(script).arg("--log").arg(&log).args(["--plan", plan, "--delay", &delay.to_string()]);
+        for secret in secrets {
+            command.args(["--secret", secret]);
+        }
+        let mut child = command
+            .args(["--lifetime", "300"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 (with the standardwebhooks package) runs the receiver");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line =
+            lines.next().expect("the receiver exited before listening (is standardwebhooks installed?)").unwrap();
+        let port = line.strip_prefix("listening on ").expect("listening line").trim().parse().unwrap();
+        Receiver { child, port, log, _dir: dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn records_at(&self, path: &str) -> Vec<Value> {
+        self.records().into_iter().filter(|r| r["path"] == path).collect()
+    }
+
+    /// Waits until `done(records)` holds; panics with the log after `timeout`.
+    async fn wait_until(&self, timeout: Duration, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let records = self.records();
+            if done(&records) {
+                return records;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; the receiver saw {records:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `serve` with the receiver's loopback address allow-listed and fast retries.
+fn serve(dir: &Path, schedule: &str) -> App {
+    spawn_app_in(
+        dir,
+        &[
+            "--webhook-allow-hosts",
+            "127.0.0.1",
+            "--webhook-retry-schedule",
+            schedule,
+            "--webhook-retry-jitter",
+            "0",
+            "--webhook-timeout-ms",
+            "1000",
+            "--webhook-lease-grace-ms",
+            "500",
+        ],
+    )
+}
+
+async fn subscribe(app: &App, token: &str, body: Value) -> String {
+    let mut body = body;
+    body["signingSecretRef"] = json!(SECRET_REF);
+    let response = app.post_json("/webhooks/subscriptions", token, &body).await;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{answer}");
+    answer["subscriptionId"].as_str().unwrap().to_owned()
+}
+
+fn publish(dir: &Path, tenant: &str, project: Option<&str>, event_type: &str, data: &Value, message_id: &str) {
+    let mut command = Command::new(BIN);
+    command
+        .args(["webhooks", "publish", "--data-dir"])
+        .arg(dir)
+        .args(["--tenant", tenant, "--event-type", event_type, "--message-id", message_id])
+        .args(["--data-json", &data.to_string()])
+        .env_remove("IE_MASTER_KEY");
+    if let Some(project) = project {
+        command.args(["--project", project]);
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "webhooks publish failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), message_id);
+}
+
+/// The run id the engine derives for (subscription, message), computed independently.
+fn run_id(tenant: &str, subscription: &str, message: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("DeliverWebhook\0{tenant}\0{subscription}\0{message}").as_bytes(),
+    );
+    format!("run-{}", hex::encode(&digest.as_ref()[..16]))
+}
+
+async fn wait_for_run(app: &App, token: &str, run_id: &str, statuses: &[&str], timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let response = app.get(&format!("/integrations/runs/{run_id}"), token).await;
+        if response.status() == 200 {
+            let run: Value = response.json().await.unwrap();
+            if statuses.contains(&run["status"].as_str().unwrap_or_default()) {
+                return run;
+            }
+            assert!(Instant::now() < deadline, "run {run_id} did not reach {statuses:?}: {run}");
+        } else {
+            assert!(Instant::now() < deadline, "run {run_id} never appeared");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn successes(records: &[Value], path: &str) -> Vec<Value> {
+    records.iter().filter(|r| r["path"] == path && r["answered"].as_u64().is_some_and(|s| s < 300)).cloned().collect()
+}
+
+#[tokio::test]
+async fn matching_deliveries_are_signed_verified_by_standardwebhooks_and_recorded_as_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), "200ms,200ms");
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, SCOPES);
+    let other_token = app.token("other-tenant", SCOPES);
+    let receiver = Receiver::start("ok", 0.0, &[SECRET_V1, SECRET_V2]);
+    let exact_p1 = subscribe(
+        &app,
+        &token,
+        json!({"projectId": "p1", "eventType": "DeploymentPromoted", "endpointUrl": receiver.url("/exact-p1")}),
+    )
+    .await;
+    let prefix_any =
+        subscribe(&app, &token, json!({"eventType": "Deployment*", "endpointUrl": receiver.url("/prefix-any")})).await;
+    let prefix_p2 = subscribe(
+        &app,
+        &token,
+        json!({"projectId": "p2", "eventType": "Deployment*", "endpointUrl": receiver.url("/prefix-p2")}),
+    )
+    .await;
+    subscribe(
+        &app,
+        &token,
+        json!({"eventType": "DeploymentPromoted", "endpointUrl": receiver.url("/inactive"), "active": false}),
+    )
+    .await;
+    subscribe(&app, &other_token, json!({"eventType": "*", "endpointUrl": receiver.url("/other-tenant")})).await;
+
+    publish(dir.path(), TENANT, Some("p1"), "DeploymentPromoted", &json!({"release": "1.4"}), "msg-1");
+    publish(dir.path(), TENANT, Some("p2"), "DeploymentFailed", &json!({"release": "1.5"}), "msg-2");
+    publish(dir.path(), TENANT, Some("p1"), "PullRequestMerged", &json!({"number": 7}), "msg-3");
+
+    let expected: BTreeSet<(&str, &str)> =
+        [("/exact-p1", "msg-1"), ("/prefix-any", "msg-1"), ("/prefix-any", "msg-2"), ("/prefix-p2", "msg-2")].into();
+    let records = receiver
+        .wait_until(Duration::from_secs(30), "the four matching deliveries", |r| {
+            r.iter().filter(|r| r["answered"] == 200).count() >= expected.len()
+        })
+        .await;
+    // Nothing else arrives: give a straggler the time to show up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let records = if receiver.records().len() > records.len() { receiver.records() } else { records };
+    let got: BTreeSet<(String, String)> = records
+        .iter()
+        .map(|r| (r["path"].as_str().unwrap().to_owned(), r["webhookId"].as_str().unwrap().to_owned()))
+        .collect();
+    let expected_owned: BTreeSet<(String, String)> =
+        expected.iter().map(|(p, m)| ((*p).to_owned(), (*m).to_owned())).collect();
+    assert_eq!(got, expected_owned, "exactly the matching (subscription, message) pairs: {records:#?}");
+    assert_eq!(records.len(), expected.len(), "each once: {records:#?}");
+
+    for record in &records {
+        // Verified by the standardwebhooks package with the current secret.
+        assert_eq!(record["verifiedWith"], json!([0]), "{record}");
+        assert_eq!(record["signatures"], 1);
+        assert_eq!(record["contentType"], "application/json");
+        let body = &record["body"];
+        assert_eq!(record["ce"]["ce-id"], record["webhookId"]);
+        assert_eq!(record["ce"]["ce-type"], body["type"]);
+        assert_eq!(record["ce"]["ce-specversion"], "1.0");
+        assert_eq!(record["ce"]["ce-source"], "urn:connectsoft:integration-engine");
+        assert!(record["ce"]["ce-time"].is_string());
+        assert_eq!(body.as_object().unwrap().keys().collect::<Vec<_>>(), ["data", "timestamp", "type"]);
+        assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    let first = records.iter().find(|r| r["path"] == "/exact-p1").unwrap();
+    assert_eq!(first["body"]["type"], "DeploymentPromoted");
+    assert_eq!(first["body"]["data"], json!({"release": "1.4"}));
+
+    // Each dispatch is a run with its attempt recorded.
+    let run =
+        wait_for_run(&app, &token, &run_id(TENANT, &exact_p1, "msg-1"), &["Completed"], Duration::from_secs(10)).await;
+    assert_eq!(run["operation"], "DeliverWebhook");
+    assert_eq!(run["subscriptionId"], exact_p1.as_str());
+    assert_eq!(run["attempts"], 1);
+    let attempt = &run["attemptLog"][0];
+    assert_eq!((attempt["attempt"].as_u64(), attempt["outcome"].as_str()), (Some(1), Some("Succeeded")), "{run}");
+    assert_eq!(attempt["statusCode"], 200);
+    assert_eq!(attempt["responseBody"], "ok");
+    assert!(attempt["latencyMs"].is_u64() && attempt["startedAt"].is_string(), "{run}");
+    for (subscription, message) in [(&prefix_any, "msg-2"), (&prefix_p2, "msg-2")] {
+        wait_for_run(&app, &token, &run_id(TENANT, subscription, message), &["Completed"], Duration::from_secs(10))
+            .await;
+    }
+    // Not matching: no run at all.
+    let none = app.get(&format!("/integrations/runs/{}", run_id(TENANT, &exact_p1, "msg-2")), &token).await;
+    assert_eq!(none.status(), 404);
+
+    // During a rotation, every valid secret signs: receivers on either version verify.
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V2);
+    // The server reads the vault through a cache of 5 s.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    publish(dir.path(), TENANT, Some("p1"), "DeploymentPromoted", &json!({"release": "1.6"}), "msg-4");
+    let records = receiver
+        .wait_until(Duration::from_secs(30), "the delivery after the rotation", |r| {
+            r.iter().any(|r| r["webhookId"] == "msg-4" && r["path"] == "/exact-p1")
+        })
+        .await;
+    let rotated = records.iter().find(|r| r["webhookId"] == "msg-4" && r["path"] == "/exact-p1").unwrap();
+    assert_eq!(rotated["signatures"], 2, "{rotated}");
+    assert_eq!(rotated["verifiedWith"], json!([0, 1]), "both the old and the new secret verify: {rotated}");
+}
+
+#[tokio::test]
+async fn failures_are_retried_then_dead_lettered_and_redelivered_and_endpoints_steer_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), "200ms,200ms,200ms");
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, SCOPES);
+    let flaky = Receiver::start("status:500,302,200", 0.0, &[SECRET_V1]);
+    let down = Receiver::start("status:500,500,500,500,200", 0.0, &[SECRET_V1]);
+    let gone = Receiver::start("status:410", 0.0, &[SECRET_V1]);
+    let abort = Receiver::start("header:webhook-delivery=abort-message:500", 0.0, &[SECRET_V1]);
+    let busy = Receiver::start("retry-after:2:503", 0.0, &[SECRET_V1]);
+    let sub_flaky = subscribe(&app, &token, json!({"eventType": "Flaky", "endpointUrl": flaky.url("/")})).await;
+    let sub_down = subscribe(&app, &token, json!({"eventType": "Down", "endpointUrl": down.url("/")})).await;
+    let sub_gone = subscribe(&app, &token, json!({"eventType": "Gone", "endpointUrl": gone.url("/")})).await;
+    let sub_abort = subscribe(&app, &token, json!({"eventType": "Abort", "endpointUrl": abort.url("/")})).await;
+    let sub_busy = subscribe(&app, &token, json!({"eventType": "Busy", "endpointUrl": busy.url("/")})).await;
+    for (event_type, message) in
+        [("Flaky", "msg-f"), ("Down", "msg-d"), ("Gone", "msg-g"), ("Abort", "msg-a"), ("Busy", "msg-b")]
+    {
+        publish(dir.path(), TENANT, None, event_type, &json!({}), message);
+    }
+    let wait = Duration::from_secs(30);
+
+    // 500 and 302 are failures, retried with the same webhook-id until the 200.
+    let run = wait_for_run(&app, &token, &run_id(TENANT, &sub_flaky, "msg-f"), &["Completed", "Failed"], wait).await;
+    assert_eq!(run["status"], "Completed", "{run}");
+    let codes: Vec<_> = run["attemptLog"].as_array().unwrap().iter().map(|a| a["statusCode"].clone()).collect();
+    assert_eq!(codes, [json!(500), json!(302), json!(200)], "{run}");
+    assert!(run["attemptLog"][1]["error"].as_str().unwrap().contains("302"), "{run}");
+    let ids: BTreeSet<String> = flaky.records().iter().map(|r| r["webhookId"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, BTreeSet::from(["msg-f".to_owned()]), "webhook-id is stable across retries");
+
+    // Four failures exhaust the schedule (3 retries): dead-lettered; redelivery sends it again.
+    let down_run = run_id(TENANT, &sub_down, "msg-d");
+    let run = wait_for_run(&app, &token, &down_run, &["Completed", "Failed"], wait).await;
+    assert_eq!((run["status"].as_str(), run["attempts"].as_u64()), (Some("Failed"), Some(4)), "{run}");
+    let out = Command::new(BIN)
+        .args(["webhooks", "redeliver", "--data-dir"])
+        .arg(dir.path())
+        .args(["--tenant", TENANT, "--subscription", &sub_down])
+        .env_remove("IE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), down_run);
+    let run = wait_for_run(&app, &token, &down_run, &["Completed"], wait).await;
+    assert_eq!(run["attempts"], 5, "{run}");
+    assert_eq!(down.records().len(), 5);
+
+    // 410 Gone: the run ends and the subscription is deactivated, saying why.
+    let run = wait_for_run(&app, &token, &run_id(TENANT, &sub_gone, "msg-g"), &["Failed"], wait).await;
+    assert_eq!(run["attempts"], 1, "{run}");
+    assert!(run["lastError"].as_str().unwrap().contains("410"), "{run}");
+    // webhook-delivery: abort-message stops the retries of that message.
+    let run = wait_for_run(&app, &token, &run_id(TENANT, &sub_abort, "msg-a"), &["Failed"], wait).await;
+    assert_eq!(run["attempts"], 1, "{run}");
+    assert!(run["lastError"].as_str().unwrap().contains("abort-message"), "{run}");
+    // A deactivated subscription gets nothing more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(dir.path(), TENANT, None, "Gone", &json!({}), "msg-g2");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gone.records().len(), 1, "nothing after 410");
+    let none = app.get(&format!("/integrations/runs/{}", run_id(TENANT, &sub_gone, "msg-g2")), &token).await;
+    assert_eq!(none.status(), 404);
+
+    // 503 with Retry-After: 2 waits 2 s although the schedule says 200 ms.
+    busy.wait_until(wait, "two attempts at the busy endpoint", |r| r.len() >= 2).await;
+    let records = busy.records();
+    let gap = records[1]["arrivedAt"].as_f64().unwrap() - records[0]["arrivedAt"].as_f64().unwrap();
+    assert!(gap >= 1.9, "Retry-After honoured: {gap} s between attempts");
+}
+
+#[tokio::test]
+async fn endpoints_must_be_https_and_public_unless_allow_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), "1s");
+    let token = app.token(TENANT, SCOPES);
+    for (url, reason) in [
+        ("http://hooks.partner.example/x", "must be https"),
+        ("https://10.1.2.3/x", "private"),
+        ("https://169.254.169.254/latest/meta-data", "cloud metadata"),
+        ("https://100.64.0.9/", "carrier-grade NAT"),
+        ("https://[::1]/", "loopback"),
+        ("https://[fe80::1]/", "link-local"),
+        ("https://224.0.0.1/", "multicast"),
+        ("https://localhost/", "loopback"),
+        ("http://127.0.0.2/", "must be https"),
+    ] {
+        let body = json!({"eventType": "X", "endpointUrl": url, "signingSecretRef": SECRET_REF});
+        let response = app.post_json("/webhooks/subscriptions", &token, &body).await;
+        assert_eq!(response.status(), 422, "{url}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["field"], "endpointUrl", "{problem}");
+        assert!(problem["errors"][0]["message"].as_str().unwrap().contains(reason), "{url}: {problem}");
+    }
+    for url in ["https://hooks.partner.example/x", "http://127.0.0.1:9/hook"] {
+        let body = json!({"eventType": "X", "endpointUrl": url, "signingSecretRef": SECRET_REF});
+        assert_eq!(app.post_json("/webhooks/subscriptions", &token, &body).await.status(), 201, "{url}");
+    }
+}
+
+#[tokio::test]
+async fn each_subscription_has_its_own_limits_and_a_slow_endpoint_delays_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), "200ms,200ms,200ms,200ms");
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, SCOPES);
+    let slow = Receiver::start("ok", 0.8, &[SECRET_V1]);
+    let fast = Receiver::start("ok", 0.0, &[SECRET_V1]);
+    let limited = Receiver::start("ok", 0.0, &[SECRET_V1]);
+    let ordered = Receiver::start("status:500,500,200", 0.0, &[SECRET_V1]);
+    subscribe(&app, &token, json!({"eventType": "Load", "endpointUrl": slow.url("/"), "maxInFlight": 2})).await;
+    subscribe(&app, &token, json!({"eventType": "Load", "endpointUrl": fast.url("/")})).await;
+    subscribe(&app, &token, json!({"eventType": "Load", "endpointUrl": limited.url("/"), "rateLimitPerSecond": 2}))
+        .await;
+    subscribe(&app, &token, json!({"eventType": "Load", "endpointUrl": ordered.url("/"), "strictOrdering": true}))
+        .await;
+    let messages: Vec<String> = (0..8).map(|i| format!("msg-load-{i}")).collect();
+    let started = Instant::now();
+    for message in &messages {
+        publish(dir.path(), TENANT, None, "Load", &json!({}), message);
+    }
+    let published_in = started.elapsed();
+
+    fast.wait_until(Duration::from_secs(20), "the fast endpoint's eight", |r| r.len() >= 8).await;
+    let fast_done = started.elapsed();
+    let slow_records = slow.wait_until(Duration::from_secs(30), "the slow endpoint's eight", |r| r.len() >= 8).await;
+    let slow_done = started.elapsed();
+    // 8 requests of 0.8 s, 2 at a time: at least 3.2 s; the fast one is not held back by it.
+    assert!(slow_done >= published_in.min(slow_done) + Duration::from_millis(0));
+    assert!(fast_done + Duration::from_millis(1500) < slow_done, "fast {fast_done:?}, slow {slow_done:?}");
+    let max_in_flight = slow_records.iter().map(|r| r["inFlight"].as_u64().unwrap()).max().unwrap();
+    assert!(max_in_flight <= 2, "maxInFlight 2 held: {max_in_flight}");
+    assert_eq!(max_in_flight, 2, "and used");
+
+    // 2 per second: 8 requests span at least ~3 s (a burst of 2, then one every 0.5 s).
+    let limited_records = limited.wait_until(Duration::from_secs(20), "the rate-limited eight", |r| r.len() >= 8).await;
+    let times: Vec<f64> = limited_records.iter().map(|r| r["arrivedAt"].as_f64().unwrap()).collect();
+    let span = times.iter().cloned().fold(f64::MIN, f64::max) - times.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(span >= 2.5, "rate limit 2/s: 8 requests within {span} s");
+
+    // Strict order: the first message is retried until delivered before the second is sent.
+    let ordered_records = ordered.wait_until(Duration::from_secs(30), "the ordered ten", |r| r.len() >= 10).await;
+    let sequence: Vec<String> = ordered_records.iter().map(|r| r["webhookId"].as_str().unwrap().to_owned()).collect();
+    let mut expected = vec![messages[0].clone(), messages[0].clone()];
+    expected.extend(messages.iter().cloned());
+    assert_eq!(sequence, expected, "publication order, each after the previous succeeded");
+    assert!(ordered_records.iter().all(|r| r["inFlight"] == 1));
+}
+
+/// Point 7: SIGKILL the process doing the fan-out in the middle of a burst to a receiver that
+/// fails half the requests and times out some; after the restart every matching message is
+/// delivered and recorded, nothing reaches a subscription it did not match, and a message
+/// delivered twice carries the same webhook-id both times.
+#[tokio::test]
+async fn nothing_is_lost_when_the_fan_out_process_is_killed_mid_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough that no message runs out of attempts against a 50% failure rate.
+    let schedule = vec!["100ms"; 19].join(",");
+    let app = serve(dir.path(), &schedule);
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, SCOPES);
+    // Odd requests answer 500; every 5th request takes 1.5 s, past the 1 s timeout.
+    let receiver = Receiver::start("flaky:5", 1.5, &[SECRET_V1]);
+    let orders = subscribe(&app, &token, json!({"eventType": "Order*", "endpointUrl": receiver.url("/orders")})).await;
+    let placed =
+        subscribe(&app, &token, json!({"eventType": "OrderPlaced", "endpointUrl": receiver.url("/placed")})).await;
+    subscribe(&app, &token, json!({"eventType": "Invoice*", "endpointUrl": receiver.url("/invoices")})).await;
+
+    let total = 30;
+    let messages: Vec<(String, &str)> = (0..total)
+        .map(|i| (format!("msg-burst-{i}"), if i % 3 == 0 { "OrderShipped" } else { "OrderPlaced" }))
+        .collect();
+    let publish_range = |range: std::ops::Range<usize>| {
+        for (id, event_type) in &messages[range] {
+            publish(dir.path(), TENANT, None, event_type, &json!({"id": id}), id);
+        }
+    };
+    publish_range(0..12);
+    // Some deliveries are under way (and some attempts in flight) when the process dies.
+    receiver.wait_until(Duration::from_secs(20), "the burst to start", |r| r.len() >= 6).await;
+    let data_dir = app.kill();
+    // Published while nothing runs: the store keeps them until the fan-out comes back.
+    publish_range(12..20);
+    let app = serve(&data_dir, &schedule);
+    publish_range(20..total);
+
+    let expected: BTreeSet<(String, String)> = messages
+        .iter()
+        .flat_map(|(id, event_type)| {
+            let mut to = vec![("/orders".to_owned(), id.clone())];
+            if *event_type == "OrderPlaced" {
+                to.push(("/placed".to_owned(), id.clone()));
+            }
+            to
+        })
+        .collect();
+    let records = receiver
+        .wait_until(Duration::from_secs(120), "every matching message delivered", |r| {
+            let delivered: BTreeSet<(String, String)> = r
+                .iter()
+                .filter(|r| r["answered"] == 200 && r["clientGone"].is_null())
+                .map(|r| (r["path"].as_str().unwrap().to_owned(), r["webhookId"].as_str().unwrap().to_owned()))
+                .collect();
+            expected.is_subset(&delivered)
+        })
+        .await;
+
+    assert!(records.iter().all(|r| r["path"] != "/invoices"), "no delivery to a subscription that did not match");
+    let mut bodies: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+    for record in &records {
+        assert_eq!(record["verifiedWith"], json!([0]), "every request verifies: {record}");
+        let key = (record["path"].as_str().unwrap().to_owned(), record["webhookId"].as_str().unwrap().to_owned());
+        assert!(expected.contains(&key), "only matching (subscription, message) pairs: {record}");
+        bodies.entry(key).or_default().insert(record["body"]["data"].to_string());
+    }
+    // A repeat (a retry, or a delivery whose success the killed process never recorded) is
+    // the same message under the same webhook-id.
+    assert!(bodies.values().all(|b| b.len() == 1), "{bodies:?}");
+    let repeated = records.len() - expected.len();
+    assert!(repeated > 0, "half the requests failed, so messages were sent more than once");
+
+    // And recorded: every dispatch is a completed run.
+    for (path, message) in &expected {
+        let subscription = if path == "/orders" { &orders } else { &placed };
+        let run =
+            wait_for_run(&app, &token, &run_id(TENANT, subscription, message), &["Completed"], Duration::from_secs(30))
+                .await;
+        assert_eq!(run["attemptLog"].as_array().unwrap().last().unwrap()["statusCode"], 200, "{run}");
+    }
+    let by_outcome: BTreeMap<u64, usize> = records.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r["answered"].as_u64().unwrap()).or_default() += 1;
+        m
+    });
+    eprintln!("{} deliveries, {} requests by answer: {by_outcome:?}", expected.len(), records.len());
+}

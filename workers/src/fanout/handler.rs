@@ -1,0 +1,147 @@
+//! The fan-out: one `DeliverWebhook` run per (message, matching subscription).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use commands::{CommandContext, CommandError, Commands};
+use domain::delivery::{NORMALIZED_EVENT_TYPES, NormalizedIntegrationEvent};
+use domain::outbound::{DELIVER_WEBHOOK_OPERATION, OutboundMessageEvent};
+use domain::{Actor, AggregateEvent, EventEnvelope};
+use serde_json::{Value, json};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use super::{Directory, webhook_run_id};
+use crate::EventHandler;
+
+/// A message to deliver, as the event that carries it tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Also the `webhook-id` every delivery of it carries.
+    pub message_id: String,
+    pub tenant_id: String,
+    pub project_id: Option<String>,
+    pub event_type: String,
+    pub time: DateTime<Utc>,
+    pub data: Value,
+}
+
+/// Whether events of this type are fanned out: platform events and the gateway's normalized
+/// events. The engine's own lifecycle events (runs, subscriptions...) are not, so a delivery
+/// never triggers deliveries.
+pub fn is_publishable(event_type: &str) -> bool {
+    OutboundMessageEvent::TYPES.contains(&event_type) || NORMALIZED_EVENT_TYPES.contains(&event_type)
+}
+
+/// The message an event carries; `None` for other events and unreadable ones. The project of
+/// a normalized event is its connection's, looked up in `directory`.
+pub fn message_of(event: &EventEnvelope, directory: &Directory) -> Option<Message> {
+    if OutboundMessageEvent::TYPES.contains(&event.event_type.as_str()) {
+        let OutboundMessageEvent::PlatformEventPublished(p) =
+            OutboundMessageEvent::decode(&event.event_type, event.schema_version, event.data.clone()).ok()?;
+        return Some(Message {
+            message_id: p.message_id,
+            tenant_id: event.tenant_id.clone(),
+            project_id: p.project_id,
+            event_type: p.event_type,
+            time: p.published_at,
+            data: p.data,
+        });
+    }
+    if NORMALIZED_EVENT_TYPES.contains(&event.event_type.as_str()) {
+        let normalized: NormalizedIntegrationEvent = serde_json::from_value(event.data.clone()).ok()?;
+        return Some(Message {
+            message_id: format!("{}-{}", domain::outbound::MESSAGE, event.event_id.simple()),
+            tenant_id: event.tenant_id.clone(),
+            project_id: directory.connection_project(&event.tenant_id, &normalized.connection_id),
+            event_type: event.event_type.clone(),
+            time: event.occurred_at,
+            data: event.data.clone(),
+        });
+    }
+    None
+}
+
+/// The input of a `DeliverWebhook` run: which subscription, which message, and where the
+/// message's event is (its data is read from there, not copied into every run).
+pub fn run_input(subscription_id: &str, message: &Message, source: &EventEnvelope) -> Value {
+    json!({
+        "subscriptionId": subscription_id,
+        "messageId": message.message_id,
+        "eventType": message.event_type,
+        "projectId": message.project_id,
+        "source": {"streamId": source.stream_id, "eventId": source.event_id},
+    })
+}
+
+#[derive(Debug, Error)]
+pub enum FanOutError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// The fan-out handler; an [`EventHandler`] for [`crate::run_consumer`].
+pub struct FanOut {
+    commands: Commands,
+    directory: Arc<Directory>,
+    shutdown: CancellationToken,
+}
+
+impl FanOut {
+    /// `directory` must be followed by a [`super::Dispatcher`] of the same store.
+    pub fn new(commands: Commands, directory: Arc<Directory>, shutdown: CancellationToken) -> Self {
+        Self { commands, directory, shutdown }
+    }
+}
+
+#[async_trait]
+impl EventHandler for FanOut {
+    type Error = FanOutError;
+
+    async fn handle(&self, event: &EventEnvelope) -> Result<(), FanOutError> {
+        if !is_publishable(&event.event_type) {
+            return Ok(());
+        }
+        // The subscriptions as of this event: those created before it, not deactivated before.
+        if !self.directory.wait_for(event.global_position, &self.shutdown).await {
+            return Err(FanOutError::ShuttingDown);
+        }
+        let Some(message) = message_of(event, &self.directory) else {
+            tracing::error!(event_id = %event.event_id, event_type = %event.event_type, "skipping an unreadable message event");
+            return Ok(());
+        };
+        let subscriptions = self.directory.matching(
+            event.global_position,
+            &message.tenant_id,
+            message.project_id.as_deref(),
+            &message.event_type,
+        );
+        if subscriptions.is_empty() {
+            return Ok(());
+        }
+        let ctx = CommandContext {
+            tenant_id: message.tenant_id.clone(),
+            trace_id: event.trace_id.clone(),
+            correlation_id: event.correlation_id.clone(),
+            causation_id: Some(event.event_id.to_string()),
+            actor: Actor { subject: "worker:webhook-fanout".into(), client_id: None },
+        };
+        let requests = subscriptions.iter().map(|subscription| {
+            let run_id = webhook_run_id(&message.tenant_id, &subscription.subscription_id, &message.message_id);
+            let input = run_input(&subscription.subscription_id, &message, event);
+            let ctx = &ctx;
+            async move {
+                self.commands
+                    .request_run(ctx, &run_id, &subscription.subscription_id, DELIVER_WEBHOOK_OPERATION, input)
+                    .await
+                    .map(|_| ())
+            }
+        });
+        futures::future::try_join_all(requests).await?;
+        tracing::debug!(message_id = %message.message_id, subscriptions = subscriptions.len(), "message fanned out");
+        Ok(())
+    }
+}
