@@ -5,6 +5,7 @@ use clap::Subcommand;
 use domain::secret_ref::SecretRef;
 use store::SecretStore;
 use store::sqlite_vault::{MasterKey, SqliteVault};
+use store::vault::Stage;
 
 use crate::DataDir;
 
@@ -22,13 +23,31 @@ pub enum SecretsCommand {
         /// owns it. Secrets of a vault no tenant claimed are usable by every tenant.
         #[arg(long)]
         tenant: Option<String>,
+        /// `current` makes the new version current at once (the old one becomes previous);
+        /// `pending` stages it for the next rotation, which verifies it before promoting it.
+        #[arg(long, default_value = "current", value_parser = ["current", "pending"])]
+        stage: String,
+        /// Check-and-set: store only if the version now labelled `--stage` is this one (0: none).
+        #[arg(long)]
+        expected_version: Option<u32>,
     },
     /// List secrets with their versions (never values).
     List {
         #[command(flatten)]
         data: DataDir,
     },
-    /// Show a secret's metadata; its value only with --reveal.
+    /// Re-encrypt every version under a new master key (master key rotation). See
+    /// docs/credentials.md.
+    Rekey {
+        #[command(flatten)]
+        data: DataDir,
+        /// The new key (64 hex characters) in a file; without it a new random key is generated.
+        /// Required when the current key comes from IE_MASTER_KEY (you set the variable to the
+        /// new key afterwards); otherwise DATA_DIR/master.key is replaced by the new key.
+        #[arg(long)]
+        new_key_file: Option<std::path::PathBuf>,
+    },
+    /// Show a secret's metadata and versions (labels, key ids); its value only with --reveal.
     Show {
         #[command(flatten)]
         data: DataDir,
@@ -53,7 +72,7 @@ fn parse_ref(text: &str) -> anyhow::Result<SecretRef> {
 
 pub async fn run(command: SecretsCommand) -> anyhow::Result<()> {
     match command {
-        SecretsCommand::Put { data, secret, tenant } => {
+        SecretsCommand::Put { data, secret, tenant, stage, expected_version } => {
             let secret = parse_ref(&secret)?;
             if secret.version.is_some() {
                 bail!("versions are assigned by the vault: give kv://VAULT/NAME without ?version");
@@ -76,26 +95,104 @@ pub async fn run(command: SecretsCommand) -> anyhow::Result<()> {
                 }
                 vault.claim(&secret.vault, tenant).await?;
             }
-            let version = vault.put(&secret, &value, None).await?;
-            println!("stored {}", secret.with_version(version));
+            let version = if stage == "pending" {
+                vault.stage_pending(&secret, &value, expected_version).await?
+            } else {
+                vault.put(&secret, &value, expected_version).await?
+            };
+            println!("stored {} ({stage})", secret.with_version(version));
         }
         SecretsCommand::List { data } => {
             let vault = open_vault(&data)?;
             for m in vault.list().await? {
                 let owner = vault.owner(&m.secret.vault).await?.unwrap_or_else(|| "-".into());
-                println!("{}\tcurrent={}\tversions={}\ttenant={owner}", m.secret, m.current_version, m.versions);
+                println!(
+                    "{}\tcurrent={}\tpending={}\tprevious={}\tversions={}\ttenant={owner}",
+                    m.secret,
+                    m.current_version,
+                    label(m.pending_version),
+                    label(m.previous_version),
+                    m.versions
+                );
             }
         }
         SecretsCommand::Show { data, secret, reveal } => {
             let secret = parse_ref(&secret)?;
             let vault = open_vault(&data)?;
             let m = vault.metadata(&secret).await?.with_context(|| format!("{secret} not found"))?;
-            println!("{}\tcurrent={}\tversions={}", m.secret, m.current_version, m.versions);
+            println!(
+                "{}\tcurrent={}\tpending={}\tprevious={}\tversions={}",
+                m.secret,
+                m.current_version,
+                label(m.pending_version),
+                label(m.previous_version),
+                m.versions
+            );
+            for v in vault.versions(&secret).await? {
+                let stages: Vec<&str> = v.stages.iter().map(|s: &Stage| s.as_str()).collect();
+                println!(
+                    "  version {}\tkey={}\tcreated={}\tlabels={}",
+                    v.version,
+                    v.key_id,
+                    v.created_at.to_rfc3339(),
+                    if stages.is_empty() { "-".into() } else { stages.join(",") }
+                );
+            }
             if reveal {
                 let value = vault.get(&secret).await?;
                 println!("version {}: {}", value.version, String::from_utf8_lossy(&value.value));
             }
         }
+        SecretsCommand::Rekey { data, new_key_file } => rekey(&data, new_key_file.as_deref()).await?,
+    }
+    Ok(())
+}
+
+fn label(version: Option<u32>) -> String {
+    version.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// Re-encrypts the vault under a new key, then installs the key. In file mode the new key is
+/// written beside the old one first (`master.key.next`), the vault re-encrypted in one
+/// transaction, and the file renamed over `master.key`: a crash leaves either the old state or
+/// a vault under the key in `master.key.next` (rename it to finish).
+async fn rekey(data: &DataDir, new_key_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let from_env = std::env::var(MasterKey::ENV_VAR).is_ok_and(|v| !v.trim().is_empty());
+    let key_file = data.data_dir.join(MasterKey::FILE_NAME);
+    if !from_env && !key_file.exists() {
+        bail!("no master key to rotate: neither {} nor {} is set", MasterKey::ENV_VAR, key_file.display());
+    }
+    let new_key = match new_key_file {
+        Some(path) => MasterKey::load_file(path)?,
+        None if from_env => bail!(
+            "the current key comes from {}: give the new one with --new-key-file, then set {} to it",
+            MasterKey::ENV_VAR,
+            MasterKey::ENV_VAR
+        ),
+        None => MasterKey::generate()?,
+    };
+    let vault = open_vault(data)?;
+    let next = data.data_dir.join(format!("{}.next", MasterKey::FILE_NAME));
+    if !from_env {
+        if next.exists() {
+            bail!("{} exists: an earlier rekey did not finish (see docs/credentials.md)", next.display());
+        }
+        new_key.save_new_file(&next)?;
+    }
+    let count = vault.rekey(&new_key).await?;
+    drop(vault);
+    if from_env {
+        println!(
+            "re-encrypted {count} versions under key {}; now set {} to the new key",
+            new_key.id(),
+            MasterKey::ENV_VAR
+        );
+    } else {
+        std::fs::rename(&next, &key_file).with_context(|| format!("installing {}", key_file.display()))?;
+        if let Ok(dir) = std::fs::File::open(&data.data_dir) {
+            let _ = dir.sync_all();
+        }
+        println!("re-encrypted {count} versions under key {}, now in {}", new_key.id(), key_file.display());
     }
     Ok(())
 }

@@ -95,6 +95,16 @@ pub struct RunArgs {
     /// Let runs call private, loopback and link-local addresses (development and tests only).
     #[arg(long, env = "IE_ALLOW_PRIVATE_EGRESS")]
     pub allow_private_egress: bool,
+    /// Seconds between two health checks of a connection (jittered per connection); 0 checks
+    /// only when the connection is established.
+    #[arg(long, env = "IE_HEALTH_CHECK_INTERVAL_SECONDS", default_value_t = 300)]
+    pub health_check_interval_seconds: u64,
+    /// Seconds the previous version of a rotated credential stays valid before it is retired.
+    #[arg(long, env = "IE_CREDENTIAL_OVERLAP_SECONDS", default_value_t = 86_400)]
+    pub credential_overlap_seconds: u64,
+    /// Outbound webhook delivery (docs/outbound-webhooks.md).
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookArgs,
 }
 
 impl RunArgs {
@@ -267,13 +277,68 @@ pub async fn start(
             }
             (None, None) => {}
         }
+        start_credential_and_health_workers(stores, kafka, checkpoints.as_ref(), runs, &shutdown, &mut tasks).await?;
+        let worker_id = runs.executor_settings().worker_id;
+        crate::webhooks::start(stores, kafka, checkpoints.as_ref(), &runs.webhooks, worker_id, &shutdown, &mut tasks)
+            .await?;
     }
     Ok(Workers { shutdown, tasks })
 }
 
+/// The process manager (first health checks, verification runs) and the schedules (periodic
+/// health checks, retirement of previous credential versions). See docs/credentials.md.
+async fn start_credential_and_health_workers(
+    stores: &Stores,
+    kafka: Option<&KafkaSettings>,
+    checkpoints: Option<&SqliteCheckpoints>,
+    runs: &RunArgs,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+) -> anyhow::Result<()> {
+    use workers::process_manager::{PROCESS_MANAGER_CONSUMER, ProcessManager};
+    let manager = Arc::new(ProcessManager::new(stores.commands()));
+    let token = shutdown.child_token();
+    match (kafka, checkpoints) {
+        (Some(settings), _) => {
+            let settings = settings.clone();
+            tasks.push((
+                "process-manager",
+                tokio::spawn(async move {
+                    if wait_for_topics(&settings, &token).await {
+                        let feed = KafkaFeed::subscribe(&settings, PROCESS_MANAGER_CONSUMER)?;
+                        run_consumer_with(feed, manager, ConsumerOptions::default(), token).await?;
+                    }
+                    Ok(())
+                }),
+            ));
+        }
+        (None, Some(checkpoints)) => {
+            let feed = EmbeddedFeed::open(stores.store.clone(), checkpoints.clone(), PROCESS_MANAGER_CONSUMER).await?;
+            tasks.push((
+                "process-manager",
+                tokio::spawn(
+                    async move { Ok(run_consumer_with(feed, manager, ConsumerOptions::default(), token).await?) },
+                ),
+            ));
+        }
+        (None, None) => {}
+    }
+    let settings = workers::schedules::ScheduleSettings {
+        health_check_interval: (runs.health_check_interval_seconds > 0)
+            .then(|| Duration::from_secs(runs.health_check_interval_seconds)),
+        credential_overlap: Duration::from_secs(runs.credential_overlap_seconds),
+    };
+    let (store, commands, token) = (stores.store.clone(), stores.commands(), shutdown.child_token());
+    tasks.push((
+        "schedules",
+        tokio::spawn(async move { Ok(workers::schedules::run_schedules(store, commands, settings, token).await?) }),
+    ));
+    Ok(())
+}
+
 /// Creates the topics when missing, retrying while the brokers cannot be reached (the API
 /// serves meanwhile); false when shutdown came first.
-async fn wait_for_topics(settings: &KafkaSettings, shutdown: &CancellationToken) -> bool {
+pub(crate) async fn wait_for_topics(settings: &KafkaSettings, shutdown: &CancellationToken) -> bool {
     let mut delay = Duration::from_millis(250);
     loop {
         match ensure_topics(settings).await {

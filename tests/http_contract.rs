@@ -213,7 +213,8 @@ async fn an_incoming_traceparent_sets_the_trace_id() {
 
 #[tokio::test]
 async fn an_idempotency_key_replays_the_first_answer_and_appends_nothing() {
-    let app = spawn_app();
+    // No workers: the connection's health check would append events while the test counts them.
+    let app = support::spawn_app_with(&["--no-workers"]);
     let token = app.token(TENANT, ALL_SCOPES);
     app.post_json("/integrations/providers", &token, &provider("github")).await;
     let send = |body: Value| {
@@ -262,7 +263,8 @@ async fn a_get_right_after_a_post_sees_the_resource() {
 
 #[tokio::test]
 async fn webhook_deliveries_fail_closed() {
-    let app = spawn_app();
+    // No workers: the connection's health check would append events while the test counts them.
+    let app = support::spawn_app_with(&["--no-workers"]);
     let token = app.token(TENANT, ALL_SCOPES);
     app.put_secret("kv://factory/acme-webhook", "the-webhook-secret");
     let id = setup_connection(&app, &token).await;
@@ -324,6 +326,9 @@ async fn a_rotation_while_one_is_in_flight_conflicts_and_its_run_is_visible() {
     let app = spawn_app();
     let token = app.token(TENANT, ALL_SCOPES);
     setup_connection(&app, &token).await;
+    // The version to rotate to, staged by an operator (a vendor-issued token is not generated).
+    app.put_secret("kv://factory/acme-github", "token-v1");
+    support::put_secret_as(&app.data_dir, "kv://factory/acme-github", "token-v2", &["--stage", "pending"]);
     let rotate = json!({ "tenantId": TENANT, "credentialId": "cred-acme-github", "reason": "ScheduledRotation" });
     let r = app.post_json("/integrations/credentials/rotate", &token, &rotate).await;
     assert_eq!(r.status(), 202);

@@ -142,26 +142,6 @@ async fn unknown_operations_fail_the_run_with_a_clear_error_and_the_executor_goe
 }
 
 #[tokio::test]
-async fn verify_credential_runs_are_left_to_the_credential_verifier() {
-    let stub = GitHubStub::start(vec![Answer::Created]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = serve(dir.path(), &[]);
-    let token = app.token(TENANT, ALL_SCOPES);
-    let connection = github_connection(&app, &token, &stub.url).await;
-    let rotate = json!({"tenantId": TENANT, "credentialId": "cred-github-booking", "reason": "ScheduledRotation"});
-    let r = app.post_json("/integrations/credentials/rotate", &token, &rotate).await;
-    assert_eq!(r.status(), 202);
-    let verification: String = r.json::<Value>().await.unwrap()["verificationRunId"].as_str().unwrap().into();
-    // A run started after it completes, so the executor has handled the verification run's
-    // request by then: it left it untouched.
-    let later = start_run_cli(dir.path(), &connection, "OpenPullRequest", &pr_input(), "after-rotation");
-    wait_for_run(&app, &token, &later, &["Completed"], Duration::from_secs(30)).await;
-    let run: Value = app.get(&format!("/integrations/runs/{verification}"), &token).await.json().await.unwrap();
-    assert_eq!(run["status"], "Requested", "{run}");
-    assert_eq!(run["operation"], "VerifyCredential");
-}
-
-#[tokio::test]
 async fn a_crashed_servers_run_is_taken_over_after_its_lease_and_never_runs_twice_at_once() {
     // The first attempt hangs for 2 s; the server executing it is killed (SIGKILL) meanwhile.
     let stub = GitHubStub::start(vec![Answer::SlowCreated(Duration::from_secs(2)), Answer::Created]).await;
@@ -189,9 +169,9 @@ async fn a_crashed_servers_run_is_taken_over_after_its_lease_and_never_runs_twic
     assert_eq!(stub.max_in_flight(), 1, "the two attempts never overlapped");
     let conn = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
     let started: Vec<Value> = conn
-        .prepare("SELECT data FROM events WHERE event_type = 'RunStarted' ORDER BY global_position")
+        .prepare("SELECT data FROM events WHERE event_type = 'RunStarted' AND stream_id = ?1 ORDER BY global_position")
         .unwrap()
-        .query_map([], |row| row.get::<_, String>(0))
+        .query_map([format!("{TENANT}/{run_id}")], |row| row.get::<_, String>(0))
         .unwrap()
         .map(|d| serde_json::from_str(&d.unwrap()).unwrap())
         .collect();

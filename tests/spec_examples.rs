@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use regex::Regex;
 use serde_json::Value;
-use support::{ALL_SCOPES, github_signature, spawn_app};
+use support::{ALL_SCOPES, github_signature};
 
 const WEBHOOK_SECRET: &str = "whsec-github-test-value-0123456789";
 
@@ -48,9 +48,19 @@ fn check(path: &str, expected: &Value, actual: &Value, vars: &HashMap<String, St
 
 #[tokio::test]
 async fn every_spec_example_replays_with_the_documented_shape() {
-    let app = spawn_app();
+    // No workers: the examples show the run and the connection as recorded, before any check
+    // or verification has run (see fixtures/spec/README.md).
+    let dir = tempfile::tempdir().unwrap();
+    let app = support::spawn_app_in(dir.path(), &["--no-workers"]);
     app.put_secret("kv://factory-integration/github-webhook", WEBHOOK_SECRET);
     app.put_secret("kv://factory-integration/github-booking", "gh-client-secret-v1");
+    // The version the rotation example verifies, staged by an operator.
+    support::put_secret_as(
+        &app.data_dir,
+        "kv://factory-integration/github-booking",
+        "gh-client-secret-v2",
+        &["--stage", "pending"],
+    );
     let token = app.token("connectsoft", ALL_SCOPES);
 
     let mut files: Vec<_> = std::fs::read_dir("fixtures/spec")

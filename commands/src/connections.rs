@@ -99,7 +99,8 @@ impl Commands {
         }
     }
 
-    /// Records the outcome of a health-check run against a connection.
+    /// Records the outcome of a health-check run against a connection; a redelivered outcome
+    /// is recorded once.
     pub async fn record_health_check(
         &self,
         ctx: &CommandContext,
@@ -107,9 +108,22 @@ impl Commands {
         run_id: &str,
         succeeded: bool,
     ) -> Result<Option<u64>, CommandError> {
+        self.record_health_check_outcome(ctx, connection_id, run_id, succeeded, None).await
+    }
+
+    /// [`Self::record_health_check`] with the reason a failed check gives.
+    pub async fn record_health_check_outcome(
+        &self,
+        ctx: &CommandContext,
+        connection_id: &str,
+        run_id: &str,
+        succeeded: bool,
+        reason: Option<&str>,
+    ) -> Result<Option<u64>, CommandError> {
         let command = ConnectionCommand::RecordHealthCheck(domain::connection::RecordHealthCheck {
             run_id: run_id.into(),
             succeeded,
+            reason: reason.map(str::to_owned),
             checked_at: self.now(),
         });
         let executed = self.execute::<Connection>(ctx, &stream_id(&ctx.tenant_id, connection_id), &command).await?;

@@ -143,6 +143,37 @@ pub async fn open_pull_request(
     Err(status_error(status, &format!("GitHub: {detail}")))
 }
 
+/// The health operation: "Get the authenticated user" (`GET /user`,
+/// <https://docs.github.com/rest/users/users#get-the-authenticated-user>). `200` with the user
+/// (`login`, `id`, ...) says the credential works; `401 Bad credentials` says it does not.
+pub async fn get_authenticated_user(
+    http: &reqwest::Client,
+    base_url: &reqwest::Url,
+    token: &str,
+) -> Result<Value, CallError> {
+    let url = endpoint(base_url, &["user"])?;
+    let response = http
+        .get(url)
+        .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+        .header("X-GitHub-Api-Version", API_VERSION)
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .map_err(|e| transport_error(&e))?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
+    if status.is_success() {
+        let user: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| CallError::Retryable(format!("GitHub answered {status} with an unreadable body: {e}")))?;
+        return Ok(json!({"status": status.as_u16(), "login": user["login"], "id": user["id"]}));
+    }
+    let detail = match serde_json::from_slice::<GitHubError>(&bytes) {
+        Ok(error) => error.message,
+        Err(_) => excerpt(&bytes),
+    };
+    Err(status_error(status, &format!("GitHub: {detail}")))
+}
+
 /// `base_url` with `segments` appended as path segments (each percent-encoded).
 pub(crate) fn endpoint(base_url: &reqwest::Url, segments: &[&str]) -> Result<reqwest::Url, CallError> {
     let mut url = base_url.clone();

@@ -6,6 +6,11 @@
 //! |---|---|---|
 //! | `http.request` | any | [`crate::http_call`]: a signed HTTP call to the provider's `baseUrl` |
 //! | `OpenPullRequest` | GitHub | [`crate::github_api`]: `POST /repos/{owner}/{repo}/pulls` |
+//! | `CheckHealth` | GitHub | [`crate::github_api`]: `GET /user` (the authenticated user) |
+//! | `CheckHealth` | others | a signed `GET` of the connection's `configuration.healthCheckPath` (default `/health`) below `baseUrl` |
+//!
+//! `CheckHealth` is what connection health checks run, and what a credential rotation's
+//! `VerifyCredential` run performs with the pending version.
 
 use std::fmt;
 use std::time::Duration;
@@ -14,12 +19,19 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::egress::{EgressError, EgressPolicy, http_client};
+use crate::oauth2_client_credentials::{AccessToken, ClientCredentialsGrant, TokenCache};
 use crate::{github_api, http_call};
 
 /// The operation name of the generic signed HTTP call.
 pub const HTTP_REQUEST: &str = "http.request";
 /// The operation name of GitHub's "create a pull request".
 pub const OPEN_PULL_REQUEST: &str = "OpenPullRequest";
+/// The operation name of the provider's health operation.
+pub const CHECK_HEALTH: &str = "CheckHealth";
+/// The configuration key naming the health endpoint of a provider without a known API client.
+pub const HEALTH_CHECK_PATH: &str = "healthCheckPath";
+/// The health endpoint of a provider without a known API client, when the connection names none.
+pub const DEFAULT_HEALTH_CHECK_PATH: &str = "/health";
 
 /// The provider and connection a run targets, as registered.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +117,16 @@ impl CallError {
 pub enum ResolvedOperation {
     HttpRequest(http_call::HttpRequestInput),
     OpenPullRequest(github_api::OpenPullRequest),
+    CheckHealth(HealthCheck),
+}
+
+/// How a provider's health (and a credential's validity) is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheck {
+    /// GitHub's `GET /user` with the credential as bearer token.
+    GitHubUser,
+    /// A signed `GET` (as `http.request` signs) of a path below the provider's `baseUrl`.
+    SignedGet(http_call::HttpRequestInput),
 }
 
 impl ResolvedOperation {
@@ -117,6 +139,13 @@ impl ResolvedOperation {
                 attempt_timeout: Duration::from_secs(30),
                 first_backoff: Duration::from_secs(2),
                 max_backoff: Duration::from_secs(60),
+            },
+            // A check answers now or says the provider is not healthy; one retry rides out a blip.
+            Self::CheckHealth(_) => RetryPolicy {
+                max_attempts: 2,
+                attempt_timeout: Duration::from_secs(10),
+                first_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(5),
             },
             Self::HttpRequest(_) => RetryPolicy {
                 max_attempts: 5,
@@ -136,6 +165,7 @@ pub fn resolve(operation: &str, target: &ProviderTarget, input: &Value) -> Resul
         OPEN_PULL_REQUEST if target.is_github() => github_api::OpenPullRequest::parse(input, &target.configuration)
             .map(ResolvedOperation::OpenPullRequest)
             .map_err(invalid),
+        CHECK_HEALTH => health_check(target).map_err(invalid),
         _ => Err(ResolveError::Unsupported {
             operation: operation.into(),
             provider: target.provider_key.clone(),
@@ -144,25 +174,61 @@ pub fn resolve(operation: &str, target: &ProviderTarget, input: &Value) -> Resul
     }
 }
 
+/// The provider's health operation, see [`HealthCheck`].
+pub fn health_check(target: &ProviderTarget) -> Result<ResolvedOperation, String> {
+    if target.is_github() {
+        return Ok(ResolvedOperation::CheckHealth(HealthCheck::GitHubUser));
+    }
+    let path = match target.configuration.get(HEALTH_CHECK_PATH) {
+        None => DEFAULT_HEALTH_CHECK_PATH,
+        Some(Value::String(path)) => path.as_str(),
+        Some(_) => return Err(format!("configuration.{HEALTH_CHECK_PATH} must be a path")),
+    };
+    let input = http_call::HttpRequestInput::parse(&serde_json::json!({"method": "GET", "path": path}))
+        .map_err(|e| format!("configuration.{HEALTH_CHECK_PATH}: {e}"))?;
+    Ok(ResolvedOperation::CheckHealth(HealthCheck::SignedGet(input)))
+}
+
 /// The operations the provider of `target` supports.
 pub fn supported_operations(target: &ProviderTarget) -> Vec<&'static str> {
-    let mut supported = vec![HTTP_REQUEST];
+    let mut supported = vec![HTTP_REQUEST, CHECK_HEALTH];
     if target.is_github() {
         supported.push(OPEN_PULL_REQUEST);
     }
     supported
 }
 
-/// The API clients, sharing one egress-checked HTTP client.
+/// The API clients, sharing one egress-checked HTTP client and the OAuth2 token cache.
 #[derive(Debug, Clone)]
 pub struct ApiClients {
     http: reqwest::Client,
     policy: EgressPolicy,
+    tokens: std::sync::Arc<TokenCache>,
 }
 
 impl ApiClients {
     pub fn new(policy: EgressPolicy) -> Result<Self, EgressError> {
-        Ok(Self { http: http_client(policy, Duration::from_secs(10))?, policy })
+        let http = http_client(policy, Duration::from_secs(10))?;
+        Ok(Self { tokens: std::sync::Arc::new(TokenCache::new(http.clone())), http, policy })
+    }
+
+    /// The bearer token of a connection with an OAuth2 client credentials grant (its
+    /// credential is then the client secret); `None` for a connection without one.
+    async fn oauth2_token(
+        &self,
+        target: &ProviderTarget,
+        credential: &Credential,
+    ) -> Result<Option<AccessToken>, CallError> {
+        match ClientCredentialsGrant::from_configuration(&target.configuration) {
+            None => Ok(None),
+            Some(Err(reason)) => Err(CallError::Permanent(reason)),
+            Some(Ok(grant)) => {
+                let url = reqwest::Url::parse(&grant.token_url)
+                    .map_err(|e| CallError::Permanent(format!("configuration.tokenUrl: {e}")))?;
+                crate::egress::check_url(self.policy, &url).map_err(CallError::Permanent)?;
+                self.tokens.access_token(&grant, credential).await.map(Some)
+            }
+        }
     }
 
     /// Performs `operation` against `target` with `credential`; the output is recorded in the
@@ -176,10 +242,28 @@ impl ApiClients {
         let base = reqwest::Url::parse(&target.base_url)
             .map_err(|e| CallError::Permanent(format!("provider baseUrl {}: {e}", target.base_url)))?;
         crate::egress::check_url(self.policy, &base).map_err(CallError::Permanent)?;
+        let oauth2 = self.oauth2_token(target, credential).await?;
+        let bearer = oauth2.as_ref().map(AccessToken::secret);
+        // With OAuth2 the bearer is the access token; without, the credential itself.
+        let token = || match bearer {
+            Some(token) => Ok(Credential::new(token.as_bytes().to_vec())),
+            None => Ok(credential.clone()),
+        };
         match operation {
-            ResolvedOperation::HttpRequest(input) => http_call::call(&self.http, &base, input, credential).await,
+            ResolvedOperation::HttpRequest(input) => {
+                http_call::call(&self.http, &base, input, credential, bearer).await
+            }
             ResolvedOperation::OpenPullRequest(input) => {
-                github_api::open_pull_request(&self.http, &base, input, credential).await
+                github_api::open_pull_request(&self.http, &base, input, &token()?).await
+            }
+            ResolvedOperation::CheckHealth(HealthCheck::GitHubUser) => {
+                let token = token()?;
+                let token = std::str::from_utf8(token.expose())
+                    .map_err(|_| CallError::Permanent("the connection's credential is not a valid token".into()))?;
+                github_api::get_authenticated_user(&self.http, &base, token).await
+            }
+            ResolvedOperation::CheckHealth(HealthCheck::SignedGet(input)) => {
+                http_call::call(&self.http, &base, input, credential, bearer).await
             }
         }
     }
@@ -238,6 +322,28 @@ mod tests {
         assert!(matches!(pr, Ok(ResolvedOperation::OpenPullRequest(_))));
         let call = resolve(HTTP_REQUEST, &github(), &json!({"method": "GET", "path": "/zen"}));
         assert!(matches!(call, Ok(ResolvedOperation::HttpRequest(_))));
+    }
+
+    #[test]
+    fn the_health_operation_is_githubs_user_or_a_signed_get_of_the_configured_path() {
+        assert_eq!(
+            resolve(CHECK_HEALTH, &github(), &json!({})),
+            Ok(ResolvedOperation::CheckHealth(HealthCheck::GitHubUser))
+        );
+        let mut other =
+            ProviderTarget { provider_key: "billing".into(), api_client: "Acme.Billing".into(), ..github() };
+        let Ok(ResolvedOperation::CheckHealth(HealthCheck::SignedGet(get))) = resolve(CHECK_HEALTH, &other, &json!({}))
+        else {
+            panic!("a signed GET");
+        };
+        assert_eq!((get.method.as_str(), get.path.as_str()), ("GET", "/health"));
+        other.configuration.insert(HEALTH_CHECK_PATH.into(), json!("/v1/ping"));
+        assert!(matches!(
+            resolve(CHECK_HEALTH, &other, &json!({})),
+            Ok(ResolvedOperation::CheckHealth(HealthCheck::SignedGet(g))) if g.path == "/v1/ping"
+        ));
+        other.configuration.insert(HEALTH_CHECK_PATH.into(), json!("https://elsewhere.example/"));
+        assert!(resolve(CHECK_HEALTH, &other, &json!({})).is_err(), "the check stays below baseUrl");
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub enum Health {
 /// Consecutive failed checks after which a degraded connection is unhealthy.
 pub const UNHEALTHY_AFTER_FAILURES: u32 = 3;
 
+/// How many recent health-check runs a connection remembers, so a redelivered outcome is
+/// recorded once. Outcomes arrive in about the order their runs were requested, one at a time.
+const REMEMBERED_CHECKS: usize = 16;
+
 /// What the command handler knows of the provider the connection names, read from its stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderSnapshot {
@@ -52,6 +56,8 @@ pub struct EstablishConnection {
 pub struct RecordHealthCheck {
     pub run_id: String,
     pub succeeded: bool,
+    /// Why the check failed (the run's error); never a secret.
+    pub reason: Option<String>,
     pub checked_at: DateTime<Utc>,
 }
 
@@ -78,6 +84,9 @@ pub struct ConnectionHealthChecked {
     pub run_id: String,
     pub health: Health,
     pub consecutive_failures: u32,
+    /// Why the check failed; absent after a success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub checked_at: DateTime<Utc>,
 }
 
@@ -107,6 +116,8 @@ pub enum ConnectionState {
         connection_id: String,
         health: Health,
         consecutive_failures: u32,
+        /// The latest health-check runs recorded, newest last.
+        recent_checks: Vec<String>,
     },
 }
 
@@ -175,8 +186,11 @@ impl Decider for Connection {
             }),
             (
                 ConnectionCommand::RecordHealthCheck(c),
-                ConnectionState::Active { connection_id, consecutive_failures, .. },
+                ConnectionState::Active { connection_id, consecutive_failures, recent_checks, .. },
             ) => {
+                if recent_checks.contains(&c.run_id) {
+                    return Ok(vec![]);
+                }
                 let failures = if c.succeeded { 0 } else { consecutive_failures + 1 };
                 let health = match failures {
                     0 => Health::Healthy,
@@ -188,6 +202,7 @@ impl Decider for Connection {
                     run_id: c.run_id.clone(),
                     health,
                     consecutive_failures: failures,
+                    reason: if c.succeeded { None } else { c.reason.clone() },
                     checked_at: c.checked_at,
                 })])
             }
@@ -200,13 +215,21 @@ impl Decider for Connection {
                 connection_id: e.connection_id.clone(),
                 health: Health::Unknown,
                 consecutive_failures: 0,
+                recent_checks: Vec::new(),
             },
             ConnectionEvent::ConnectionHealthChecked(e) => match state {
-                ConnectionState::Active { connection_id, .. } => ConnectionState::Active {
-                    connection_id,
-                    health: e.health,
-                    consecutive_failures: e.consecutive_failures,
-                },
+                ConnectionState::Active { connection_id, mut recent_checks, .. } => {
+                    if recent_checks.len() >= REMEMBERED_CHECKS {
+                        recent_checks.remove(0);
+                    }
+                    recent_checks.push(e.run_id.clone());
+                    ConnectionState::Active {
+                        connection_id,
+                        health: e.health,
+                        consecutive_failures: e.consecutive_failures,
+                        recent_checks,
+                    }
+                }
                 ConnectionState::None => ConnectionState::None,
             },
         }
@@ -263,6 +286,7 @@ mod tests {
         ConnectionCommand::RecordHealthCheck(RecordHealthCheck {
             run_id: format!("run-{min}"),
             succeeded,
+            reason: (!succeeded).then(|| "401 Unauthorized".into()),
             checked_at: at(min),
         })
     }
@@ -327,6 +351,21 @@ mod tests {
             state = events.iter().fold(state, Connection::evolve);
         }
         assert_eq!(seen, [Health::Healthy, Health::Degraded, Health::Degraded, Health::Unhealthy, Health::Healthy]);
+    }
+
+    #[test]
+    fn an_outcome_recorded_twice_counts_once() {
+        let state = given(&[ConnectionCommand::Establish(establish_cmd()), check(false, 1)]);
+        assert_eq!(Connection::decide(&check(false, 1), &state), Ok(vec![]));
+        let events = Connection::decide(&check(false, 2), &state).unwrap();
+        assert!(matches!(
+            &events[..],
+            [ConnectionEvent::ConnectionHealthChecked(ConnectionHealthChecked {
+                consecutive_failures: 2,
+                reason: Some(_),
+                ..
+            })]
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use domain::secret_ref::SecretRef;
 
-use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, VaultError};
+use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, VaultError, VersionMetadata};
 
 /// Entries kept at most; the cache is cleared when full (secrets are few, so this is rare).
 const CAPACITY: usize = 4096;
@@ -46,13 +46,52 @@ impl CachedSecretStore {
     }
 }
 
+impl CachedSecretStore {
+    /// Forgets what the labels resolved to (current and previous) for `secret`.
+    fn forget_labels(&self, secret: &SecretRef) {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret.unversioned());
+        self.previous.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret.unversioned());
+    }
+}
+
 #[async_trait]
 impl SecretStore for CachedSecretStore {
     async fn put(&self, secret: &SecretRef, value: &[u8], expected_current: Option<u32>) -> Result<u32, VaultError> {
         let version = self.inner.put(secret, value, expected_current).await?;
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret.unversioned());
-        self.previous.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret.unversioned());
+        self.forget_labels(secret);
         Ok(version)
+    }
+
+    /// The current version does not change, so nothing cached goes stale.
+    async fn stage_pending(
+        &self,
+        secret: &SecretRef,
+        value: &[u8],
+        expected_pending: Option<u32>,
+    ) -> Result<u32, VaultError> {
+        self.inner.stage_pending(secret, value, expected_pending).await
+    }
+
+    /// Drops the cached current and previous versions: connections use the promoted version
+    /// from the next call on, in this process at once (others within `current_ttl`).
+    async fn promote(&self, secret: &SecretRef, version: u32, expected_current: Option<u32>) -> Result<(), VaultError> {
+        let promoted = self.inner.promote(secret, version, expected_current).await;
+        self.forget_labels(secret);
+        promoted
+    }
+
+    async fn retire_previous(&self, secret: &SecretRef, version: u32) -> Result<bool, VaultError> {
+        let retired = self.inner.retire_previous(secret, version).await;
+        self.forget_labels(secret);
+        retired
+    }
+
+    async fn discard_pending(&self, secret: &SecretRef, version: u32) -> Result<bool, VaultError> {
+        self.inner.discard_pending(secret, version).await
+    }
+
+    async fn versions(&self, secret: &SecretRef) -> Result<Vec<VersionMetadata>, VaultError> {
+        self.inner.versions(secret).await
     }
 
     async fn get(&self, secret: &SecretRef) -> Result<SecretValue, VaultError> {

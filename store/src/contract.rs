@@ -27,7 +27,7 @@ use tokio::time::timeout;
 use uuid::Uuid;
 
 use crate::hash_chain::{GENESIS, event_hash};
-use crate::{EventStore, ExpectedVersion, StoreError, subscribe};
+use crate::{EventFilter, EventStore, ExpectedVersion, StoreError, subscribe};
 
 /// How long a property waits for something that should happen promptly.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -45,7 +45,8 @@ pub async fn run_all(store: Arc<dyn EventStore>) {
     global_positions_stay_gap_free_under_concurrent_appends(store.clone()).await;
     each_stream_is_hash_chained(store.clone()).await;
     subscribe_catches_up_then_follows_live_appends(store.clone()).await;
-    watch_head_follows_appends(store).await;
+    watch_head_follows_appends(store.clone()).await;
+    read_filtered_returns_what_the_filter_matches_in_global_order(store).await;
 }
 
 /// `NoStream` on a new stream appends the batch as versions 1..=n, with every field kept.
@@ -315,6 +316,71 @@ pub async fn watch_head_follows_appends(store: Arc<dyn EventStore>) {
         .expect("the head advances in time")
         .expect("the store is open");
     assert_eq!(store.head_position().await.expect("head"), last);
+}
+
+/// `read_filtered` returns, in global order and at most `max` at a time, exactly the events
+/// after `after` that [`EventFilter::matches`]: by stream, tenant, types, positions and time.
+pub async fn read_filtered_returns_what_the_filter_matches_in_global_order(store: Arc<dyn EventStore>) {
+    let head = store.head_position().await.expect("head");
+    let start = Utc::now() - chrono::Duration::hours(1);
+    let tenant = |t: &str| format!("filter-{t}-{}", Uuid::new_v4());
+    let (alpha, beta) = (tenant("alpha"), tenant("beta"));
+    let mut appended = Vec::new();
+    // Interleaved appends, so each tenant's and stream's events are not contiguous.
+    for round in 0..3i64 {
+        for (t, kind) in [(&alpha, "One"), (&beta, "Two"), (&alpha, "Two")] {
+            let stream = format!("{t}/{kind}");
+            let mut events = sample_events(2);
+            for (i, e) in events.iter_mut().enumerate() {
+                e.tenant_id = t.clone();
+                e.event_type = format!("Filter{kind}");
+                e.occurred_at = start + chrono::Duration::minutes(round * 10 + i as i64);
+            }
+            let expected = exact_or_no_stream(round as u64 * 2);
+            appended.extend(store.append(&stream, expected, events).await.expect("append"));
+        }
+    }
+    let filters = [
+        EventFilter { tenant_id: Some(alpha.clone()), ..EventFilter::default() },
+        EventFilter { stream_id: Some(format!("{beta}/Two")), ..EventFilter::default() },
+        EventFilter {
+            stream_id: Some(format!("{alpha}/Two")),
+            tenant_id: Some(alpha.clone()),
+            ..EventFilter::default()
+        },
+        EventFilter { tenant_id: Some(alpha.clone()), event_types: vec!["FilterTwo".into()], ..EventFilter::default() },
+        EventFilter { event_types: vec!["FilterOne".into(), "NotStored".into()], ..EventFilter::default() },
+        EventFilter {
+            tenant_id: Some(beta.clone()),
+            occurred_from: Some(start + chrono::Duration::minutes(10)),
+            occurred_before: Some(start + chrono::Duration::minutes(21)),
+            ..EventFilter::default()
+        },
+        EventFilter { after_position: Some(head + 4), up_to_position: Some(head + 13), ..EventFilter::default() },
+    ];
+    for filter in filters {
+        let expected: Vec<_> = appended.iter().filter(|e| filter.matches(e)).cloned().collect();
+        assert!(!expected.is_empty() && expected.len() < appended.len(), "the filter selects something: {filter:?}");
+        assert_eq!(store.read_filtered(&filter, head, 1000).await.expect("read filtered"), expected, "{filter:?}");
+        // Paging two at a time from the last position seen gives the same events.
+        let (mut paged, mut after) = (Vec::new(), head);
+        loop {
+            let page = store.read_filtered(&filter, after, 2).await.expect("a page");
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = last.global_position;
+            paged.extend(page);
+        }
+        assert_eq!(paged, expected, "paged {filter:?}");
+    }
+    let nothing = EventFilter { tenant_id: Some(tenant("nobody")), ..EventFilter::default() };
+    assert!(store.read_filtered(&nothing, 0, 10).await.expect("no match").is_empty());
+    let foreign_stream = EventFilter {
+        stream_id: Some(format!("{alpha}/One")),
+        tenant_id: Some(beta.clone()),
+        ..EventFilter::default()
+    };
+    assert!(store.read_filtered(&foreign_stream, 0, 10).await.expect("no match").is_empty());
 }
 
 /// Asserts that `events` (one stream, in version order, from version 1) form an intact chain.

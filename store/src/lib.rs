@@ -24,9 +24,9 @@ pub mod vault;
 #[cfg(feature = "contract-tests")]
 pub mod contract;
 
-pub use event_store::{EventStore, ExpectedVersion, StoreError, subscribe};
+pub use event_store::{EventFilter, EventStore, ExpectedVersion, StoreError, subscribe};
 pub use idempotency::{IdempotencyStore, Reservation, StoredResponse};
 pub use sqlite::{SqliteEventStore, WriteStats};
 pub use sqlite_idempotency::SqliteIdempotencyStore;
 pub use sqlite_vault::{MasterKey, SqliteVault};
-pub use vault::{SecretMetadata, SecretStore, SecretValue, VaultError};
+pub use vault::{SecretMetadata, SecretStore, SecretValue, Stage, VaultError, VersionMetadata};

@@ -20,7 +20,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::sqlite::open_database;
-use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, VaultError};
+use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, Stage, VaultError, VersionMetadata};
 
 const VAULT_MIGRATIONS: &[&str] = &[
     "
@@ -46,7 +46,35 @@ const VAULT_MIGRATIONS: &[&str] = &[
         tenant_id TEXT NOT NULL
     ) STRICT;
 ",
+    // Staging labels (current, pending, previous), each on at most one version of a secret.
+    // Until now the highest version was current and the one before it previous: carried over.
+    "
+    CREATE TABLE secret_labels (
+        vault    TEXT    NOT NULL,
+        name     TEXT    NOT NULL,
+        label    TEXT    NOT NULL CHECK (label IN ('current', 'pending', 'previous')),
+        version  INTEGER NOT NULL,
+        moved_at TEXT    NOT NULL,
+        PRIMARY KEY (vault, name, label)
+    ) STRICT, WITHOUT ROWID;
+
+    INSERT INTO secret_labels (vault, name, label, version, moved_at)
+        SELECT v.vault, v.name, 'current', v.version, v.created_at FROM secret_versions v
+        WHERE v.version = (SELECT MAX(w.version) FROM secret_versions w WHERE w.vault = v.vault AND w.name = v.name);
+    INSERT INTO secret_labels (vault, name, label, version, moved_at)
+        SELECT p.vault, p.name, 'previous', p.version, c.created_at
+        FROM secret_versions p JOIN secret_versions c
+          ON c.vault = p.vault AND c.name = p.name AND c.version = p.version + 1
+        WHERE c.version = (SELECT MAX(w.version) FROM secret_versions w WHERE w.vault = c.vault AND w.name = c.name);
+",
 ];
+
+/// The guard of migration 1, restored by `rekey` after it re-encrypted the versions.
+const IMMUTABLE_VERSIONS_TRIGGER: &str = "
+    CREATE TRIGGER secret_versions_are_immutable BEFORE UPDATE ON secret_versions
+    BEGIN
+        SELECT RAISE(ABORT, 'secret versions are immutable');
+    END;";
 
 /// Names the associated-data layout, so a future layout cannot be confused with this one.
 const AAD_SCHEME: &[u8] = b"integration-engine/vault/v1";
@@ -124,6 +152,19 @@ impl MasterKey {
             // Another process created the file first: use its key, or the two would diverge.
             read_key_file(&path).map_err(io_error)?
         }
+    }
+
+    /// A key from a file of 64 hex characters.
+    pub fn load_file(path: &Path) -> Result<Self, VaultError> {
+        read_key_file(path).map_err(|e| VaultError::Backend(format!("master key file {}: {e}", path.display())))?
+    }
+
+    /// Writes the key to a new file (mode 0600), durably; refuses to overwrite one.
+    pub fn save_new_file(&self, path: &Path) -> Result<(), VaultError> {
+        let io_error = |e: io::Error| VaultError::Backend(format!("master key file {}: {e}", path.display()));
+        let mut file = create_private_file(path).map_err(io_error)?;
+        file.write_all(format!("{}\n", hex::encode(self.bytes)).as_bytes()).map_err(io_error)?;
+        file.sync_all().map_err(io_error)
     }
 
     /// The first 16 hex characters of the key's SHA-256: names the key without revealing it.
@@ -215,6 +256,73 @@ impl SqliteVault {
         Ok(Self { conn: Arc::new(Mutex::new(conn)), cipher: Arc::new(cipher) })
     }
 
+    /// Re-encrypts every version under `new_key` (the master key rotation), in one transaction:
+    /// either every version moves to the new key or none does. Versions already under the new
+    /// key are left as they are, so an interrupted rekey can simply be run again. Values,
+    /// version numbers and labels do not change. Returns how many versions were re-encrypted.
+    ///
+    /// This vault must have been opened with the key the versions are under now; a version under
+    /// a third key stops the rekey with [`VaultError::Undecryptable`] naming it.
+    pub async fn rekey(&self, new_key: &MasterKey) -> Result<usize, VaultError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, &new_key.bytes)
+            .map_err(|_| VaultError::Backend("the new master key is not a valid AES-256 key".into()))?;
+        let new_cipher =
+            VaultCipher { key: LessSafeKey::new(unbound), key_id: new_key.id.clone(), random: SystemRandom::new() };
+        self.with_connection(move |conn, old_cipher| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let rows = tx
+                .prepare("SELECT vault, name, version, key_id, nonce, ciphertext FROM secret_versions")
+                .map_err(backend)?
+                .query_map([], |row| {
+                    Ok((
+                        SecretRef { vault: row.get(0)?, name: row.get(1)?, version: None },
+                        row.get::<_, u32>(2)?,
+                        StoredVersion { key_id: row.get(3)?, nonce: row.get(4)?, ciphertext: row.get(5)? },
+                    ))
+                })
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?;
+            // Versions are immutable; re-encrypting one keeps its value, so only rekey lifts the
+            // guard, inside its own transaction (a failure restores it with everything else).
+            tx.execute_batch("DROP TRIGGER secret_versions_are_immutable").map_err(backend)?;
+            let mut re_encrypted = 0;
+            for (secret, version, stored) in rows {
+                if stored.key_id == new_cipher.key_id {
+                    continue;
+                }
+                let value = old_cipher.open(&secret, version, stored)?;
+                let (nonce, ciphertext) = new_cipher.seal(&secret, version, &value)?;
+                tx.execute(
+                    "UPDATE secret_versions SET key_id = ?4, nonce = ?5, ciphertext = ?6
+                     WHERE vault = ?1 AND name = ?2 AND version = ?3",
+                    params![secret.vault, secret.name, version, new_cipher.key_id, nonce, ciphertext],
+                )
+                .map_err(backend)?;
+                re_encrypted += 1;
+            }
+            tx.execute_batch(IMMUTABLE_VERSIONS_TRIGGER).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(re_encrypted)
+        })
+        .await
+    }
+
+    /// Removes `stage` from the secret when it is on `version`.
+    async fn drop_label_on(&self, secret: &SecretRef, stage: Stage, version: u32) -> Result<bool, VaultError> {
+        let secret = secret.unversioned();
+        self.with_connection(move |conn, _| {
+            let dropped = conn
+                .execute(
+                    "DELETE FROM secret_labels WHERE vault = ?1 AND name = ?2 AND label = ?3 AND version = ?4",
+                    params![secret.vault, secret.name, stage.as_str(), version],
+                )
+                .map_err(backend)?;
+            Ok(dropped > 0)
+        })
+        .await
+    }
+
     /// Runs `work` on the connection in a blocking task.
     async fn with_connection<T: Send + 'static>(
         &self,
@@ -287,13 +395,107 @@ fn backend(e: rusqlite::Error) -> VaultError {
     VaultError::Backend(e.to_string())
 }
 
+/// The version a label is on, if any.
+fn labelled(conn: &Connection, secret: &SecretRef, stage: Stage) -> rusqlite::Result<Option<u32>> {
+    conn.query_row(
+        "SELECT version FROM secret_labels WHERE vault = ?1 AND name = ?2 AND label = ?3",
+        params![secret.vault, secret.name, stage.as_str()],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
 /// The secret's current version, 0 when it has none.
 fn current_version(conn: &Connection, secret: &SecretRef) -> rusqlite::Result<u32> {
+    Ok(labelled(conn, secret, Stage::Current)?.unwrap_or(0))
+}
+
+/// The highest version number, 0 when the secret has none: the next version is one more.
+fn latest_version(conn: &Connection, secret: &SecretRef) -> rusqlite::Result<u32> {
     conn.query_row(
         "SELECT COALESCE(MAX(version), 0) FROM secret_versions WHERE vault = ?1 AND name = ?2",
         params![secret.vault, secret.name],
         |row| row.get(0),
     )
+}
+
+fn set_label(conn: &Connection, secret: &SecretRef, stage: Stage, version: u32, at: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO secret_labels (vault, name, label, version, moved_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (vault, name, label) DO UPDATE SET version = excluded.version, moved_at = excluded.moved_at",
+        params![secret.vault, secret.name, stage.as_str(), version, at],
+    )?;
+    Ok(())
+}
+
+fn drop_label(conn: &Connection, secret: &SecretRef, stage: Stage) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM secret_labels WHERE vault = ?1 AND name = ?2 AND label = ?3",
+        params![secret.vault, secret.name, stage.as_str()],
+    )?;
+    Ok(())
+}
+
+fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_time(secret: &SecretRef, text: &str) -> Result<chrono::DateTime<Utc>, VaultError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| VaultError::Backend(format!("{secret}: bad timestamp {text}: {e}")))
+}
+
+/// Seals `value` as the next version of `secret` inside `tx`; returns its number.
+fn insert_version(
+    tx: &Connection,
+    cipher: &VaultCipher,
+    secret: &SecretRef,
+    value: &[u8],
+    at: &str,
+) -> Result<u32, VaultError> {
+    let version = latest_version(tx, secret)
+        .map_err(backend)?
+        .checked_add(1)
+        .ok_or_else(|| VaultError::Backend(format!("{secret} has no version number left")))?;
+    let (nonce, ciphertext) = cipher.seal(secret, version, value)?;
+    tx.execute(
+        "INSERT INTO secret_versions (vault, name, version, key_id, nonce, ciphertext, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![secret.vault, secret.name, version, cipher.key_id, nonce, ciphertext, at],
+    )
+    .map_err(backend)?;
+    Ok(version)
+}
+
+fn read_version(conn: &Connection, secret: &SecretRef, version: u32) -> Result<Option<StoredVersion>, VaultError> {
+    conn.query_row(
+        "SELECT key_id, nonce, ciphertext FROM secret_versions WHERE vault = ?1 AND name = ?2 AND version = ?3",
+        params![secret.vault, secret.name, version],
+        |row| Ok(StoredVersion { key_id: row.get(0)?, nonce: row.get(1)?, ciphertext: row.get(2)? }),
+    )
+    .optional()
+    .map_err(backend)
+}
+
+fn metadata_of(conn: &Connection, secret: SecretRef) -> Result<Option<SecretMetadata>, VaultError> {
+    let versions: u32 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM secret_versions WHERE vault = ?1 AND name = ?2",
+            params![secret.vault, secret.name],
+            |row| row.get(0),
+        )
+        .map_err(backend)?;
+    if versions == 0 {
+        return Ok(None);
+    }
+    Ok(Some(SecretMetadata {
+        current_version: current_version(conn, &secret).map_err(backend)?,
+        pending_version: labelled(conn, &secret, Stage::Pending).map_err(backend)?,
+        previous_version: labelled(conn, &secret, Stage::Previous).map_err(backend)?,
+        versions,
+        secret,
+    }))
 }
 
 #[async_trait]
@@ -310,26 +512,119 @@ impl SecretStore for SqliteVault {
             {
                 return Err(VaultError::VersionConflict { secret: secret.to_string(), expected, actual: current });
             }
-            let version = current
-                .checked_add(1)
-                .ok_or_else(|| VaultError::Backend(format!("{secret} has no version number left")))?;
-            let (nonce, ciphertext) = cipher.seal(&secret, version, &value)?;
-            tx.execute(
-                "INSERT INTO secret_versions (vault, name, version, key_id, nonce, ciphertext, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    secret.vault,
-                    secret.name,
-                    version,
-                    cipher.key_id,
-                    nonce,
-                    ciphertext,
-                    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
-                ],
-            )
-            .map_err(backend)?;
+            let at = now_text();
+            let version = insert_version(&tx, cipher, &secret, &value, &at)?;
+            if current > 0 {
+                set_label(&tx, &secret, Stage::Previous, current, &at).map_err(backend)?;
+            }
+            set_label(&tx, &secret, Stage::Current, version, &at).map_err(backend)?;
+            drop_label(&tx, &secret, Stage::Pending).map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(version)
+        })
+        .await
+    }
+
+    async fn stage_pending(
+        &self,
+        secret: &SecretRef,
+        value: &[u8],
+        expected_pending: Option<u32>,
+    ) -> Result<u32, VaultError> {
+        let (secret, value) = (secret.unversioned(), value.to_vec());
+        self.with_connection(move |conn, cipher| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let pending = labelled(&tx, &secret, Stage::Pending).map_err(backend)?.unwrap_or(0);
+            if let Some(expected) = expected_pending
+                && expected != pending
+            {
+                return Err(VaultError::VersionConflict { secret: secret.to_string(), expected, actual: pending });
+            }
+            let at = now_text();
+            let version = insert_version(&tx, cipher, &secret, &value, &at)?;
+            set_label(&tx, &secret, Stage::Pending, version, &at).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(version)
+        })
+        .await
+    }
+
+    async fn promote(&self, secret: &SecretRef, version: u32, expected_current: Option<u32>) -> Result<(), VaultError> {
+        let secret = secret.unversioned();
+        self.with_connection(move |conn, _| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let current = current_version(&tx, &secret).map_err(backend)?;
+            if current == version {
+                return Ok(());
+            }
+            if let Some(expected) = expected_current
+                && expected != current
+            {
+                return Err(VaultError::VersionConflict { secret: secret.to_string(), expected, actual: current });
+            }
+            if read_version(&tx, &secret, version)?.is_none() {
+                return Err(VaultError::NotFound(secret.with_version(version).to_string()));
+            }
+            let at = now_text();
+            if current > 0 {
+                set_label(&tx, &secret, Stage::Previous, current, &at).map_err(backend)?;
+            }
+            set_label(&tx, &secret, Stage::Current, version, &at).map_err(backend)?;
+            if labelled(&tx, &secret, Stage::Pending).map_err(backend)?.is_some_and(|p| p <= version) {
+                drop_label(&tx, &secret, Stage::Pending).map_err(backend)?;
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn retire_previous(&self, secret: &SecretRef, version: u32) -> Result<bool, VaultError> {
+        self.drop_label_on(secret, Stage::Previous, version).await
+    }
+
+    async fn discard_pending(&self, secret: &SecretRef, version: u32) -> Result<bool, VaultError> {
+        self.drop_label_on(secret, Stage::Pending, version).await
+    }
+
+    async fn versions(&self, secret: &SecretRef) -> Result<Vec<VersionMetadata>, VaultError> {
+        let secret = secret.unversioned();
+        self.with_connection(move |conn, _| {
+            let mut query = conn
+                .prepare(
+                    "SELECT v.version, v.key_id, v.created_at, group_concat(l.label)
+                     FROM secret_versions v LEFT JOIN secret_labels l
+                       ON l.vault = v.vault AND l.name = v.name AND l.version = v.version
+                     WHERE v.vault = ?1 AND v.name = ?2 GROUP BY v.version ORDER BY v.version",
+                )
+                .map_err(backend)?;
+            let rows = query
+                .query_map(params![secret.vault, secret.name], |row| {
+                    Ok((
+                        row.get::<_, u32>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                    ))
+                })
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(version, key_id, created_at, labels)| {
+                    let mut stages: Vec<Stage> = labels
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter_map(|l| match l {
+                            "current" => Some(Stage::Current),
+                            "pending" => Some(Stage::Pending),
+                            "previous" => Some(Stage::Previous),
+                            _ => None,
+                        })
+                        .collect();
+                    stages.sort();
+                    Ok(VersionMetadata { version, key_id, created_at: parse_time(&secret, &created_at)?, stages })
+                })
+                .collect()
         })
         .await
     }
@@ -341,16 +636,8 @@ impl SecretStore for SqliteVault {
                 Some(version) => version,
                 None => current_version(conn, &secret).map_err(backend)?,
             };
-            let stored = conn
-                .query_row(
-                    "SELECT key_id, nonce, ciphertext FROM secret_versions
-                     WHERE vault = ?1 AND name = ?2 AND version = ?3",
-                    params![secret.vault, secret.name, version],
-                    |row| Ok(StoredVersion { key_id: row.get(0)?, nonce: row.get(1)?, ciphertext: row.get(2)? }),
-                )
-                .optional()
-                .map_err(backend)?
-                .ok_or_else(|| VaultError::NotFound(secret.to_string()))?;
+            let stored =
+                read_version(conn, &secret, version)?.ok_or_else(|| VaultError::NotFound(secret.to_string()))?;
             let value = cipher.open(&secret, version, stored)?;
             Ok(SecretValue { version, value })
         })
@@ -359,50 +646,27 @@ impl SecretStore for SqliteVault {
 
     async fn metadata(&self, secret: &SecretRef) -> Result<Option<SecretMetadata>, VaultError> {
         let secret = secret.unversioned();
-        self.with_connection(move |conn, _| {
-            let (current_version, versions): (u32, u32) = conn
-                .query_row(
-                    "SELECT COALESCE(MAX(version), 0), COUNT(*) FROM secret_versions WHERE vault = ?1 AND name = ?2",
-                    params![secret.vault, secret.name],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .map_err(backend)?;
-            Ok((versions > 0).then_some(SecretMetadata { secret, current_version, versions }))
-        })
-        .await
+        self.with_connection(move |conn, _| metadata_of(conn, secret)).await
     }
 
-    /// Version `current - 1`, superseded when version `current` was stored.
+    /// The version labelled previous, since the moment the label moved to it.
     async fn previous(&self, secret: &SecretRef) -> Result<Option<PreviousSecret>, VaultError> {
         if secret.version.is_some() {
             return Ok(None);
         }
         let secret = secret.clone();
         self.with_connection(move |conn, cipher| {
-            let current = current_version(conn, &secret).map_err(backend)?;
-            if current < 2 {
-                return Ok(None);
-            }
-            let superseded_at: String = conn
+            let labelled: Option<(u32, String)> = conn
                 .query_row(
-                    "SELECT created_at FROM secret_versions WHERE vault = ?1 AND name = ?2 AND version = ?3",
-                    params![secret.vault, secret.name, current],
-                    |row| row.get(0),
-                )
-                .map_err(backend)?;
-            let superseded_at = chrono::DateTime::parse_from_rfc3339(&superseded_at)
-                .map_err(|e| VaultError::Backend(format!("{secret} version {current}: bad created_at: {e}")))?
-                .with_timezone(&Utc);
-            let version = current - 1;
-            let stored = conn
-                .query_row(
-                    "SELECT key_id, nonce, ciphertext FROM secret_versions
-                     WHERE vault = ?1 AND name = ?2 AND version = ?3",
-                    params![secret.vault, secret.name, version],
-                    |row| Ok(StoredVersion { key_id: row.get(0)?, nonce: row.get(1)?, ciphertext: row.get(2)? }),
+                    "SELECT version, moved_at FROM secret_labels WHERE vault = ?1 AND name = ?2 AND label = 'previous'",
+                    params![secret.vault, secret.name],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()
-                .map_err(backend)?
+                .map_err(backend)?;
+            let Some((version, moved_at)) = labelled else { return Ok(None) };
+            let superseded_at = parse_time(&secret, &moved_at)?;
+            let stored = read_version(conn, &secret, version)?
                 .ok_or_else(|| VaultError::NotFound(secret.with_version(version).to_string()))?;
             let value = cipher.open(&secret, version, stored)?;
             Ok(Some(PreviousSecret { value: SecretValue { version, value }, superseded_at }))
@@ -438,22 +702,18 @@ impl SecretStore for SqliteVault {
 
     async fn list(&self) -> Result<Vec<SecretMetadata>, VaultError> {
         self.with_connection(|conn, _| {
-            let mut query = conn
-                .prepare(
-                    "SELECT vault, name, MAX(version), COUNT(*) FROM secret_versions
-                     GROUP BY vault, name ORDER BY vault, name",
-                )
+            let names = conn
+                .prepare("SELECT DISTINCT vault, name FROM secret_versions ORDER BY vault, name")
+                .map_err(backend)?
+                .query_map([], |row| Ok(SecretRef { vault: row.get(0)?, name: row.get(1)?, version: None }))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(backend)?;
-            let rows = query
-                .query_map([], |row| {
-                    Ok(SecretMetadata {
-                        secret: SecretRef { vault: row.get(0)?, name: row.get(1)?, version: None },
-                        current_version: row.get(2)?,
-                        versions: row.get(3)?,
-                    })
-                })
-                .map_err(backend)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(backend)
+            let mut listed = Vec::with_capacity(names.len());
+            for secret in names {
+                listed.extend(metadata_of(conn, secret)?);
+            }
+            Ok(listed)
         })
         .await
     }

@@ -32,13 +32,11 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
-/// The version that was current before the current one, with the moment it stopped being
-/// current (when the current version was stored).
+/// The version labelled `previous`, with the moment the label moved to it (when it stopped
+/// being current).
 ///
-/// This is the vault's "previous" stage: inbound webhooks accept it for a grace period after a
-/// rotation, while the vendor still signs with it. When staging labels arrive (current, pending,
-/// previous), `previous` is the version labelled previous and `superseded_at` the moment the
-/// label moved to it; a pending version is not returned here.
+/// Inbound webhooks accept it for a grace period after a rotation, while the vendor still signs
+/// with it; once retired it has no label and is not returned. A pending version never is.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PreviousSecret {
     pub value: SecretValue,
@@ -58,17 +56,82 @@ impl std::fmt::Debug for PreviousSecret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretMetadata {
     pub secret: SecretRef,
+    /// The version labelled `current`: what an unversioned ref resolves to.
     pub current_version: u32,
+    /// How many versions the secret has (labelled or not).
     pub versions: u32,
+    /// The version labelled `pending`: staged for a rotation, not used until promoted.
+    pub pending_version: Option<u32>,
+    /// The version labelled `previous`: current before the last promotion, until retired.
+    pub previous_version: Option<u32>,
+}
+
+/// The staging labels of a secret's versions, after AWS Secrets Manager's rotation model: each
+/// label is on at most one version; a version may carry none (an old, retired one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Current,
+    Pending,
+    Previous,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::Pending => "pending",
+            Self::Previous => "previous",
+        }
+    }
+}
+
+/// Metadata of one version: never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionMetadata {
+    pub version: u32,
+    /// The id of the master key the version is encrypted under.
+    pub key_id: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub stages: Vec<Stage>,
 }
 
 /// Versioned secrets addressed by `kv://VAULT/NAME[?version=N]`; versions are immutable and
-/// numbered from 1; values are encrypted at rest.
+/// numbered from 1; values are encrypted at rest. Staging labels ([`Stage`]) say which version
+/// is `current` (what an unversioned ref reads), which is `pending` (staged for a rotation) and
+/// which is `previous` (still accepted for an overlap after a promotion).
 #[async_trait]
 pub trait SecretStore: Send + Sync + 'static {
-    /// Stores a new version (the ref's version is ignored) and returns its number. With
+    /// Stores a new version (the ref's version is ignored), labels it `current` (the old current
+    /// becomes `previous`, a pending label is dropped) and returns its number. With
     /// `expected_current`, the write happens only if the current version is that one (0: none).
     async fn put(&self, secret: &SecretRef, value: &[u8], expected_current: Option<u32>) -> Result<u32, VaultError>;
+
+    /// Stores a new version labelled `pending` (moving the label from an earlier pending version)
+    /// without changing `current`. With `expected_pending`, the write happens only if the pending
+    /// version is that one (0: none), so two rotations cannot both stage one.
+    async fn stage_pending(
+        &self,
+        secret: &SecretRef,
+        value: &[u8],
+        expected_pending: Option<u32>,
+    ) -> Result<u32, VaultError>;
+
+    /// Moves `current` to `version` (which must exist), the old current to `previous`, and drops
+    /// a pending label at or below `version`. Idempotent: promoting the current version again
+    /// does nothing. With `expected_current`, refused with a conflict when the current version is
+    /// neither that one nor `version` (someone changed the secret meanwhile).
+    async fn promote(&self, secret: &SecretRef, version: u32, expected_current: Option<u32>) -> Result<(), VaultError>;
+
+    /// Removes the `pending` label when it is on `version` (its verification failed, so no later
+    /// rotation picks it up again); `false` when it was not.
+    async fn discard_pending(&self, secret: &SecretRef, version: u32) -> Result<bool, VaultError>;
+
+    /// Removes the `previous` label when it is on `version` (the overlap is over); `false` when
+    /// it was not (already retired, or moved by a later promotion).
+    async fn retire_previous(&self, secret: &SecretRef, version: u32) -> Result<bool, VaultError>;
+
+    /// Every version's metadata, oldest first; empty for an unknown secret.
+    async fn versions(&self, secret: &SecretRef) -> Result<Vec<VersionMetadata>, VaultError>;
 
     /// The pinned version, or the current one for an unversioned ref.
     async fn get(&self, secret: &SecretRef) -> Result<SecretValue, VaultError>;
@@ -79,8 +142,8 @@ pub trait SecretStore: Send + Sync + 'static {
     /// Metadata of every secret, ordered by vault and name.
     async fn list(&self) -> Result<Vec<SecretMetadata>, VaultError>;
 
-    /// The previous version of an unversioned ref, see [`PreviousSecret`]; `None` when the
-    /// secret has a single version, and for a pinned ref (pinned refs do not rotate). Stores
+    /// The previous version of an unversioned ref, see [`PreviousSecret`]; `None` when no
+    /// version is labelled previous, and for a pinned ref (pinned refs do not rotate). Stores
     /// that keep no history answer `None`, so nothing but the current version verifies.
     async fn previous(&self, _secret: &SecretRef) -> Result<Option<PreviousSecret>, VaultError> {
         Ok(None)

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use domain::secret_ref::SecretRef;
-use store::{MasterKey, SecretMetadata, SecretStore, SqliteVault, VaultError};
+use store::{MasterKey, SecretMetadata, SecretStore, SqliteVault, Stage, VaultError};
 
 const KEY: &str = "8f1c2a3b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 const OTHER_KEY: &str = "0000000000000000000000000000000000000000000000000000000000000001";
@@ -170,8 +170,13 @@ async fn list_and_metadata_describe_secrets_without_values() {
     {
         vault.put(&secret(text), value.as_bytes(), None).await.unwrap();
     }
-    let meta =
-        |text: &str, current_version, versions| SecretMetadata { secret: secret(text), current_version, versions };
+    let meta = |text: &str, current_version, versions| SecretMetadata {
+        secret: secret(text),
+        current_version,
+        versions,
+        pending_version: None,
+        previous_version: (current_version > 1).then(|| current_version - 1),
+    };
     assert_eq!(
         vault.list().await.unwrap(),
         [meta("kv://a/x", 1, 1), meta("kv://a/y", 1, 1), meta("kv://b/z", 3, 3)],
@@ -210,4 +215,73 @@ async fn a_vault_belongs_to_the_first_tenant_that_claims_it() {
     assert!(matches!(store::vault::check_access(&vault, &secret, "globex").await, Err(VaultError::Forbidden(_))));
     // Unclaimed vaults are shared.
     store::vault::check_access(&vault, &SecretRef::parse("kv://shared/key").unwrap(), "globex").await.unwrap();
+}
+
+#[tokio::test]
+async fn staging_labels_move_as_in_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("vault.db"), KEY);
+    let s = secret("kv://v/rotated");
+    vault.put(&s, b"one", None).await.unwrap();
+    // Staged: stored, labelled pending, not used by unversioned reads.
+    assert_eq!(vault.stage_pending(&s, b"two", Some(0)).await.unwrap(), 2);
+    assert_eq!(vault.get(&s).await.unwrap().value, b"one");
+    assert!(matches!(
+        vault.stage_pending(&s, b"again", Some(0)).await,
+        Err(VaultError::VersionConflict { expected: 0, actual: 2, .. })
+    ));
+    let m = vault.metadata(&s).await.unwrap().unwrap();
+    assert_eq!((m.current_version, m.pending_version, m.previous_version), (1, Some(2), None));
+    assert_eq!(vault.previous(&s).await.unwrap(), None, "a pending version is never previous");
+
+    // Promoted: pending -> current, current -> previous; again is a no-op; a stale CAS conflicts.
+    assert!(matches!(vault.promote(&s, 2, Some(7)).await, Err(VaultError::VersionConflict { .. })));
+    vault.promote(&s, 2, Some(1)).await.unwrap();
+    vault.promote(&s, 2, Some(1)).await.unwrap();
+    assert_eq!(vault.get(&s).await.unwrap().value, b"two");
+    let m = vault.metadata(&s).await.unwrap().unwrap();
+    assert_eq!((m.current_version, m.pending_version, m.previous_version), (2, None, Some(1)));
+    assert_eq!(vault.previous(&s).await.unwrap().unwrap().value.value, b"one");
+    assert!(matches!(vault.promote(&s, 9, None).await, Err(VaultError::NotFound(_))));
+
+    // Retired: no longer previous, still readable pinned (versions are immutable).
+    assert!(vault.retire_previous(&s, 1).await.unwrap());
+    assert!(!vault.retire_previous(&s, 1).await.unwrap());
+    assert_eq!(vault.previous(&s).await.unwrap(), None);
+    assert_eq!(vault.get(&s.with_version(1)).await.unwrap().value, b"one");
+
+    // A failed pending version is discarded; the versions list shows labels and key ids.
+    vault.stage_pending(&s, b"three", None).await.unwrap();
+    assert!(vault.discard_pending(&s, 3).await.unwrap());
+    let versions = vault.versions(&s).await.unwrap();
+    let labels: Vec<(u32, Vec<Stage>)> = versions.iter().map(|v| (v.version, v.stages.clone())).collect();
+    assert_eq!(labels, [(1, vec![]), (2, vec![Stage::Current]), (3, vec![])]);
+    let key_id = MasterKey::from_hex(KEY).unwrap().id().to_owned();
+    assert!(versions.iter().all(|v| v.key_id == key_id));
+}
+
+#[tokio::test]
+async fn rekey_moves_every_version_to_the_new_key_and_keeps_values_and_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    let s = secret("kv://v/rekeyed");
+    {
+        let vault = open(&path, KEY);
+        vault.put(&s, b"one", None).await.unwrap();
+        vault.put(&s, b"two", None).await.unwrap();
+        vault.stage_pending(&s, b"three", None).await.unwrap();
+        assert_eq!(vault.rekey(&MasterKey::from_hex(OTHER_KEY).unwrap()).await.unwrap(), 3);
+    }
+    assert!(matches!(open(&path, KEY).get(&s).await, Err(VaultError::Undecryptable(_))), "the old key is useless");
+    let vault = open(&path, OTHER_KEY);
+    assert_eq!(vault.get(&s).await.unwrap().value, b"two");
+    assert_eq!(vault.get(&s.with_version(3)).await.unwrap().value, b"three");
+    assert_eq!(vault.previous(&s).await.unwrap().unwrap().value.value, b"one");
+    let new_id = MasterKey::from_hex(OTHER_KEY).unwrap().id().to_owned();
+    assert!(vault.versions(&s).await.unwrap().iter().all(|v| v.key_id == new_id));
+    // Run again (say, after an interruption): nothing is left to do; versions stay immutable.
+    assert_eq!(vault.rekey(&MasterKey::from_hex(OTHER_KEY).unwrap()).await.unwrap(), 0);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let update = db.execute("UPDATE secret_versions SET ciphertext = x'00' WHERE name = 'rekeyed'", []);
+    assert!(update.unwrap_err().to_string().contains("immutable"));
 }

@@ -13,18 +13,22 @@
 //! It then waits for the dead worker's lease to expire and takes over; the lease outlives the
 //! attempt timeout, so two attempts of a run never overlap.
 //!
-//! `VerifyCredential` runs (requested by credential rotation) are left alone: verifying a
-//! pending credential version and promoting it belongs to the credential rotation issue.
+//! `VerifyCredential` runs (requested by a credential rotation) perform the provider's health
+//! operation (`CheckHealth`) with the pending version the run names instead of the current one.
+//! Once a run has ended, its outcome is settled where it matters, every time the `RunRequested`
+//! is handled (so a crash between the run's end and the settlement is healed by the redelivery):
+//! a `VerifyCredential` run completes or fails its rotation (promoting the version on success),
+//! a `CheckHealth` run records the connection's health.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use commands::credentials::VERIFY_CREDENTIAL_OPERATION;
+use commands::credentials::{VERIFY_CREDENTIAL_OPERATION, VerificationInput};
 use commands::{CommandContext, CommandError, Commands};
 use connectors::operations::{
-    ApiClients, CallError, Credential, ProviderTarget, ResolvedOperation, RetryPolicy, resolve,
+    ApiClients, CHECK_HEALTH, CallError, Credential, ProviderTarget, ResolvedOperation, RetryPolicy, resolve,
 };
 use domain::connection::ConnectionEvent;
 use domain::ids::stream_id;
@@ -40,6 +44,10 @@ use crate::EventHandler;
 
 /// The executor's consumer name.
 pub const RUN_EXECUTOR_CONSUMER: &str = "run-executor";
+/// Run attempts this process made, by `outcome` (`succeeded`, `failed`), in the `metrics` facade.
+pub const RUN_ATTEMPTS: &str = "run_attempts_total";
+/// Runs this process finished, by `outcome` (`succeeded`, `failed`).
+pub const RUNS_FINISHED: &str = "runs_finished_total";
 
 /// Settings of the executor; `None` fields keep the operation's own policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,27 +120,31 @@ impl RunExecutor {
 
     /// Drives the run of `requested` to its end.
     async fn drive(&self, event: &EventEnvelope, requested: &RunRequested) -> Result<(), ExecutorError> {
-        let tenant = &event.tenant_id;
-        let stream = stream_id(tenant, &requested.run_id);
-        if requested.operation == VERIFY_CREDENTIAL_OPERATION {
-            tracing::debug!(run_id = %requested.run_id, "VerifyCredential runs are left to the credential verifier");
+        // Webhook deliveries are the webhook dispatcher's (workers::fanout), on their own schedule.
+        if requested.operation == domain::outbound::DELIVER_WEBHOOK_OPERATION {
             return Ok(());
         }
-        let ctx = CommandContext {
-            tenant_id: tenant.clone(),
-            trace_id: requested.trace_id.clone(),
-            correlation_id: event.correlation_id.clone(),
-            causation_id: Some(event.event_id.to_string()),
-            actor: Actor { subject: format!("worker:{}", self.settings.worker_id), client_id: None },
-        };
+        let tenant = &event.tenant_id;
+        let stream = stream_id(tenant, &requested.run_id);
+        let ctx = self.context(event, requested);
         if self.state(&stream).await?.is_finished() {
             return Ok(());
         }
-        let target = match self.target(tenant, &requested.connection_id).await? {
+        let mut target = match self.target(tenant, &requested.connection_id).await? {
             Ok(target) => target,
             Err(reason) => return self.fail_run(&ctx, &stream, requested, reason).await,
         };
-        let operation = match resolve(&requested.operation, &target.provider, &requested.input) {
+        // A verification run checks the provider's health with the version it names.
+        let operation_name = if requested.operation == VERIFY_CREDENTIAL_OPERATION {
+            match verified_version(&requested.input, target.credential_ref.as_ref()) {
+                Ok(version_ref) => target.credential_ref = Some(version_ref),
+                Err(reason) => return self.fail_run(&ctx, &stream, requested, reason).await,
+            }
+            CHECK_HEALTH
+        } else {
+            requested.operation.as_str()
+        };
+        let operation = match resolve(operation_name, &target.provider, &requested.input) {
             Ok(operation) => operation,
             Err(reason) => return self.fail_run(&ctx, &stream, requested, reason.to_string()).await,
         };
@@ -176,6 +188,7 @@ impl RunExecutor {
             }
             tracing::info!(run_id = %requested.run_id, attempt, operation = %requested.operation, "attempt started");
             let outcome = self.attempt(&operation, &target, policy.attempt_timeout, &requested.run_id).await?;
+            let outcome_label = if outcome.is_ok() { "succeeded" } else { "failed" };
             let recorded = match outcome {
                 Ok(output) => {
                     let complete = RunCommand::Complete {
@@ -201,8 +214,15 @@ impl RunExecutor {
                     self.commands.execute::<Run>(&ctx, &stream, &fail).await.map(|_| next_attempt_at.is_none())
                 }
             };
+            if recorded.is_ok() {
+                metrics::counter!(RUN_ATTEMPTS, "outcome" => outcome_label).increment(1);
+            }
             match recorded {
-                Ok(true) => return Ok(()),
+                // Finished: the run's outcome is its last attempt's.
+                Ok(true) => {
+                    metrics::counter!(RUNS_FINISHED, "outcome" => outcome_label).increment(1);
+                    return Ok(());
+                }
                 Ok(false) => {}
                 Err(CommandError::Rejected(error)) => {
                     // Our lease expired and another worker took the run over: it is theirs now.
@@ -238,6 +258,72 @@ impl RunExecutor {
             outcome = tokio::time::timeout(timeout, self.clients.call(operation, &target.provider, &credential)) => {
                 Ok(outcome.unwrap_or_else(|_| Err(CallError::Retryable(format!("attempt timed out after {} ms", timeout.as_millis())))))
             }
+        }
+    }
+
+    /// The context of the commands a run's execution issues, caused by its `RunRequested`.
+    fn context(&self, event: &EventEnvelope, requested: &RunRequested) -> CommandContext {
+        CommandContext {
+            tenant_id: event.tenant_id.clone(),
+            trace_id: requested.trace_id.clone(),
+            correlation_id: event.correlation_id.clone(),
+            causation_id: Some(event.event_id.to_string()),
+            actor: Actor { subject: format!("worker:{}", self.settings.worker_id), client_id: None },
+        }
+    }
+
+    /// Settles the outcome of an ended run where it matters: a verification run finishes its
+    /// rotation, a health check records the connection's health. Idempotent; nothing happens
+    /// for a run still in progress (its executor settles it) or of another operation.
+    async fn settle(&self, event: &EventEnvelope, requested: &RunRequested) -> Result<(), ExecutorError> {
+        let is_verification = requested.operation == VERIFY_CREDENTIAL_OPERATION;
+        if !is_verification && requested.operation != CHECK_HEALTH {
+            return Ok(());
+        }
+        let events = self.commands.load::<RunEvent>(&stream_id(&event.tenant_id, &requested.run_id)).await?.events;
+        let outcome = events.iter().rev().find_map(|e| match e {
+            RunEvent::RunCompleted(_) => Some(None),
+            RunEvent::RunFailed(f) => Some(Some(f.error.clone())),
+            _ => None,
+        });
+        let Some(failure) = outcome else { return Ok(()) };
+        let ctx = self.context(event, requested);
+        let settled = if is_verification {
+            let Ok(input) = VerificationInput::parse(&requested.input) else {
+                tracing::warn!(run_id = %requested.run_id, "a verification run without a readable input settles nothing");
+                return Ok(());
+            };
+            let credential = &input.credential_id;
+            match &failure {
+                None => {
+                    tracing::info!(run_id = %requested.run_id, credential_id = %credential, "verified: promoting the pending version");
+                    self.commands.complete_credential_rotation(&ctx, credential, &requested.run_id).await
+                }
+                Some(reason) => {
+                    tracing::warn!(run_id = %requested.run_id, credential_id = %credential, %reason, "verification failed: the current version stays");
+                    self.commands.fail_credential_rotation(&ctx, credential, &requested.run_id, reason).await
+                }
+            }
+        } else {
+            self.commands
+                .record_health_check_outcome(
+                    &ctx,
+                    &requested.connection_id,
+                    &requested.run_id,
+                    failure.is_none(),
+                    failure.as_deref(),
+                )
+                .await
+        };
+        match settled {
+            Ok(_) => Ok(()),
+            // Nothing to settle: the credential or connection is gone, or the rotation was not
+            // this run's. Recorded in the log; the run's own events say what happened.
+            Err(CommandError::Rejected(error)) => {
+                tracing::warn!(run_id = %requested.run_id, %error, "the run's outcome settles nothing");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -289,7 +375,11 @@ impl RunExecutor {
         tracing::warn!(run_id = %requested.run_id, %error, "run failed without an attempt");
         let fail = RunCommand::Fail { run_id: requested.run_id.clone(), error, failed_at: self.commands.now() };
         match self.commands.execute::<Run>(ctx, stream, &fail).await {
-            Ok(_) | Err(CommandError::Rejected(_)) => Ok(()),
+            Ok(_) => {
+                metrics::counter!(RUNS_FINISHED, "outcome" => "failed").increment(1);
+                Ok(())
+            }
+            Err(CommandError::Rejected(_)) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -300,6 +390,16 @@ impl RunExecutor {
             () = self.shutdown.cancelled() => Err(ExecutorError::ShuttingDown(run_id.into())),
             () = tokio::time::sleep(wait) => Ok(()),
         }
+    }
+}
+
+/// The pinned version a verification run checks: it must be a version of the connection's own
+/// credential (so the tenant check of the connection's secret covers it).
+fn verified_version(input: &serde_json::Value, connection_secret: Option<&SecretRef>) -> Result<SecretRef, String> {
+    let input = VerificationInput::parse(input)?;
+    match connection_secret {
+        Some(secret) if secret.unversioned() == input.version_ref.unversioned() => Ok(input.version_ref),
+        _ => Err(format!("{} is not a version of the connection's credential", input.version_ref)),
     }
 }
 
@@ -318,7 +418,10 @@ impl EventHandler for RunExecutor {
             return Ok(());
         }
         match RunEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
-            Ok(RunEvent::RunRequested(requested)) => self.drive(event, &requested).await,
+            Ok(RunEvent::RunRequested(requested)) => {
+                self.drive(event, &requested).await?;
+                self.settle(event, &requested).await
+            }
             Ok(_) => Ok(()),
             Err(error) => {
                 tracing::error!(event_id = %event.event_id, %error, "skipping an unreadable RunRequested");

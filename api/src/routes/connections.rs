@@ -1,6 +1,8 @@
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use commands::connections::EstablishConnectionInput;
@@ -36,7 +38,8 @@ async fn establish(
         return Err(Problem::invalid(errors));
     }
     let ctx = context_of(&caller.0);
-    run_command(
+    let wait = preferred_wait(&headers);
+    let mut response = run_command(
         &app,
         &ctx.tenant_id,
         "establish-connection",
@@ -56,19 +59,70 @@ async fn establish(
             let outcome = app.commands.establish_connection(&ctx, input).await?;
             let e = outcome.established;
             let location = format!("/integrations/connections/{}", e.connection_id);
+            // Truthful: `Unknown` until the first check has run, unless the caller waits for it.
+            let health = match wait {
+                Some(wait) => first_health(&app, &ctx.tenant_id, &e.connection_id, wait).await?,
+                None => Health::Unknown,
+            };
             let response = ConnectionEstablishedResponse {
                 connection_id: e.connection_id,
                 status: "Active".into(),
                 provider_id: e.provider_id,
-                // Truthful: no check has run yet.
-                health: Health::Unknown,
+                health,
                 established_at: e.established_at,
                 trace_id: ctx.trace_id.clone(),
             };
             Ok(Accepted::new(StatusCode::CREATED, Some(location), &response, outcome.last_position))
         },
     )
-    .await
+    .await?;
+    if let Some(wait) = wait
+        && let Ok(applied) = HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
+    {
+        response.headers_mut().insert("preference-applied", applied);
+    }
+    Ok(response)
+}
+
+/// The longest `Prefer: wait` honoured; longer waits are cut to it.
+const MAX_PREFER_WAIT: Duration = Duration::from_secs(60);
+/// How often the read model is looked at while waiting.
+const HEALTH_POLL: Duration = Duration::from_millis(50);
+
+/// The `wait=N` preference of `Prefer` headers (RFC 7240 §4.3), in seconds, at most
+/// [`MAX_PREFER_WAIT`]; other preferences are ignored, as the RFC allows.
+pub(crate) fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|preference| {
+            let token = preference.split(';').next()?.trim();
+            let (name, value) = token.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                return None;
+            }
+            value.trim().trim_matches('"').parse::<u64>().ok()
+        })
+        .next()
+        .map(|seconds| Duration::from_secs(seconds).min(MAX_PREFER_WAIT))
+}
+
+/// The connection's health once its first check is recorded, or `Unknown` after `wait`.
+async fn first_health(app: &AppState, tenant_id: &str, connection_id: &str, wait: Duration) -> Result<Health, Problem> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(view) = app.read_models.connection(tenant_id, connection_id).await?
+            && view.health != Health::Unknown
+        {
+            return Ok(view.health);
+        }
+        if tokio::time::Instant::now() + HEALTH_POLL > deadline {
+            return Ok(Health::Unknown);
+        }
+        tokio::time::sleep(HEALTH_POLL).await;
+    }
 }
 
 async fn get_connection(
@@ -91,4 +145,27 @@ async fn get_connection(
         credential_ref: view.credential_ref,
         last_run_id: view.last_run_id,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefer(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("prefer", HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_wait_preference_is_read_among_others_and_capped() {
+        assert_eq!(preferred_wait(&prefer(&["wait=5"])), Some(Duration::from_secs(5)));
+        assert_eq!(preferred_wait(&prefer(&["respond-async, Wait=3"])), Some(Duration::from_secs(3)));
+        assert_eq!(preferred_wait(&prefer(&["return=minimal", "wait=2"])), Some(Duration::from_secs(2)));
+        assert_eq!(preferred_wait(&prefer(&["wait=100000"])), Some(MAX_PREFER_WAIT));
+        assert_eq!(preferred_wait(&prefer(&["wait=soon"])), None);
+        assert_eq!(preferred_wait(&HeaderMap::new()), None);
+    }
 }

@@ -3,23 +3,31 @@
 
 use domain::AggregateEvent;
 use domain::DomainError;
-use domain::credential::{Credential, CredentialCommand, StartRotation};
+use domain::credential::{Credential, CredentialCommand, RotationSource, StartRotation};
 use domain::ids::stream_id;
 use domain::run::RunEvent;
+use domain::secret_ref::SecretRef;
 use serde_json::json;
+use store::SecretStore;
 
 use commands::credentials::VERIFY_CREDENTIAL_OPERATION;
 
 use crate::support::{GITHUB_CREDENTIAL, GITHUB_SECRET, TENANT, TestEngine, ctx, rejection, spawn_engine, t0, types};
 
-/// A credential at vault version 2, used by `conn-1` (which registered it) and `conn-2`.
+/// A credential at vault version 2, used by `conn-1` (which registered it) and `conn-2`, with
+/// version 3 staged by an operator.
 async fn engine_with_a_shared_credential() -> TestEngine {
     let engine = spawn_engine();
     let ctx = ctx(TENANT);
     engine.put_secret_versions(GITHUB_SECRET, 2).await;
     engine.establish(&ctx, "conn-1", Some(GITHUB_SECRET)).await;
     engine.establish(&ctx, "conn-2", Some(GITHUB_SECRET)).await;
+    engine.vault.stage_pending(&secret(), b"value-3", None).await.unwrap();
     engine
+}
+
+fn secret() -> SecretRef {
+    SecretRef::parse(GITHUB_SECRET).unwrap()
 }
 
 async fn run_events(engine: &TestEngine, tenant_id: &str, run_id: &str) -> Vec<RunEvent> {
@@ -131,8 +139,7 @@ async fn a_rotation_retried_after_it_was_promoted_answers_the_same_and_appends_n
         .start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "ScheduledRotation", "run-verify-1")
         .await
         .unwrap();
-    let promote = CredentialCommand::CompleteRotation { credential_id: GITHUB_CREDENTIAL.into(), rotated_at: t0() };
-    engine.commands.execute::<Credential>(&ctx, &stream_id(TENANT, GITHUB_CREDENTIAL), &promote).await.unwrap();
+    engine.commands.complete_credential_rotation(&ctx, GITHUB_CREDENTIAL, "run-verify-1").await.unwrap();
     let head = engine.head().await;
 
     // The client never saw the first answer (a crash) and retries after the rotation finished.
@@ -155,6 +162,8 @@ async fn a_crash_between_starting_the_rotation_and_requesting_its_run_is_healed_
         credential_id: GITHUB_CREDENTIAL.into(),
         reason: "ScheduledRotation".into(),
         verification_run_id: "run-verify-1".into(),
+        new_version: 3,
+        source: RotationSource::OperatorStaged,
         started_at: t0(),
     });
     engine.commands.execute::<Credential>(&ctx, &stream_id(TENANT, GITHUB_CREDENTIAL), &start).await.unwrap();
@@ -191,4 +200,77 @@ async fn rotating_an_unknown_credential_is_not_found_and_appends_nothing() {
         engine.commands.start_credential_rotation(&ctx(TENANT), GITHUB_CREDENTIAL, "ScheduledRotation", "run-1").await;
     assert!(matches!(rejection(result), DomainError::NotFound { kind: "credential", id } if id == GITHUB_CREDENTIAL));
     assert_eq!(engine.head().await, 0);
+}
+
+#[tokio::test]
+async fn a_vendor_issued_credential_without_a_staged_version_cannot_rotate() {
+    let engine = spawn_engine();
+    engine.put_secret_versions(GITHUB_SECRET, 1).await;
+    engine.establish(&ctx(TENANT), "conn-1", Some(GITHUB_SECRET)).await;
+    let head = engine.head().await;
+    let result =
+        engine.commands.start_credential_rotation(&ctx(TENANT), GITHUB_CREDENTIAL, "ScheduledRotation", "run-1").await;
+    assert!(
+        matches!(rejection(result), DomainError::InvalidTransition { state, .. } if state.contains("--stage pending"))
+    );
+    assert_eq!(engine.head().await, head);
+    assert_eq!(engine.vault.metadata(&secret()).await.unwrap().unwrap().versions, 1, "nothing was staged");
+}
+
+#[tokio::test]
+async fn success_promotes_in_the_vault_and_failure_keeps_current_and_discards_pending() {
+    let engine = engine_with_a_shared_credential().await;
+    let ctx = ctx(TENANT);
+    engine.commands.start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "Scheduled", "run-verify-1").await.unwrap();
+    engine.commands.complete_credential_rotation(&ctx, GITHUB_CREDENTIAL, "run-verify-1").await.unwrap();
+    // Delivered again: nothing more happens.
+    let head = engine.head().await;
+    engine.commands.complete_credential_rotation(&ctx, GITHUB_CREDENTIAL, "run-verify-1").await.unwrap();
+    assert_eq!(engine.head().await, head);
+    let m = engine.vault.metadata(&secret()).await.unwrap().unwrap();
+    assert_eq!((m.current_version, m.previous_version, m.pending_version), (3, Some(2), None));
+    assert_eq!(engine.vault.get(&secret()).await.unwrap().value, b"value-3");
+
+    engine.vault.stage_pending(&secret(), b"value-4", None).await.unwrap();
+    engine.commands.start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "Leaked", "run-verify-2").await.unwrap();
+    engine
+        .commands
+        .fail_credential_rotation(&ctx, GITHUB_CREDENTIAL, "run-verify-2", "401 Unauthorized")
+        .await
+        .unwrap();
+    let m = engine.vault.metadata(&secret()).await.unwrap().unwrap();
+    assert_eq!((m.current_version, m.pending_version), (3, None), "current stays, the failed version is unstaged");
+    let history = engine.events(&stream_id(TENANT, GITHUB_CREDENTIAL)).await;
+    let failed = history.last().unwrap();
+    assert_eq!(failed.event_type, "CredentialRotationFailed");
+    assert_eq!((failed.data["version"].clone(), failed.data["reason"].clone()), (json!(4), json!("401 Unauthorized")));
+
+    // After the overlap the previous version is retired, once.
+    engine.commands.retire_previous_credential_version(&ctx, GITHUB_CREDENTIAL, 2).await.unwrap();
+    let head = engine.head().await;
+    engine.commands.retire_previous_credential_version(&ctx, GITHUB_CREDENTIAL, 2).await.unwrap();
+    assert_eq!(engine.head().await, head);
+    assert_eq!(engine.vault.metadata(&secret()).await.unwrap().unwrap().previous_version, None);
+    assert_eq!(
+        types(&engine.history(&stream_id(TENANT, GITHUB_CREDENTIAL)).await).last(),
+        Some(&"CredentialVersionRetired")
+    );
+}
+
+#[tokio::test]
+async fn an_engine_owned_signing_secret_gets_a_generated_pending_version() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    engine.put_secret_versions(GITHUB_SECRET, 1).await;
+    engine.establish_with_auth(&ctx, "conn-1", GITHUB_SECRET, domain::provider::AuthModel::HmacSignature).await;
+    let outcome =
+        engine.commands.start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "ScheduledRotation", "run-1").await.unwrap();
+    assert_eq!(outcome.new_version_ref, format!("{GITHUB_SECRET}?version=2"));
+    assert_eq!(outcome.source, RotationSource::Generated);
+    let pending = engine.vault.get(&secret().with_version(2)).await.unwrap();
+    assert!(String::from_utf8(pending.value).unwrap().starts_with("whsec_"));
+    assert_eq!(engine.vault.get(&secret()).await.unwrap().version, 1, "not current before it is verified");
+    let started = engine.events(&stream_id(TENANT, GITHUB_CREDENTIAL)).await.pop().unwrap();
+    assert_eq!(started.data["source"], json!("Generated"));
+    assert!(!started.data.to_string().contains("whsec_"), "the value never enters an event");
 }

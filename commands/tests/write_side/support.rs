@@ -100,6 +100,23 @@ impl TestEngine {
             .await
             .unwrap();
     }
+
+    /// [`Self::establish`] with a credential of another auth kind.
+    pub async fn establish_with_auth(
+        &self,
+        ctx: &CommandContext,
+        connection_id: &str,
+        credential_ref: &str,
+        auth_mode: AuthModel,
+    ) {
+        let provider_id = domain::ids::provider_id("github");
+        if self.events(&domain::ids::stream_id(&ctx.tenant_id, &provider_id)).await.is_empty() {
+            self.register_provider(ctx, "github").await;
+        }
+        let mut input = establish_input(connection_id, &provider_id, Some(credential_ref));
+        input.auth_mode = auth_mode;
+        self.commands.establish_connection(ctx, input).await.unwrap();
+    }
 }
 
 /// A caller in `tenant_id`, under trace `trace-1`.

@@ -1,0 +1,218 @@
+//! Credentials and connection health end to end, through the real binary: a connection's first
+//! health check, `Prefer: wait`, verified rotation (promotion, failure, 409 while in flight,
+//! retirement of the previous version after the overlap), and health measured over time
+//! against a local stand-in for GitHub's `GET /user`.
+
+mod credentials_support;
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use credentials_support::{GitHubUserStub, events_of_type, eventually, github_connection, secrets, serve_with_logs};
+use serde_json::{Value, json};
+use support::{ALL_SCOPES, App};
+
+const TENANT: &str = "connectsoft";
+const SECRET: &str = "kv://factory-integration/github-booking";
+const V1: &str = "ghp_credential_version_one";
+const V2: &str = "ghp_credential_version_two";
+
+fn serve(dir: &Path, extra: &[&str]) -> App {
+    let mut args = vec!["--allow-private-egress", "--run-first-backoff-ms", "100", "--run-max-backoff-ms", "200"];
+    args.extend_from_slice(extra);
+    serve_with_logs(dir, &args).0
+}
+
+async fn run_status(app: &App, token: &str, run_id: &str, statuses: &[&str]) -> Value {
+    eventually(&format!("run {run_id} in {statuses:?}"), Duration::from_secs(30), || async {
+        let r = app.get(&format!("/integrations/runs/{run_id}"), token).await;
+        if r.status() != 200 {
+            return None;
+        }
+        let run: Value = r.json().await.unwrap();
+        statuses.iter().any(|s| run["status"] == *s).then_some(run)
+    })
+    .await
+}
+
+async fn connection(app: &App, token: &str, id: &str) -> Value {
+    app.get(&format!("/integrations/connections/{id}"), token).await.json().await.unwrap()
+}
+
+async fn rotate(app: &App, token: &str, reason: &str) -> reqwest::Response {
+    let body = json!({"tenantId": TENANT, "credentialId": "cred-github-booking", "reason": reason});
+    app.post_json("/integrations/credentials/rotate", token, &body).await
+}
+
+#[tokio::test]
+async fn establishing_a_connection_schedules_its_health_check_and_prefer_wait_answers_with_it() {
+    let stub = GitHubUserStub::start(&[V1]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), &["--health-check-interval-seconds", "0"]);
+    secrets(dir.path(), &["put", SECRET], Some(V1));
+    let token = app.token(TENANT, ALL_SCOPES);
+
+    let waited = github_connection(&app, &token, TENANT, &stub.url, SECRET, Some("wait=15")).await;
+    assert_eq!(waited.status(), 201);
+    assert_eq!(waited.headers()["preference-applied"], "wait=15");
+    let body: Value = waited.json().await.unwrap();
+    assert_eq!(body["health"], "Healthy", "{body}");
+    let id = body["connectionId"].as_str().unwrap();
+    let view = connection(&app, &token, id).await;
+    assert_eq!(view["health"], "Healthy");
+    assert!(view["lastCheckedAt"].is_string(), "{view}");
+    let check = view["lastRunId"].as_str().unwrap().to_owned();
+    let run = run_status(&app, &token, &check, &["Completed"]).await;
+    assert_eq!((run["operation"].as_str(), run["connectionId"].as_str()), (Some("CheckHealth"), Some(id)));
+    assert!(stub.seen(V1) >= 1, "the check called GET /user with the credential");
+
+    // Without the preference the answer is truthful at once: not checked yet.
+    let at_once = github_connection(&app, &token, TENANT, &stub.url, SECRET, None).await;
+    assert_eq!(at_once.status(), 201);
+    assert!(at_once.headers().get("preference-applied").is_none());
+    let second: Value = at_once.json().await.unwrap();
+    assert_eq!(second["health"], "Unknown");
+    // ... and its check follows.
+    let second_id = second["connectionId"].as_str().unwrap().to_owned();
+    eventually("the second connection's first check", Duration::from_secs(30), || async {
+        (connection(&app, &token, &second_id).await["health"] == "Healthy").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_verified_rotation_is_promoted_then_its_previous_version_retired_after_the_overlap() {
+    let stub = GitHubUserStub::start(&[V1, V2]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), &["--health-check-interval-seconds", "0", "--credential-overlap-seconds", "2"]);
+    secrets(dir.path(), &["put", SECRET], Some(V1));
+    let token = app.token(TENANT, ALL_SCOPES);
+    let established = github_connection(&app, &token, TENANT, &stub.url, SECRET, Some("wait=15")).await;
+    let connection_id = established.json::<Value>().await.unwrap()["connectionId"].as_str().unwrap().to_owned();
+
+    // A vendor-issued token cannot be generated: without a staged version the rotation is refused.
+    let refused = rotate(&app, &token, "ScheduledRotation").await;
+    assert_eq!(refused.status(), 409);
+    assert!(refused.text().await.unwrap().contains("--stage pending"));
+
+    assert!(secrets(dir.path(), &["put", SECRET, "--stage", "pending"], Some(V2)).contains("?version=2 (pending)"));
+    let r = rotate(&app, &token, "ScheduledRotation").await;
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let started: Value = r.json().await.unwrap();
+    assert_eq!(started["status"], "Rotating");
+    assert_eq!(started["newVersionRef"], format!("{SECRET}?version=2"));
+    let run_id = started["verificationRunId"].as_str().unwrap();
+    assert_eq!(location, format!("/integrations/runs/{run_id}"));
+
+    let run = run_status(&app, &token, run_id, &["Completed", "Failed"]).await;
+    assert_eq!(run["status"], "Completed", "{run}");
+    assert_eq!(run["operation"], "VerifyCredential");
+    let rotated = eventually("CredentialRotated", Duration::from_secs(10), || async {
+        events_of_type(dir.path(), "CredentialRotated").pop()
+    })
+    .await;
+    assert_eq!((rotated["version"].clone(), rotated["previousVersion"].clone()), (json!(2), json!(1)));
+    let started_event = events_of_type(dir.path(), "CredentialRotationStarted").pop().unwrap();
+    assert_eq!((started_event["reason"].as_str(), started_event["source"].as_str()), (Some("ScheduledRotation"), Some("OperatorStaged")));
+    let shown = secrets(dir.path(), &["show", SECRET], None);
+    assert!(shown.contains("current=2\tpending=-\tprevious=1"), "{shown}");
+
+    // Connections use the promoted version from now on: a health check authenticates with it.
+    let before = stub.seen(V2);
+    let check = start_run(dir.path(), &connection_id, "CheckHealth", "after-rotation");
+    assert_eq!(run_status(&app, &token, &check, &["Completed", "Failed"]).await["status"], "Completed");
+    assert_eq!(stub.seen(V2), before + 1);
+
+    // After the overlap the previous version is retired: an event, and no label in the vault.
+    let retired = eventually("CredentialVersionRetired", Duration::from_secs(15), || async {
+        events_of_type(dir.path(), "CredentialVersionRetired").pop()
+    })
+    .await;
+    assert_eq!(retired["version"], 1);
+    let shown = secrets(dir.path(), &["show", SECRET], None);
+    assert!(shown.contains("current=2\tpending=-\tprevious=-"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_failed_verification_keeps_the_current_version_and_a_second_rotation_in_flight_is_409() {
+    let stub = GitHubUserStub::start(&[V1]).await;
+    stub.slow(V2, Duration::from_millis(1500));
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), &["--health-check-interval-seconds", "0", "--run-max-attempts", "1"]);
+    secrets(dir.path(), &["put", SECRET], Some(V1));
+    let token = app.token(TENANT, ALL_SCOPES);
+    assert_eq!(github_connection(&app, &token, TENANT, &stub.url, SECRET, None).await.status(), 201);
+    secrets(dir.path(), &["put", SECRET, "--stage", "pending"], Some(V2));
+
+    let first = rotate(&app, &token, "Leaked").await;
+    assert_eq!(first.status(), 202);
+    let run_id = first.json::<Value>().await.unwrap()["verificationRunId"].as_str().unwrap().to_owned();
+    let second = rotate(&app, &token, "Leaked").await;
+    assert_eq!(second.status(), 409);
+    assert_eq!(second.headers()["content-type"], "application/problem+json");
+
+    let run = run_status(&app, &token, &run_id, &["Completed", "Failed"]).await;
+    assert_eq!(run["status"], "Failed", "{run}");
+    let failed = eventually("CredentialRotationFailed", Duration::from_secs(10), || async {
+        events_of_type(dir.path(), "CredentialRotationFailed").pop()
+    })
+    .await;
+    assert_eq!(failed["version"], 2);
+    assert!(failed["reason"].as_str().unwrap().contains("401"), "{failed}");
+    assert!(events_of_type(dir.path(), "CredentialRotated").is_empty());
+    let shown = secrets(dir.path(), &["show", SECRET], None);
+    assert!(shown.contains("current=1\tpending=-\tprevious=-"), "the current version stays: {shown}");
+    // The failed rotation is over: another may start (and is refused for want of a staged version).
+    assert_eq!(rotate(&app, &token, "Leaked").await.status(), 409);
+    secrets(dir.path(), &["put", SECRET, "--stage", "pending"], Some("ghp_third"));
+    assert_eq!(rotate(&app, &token, "Leaked").await.status(), 202);
+}
+
+#[tokio::test]
+async fn consecutive_failed_checks_degrade_the_connection_and_a_success_restores_it() {
+    let stub = GitHubUserStub::start(&[V1]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), &["--health-check-interval-seconds", "1", "--run-max-attempts", "1"]);
+    secrets(dir.path(), &["put", SECRET], Some(V1));
+    let token = app.token(TENANT, ALL_SCOPES);
+    let r = github_connection(&app, &token, TENANT, &stub.url, SECRET, Some("wait=15")).await;
+    let id = r.json::<Value>().await.unwrap()["connectionId"].as_str().unwrap().to_owned();
+    assert_eq!(connection(&app, &token, &id).await["health"], "Healthy");
+
+    stub.revoke(V1);
+    for expected in ["Degraded", "Unhealthy"] {
+        eventually(expected, Duration::from_secs(30), || async {
+            (connection(&app, &token, &id).await["health"] == expected).then_some(())
+        })
+        .await;
+    }
+    stub.accept(V1);
+    eventually("Healthy again", Duration::from_secs(30), || async {
+        (connection(&app, &token, &id).await["health"] == "Healthy").then_some(())
+    })
+    .await;
+    let healths: Vec<String> = events_of_type(dir.path(), "ConnectionHealthChecked")
+        .iter()
+        .map(|e| e["health"].as_str().unwrap().to_owned())
+        .collect();
+    let first_degraded = healths.iter().position(|h| h == "Degraded").unwrap();
+    let first_unhealthy = healths.iter().position(|h| h == "Unhealthy").unwrap();
+    assert!(first_degraded < first_unhealthy, "{healths:?}");
+    let failure = events_of_type(dir.path(), "ConnectionHealthChecked").into_iter().find(|e| e["health"] == "Degraded");
+    assert!(failure.unwrap()["reason"].as_str().unwrap().contains("Bad credentials"));
+}
+
+/// `integration-engine runs start` on the data dir; the run id.
+fn start_run(dir: &Path, connection: &str, operation: &str, key: &str) -> String {
+    let out = std::process::Command::new(support::BIN)
+        .args(["runs", "start", "--data-dir"])
+        .arg(dir)
+        .args(["--tenant", TENANT, "--connection", connection, "--operation", operation, "--idempotency-key", key])
+        .env_remove("IE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

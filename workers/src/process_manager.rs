@@ -1,0 +1,140 @@
+//! The process manager of connections and credentials: events of one stream in, commands to
+//! another out, with deterministic ids so a redelivered event repeats nothing.
+//!
+//! | event | command |
+//! |---|---|
+//! | `ConnectionEstablished` | request the connection's first `CheckHealth` run ([`first_health_check_run_id`]) |
+//! | `CredentialRotationStarted` | request the rotation's `VerifyCredential` run (its id is in the event) |
+//!
+//! The API requests the verification run itself right after recording the rotation; reacting
+//! to the event as well closes the gap a crash between the two would leave (the run would
+//! otherwise wait for a client retry that may never come).
+
+use async_trait::async_trait;
+use commands::{CommandContext, CommandError, Commands};
+use connectors::operations::CHECK_HEALTH;
+use domain::connection::ConnectionEvent;
+use domain::credential::{CredentialEvent, CredentialState, Rotation};
+use domain::ids::stream_id;
+use domain::{Actor, AnyEvent, Decider, DomainError, EventEnvelope};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::EventHandler;
+
+/// The process manager's consumer name.
+pub const PROCESS_MANAGER_CONSUMER: &str = "process-manager";
+
+/// The run id of a connection's health check in `slot`: the same for every worker and every
+/// redelivery, so each check is requested once.
+pub fn health_check_run_id(tenant_id: &str, connection_id: &str, slot: &str) -> String {
+    let digest = Sha256::digest(format!("health-check\n{tenant_id}\n{connection_id}\n{slot}").as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hex}", domain::ids::RUN)
+}
+
+/// The run id of the check requested when the connection is established.
+pub fn first_health_check_run_id(tenant_id: &str, connection_id: &str) -> String {
+    health_check_run_id(tenant_id, connection_id, "established")
+}
+
+/// The context of a command the process manager issues because of `event`.
+pub(crate) fn caused_by(event: &EventEnvelope, who: &str) -> CommandContext {
+    CommandContext {
+        tenant_id: event.tenant_id.clone(),
+        trace_id: event.trace_id.clone(),
+        correlation_id: event.correlation_id.clone(),
+        causation_id: Some(event.event_id.to_string()),
+        actor: Actor { subject: format!("worker:{who}"), client_id: None },
+    }
+}
+
+pub struct ProcessManager {
+    commands: Commands,
+}
+
+impl ProcessManager {
+    pub fn new(commands: Commands) -> Self {
+        Self { commands }
+    }
+
+    async fn credential_rotation_started(
+        &self,
+        event: &EventEnvelope,
+        credential_id: &str,
+        rotation: Rotation,
+    ) -> Result<(), CommandError> {
+        let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
+        let loaded = self.commands.load::<CredentialEvent>(&stream_id(&event.tenant_id, credential_id)).await?;
+        let CredentialState::Registered { connections, .. } = domain::credential::Credential::fold(&loaded.events)
+        else {
+            return Ok(());
+        };
+        let connection_id = connections.first().cloned().unwrap_or_default();
+        self.commands.request_verification_run(&ctx, credential_id, &connection_id, &rotation).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventHandler for ProcessManager {
+    type Error = CommandError;
+
+    async fn handle(&self, event: &EventEnvelope) -> Result<(), CommandError> {
+        if !matches!(event.event_type.as_str(), "ConnectionEstablished" | "CredentialRotationStarted") {
+            return Ok(());
+        }
+        let decoded = match AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                tracing::error!(event_id = %event.event_id, %error, "skipping an unreadable event");
+                return Ok(());
+            }
+        };
+        let outcome = match decoded {
+            AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(e)) => {
+                let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
+                let run_id = first_health_check_run_id(&event.tenant_id, &e.connection_id);
+                tracing::debug!(connection_id = %e.connection_id, %run_id, "scheduling the first health check");
+                self.commands.request_run(&ctx, &run_id, &e.connection_id, CHECK_HEALTH, json!({})).await.map(|_| ())
+            }
+            AnyEvent::Credential(CredentialEvent::CredentialRotationStarted(e)) => {
+                let rotation = Rotation {
+                    version: e.new_version,
+                    version_ref: e.new_version_ref.clone(),
+                    verification_run_id: e.verification_run_id.clone(),
+                };
+                self.credential_rotation_started(event, &e.credential_id, rotation).await
+            }
+            _ => Ok(()),
+        };
+        match outcome {
+            // A refusal is final (e.g. an invalid operation): retrying would not change it.
+            Err(CommandError::Rejected(error @ DomainError::Invalid { .. })) => {
+                tracing::warn!(event_id = %event.event_id, %error, "the process manager's command was refused");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_check_run_ids_are_deterministic_and_distinct() {
+        let a = health_check_run_id("t", "conn-1", "7");
+        assert_eq!(a, health_check_run_id("t", "conn-1", "7"));
+        assert!(domain::ids::has_prefix(&a, domain::ids::RUN) && a.len() == "run-".len() + 32);
+        for other in [
+            health_check_run_id("t", "conn-1", "8"),
+            health_check_run_id("t", "conn-2", "7"),
+            health_check_run_id("u", "conn-1", "7"),
+            first_health_check_run_id("t", "conn-1"),
+        ] {
+            assert_ne!(a, other);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Work that falls due with time, derived from the event history: the periodic health checks of
+//! every connection, and the retirement of a credential's previous version once its overlap
+//! after a promotion is over.
+//!
+//! The scheduler reads the store from the start at every process start (so nothing it owes is
+//! lost to a restart) and then follows new events. What it requests is deduplicated by ids and
+//! idempotent commands, so several workers running it at once request each check once:
+//!
+//! - Time is cut into slots of the check interval, shifted per connection by a stable offset
+//!   (its jitter, so connections are not all checked at the same moment). The check of slot N
+//!   is the run [`health_check_run_id`]`(tenant, connection, N)`.
+//! - Retiring a version that is no longer previous does nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use commands::{CommandError, Commands};
+use connectors::operations::CHECK_HEALTH;
+use domain::connection::ConnectionEvent;
+use domain::credential::CredentialEvent;
+use domain::{AnyEvent, EventEnvelope};
+use futures::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use store::{EventStore, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::process_manager::{caused_by, health_check_run_id};
+
+const SCHEDULER: &str = "scheduler";
+/// How often due work is looked for.
+const TICK: Duration = Duration::from_secs(1);
+
+/// When things fall due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleSettings {
+    /// Between two health checks of a connection; `None` checks only when it is established.
+    pub health_check_interval: Option<Duration>,
+    /// How long the previous version of a credential stays valid after a promotion.
+    pub credential_overlap: Duration,
+}
+
+/// A connection checked periodically, with the event that established it (the cause of the
+/// commands issued for it) and the last slot checked.
+struct Checked {
+    established: EventEnvelope,
+    last_slot: i64,
+}
+
+/// A previous version due for retirement.
+struct Retirement {
+    rotated: EventEnvelope,
+    credential_id: String,
+    version: u32,
+    due: DateTime<Utc>,
+}
+
+/// Runs the schedules until `shutdown`.
+pub async fn run_schedules(
+    store: Arc<dyn EventStore>,
+    commands: Commands,
+    settings: ScheduleSettings,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let mut events = Box::pin(store::subscribe(store, 0));
+    let mut checked: BTreeMap<(String, String), Checked> = BTreeMap::new();
+    let mut retirements: BTreeMap<(String, String), Retirement> = BTreeMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = events.next() => match next {
+                None => return Ok(()),
+                Some(event) => track(event?, &settings, &mut checked, &mut retirements),
+            },
+            _ = tick.tick() => {
+                let now = commands.now();
+                if let Some(interval) = settings.health_check_interval {
+                    check_due_connections(&commands, interval, now, &mut checked).await;
+                }
+                retire_due_versions(&commands, now, &mut retirements).await;
+            }
+        }
+    }
+}
+
+fn track(
+    event: EventEnvelope,
+    settings: &ScheduleSettings,
+    checked: &mut BTreeMap<(String, String), Checked>,
+    retirements: &mut BTreeMap<(String, String), Retirement>,
+) {
+    if !matches!(event.event_type.as_str(), "ConnectionEstablished" | "CredentialRotated" | "CredentialVersionRetired")
+    {
+        return;
+    }
+    let Ok(decoded) = AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()) else { return };
+    let tenant = event.tenant_id.clone();
+    match decoded {
+        AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(e)) => {
+            if let Some(interval) = settings.health_check_interval {
+                // Established within a slot: the check at establishment covers that slot.
+                let last_slot = slot(&tenant, &e.connection_id, interval, e.established_at);
+                checked.insert((tenant, e.connection_id), Checked { established: event, last_slot });
+            }
+        }
+        AnyEvent::Credential(CredentialEvent::CredentialRotated(e)) => {
+            let due = e.rotated_at + TimeDelta::from_std(settings.credential_overlap).unwrap_or(TimeDelta::MAX);
+            let retirement =
+                Retirement { rotated: event, credential_id: e.credential_id.clone(), version: e.previous_version, due };
+            retirements.insert((tenant, e.credential_id), retirement);
+        }
+        AnyEvent::Credential(CredentialEvent::CredentialVersionRetired(e)) => {
+            let key = (tenant, e.credential_id);
+            if retirements.get(&key).is_some_and(|r| r.version == e.version) {
+                retirements.remove(&key);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The slot `at` falls in for this connection: time since the epoch, shifted by the
+/// connection's offset, in whole intervals.
+fn slot(tenant: &str, connection_id: &str, interval: Duration, at: DateTime<Utc>) -> i64 {
+    let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX).max(1);
+    (at.timestamp_millis() - offset_ms(tenant, connection_id, interval_ms)).div_euclid(interval_ms)
+}
+
+/// A stable offset in `[0, interval)` from the connection's id: its jitter.
+fn offset_ms(tenant: &str, connection_id: &str, interval_ms: i64) -> i64 {
+    let digest = Sha256::digest(format!("{tenant}/{connection_id}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::try_from(u64::from_be_bytes(first) % interval_ms.unsigned_abs()).unwrap_or(0)
+}
+
+async fn check_due_connections(
+    commands: &Commands,
+    interval: Duration,
+    now: DateTime<Utc>,
+    checked: &mut BTreeMap<(String, String), Checked>,
+) {
+    for ((tenant, connection_id), connection) in checked.iter_mut() {
+        let current = slot(tenant, connection_id, interval, now);
+        if current <= connection.last_slot {
+            continue;
+        }
+        let ctx = caused_by(&connection.established, SCHEDULER);
+        let run_id = health_check_run_id(tenant, connection_id, &current.to_string());
+        match commands.request_run(&ctx, &run_id, connection_id, CHECK_HEALTH, json!({})).await {
+            Ok(_) => {
+                tracing::debug!(%connection_id, %run_id, "periodic health check requested");
+                connection.last_slot = current;
+            }
+            // Tried again at the next tick.
+            Err(error) => tracing::warn!(%connection_id, %error, "cannot request a health check"),
+        }
+    }
+}
+
+async fn retire_due_versions(
+    commands: &Commands,
+    now: DateTime<Utc>,
+    retirements: &mut BTreeMap<(String, String), Retirement>,
+) {
+    let due: Vec<(String, String)> =
+        retirements.iter().filter(|(_, r)| r.due <= now).map(|(key, _)| key.clone()).collect();
+    for key in due {
+        let Some(r) = retirements.get(&key) else { continue };
+        let ctx = caused_by(&r.rotated, SCHEDULER);
+        match commands.retire_previous_credential_version(&ctx, &r.credential_id, r.version).await {
+            Ok(_) => {
+                tracing::info!(credential_id = %r.credential_id, version = r.version, "previous version retired");
+                retirements.remove(&key);
+            }
+            Err(CommandError::Rejected(error)) => {
+                tracing::warn!(credential_id = %r.credential_id, %error, "the previous version cannot be retired");
+                retirements.remove(&key);
+            }
+            Err(error) => {
+                tracing::warn!(credential_id = %r.credential_id, %error, "cannot retire the previous version yet")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_advance_once_per_interval_with_a_per_connection_offset() {
+        let interval = Duration::from_secs(60);
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let s0 = slot("t", "conn-1", interval, t0);
+        assert_eq!(slot("t", "conn-1", interval, t0 + TimeDelta::seconds(60)), s0 + 1);
+        assert_eq!(slot("t", "conn-1", interval, t0 + TimeDelta::seconds(120)), s0 + 2);
+        let offsets: std::collections::HashSet<i64> =
+            (0..20).map(|i| offset_ms("t", &format!("conn-{i}"), 60_000)).collect();
+        assert!(offsets.len() > 10, "connections are spread over the interval");
+        assert!(offsets.iter().all(|o| (0..60_000).contains(o)));
+    }
+}
