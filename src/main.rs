@@ -1,10 +1,15 @@
 //! `integration-engine`: the CLI. Each subcommand wires the crates for one job.
 #![forbid(unsafe_code)]
 
+mod config;
 mod dev_auth;
+mod projections;
+mod replay;
 mod secrets;
 mod serve;
+mod telemetry;
 mod verify;
+mod webhooks;
 mod worker;
 
 use std::net::SocketAddr;
@@ -16,9 +21,10 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "integration-engine", version, about = "Event-sourced CQRS integration engine")]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, env = "IE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
-    log_format: String,
+    #[command(flatten)]
+    config: config::ConfigFileArgs,
+    #[command(flatten)]
+    telemetry: telemetry::TelemetryArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,11 +40,22 @@ enum Command {
     Secrets(secrets::SecretsCommand),
     /// Check every stream's hash chain; exit code 1 names the first break.
     Verify(verify::VerifyArgs),
+    /// Stream stored events as JSON lines (envelopes or CloudEvents), filtered, upcast by default.
+    Replay(replay::ReplayArgs),
     /// Run the Kafka consumers (commands, run executor) as a member of their consumer groups.
     Worker(worker::WorkerArgs),
     /// Integration runs: start one through the control plane.
     #[command(subcommand)]
     Runs(worker::RunsCommand),
+    /// Outbound webhooks: publish a platform event, redeliver dead-lettered deliveries.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
+    /// The configuration: the effective settings and where they came from, every key.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Read models: each projection's position and lag; rebuild them while the server serves.
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCommand),
 }
 
 /// Where the engine keeps its files.
@@ -68,8 +85,24 @@ struct TokenArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    let (cli, effective) = match config::parse::<Cli>() {
+        Ok(parsed) => parsed,
+        Err(config::ConfigError::Cli(error)) => error.exit(),
+        Err(config::ConfigError::Invalid(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let telemetry = match init_logging(&cli.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for name in effective.unknown_environment(std::env::vars_os()) {
+        tracing::warn!(variable = %name, "ignoring an IE_ environment variable that names no setting");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -83,10 +116,18 @@ fn main() -> ExitCode {
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
             Command::Secrets(command) => secrets::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => verify::run(args).await,
+            Command::Replay(args) => replay::run(args).await,
             Command::Worker(args) => worker::run_worker(args).await.map(|()| ExitCode::SUCCESS),
             Command::Runs(command) => worker::run_runs(command).await.map(|()| ExitCode::SUCCESS),
+            Command::Webhooks(command) => webhooks::run(command).await.map(|()| ExitCode::SUCCESS),
+            Command::Config(command) => config::run(command, &effective).map(|()| ExitCode::SUCCESS),
+            Command::Projections(command) => projections::run(command).await.map(|()| ExitCode::SUCCESS),
         }
     });
+    // Blocking work still running (a SQLite call) gets a bounded moment; then the last traces
+    // are exported, outside the runtime as the OTLP client requires.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    telemetry.shutdown();
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::FAILURE
@@ -109,15 +150,9 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Logs on stderr and, when configured, trace export (see `telemetry`).
+fn init_logging(args: &telemetry::TelemetryArgs) -> anyhow::Result<telemetry::Telemetry> {
+    telemetry::init(args)
 }
 
 /// The address a listener actually bound, for `--listen 127.0.0.1:0`.

@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// `worker` processes. With --kafka-brokers the relay still runs.
     #[arg(long, env = "IE_NO_WORKERS")]
     no_workers: bool,
+    /// On SIGTERM or Ctrl-C: how long requests in flight may take to finish before the server
+    /// stops anyway, in seconds.
+    #[arg(long, env = "IE_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
+    shutdown_timeout_seconds: u64,
 }
 
 impl ServeArgs {
@@ -108,6 +112,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await?;
 
+    let metrics = crate::telemetry::ServeExposition {
+        handle: crate::telemetry::install_prometheus()?,
+        store: store.clone(),
+        checkpoints: if roles.relay || (roles.consumers && kafka.is_none()) {
+            Some(workers::SqliteCheckpoints::open(dir.join(crate::worker::WORKERS_DB)).await?)
+        } else {
+            None
+        },
+        embedded_consumers: roles.consumers && kafka.is_none(),
+        relay: roles.relay,
+    };
     let state = AppState {
         commands: Commands::new(store.clone(), vault.clone(), Arc::new(SystemClock)),
         read_models,
@@ -128,6 +143,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
                 }
             }),
+            metrics: Some(api::metrics::Exposition(Arc::new(metrics))),
+            webhook_egress_allow: Arc::new(args.runs.webhooks.allow_list()?),
             ..ApiSettings::default()
         },
     };
@@ -156,9 +173,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let served = tokio::select! {
         served = &mut server => served.map_err(anyhow::Error::from).and_then(|s| s.map_err(anyhow::Error::from)),
         () = shutdown_signal() => {
-            // Drain the requests in flight before the workers stop.
+            // Drain the requests in flight before the workers stop, within the timeout.
             stopped.cancel();
-            server.await.map_err(anyhow::Error::from).and_then(|s| s.map_err(anyhow::Error::from))
+            let drain = Duration::from_secs(args.shutdown_timeout_seconds);
+            match tokio::time::timeout(drain, &mut server).await {
+                Ok(served) => served.map_err(anyhow::Error::from).and_then(|s| s.map_err(anyhow::Error::from)),
+                Err(_) => {
+                    tracing::warn!(timeout = ?drain, "requests still in flight at the shutdown timeout: stopping anyway");
+                    server.abort();
+                    Ok(())
+                }
+            }
         }
         ended = workers.any_ended() => {
             stopped.cancel();

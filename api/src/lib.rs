@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod bodies;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod respond;
@@ -53,6 +54,10 @@ pub struct ApiSettings {
     pub webhook_secret_grace: Duration,
     /// Inbound webhooks: the normalization rule table, loaded at start.
     pub normalization_rules: Arc<connectors::normalization::RuleTable>,
+    /// What `GET /metrics` renders; without it the endpoint answers 404.
+    pub metrics: Option<metrics::Exposition>,
+    /// Outbound webhooks: hosts and addresses endpoints may use although not public.
+    pub webhook_egress_allow: Arc<connectors::egress::EgressAllowList>,
 }
 
 impl Default for ApiSettings {
@@ -63,6 +68,8 @@ impl Default for ApiSettings {
             webhook_timestamp_tolerance: Duration::from_secs(300),
             webhook_secret_grace: Duration::from_secs(24 * 3600),
             normalization_rules: Arc::new(connectors::normalization::RuleTable::default_rules()),
+            metrics: None,
+            webhook_egress_allow: Arc::default(),
         }
     }
 }
@@ -89,16 +96,19 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::deliveries::router())
         .merge(routes::runs::router())
         .merge(routes::credentials::router())
+        .merge(routes::audit::router())
         .layer(middleware::from_fn(versioning::negotiate_version));
     Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics::metrics_endpoint))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(CatchPanicLayer::custom(|_| Problem::internal(&"a handler panicked").into_response()))
+        .layer(middleware::from_fn(metrics::record_http))
         .layer(middleware::from_fn(trace::with_trace_id))
         .with_state(state)
 }

@@ -25,6 +25,8 @@ use crate::{EventFeed, FeedError};
 
 /// The relay's consumer name (its checkpoint).
 pub const RELAY_CONSUMER: &str = "kafka-relay";
+/// The counter of events published and acknowledged, in the `metrics` facade.
+pub const RELAY_PUBLISHED: &str = "relay_events_published_total";
 /// Events published (and acknowledged) per checkpoint.
 const BATCH: usize = 500;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -74,6 +76,7 @@ pub async fn run_relay<F: EventFeed>(
             }
         }
         backoff = FIRST_BACKOFF;
+        metrics::counter!(RELAY_PUBLISHED).increment(batch.len() as u64);
         loop {
             match feed.commit(last).await {
                 Ok(()) => break,
