@@ -23,6 +23,26 @@ pub enum ProjectionError {
     /// `rebuild_into` refuses to write over an existing file: it could be the live database.
     #[error("rebuild target {0} already exists")]
     TargetExists(std::path::PathBuf),
+    /// `projections rebuild NAME` with a name that is no projection.
+    #[error("no projection is called {name:?}; the projections are {known}")]
+    UnknownProjection { name: String, known: String },
+    /// Another rebuild of the projection is under way (its heartbeat is recent).
+    #[error(
+        "a rebuild of {projection} is already under way (generation {generation}, at position {position}); \
+         wait for it, or stop it and retry after {stale_after_seconds} s"
+    )]
+    RebuildInProgress { projection: &'static str, generation: u64, position: u64, stale_after_seconds: u64 },
+    /// This rebuild's claim on the projection was taken over (it was silent for too long and
+    /// another rebuild started): it stops without switching.
+    #[error("the rebuild of {projection} (generation {generation}) was taken over by another rebuild")]
+    RebuildTakenOver { projection: &'static str, generation: u64 },
+    /// The rebuild was asked to stop before it switched; its tables were dropped and the live
+    /// read models are untouched.
+    #[error("the rebuild was stopped before it switched; the live read models are unchanged")]
+    RebuildStopped,
+    /// The live table's schema is not one a rebuild can copy.
+    #[error("cannot rebuild table {table}: {reason}")]
+    NotRebuildable { table: String, reason: String },
     /// A blocking database task panicked or was cancelled.
     #[error("read-model task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -41,6 +61,11 @@ impl ProjectionError {
             | Self::Undecodable { .. }
             | Self::Inconsistent { .. }
             | Self::TargetExists(_)
+            | Self::UnknownProjection { .. }
+            | Self::RebuildInProgress { .. }
+            | Self::RebuildTakenOver { .. }
+            | Self::RebuildStopped
+            | Self::NotRebuildable { .. }
             | Self::Task(_) => true,
         }
     }

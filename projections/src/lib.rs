@@ -5,6 +5,8 @@
 //! - [`projectors`]: one projector per read model, each a function of (row, event).
 //! - [`runner`]: [`Projections`], which follows the store and applies batches with their
 //!   checkpoints in one transaction (exactly once), and [`rebuild_into`].
+//! - [`rebuild`]: rebuilding read models beside the live ones while they serve, and switching
+//!   to them in one transaction; [`rebuild::status`], where each projection is.
 //! - [`integrity`]: [`verify_chains`], the hash-chain audit of the store.
 //! - [`error`]: the one error type, [`ProjectionError`], and which of its cases are permanent.
 #![forbid(unsafe_code)]
@@ -13,6 +15,7 @@ pub mod error;
 pub mod integrity;
 pub mod projectors;
 pub mod read_models;
+pub mod rebuild;
 pub mod runner;
 pub mod views;
 

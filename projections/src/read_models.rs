@@ -1,11 +1,15 @@
 //! The read-model database: one SQLite file of JSON documents, one table per projection, and
 //! the checkpoints that say how far each projection has read the store.
+//!
+//! The live table of a projection always has the projection's name. A rebuild (see
+//! [`crate::rebuild`]) writes a new generation beside it (`connections_g2`) and renames it into
+//! place; `generations` records which generation is live and `rebuilds` the rebuilds under way.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -53,14 +57,8 @@ impl ReadModels {
     /// Opens (creating if needed) the read-model database at `path`. Blocking: call it at start.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ProjectionError> {
         let path = path.as_ref().to_path_buf();
-        let writer = Connection::open(&path)?;
-        writer.busy_timeout(BUSY_TIMEOUT)?;
-        writer.pragma_update(None, "journal_mode", "WAL")?;
-        // NORMAL may lose the last transactions on power loss (never corrupts). That is fine
-        // here and only here: the read models and their checkpoints are committed together, so
-        // a lost tail is simply re-projected from the event store, which is the durable truth.
-        writer.pragma_update(None, "synchronous", "NORMAL")?;
-        create_schema(&writer)?;
+        let mut writer = open_writer(&path)?;
+        create_schema(&mut writer)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -163,7 +161,7 @@ impl ReadModels {
     }
 
     /// Runs `query` on a reader connection on the blocking pool.
-    async fn read<T, F>(&self, query: F) -> Result<T, ProjectionError>
+    pub(crate) async fn read<T, F>(&self, query: F) -> Result<T, ProjectionError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, ProjectionError> + Send + 'static,
@@ -186,6 +184,18 @@ impl ReadModels {
     }
 }
 
+/// A connection that writes the read models: the live runner's, or a rebuild's.
+pub(crate) fn open_writer(path: &Path) -> Result<Connection, ProjectionError> {
+    let writer = Connection::open(path)?;
+    writer.busy_timeout(BUSY_TIMEOUT)?;
+    writer.pragma_update(None, "journal_mode", "WAL")?;
+    // NORMAL may lose the last transactions on power loss (never corrupts). That is fine
+    // here and only here: the read models and their checkpoints are committed together, so
+    // a lost tail is simply re-projected from the event store, which is the durable truth.
+    writer.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(writer)
+}
+
 /// Readers are read-only so that nothing but the projector can change a read model.
 fn open_reader(path: &Path) -> Result<Connection, ProjectionError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
@@ -194,20 +204,41 @@ fn open_reader(path: &Path) -> Result<Connection, ProjectionError> {
     Ok(conn)
 }
 
-fn create_schema(conn: &Connection) -> Result<(), ProjectionError> {
-    let mut ddl = String::from(
-        "CREATE TABLE IF NOT EXISTS checkpoints (projection TEXT PRIMARY KEY, position INTEGER NOT NULL);\n",
-    );
+/// Creates what is missing. A document table is created with its indexes only when it does not
+/// exist: after a rebuild the live table carries its generation's index names
+/// (`connections_g2_by_id`), and the same index must not be created twice under two names.
+fn create_schema(conn: &mut Connection) -> Result<(), ProjectionError> {
+    // IMMEDIATE: two processes opening a new database do not both create a table.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS checkpoints (projection TEXT PRIMARY KEY, position INTEGER NOT NULL);\n\
+         CREATE TABLE IF NOT EXISTS generations (projection TEXT PRIMARY KEY, generation INTEGER NOT NULL);\n\
+         CREATE TABLE IF NOT EXISTS rebuilds (projection TEXT PRIMARY KEY, generation INTEGER NOT NULL, \
+         position INTEGER NOT NULL, started_at_ms INTEGER NOT NULL, heartbeat_at_ms INTEGER NOT NULL);\n",
+    )?;
     for table in TABLES {
-        // NOT NULL on the key: SQLite would otherwise accept NULLs in a non-integer primary key.
-        ddl.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {table} (tenant_id TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, \
-             PRIMARY KEY (tenant_id, id));\n\
-             CREATE INDEX IF NOT EXISTS {table}_by_id ON {table} (id);\n"
-        ));
+        if !table_exists(&tx, table)? {
+            tx.execute_batch(&document_table_ddl(table))?;
+        }
     }
-    conn.execute_batch(&ddl)?;
+    tx.commit()?;
     Ok(())
+}
+
+/// The DDL of a new document table and its indexes. A rebuild copies the live table's DDL
+/// (whatever it has become) rather than this, so an index added here reaches rebuilt tables.
+fn document_table_ddl(table: &str) -> String {
+    // NOT NULL on the key: SQLite would otherwise accept NULLs in a non-integer primary key.
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (tenant_id TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, \
+         PRIMARY KEY (tenant_id, id));\n\
+         CREATE INDEX IF NOT EXISTS {table}_by_id ON {table} (id);\n"
+    )
+}
+
+pub(crate) fn table_exists(conn: &Connection, table: &str) -> Result<bool, ProjectionError> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?1")?;
+    Ok(stmt.exists([table])?)
 }
 
 /// The document `id` of `tenant_id` in `table`, if there is one.
@@ -231,11 +262,17 @@ pub(crate) fn store_doc<T: Serialize>(
     doc: &T,
 ) -> Result<(), ProjectionError> {
     let doc = serde_json::to_string(doc)?;
-    let mut stmt = conn.prepare_cached(&format!(
-        "INSERT INTO {table} (tenant_id, id, doc) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (tenant_id, id) DO UPDATE SET doc = excluded.doc"
-    ))?;
-    stmt.execute(params![tenant_id, id, doc])?;
+    // Not an UPSERT: during a rebuild `table` is a view standing for the new generation (see
+    // `rebuild`), and SQLite refuses UPSERT on views. An UPDATE through a view reports no
+    // changed rows, so the INSERT checks for the row itself.
+    let mut update = conn.prepare_cached(&format!("UPDATE {table} SET doc = ?3 WHERE tenant_id = ?1 AND id = ?2"))?;
+    if update.execute(params![tenant_id, id, doc])? == 0 {
+        let mut insert = conn.prepare_cached(&format!(
+            "INSERT INTO {table} (tenant_id, id, doc) SELECT ?1, ?2, ?3 \
+             WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE tenant_id = ?1 AND id = ?2)"
+        ))?;
+        insert.execute(params![tenant_id, id, doc])?;
+    }
     Ok(())
 }
 

@@ -9,17 +9,17 @@ use std::time::Duration;
 
 use domain::{AnyEvent, DecodeError, EventEnvelope};
 use futures::StreamExt;
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use store::{EventStore, StoreError, subscribe};
 use tokio::sync::watch;
 
-use crate::projectors::{self, ALL};
+use crate::projectors::{self, ALL, Projection};
 use crate::read_models::{read_checkpoints, write_checkpoint};
 use crate::{ProjectionError, ReadModels};
 
 /// The most events applied in one transaction: large enough to catch up quickly, small enough
 /// that one transaction never holds the write lock for long.
-const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -173,8 +173,8 @@ impl Drop for ClearCaughtUpOnExit<'_> {
 }
 
 /// Builds a fresh read-model database at `path` from the whole store, up to the head it has
-/// when the rebuild starts (no live follow). `path` must not exist: rebuild beside the live
-/// database and swap the files while the server is stopped.
+/// when the rebuild starts (no live follow). `path` must not exist. To rebuild the live
+/// database while it serves, see [`crate::rebuild::rebuild`].
 pub async fn rebuild_into(store: Arc<dyn EventStore>, path: &Path) -> Result<ReadModels, ProjectionError> {
     // When existence cannot be told (no permission to look), refuse too: it may be live.
     if tokio::fs::try_exists(path).await.unwrap_or(true) {
@@ -215,27 +215,40 @@ fn apply_batch(conn: &mut Connection, events: &[EventEnvelope]) -> Result<u64, P
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let stored = read_checkpoints(&tx)?;
     let mut checkpoints: Vec<u64> = ALL.iter().map(|p| stored.get(p.name).copied().unwrap_or(0)).collect();
-    for event in events {
-        let position = event.global_position;
-        if checkpoints.iter().all(|&checkpoint| checkpoint >= position) {
-            continue;
-        }
-        if let Some(decoded) = decode(event)? {
-            for (projection, &checkpoint) in ALL.iter().zip(&checkpoints) {
-                if position > checkpoint {
-                    (projection.apply)(&tx, event, &decoded)?;
-                }
-            }
-        }
-        for checkpoint in &mut checkpoints {
-            *checkpoint = (*checkpoint).max(position);
-        }
-    }
+    apply_events(&tx, &ALL, &mut checkpoints, events)?;
     for (projection, &checkpoint) in ALL.iter().zip(&checkpoints) {
         write_checkpoint(&tx, projection.name, checkpoint)?;
     }
     tx.commit()?;
     Ok(checkpoints.into_iter().min().unwrap_or(0))
+}
+
+/// Applies `events` (in global order) to each of `projections` that has not seen them
+/// (`positions[i]` is how far `projections[i]` has read) and moves the positions past them.
+/// Writing the positions back, in the same transaction, is the caller's part.
+pub(crate) fn apply_events(
+    tx: &Transaction<'_>,
+    projections: &[Projection],
+    positions: &mut [u64],
+    events: &[EventEnvelope],
+) -> Result<(), ProjectionError> {
+    for event in events {
+        let position = event.global_position;
+        if positions.iter().all(|&seen| seen >= position) {
+            continue;
+        }
+        if let Some(decoded) = decode(event)? {
+            for (projection, &seen) in projections.iter().zip(positions.iter()) {
+                if position > seen {
+                    (projection.apply)(tx, event, &decoded)?;
+                }
+            }
+        }
+        for seen in positions.iter_mut() {
+            *seen = (*seen).max(position);
+        }
+    }
+    Ok(())
 }
 
 /// The decoded event, or `None` for a type this build does not know: a newer build may have
