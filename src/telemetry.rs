@@ -250,6 +250,10 @@ fn describe_metrics() {
     metrics::describe_counter!(workers::relay::RELAY_PUBLISHED, "Events the relay published and Kafka acknowledged");
     metrics::describe_counter!(workers::executor::RUN_ATTEMPTS, "Run attempts, by outcome (succeeded, failed)");
     metrics::describe_counter!(workers::executor::RUNS_FINISHED, "Runs finished, by outcome (succeeded, failed)");
+    metrics::describe_counter!(
+        workers::fanout::OUTBOUND_OUTCOMES,
+        "Outbound webhook attempts and cancellations recorded, by outcome (delivered, failed)"
+    );
     metrics::describe_counter!(ACCEPTED_COUNTER, "Inbound webhook deliveries accepted, by provider and outcome");
     metrics::describe_counter!(REJECTED_COUNTER, "Inbound webhook deliveries refused, by reason and provider");
     metrics::describe_counter!(
@@ -284,6 +288,31 @@ pub fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
         }
     });
     Ok(handle)
+}
+
+/// `worker --metrics-listen`: a listener answering `GET /metrics` alone, until `shutdown`.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use axum::http::header::CONTENT_TYPE;
+    let handle = install_prometheus()?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    println!("metrics on http://{bound}/metrics");
+    tracing::info!(%bound, "serving metrics");
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { ([(CONTENT_TYPE, api::metrics::EXPOSITION_CONTENT_TYPE)], handle.render()) }
+        }),
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+            tracing::warn!(%error, "the metrics listener failed");
+        }
+    }))
 }
 
 /// What `serve`'s `/metrics` renders: the recorder, after measuring the lags of the relay and

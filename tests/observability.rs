@@ -207,6 +207,57 @@ async fn the_relay_lag_grows_while_kafka_is_down_and_returns_to_zero_after() {
     assert!(sample(&text, "relay_events_published_total").unwrap() >= published + 5.0, "{text}");
 }
 
+#[tokio::test]
+async fn a_worker_process_serves_the_run_outcomes_it_counts_on_its_metrics_listener() {
+    let broker = bus_support::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = broker.brokers();
+    // Runs are left to the worker: every run that ends, ends there.
+    let app =
+        spawn_app_in(dir.path(), &["--kafka-brokers", &brokers, "--kafka-session-timeout-ms", "6000", "--no-workers"]);
+    let token = app.token(TENANT, ALL_SCOPES);
+    assert_eq!(app.post_json("/integrations/providers", &token, &provider()).await.status(), 201);
+    let connection = json!({
+        "projectId": "proj-1", "providerId": "prov-github", "displayName": "Acme GitHub",
+        "authMode": "OAuth2ClientCredentials", "credentialRef": "kv://factory/not-stored",
+        "configuration": { "organization": "acme" }
+    });
+    let established = app.post_json("/integrations/connections", &token, &connection).await;
+    assert_eq!(established.status(), 201);
+    let connection_id = established.json::<Value>().await.unwrap()["connectionId"].as_str().unwrap().to_owned();
+
+    let port = bus_support::free_port();
+    let metrics_listen = format!("127.0.0.1:{port}");
+    let _worker = bus_support::Worker::spawn(dir.path(), &brokers, &["--metrics-listen", &metrics_listen]);
+    let out = Command::new(BIN)
+        .args(["runs", "start", "--data-dir"])
+        .arg(dir.path())
+        .args(["--tenant", TENANT, "--connection", &connection_id, "--operation", "OpenPullRequest"])
+        .args(["--input", r#"{"repository":"acme/app","head":"feature","base":"main","title":"t"}"#])
+        .args(["--idempotency-key", "worker-metrics-run"])
+        .env_remove("IE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "runs start: {}", String::from_utf8_lossy(&out.stderr));
+    let run_id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = app.get(&format!("/integrations/runs/{run_id}"), &token).await;
+        if run.status() == 200 && run.json::<Value>().await.unwrap()["status"] == "Failed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker did not fail the run");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let scraped = app.client.get(format!("http://{metrics_listen}/metrics")).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.unwrap();
+    assert!(sample(&text, r#"runs_finished_total{outcome="failed"}"#).is_some_and(|n| n >= 1.0), "{text}");
+    assert!(sample(&text, "events_appended_total").is_some_and(|n| n >= 1.0), "{text}");
+    // The server ran no run: it has nothing to count.
+    assert!(!scrape(&app).await.contains("runs_finished_total"));
+}
+
 /// A collector: answers every OTLP/HTTP export with 200 and keeps the decoded requests.
 struct Collector {
     endpoint: String,
@@ -380,6 +431,24 @@ async fn json_logs_carry_the_trace_id_of_the_request_on_every_line() {
     }
 }
 
+/// Reads one HTTP/1.1 response with a Content-Length body off a kept-alive connection.
+fn read_one_response(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut byte = [0u8; 1];
+    while !received.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("a response head");
+        received.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&received).into_owned();
+    let length = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("the response body");
+    head + &String::from_utf8_lossy(&body)
+}
+
 #[tokio::test]
 async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
@@ -412,9 +481,13 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
     let body = serde_json::to_vec(&provider()).unwrap();
     let (first, rest) = body.split_at(body.len() / 2);
 
-    // The request is in flight: its head and half its body are sent, the rest comes later.
+    // A first request on the connection shows the server has taken it (not merely the kernel).
     let mut stream = TcpStream::connect(&addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+    let first_answer = read_one_response(&mut stream);
+    assert!(first_answer.starts_with("HTTP/1.1 200"), "{first_answer}");
+    // The request in flight: its head and half its body are sent, the rest comes later.
     let head = format!(
         "POST /integrations/providers HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",

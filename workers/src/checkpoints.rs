@@ -61,6 +61,16 @@ impl SqliteCheckpoints {
         .await
     }
 
+    /// Every consumer that has committed, with its checkpoint (for the lag gauges of `/metrics`).
+    pub async fn all(&self) -> Result<Vec<(String, u64)>, FeedError> {
+        self.with_connection(|conn| {
+            conn.prepare_cached("SELECT consumer, position FROM consumer_checkpoints ORDER BY consumer")?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
     /// Durably moves `consumer`'s checkpoint to `position`, unless it is already there or past
     /// it: a checkpoint never moves backwards, so a late or repeated save cannot make a
     /// consumer redo what it has done, whichever of two writers commits last.

@@ -650,7 +650,11 @@ impl AttemptTask {
 
     async fn record(&self, command: &RunCommand, success: bool, slow_down: Option<Option<Duration>>) -> Outcome {
         match self.shared.commands.execute::<Run>(&self.ctx(), &self.stream(), command).await {
-            Ok(executed) => Outcome::Recorded { position: executed.last_position, success, slow_down },
+            Ok(executed) => {
+                let outcome = if success { "delivered" } else { "failed" };
+                metrics::counter!(super::OUTBOUND_OUTCOMES, "outcome" => outcome).increment(1);
+                Outcome::Recorded { position: executed.last_position, success, slow_down }
+            }
             Err(error) => {
                 tracing::warn!(run_id = %self.run_id, %error, "webhook run: recording the outcome failed");
                 Outcome::Recheck

@@ -35,6 +35,8 @@ use uuid::Uuid;
 
 /// The fan-out's consumer name (its checkpoint, its Kafka group `{prefix}.webhook-fanout`).
 pub const FANOUT_CONSUMER: &str = "webhook-fanout";
+/// Outbound webhook outcomes recorded, by `outcome` (`delivered`, `failed`), in the `metrics` facade.
+pub const OUTBOUND_OUTCOMES: &str = "outbound_webhook_outcomes_total";
 
 /// The wait after each failed attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (so 8
 /// attempts, the first at once).
