@@ -115,7 +115,10 @@ async fn a_verified_rotation_is_promoted_then_its_previous_version_retired_after
     .await;
     assert_eq!((rotated["version"].clone(), rotated["previousVersion"].clone()), (json!(2), json!(1)));
     let started_event = events_of_type(dir.path(), "CredentialRotationStarted").pop().unwrap();
-    assert_eq!((started_event["reason"].as_str(), started_event["source"].as_str()), (Some("ScheduledRotation"), Some("OperatorStaged")));
+    assert_eq!(
+        (started_event["reason"].as_str(), started_event["source"].as_str()),
+        (Some("ScheduledRotation"), Some("OperatorStaged"))
+    );
     let shown = secrets(dir.path(), &["show", SECRET], None);
     assert!(shown.contains("current=2\tpending=-\tprevious=1"), "{shown}");
 
@@ -215,4 +218,74 @@ fn start_run(dir: &Path, connection: &str, operation: &str, key: &str) -> String
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn the_vault_cli_shows_metadata_only_and_rekey_rotates_the_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    secrets(dir.path(), &["put", SECRET], Some(V1));
+    secrets(dir.path(), &["put", SECRET, "--stage", "pending"], Some(V2));
+    let key_before = std::fs::read_to_string(dir.path().join("master.key")).unwrap();
+
+    for listing in [secrets(dir.path(), &["list"], None), secrets(dir.path(), &["show", SECRET], None)] {
+        assert!(!listing.contains(V1) && !listing.contains(V2), "values only with --reveal: {listing}");
+        assert!(listing.contains("current=1\tpending=2"), "{listing}");
+    }
+    let shown = secrets(dir.path(), &["show", SECRET], None);
+    let key_id = |text: &str, version: u32| -> String {
+        let line = text.lines().find(|l| l.trim_start().starts_with(&format!("version {version}\t"))).unwrap();
+        line.split('\t').find_map(|f| f.strip_prefix("key=")).unwrap().to_owned()
+    };
+    let old_id = key_id(&shown, 1);
+    assert!(shown.contains("labels=current") && shown.contains("labels=pending"), "{shown}");
+    assert!(secrets(dir.path(), &["show", &format!("{SECRET}?version=2"), "--reveal"], None).contains(V2));
+
+    let rekeyed = secrets(dir.path(), &["rekey"], None);
+    assert!(rekeyed.contains("re-encrypted 2 versions"), "{rekeyed}");
+    assert_ne!(std::fs::read_to_string(dir.path().join("master.key")).unwrap(), key_before);
+    assert!(!dir.path().join("master.key.next").exists());
+    let shown = secrets(dir.path(), &["show", SECRET], None);
+    assert_ne!(key_id(&shown, 1), old_id);
+    assert_eq!(key_id(&shown, 1), key_id(&shown, 2));
+    assert!(secrets(dir.path(), &["show", SECRET, "--reveal"], None).contains(V1), "values survive the rekey");
+    assert!(secrets(dir.path(), &["show", &format!("{SECRET}?version=2"), "--reveal"], None).contains(V2));
+}
+
+#[tokio::test]
+async fn an_engine_owned_signing_secret_is_generated_checked_and_promoted() {
+    let stub = GitHubUserStub::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), &["--health-check-interval-seconds", "0"]);
+    let signing = "kv://factory-integration/partner-signing";
+    let first = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    secrets(dir.path(), &["put", signing], Some(first));
+    let token = app.token(TENANT, ALL_SCOPES);
+    let provider = json!({"tenantId": TENANT, "key": "partner-hooks", "displayName": "Partner", "category": "Webhooks",
+        "authModel": "HmacSignature", "apiClient": "Acme.Partner.Hooks", "baseUrl": stub.url});
+    assert_eq!(app.post_json("/integrations/providers", &token, &provider).await.status(), 201);
+    let connection = json!({"tenantId": TENANT, "projectId": "proj-1", "providerId": "prov-partner-hooks",
+        "displayName": "Partner hooks", "authMode": "HmacSignature", "credentialRef": signing, "configuration": {}});
+    assert_eq!(app.post_json("/integrations/connections", &token, &connection).await.status(), 201);
+
+    let body = json!({"tenantId": TENANT, "credentialId": "cred-partner-signing", "reason": "ScheduledRotation"});
+    let r = app.post_json("/integrations/credentials/rotate", &token, &body).await;
+    assert_eq!(r.status(), 202);
+    let started: Value = r.json().await.unwrap();
+    assert_eq!(started["newVersionRef"], format!("{signing}?version=2"));
+    let run = run_status(&app, &token, started["verificationRunId"].as_str().unwrap(), &["Completed", "Failed"]).await;
+    assert_eq!(run["status"], "Completed", "{run}");
+    eventually("CredentialRotated", Duration::from_secs(10), || async {
+        events_of_type(dir.path(), "CredentialRotated").pop()
+    })
+    .await;
+    assert_eq!(events_of_type(dir.path(), "CredentialRotationStarted").pop().unwrap()["source"], "Generated");
+    let revealed = secrets(dir.path(), &["show", signing, "--reveal"], None);
+    assert!(revealed.contains("current=2\tpending=-\tprevious=1"), "{revealed}");
+    let generated = revealed.lines().last().unwrap().rsplit(' ').next().unwrap().to_owned();
+    assert!(generated.starts_with("whsec_") && generated != first, "{generated}");
+    let events = std::fs::read(dir.path().join("events.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("events.db-wal")).unwrap_or_default();
+    for bytes in [events, wal] {
+        assert!(!bytes.windows(generated.len()).any(|w| w == generated.as_bytes()), "the events hold the generated value");
+    }
 }

@@ -54,6 +54,9 @@ pub struct RotationStartedOutcome {
 pub struct VerificationInput {
     pub credential_id: String,
     pub version_ref: SecretRef,
+    /// Where the version came from: a generated secret is checked locally (its receiver learns
+    /// it from us), any other one against the provider.
+    pub source: RotationSource,
 }
 
 impl VerificationInput {
@@ -65,7 +68,11 @@ impl VerificationInput {
         if version_ref.version.is_none() {
             return Err("input.versionRef must name a version".into());
         }
-        Ok(Self { credential_id: credential_id.into(), version_ref })
+        let source = match input.get("source") {
+            None => RotationSource::OperatorStaged,
+            Some(source) => serde_json::from_value(source.clone()).map_err(|e| format!("input.source: {e}"))?,
+        };
+        Ok(Self { credential_id: credential_id.into(), version_ref, source })
     }
 }
 
@@ -132,7 +139,7 @@ impl Commands {
             credential_id: credential_id.into(),
             new_version_ref: rotation.version_ref,
             verification_run_id: rotation.verification_run_id,
-            source,
+            source: rotation.source,
             last_position: run.or(executed.last_position),
         })
     }
@@ -146,8 +153,12 @@ impl Commands {
         connection_id: &str,
         rotation: &Rotation,
     ) -> Result<Option<u64>, CommandError> {
-        let input =
-            json!({ "credentialId": credential_id, "version": rotation.version, "versionRef": rotation.version_ref });
+        let input = json!({
+            "credentialId": credential_id,
+            "version": rotation.version,
+            "versionRef": rotation.version_ref,
+            "source": rotation.source,
+        });
         let run = self
             .request_run(ctx, &rotation.verification_run_id, connection_id, VERIFY_CREDENTIAL_OPERATION, input)
             .await?;

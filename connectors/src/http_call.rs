@@ -83,12 +83,14 @@ pub fn signature(credential: &[u8], timestamp: u64, method: &str, path: &str, bo
     format!("v1={}", hex::encode(context.sign().as_ref()))
 }
 
-/// Sends the request; the output is `{status, body}` (JSON when the answer is JSON).
+/// Sends the request; the output is `{status, body}` (JSON when the answer is JSON). With a
+/// `bearer` token (OAuth2 client credentials) it is sent as `Authorization: Bearer` too.
 pub async fn call(
     http: &reqwest::Client,
     base_url: &reqwest::Url,
     input: &HttpRequestInput,
     credential: &Credential,
+    bearer: Option<&str>,
 ) -> Result<Value, CallError> {
     let base = base_url.as_str().trim_end_matches('/');
     let url = reqwest::Url::parse(&format!("{base}{}", input.path))
@@ -110,6 +112,9 @@ pub async fn call(
         .header(SIGNATURE_HEADER, signed);
     for (name, value) in &input.headers {
         request = request.header(name, value);
+    }
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
     }
     if input.body.is_some() {
         request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);

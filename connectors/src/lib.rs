@@ -37,6 +37,8 @@ pub mod egress;
 pub mod github_api;
 /// The generic signed HTTP call (`http.request`).
 pub mod http_call;
+/// OAuth2 client credentials: cached, single-flight access tokens from the provider's token endpoint.
+pub mod oauth2_client_credentials;
 /// Run operations resolved to the provider's API client, with their retry policies.
 pub mod operations;
 /// Outbound webhook deliveries: Standard Webhooks signatures, CloudEvents headers, answers.

@@ -8,6 +8,7 @@
 //! | `OpenPullRequest` | GitHub | [`crate::github_api`]: `POST /repos/{owner}/{repo}/pulls` |
 //! | `CheckHealth` | GitHub | [`crate::github_api`]: `GET /user` (the authenticated user) |
 //! | `CheckHealth` | others | a signed `GET` of the connection's `configuration.healthCheckPath` (default `/health`) below `baseUrl` |
+//! | `CheckSigningSecret` | any | local: the credential is a `whsec_` secret of at least 24 bytes (a generated version's check) |
 //!
 //! `CheckHealth` is what connection health checks run, and what a credential rotation's
 //! `VerifyCredential` run performs with the pending version.
@@ -28,6 +29,11 @@ pub const HTTP_REQUEST: &str = "http.request";
 pub const OPEN_PULL_REQUEST: &str = "OpenPullRequest";
 /// The operation name of the provider's health operation.
 pub const CHECK_HEALTH: &str = "CheckHealth";
+/// The check of a signing secret the engine generated (`whsec_` and base64 of at least 24
+/// bytes): local, since the receiver learns the secret from us and cannot vouch for it first.
+pub const CHECK_SIGNING_SECRET: &str = "CheckSigningSecret";
+/// The shortest key a generated signing secret may hold, in bytes.
+const MIN_SIGNING_KEY_BYTES: usize = 24;
 /// The configuration key naming the health endpoint of a provider without a known API client.
 pub const HEALTH_CHECK_PATH: &str = "healthCheckPath";
 /// The health endpoint of a provider without a known API client, when the connection names none.
@@ -118,6 +124,7 @@ pub enum ResolvedOperation {
     HttpRequest(http_call::HttpRequestInput),
     OpenPullRequest(github_api::OpenPullRequest),
     CheckHealth(HealthCheck),
+    CheckSigningSecret,
 }
 
 /// How a provider's health (and a credential's validity) is checked.
@@ -139,6 +146,13 @@ impl ResolvedOperation {
                 attempt_timeout: Duration::from_secs(30),
                 first_backoff: Duration::from_secs(2),
                 max_backoff: Duration::from_secs(60),
+            },
+            // Local and deterministic: a second attempt would answer the same.
+            Self::CheckSigningSecret => RetryPolicy {
+                max_attempts: 1,
+                attempt_timeout: Duration::from_secs(5),
+                first_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(1),
             },
             // A check answers now or says the provider is not healthy; one retry rides out a blip.
             Self::CheckHealth(_) => RetryPolicy {
@@ -166,6 +180,7 @@ pub fn resolve(operation: &str, target: &ProviderTarget, input: &Value) -> Resul
             .map(ResolvedOperation::OpenPullRequest)
             .map_err(invalid),
         CHECK_HEALTH => health_check(target).map_err(invalid),
+        CHECK_SIGNING_SECRET => Ok(ResolvedOperation::CheckSigningSecret),
         _ => Err(ResolveError::Unsupported {
             operation: operation.into(),
             provider: target.provider_key.clone(),
@@ -239,6 +254,9 @@ impl ApiClients {
         target: &ProviderTarget,
         credential: &Credential,
     ) -> Result<Value, CallError> {
+        if let ResolvedOperation::CheckSigningSecret = operation {
+            return check_signing_secret(credential);
+        }
         let base = reqwest::Url::parse(&target.base_url)
             .map_err(|e| CallError::Permanent(format!("provider baseUrl {}: {e}", target.base_url)))?;
         crate::egress::check_url(self.policy, &base).map_err(CallError::Permanent)?;
@@ -265,8 +283,21 @@ impl ApiClients {
             ResolvedOperation::CheckHealth(HealthCheck::SignedGet(input)) => {
                 http_call::call(&self.http, &base, input, credential, bearer).await
             }
+            ResolvedOperation::CheckSigningSecret => check_signing_secret(credential),
         }
     }
+}
+
+/// Checks a generated signing secret's form; the output names the form, never the secret.
+fn check_signing_secret(credential: &Credential) -> Result<Value, CallError> {
+    use base64::Engine as _;
+    let invalid = || CallError::Permanent("the version is not a whsec_ signing secret of at least 24 bytes".into());
+    let key = credential.expose().strip_prefix(b"whsec_").ok_or_else(invalid)?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(key).map_err(|_| invalid())?;
+    if bytes.len() < MIN_SIGNING_KEY_BYTES {
+        return Err(invalid());
+    }
+    Ok(serde_json::json!({"form": "whsec", "keyBytes": bytes.len()}))
 }
 
 /// Classifies a transport error: nothing reached the provider, or its answer never came.
@@ -344,6 +375,18 @@ mod tests {
         ));
         other.configuration.insert(HEALTH_CHECK_PATH.into(), json!("https://elsewhere.example/"));
         assert!(resolve(CHECK_HEALTH, &other, &json!({})).is_err(), "the check stays below baseUrl");
+    }
+
+    #[test]
+    fn a_generated_signing_secret_is_checked_by_its_form() {
+        use base64::Engine as _;
+        let good = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+        assert_eq!(check_signing_secret(&Credential::new(good.into_bytes())).unwrap()["keyBytes"], 32);
+        let short = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([7u8; 8]));
+        for bad in [short.as_str(), "whsec_not base64!", "ghp_token"] {
+            let error = check_signing_secret(&Credential::new(bad.as_bytes().to_vec())).unwrap_err();
+            assert!(!error.is_retryable() && !error.to_string().contains(bad), "{error}");
+        }
     }
 
     #[test]

@@ -180,6 +180,7 @@ pub struct Rotation {
     pub version: u32,
     pub version_ref: String,
     pub verification_run_id: String,
+    pub source: RotationSource,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -377,6 +378,7 @@ impl Decider for Credential {
                             version: s.new_version,
                             version_ref: s.new_version_ref.clone(),
                             verification_run_id: s.verification_run_id.clone(),
+                            source: s.source,
                         };
                         started.push(rotation.clone());
                         pending = Some(rotation);

@@ -447,3 +447,59 @@ fn assert_wrong_expected_version(
         other => panic!("expected WrongExpectedVersion {{ {expected:?}, actual: {actual} }}, got {other:?}"),
     }
 }
+
+/// The contract every [`crate::SecretStore`] adapter must pass: immutable numbered versions,
+/// check-and-set writes, and the staging labels of a rotation. Secret names are fresh, so it can
+/// run on a vault that holds other secrets.
+pub async fn run_vault_contract(vault: Arc<dyn crate::SecretStore>) {
+    vault_versions_are_numbered_immutable_and_check_and_set(vault.clone()).await;
+    vault_labels_move_through_a_rotation(vault).await;
+}
+
+fn unique_secret(kind: &str) -> domain::secret_ref::SecretRef {
+    domain::secret_ref::SecretRef::parse(&format!("kv://contract/{kind}-{}", Uuid::new_v4().simple()))
+        .expect("a valid ref")
+}
+
+/// Puts add versions from 1; old versions stay readable pinned; a stale expected version
+/// conflicts and stores nothing.
+pub async fn vault_versions_are_numbered_immutable_and_check_and_set(vault: Arc<dyn crate::SecretStore>) {
+    use crate::VaultError;
+    let s = unique_secret("versions");
+    assert!(vault.metadata(&s).await.expect("metadata").is_none());
+    assert_eq!(vault.put(&s, b"one", Some(0)).await.expect("first put"), 1);
+    assert_eq!(vault.put(&s, b"two", Some(1)).await.expect("second put"), 2);
+    assert!(matches!(
+        vault.put(&s, b"stale", Some(1)).await,
+        Err(VaultError::VersionConflict { expected: 1, actual: 2, .. })
+    ));
+    assert_eq!(vault.get(&s).await.expect("current").value, b"two");
+    assert_eq!(vault.get(&s.with_version(1)).await.expect("pinned").value, b"one");
+    assert!(matches!(vault.get(&s.with_version(9)).await, Err(VaultError::NotFound(_))));
+    let m = vault.metadata(&s).await.expect("metadata").expect("exists");
+    assert_eq!((m.current_version, m.versions, m.previous_version, m.pending_version), (2, 2, Some(1), None));
+}
+
+/// A staged version is pending until promoted (current → previous), then previous is retired; a
+/// failed one is discarded. Promotion is idempotent and checks the current version.
+pub async fn vault_labels_move_through_a_rotation(vault: Arc<dyn crate::SecretStore>) {
+    use crate::VaultError;
+    let s = unique_secret("labels");
+    vault.put(&s, b"one", None).await.expect("put");
+    assert_eq!(vault.stage_pending(&s, b"two", Some(0)).await.expect("stage"), 2);
+    assert!(matches!(vault.stage_pending(&s, b"x", Some(0)).await, Err(VaultError::VersionConflict { .. })));
+    assert_eq!(vault.get(&s).await.expect("current").value, b"one", "pending is not current");
+    assert!(vault.previous(&s).await.expect("previous").is_none());
+    assert!(matches!(vault.promote(&s, 2, Some(5)).await, Err(VaultError::VersionConflict { .. })));
+    vault.promote(&s, 2, Some(1)).await.expect("promote");
+    vault.promote(&s, 2, Some(1)).await.expect("promoting again is a no-op");
+    assert_eq!(vault.get(&s).await.expect("current").value, b"two", "promoted is read at once");
+    let previous = vault.previous(&s).await.expect("previous").expect("labelled");
+    assert_eq!((previous.value.version, previous.value.value.as_slice()), (1, &b"one"[..]));
+    assert!(vault.retire_previous(&s, 1).await.expect("retire"));
+    assert!(vault.previous(&s).await.expect("previous").is_none());
+    vault.stage_pending(&s, b"three", None).await.expect("stage");
+    assert!(vault.discard_pending(&s, 3).await.expect("discard"));
+    let m = vault.metadata(&s).await.expect("metadata").expect("exists");
+    assert_eq!((m.current_version, m.pending_version, m.previous_version, m.versions), (2, None, None, 3));
+}

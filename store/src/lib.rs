@@ -9,7 +9,8 @@
 //! - [`cached_vault`]: a read-through cache in front of any `SecretStore`.
 //! - [`vault`]: the `SecretStore` port (`kv://` refs), and [`sqlite_vault`], its adapter
 //!   encrypting every version under the master key in a SQLite file of its own.
-//! - `contract` (feature `contract-tests`): the suite every `EventStore` adapter must pass.
+//! - `contract` (feature `contract-tests`): the suites every `EventStore` and every `SecretStore`
+//!   adapter must pass.
 #![forbid(unsafe_code)]
 
 pub mod cached_vault;

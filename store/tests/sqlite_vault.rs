@@ -285,3 +285,40 @@ async fn rekey_moves_every_version_to_the_new_key_and_keeps_values_and_labels() 
     let update = db.execute("UPDATE secret_versions SET ciphertext = x'00' WHERE name = 'rekeyed'", []);
     assert!(update.unwrap_err().to_string().contains("immutable"));
 }
+
+#[tokio::test]
+async fn a_vault_from_before_staging_labels_gets_current_and_previous_from_its_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    let (a, b) = (secret("kv://v/three"), secret("kv://v/one"));
+    {
+        let vault = open(&path, KEY);
+        for value in ["1", "2", "3"] {
+            vault.put(&a, value.as_bytes(), None).await.unwrap();
+        }
+        vault.put(&b, b"only", None).await.unwrap();
+    }
+    // Back to the schema before labels: the highest version was current, the one before previous.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "DROP TABLE secret_labels; UPDATE store_schema_versions SET version = 2 WHERE component = 'vault'",
+    )
+    .unwrap();
+    drop(db);
+    let vault = open(&path, KEY);
+    let m = vault.metadata(&a).await.unwrap().unwrap();
+    assert_eq!((m.current_version, m.previous_version, m.pending_version), (3, Some(2), None));
+    assert_eq!(vault.get(&a).await.unwrap().value, b"3");
+    assert_eq!(vault.previous(&a).await.unwrap().unwrap().value.value, b"2");
+    let m = vault.metadata(&b).await.unwrap().unwrap();
+    assert_eq!((m.current_version, m.previous_version), (1, None));
+}
+
+#[tokio::test]
+async fn the_vault_contract_holds_for_the_sqlite_vault_and_its_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault: std::sync::Arc<dyn SecretStore> = std::sync::Arc::new(open(&dir.path().join("vault.db"), KEY));
+    store::contract::run_vault_contract(vault.clone()).await;
+    let cached = store::cached_vault::CachedSecretStore::new(vault, std::time::Duration::from_secs(60));
+    store::contract::run_vault_contract(std::sync::Arc::new(cached)).await;
+}

@@ -28,9 +28,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use commands::credentials::{VERIFY_CREDENTIAL_OPERATION, VerificationInput};
 use commands::{CommandContext, CommandError, Commands};
 use connectors::operations::{
-    ApiClients, CHECK_HEALTH, CallError, Credential, ProviderTarget, ResolvedOperation, RetryPolicy, resolve,
+    ApiClients, CHECK_HEALTH, CHECK_SIGNING_SECRET, CallError, Credential, ProviderTarget, ResolvedOperation,
+    RetryPolicy, resolve,
 };
 use domain::connection::ConnectionEvent;
+use domain::credential::RotationSource;
 use domain::ids::stream_id;
 use domain::provider::ProviderEvent;
 use domain::run::{FailAttempt, Run, RunCommand, RunEvent, RunRequested, RunState, StartAttempt};
@@ -137,10 +139,13 @@ impl RunExecutor {
         // A verification run checks the provider's health with the version it names.
         let operation_name = if requested.operation == VERIFY_CREDENTIAL_OPERATION {
             match verified_version(&requested.input, target.credential_ref.as_ref()) {
-                Ok(version_ref) => target.credential_ref = Some(version_ref),
+                Ok(input) => {
+                    target.credential_ref = Some(input.version_ref);
+                    // A secret we generated has no receiver that knows it yet: checked locally.
+                    if input.source == RotationSource::Generated { CHECK_SIGNING_SECRET } else { CHECK_HEALTH }
+                }
                 Err(reason) => return self.fail_run(&ctx, &stream, requested, reason).await,
             }
-            CHECK_HEALTH
         } else {
             requested.operation.as_str()
         };
@@ -395,10 +400,13 @@ impl RunExecutor {
 
 /// The pinned version a verification run checks: it must be a version of the connection's own
 /// credential (so the tenant check of the connection's secret covers it).
-fn verified_version(input: &serde_json::Value, connection_secret: Option<&SecretRef>) -> Result<SecretRef, String> {
+fn verified_version(
+    input: &serde_json::Value,
+    connection_secret: Option<&SecretRef>,
+) -> Result<VerificationInput, String> {
     let input = VerificationInput::parse(input)?;
     match connection_secret {
-        Some(secret) if secret.unversioned() == input.version_ref.unversioned() => Ok(input.version_ref),
+        Some(secret) if secret.unversioned() == input.version_ref.unversioned() => Ok(input),
         _ => Err(format!("{} is not a version of the connection's credential", input.version_ref)),
     }
 }

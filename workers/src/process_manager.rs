@@ -103,6 +103,7 @@ impl EventHandler for ProcessManager {
                     version: e.new_version,
                     version_ref: e.new_version_ref.clone(),
                     verification_run_id: e.verification_run_id.clone(),
+                    source: e.source,
                 };
                 self.credential_rotation_started(event, &e.credential_id, rotation).await
             }

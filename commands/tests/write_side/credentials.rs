@@ -80,7 +80,12 @@ async fn rotating_a_credential_requests_its_verification_run_against_the_first_l
     assert_eq!(requested.connection_id, "conn-1");
     assert_eq!(
         requested.input,
-        json!({ "credentialId": GITHUB_CREDENTIAL, "version": 3, "versionRef": format!("{GITHUB_SECRET}?version=3") })
+        json!({
+            "credentialId": GITHUB_CREDENTIAL,
+            "version": 3,
+            "versionRef": format!("{GITHUB_SECRET}?version=3"),
+            "source": "OperatorStaged"
+        })
     );
     assert_eq!((requested.trace_id.as_str(), requested.requested_at), (ctx.trace_id.as_str(), t0()));
 }
