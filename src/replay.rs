@@ -139,6 +139,11 @@ pub struct ReplaySummary {
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let options = args.options()?;
+    for unknown in options.filter.event_types.iter().filter(|t| !domain::any_event::all_event_types().any(|k| k == *t))
+    {
+        // Not an error: a newer build may have written it. Most likely a typo, though.
+        eprintln!("warning: --type {unknown} is not an event type this build knows");
+    }
     let path = args.data_dir.join(EVENTS_DB);
     let store = open_existing(&path).await?;
     let show_progress = io::stderr().is_terminal();
@@ -248,7 +253,13 @@ fn write_line(
     }
     match format {
         Format::Envelope => serde_json::to_writer(&mut *out, &event)?,
-        Format::Cloudevents => serde_json::to_writer(&mut *out, &CloudEvent::from_envelope(&event))?,
+        Format::Cloudevents => {
+            // Move the data across rather than have `from_envelope` copy it.
+            let data = std::mem::take(&mut event.data);
+            let mut cloud_event = CloudEvent::from_envelope(&event);
+            cloud_event.data = data;
+            serde_json::to_writer(&mut *out, &cloud_event)?
+        }
     }
     out.write_all(b"\n")
 }

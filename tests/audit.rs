@@ -120,6 +120,9 @@ async fn a_stream_is_read_by_its_resource_id_or_full_id_and_other_tenants_stream
     assert_eq!(events[0]["schemaVersion"], 2);
     let (status, _, by_full_id) = get_json(&app, "/audit/streams/connectsoft%2Fprov-github/events", &token).await;
     assert_eq!((status, &by_full_id["events"]), (200, &page["events"]));
+    // Past the stream's end: still the stream, an empty page.
+    let (status, _, past) = get_json(&app, "/audit/streams/prov-github/events?from=100000", &token).await;
+    assert_eq!((status, past["events"].as_array().map(Vec::len)), (200, Some(0)));
     let (_, _, as_stored) = get_json(&app, "/audit/streams/prov-github/events?asStored=true", &token).await;
     assert_eq!(as_stored["events"][0]["schemaVersion"], 1);
 

@@ -185,6 +185,12 @@ async fn replay_filters_by_stream_tenant_type_position_and_time() {
     let bad_time = run(&["replay", "--since", "yesterday"], dir.path());
     assert!(!bad_time.status.success());
     assert!(String::from_utf8_lossy(&bad_time.stderr).contains("RFC 3339"));
+    let typo = run(&["replay", "--type", "ProviderRegisterd"], dir.path());
+    assert!(typo.status.success() && typo.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&typo.stderr)
+            .contains("--type ProviderRegisterd is not an event type this build knows")
+    );
     let foreign = run(&["replay", "--stream", "globex/prov-github", "--tenant", "connectsoft"], dir.path());
     assert!(!foreign.status.success());
     let missing = run(&["replay"], &dir.path().join("no-such-dir"));
@@ -270,6 +276,24 @@ async fn replay_into_a_closed_pipe_stops_quietly_and_prints_no_progress_bar_into
     // The reader is gone (`replay | head -1`): the replay ends without an error.
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn on_a_terminal_replay_reports_its_progress_on_stderr_and_stdout_stays_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteEventStore::open(&dir.path().join("events.db")).unwrap();
+    store.append("bulk/stream", ExpectedVersion::NoStream, bulk_events(0, 500)).await.unwrap();
+    drop(store);
+    let out = dir.path().join("events.jsonl");
+    // util-linux `script` gives the replay a terminal as stderr; stdout goes to a file.
+    let shell = format!("'{BIN}' replay --data-dir '{}' > '{}'", dir.path().display(), out.display());
+    let terminal = Command::new("script").args(["-qec", &shell, "/dev/null"]).output().expect("util-linux script");
+    assert!(terminal.status.success(), "{}", String::from_utf8_lossy(&terminal.stdout));
+    let drawn = String::from_utf8_lossy(&terminal.stdout);
+    assert!(drawn.contains("replayed 500 events in"), "the terminal shows progress and a summary: {drawn:?}");
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(written.lines().count(), 500);
+    assert!(written.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "nothing but JSON lines on stdout");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::bodies::*;
 use crate::problem::Problem;
+use crate::routes::audit::AuditEventsPage;
 use crate::versioning::MEDIA_TYPE_V1;
 
 /// Calls `$m!(Type)` for every request and response body, so lists cannot drift apart.
@@ -26,6 +27,7 @@ macro_rules! for_each_body {
             $m!(RotateCredentialRequest),
             $m!(RotationStartedResponse),
             $m!(Problem),
+            $m!(AuditEventsPage),
         ]
     };
 }
@@ -77,6 +79,10 @@ pub fn document() -> Value {
     let bearer = |scope: &str| json!([{ "bearer": [scope] }]);
     let post_codes = ["400", "401", "403", "406", "409", "413", "415", "422"];
     let get_codes = ["401", "403", "404", "406"];
+    let audit_stream_parameters: Vec<Value> =
+        std::iter::once(json!({ "name": "streamId", "in": "path", "required": true, "schema": { "type": "string" } }))
+            .chain(audit_parameters(false))
+            .collect();
 
     json!({
         "openapi": "3.1.0",
@@ -148,6 +154,24 @@ pub fn document() -> Value {
                 "security": bearer("integration.credentials.rotate"), "parameters": [idempotency],
                 "requestBody": body("RotateCredentialRequest"),
                 "responses": with(json!({ "202": ok("RotationStartedResponse", "Rotation started; Location names the verification run") }), problems(&["400", "401", "403", "404", "406", "409", "413", "415", "422"]))
+            }},
+            "/audit/events": { "get": {
+                "operationId": "auditTenantEvents", "summary": "Replay the tenant's events in global order (auditors)",
+                "description": "The token's tenant's events from global position `from` on, upcast to the current schema \
+                                version of their type unless `asStored=true` (the hash chain covers the stored form). \
+                                Paged by position: `nextFrom` continues; `next` (and `Link: rel=\"next\"`) is present when the \
+                                page was full. See docs/audit.md.",
+                "security": bearer("integration.audit.read"),
+                "parameters": audit_parameters(true),
+                "responses": with(json!({ "200": ok("AuditEventsPage", "A page of events") }), problems(&["400", "401", "403", "406"]))
+            }},
+            "/audit/streams/{streamId}/events": { "get": {
+                "operationId": "auditStreamEvents", "summary": "Replay one of the tenant's streams (auditors)",
+                "description": "`streamId` is the resource id (`prov-github`) or the full stream id `{tenantId}/{resourceId}`, \
+                                percent-encoded. Another tenant's stream is 404.",
+                "security": bearer("integration.audit.read"),
+                "parameters": audit_stream_parameters,
+                "responses": with(json!({ "200": ok("AuditEventsPage", "A page of the stream's events") }), problems(&["400", "401", "403", "404", "406"]))
             }}
         },
         "components": {
@@ -166,6 +190,29 @@ pub fn document() -> Value {
             "responses": problem_responses(&["400", "401", "403", "404", "406", "409", "413", "415", "422"])
         }
     })
+}
+
+/// The query parameters of the audit reads; the stream read has no type or time filters.
+fn audit_parameters(with_filters: bool) -> Vec<Value> {
+    let mut parameters = vec![
+        json!({ "name": "from", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "default": 1 },
+                "description": "The first global position to return (inclusive); `nextFrom` of the previous page" }),
+        json!({ "name": "limit", "in": "query", "required": false,
+                "schema": { "type": "integer", "minimum": 1, "maximum": crate::routes::audit::MAX_LIMIT, "default": crate::routes::audit::DEFAULT_LIMIT } }),
+        json!({ "name": "asStored", "in": "query", "required": false, "schema": { "type": "boolean", "default": false },
+                "description": "Return each event at the schema version it was stored at" }),
+    ];
+    if with_filters {
+        parameters.extend([
+            json!({ "name": "type", "in": "query", "required": false, "schema": { "type": "string" },
+                    "description": "Only these event types, comma-separated" }),
+            json!({ "name": "since", "in": "query", "required": false, "schema": { "type": "string", "format": "date-time" },
+                    "description": "Only events that occurred at or after this instant" }),
+            json!({ "name": "until", "in": "query", "required": false, "schema": { "type": "string", "format": "date-time" },
+                    "description": "Only events that occurred before this instant" }),
+        ]);
+    }
+    parameters
 }
 
 fn problem_responses(codes: &[&str]) -> Value {

@@ -220,6 +220,25 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever was registered, the v1 form of the event (v2 without `apiClientVersion`)
+        /// upcasts back to the very event, and the current form round-trips.
+        #[test]
+        fn a_v1_registration_upcasts_to_the_v2_event(
+            key in "[a-z][a-z0-9]{0,10}(-[a-z0-9]{1,6})?",
+            client in "[A-Z][a-zA-Z0-9]{0,8}(\\.[A-Z][a-zA-Z0-9]{0,8}){0,3}",
+            capabilities in proptest::collection::vec("[a-z]{1,6}\\.[a-z]{1,6}", 0..4),
+        ) {
+            let command = RegisterProvider { key, api_client: client, capabilities, ..register("x") };
+            let events = Provider::decide(&command, &ProviderState::default()).unwrap();
+            let stored = events[0].encode();
+            proptest::prop_assert_eq!(&ProviderEvent::decode(&stored.event_type, 2, stored.data.clone()).unwrap(), &events[0]);
+            let mut v1 = stored.data;
+            v1.as_object_mut().unwrap().remove("apiClientVersion");
+            proptest::prop_assert_eq!(&ProviderEvent::decode("ProviderRegistered", 1, v1).unwrap(), &events[0]);
+        }
+    }
+
     #[test]
     fn malformed_keys_urls_and_clients_are_rejected() {
         let bad_key = register("Twilio SMS");

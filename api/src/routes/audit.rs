@@ -151,7 +151,8 @@ async fn tenant_events(
         occurred_before: query.until,
         ..EventFilter::default()
     };
-    page(&app, filter, &query, "/audit/events").await
+    let events = app.store.read_filtered(&filter, query.from - 1, query.limit).await?;
+    Ok(page(events, &query, "/audit/events"))
 }
 
 async fn stream_events(
@@ -169,18 +170,18 @@ async fn stream_events(
         Some((owner, _)) if owner == tenant => stream_id.clone(),
         Some(_) => return Err(Problem::not_found(format!("stream {stream_id} not found"))),
     };
-    let filter =
-        EventFilter { tenant_id: Some(tenant.clone()), stream_id: Some(full_id.clone()), ..EventFilter::default() };
-    let exists = !app.store.read_filtered(&filter, 0, 1).await?.is_empty();
-    if !exists {
+    let filter = EventFilter { tenant_id: Some(tenant.clone()), stream_id: Some(full_id), ..EventFilter::default() };
+    let events = app.store.read_filtered(&filter, query.from - 1, query.limit).await?;
+    // An empty page past a stream's end is still the stream's; one with no events at all is not.
+    if events.is_empty() && app.store.read_filtered(&filter, 0, 1).await?.is_empty() {
         return Err(Problem::not_found(format!("stream {stream_id} not found")));
     }
     let path = format!("/audit/streams/{}/events", percent_encode(&stream_id));
-    page(&app, filter, &query, &path).await
+    Ok(page(events, &query, &path))
 }
 
-async fn page(app: &AppState, filter: EventFilter, query: &AuditQuery, path: &str) -> Result<Response, Problem> {
-    let mut events = app.store.read_filtered(&filter, query.from - 1, query.limit).await?;
+/// The answer for a page of `events` read for `query`.
+fn page(mut events: Vec<EventEnvelope>, query: &AuditQuery, path: &str) -> Response {
     let full = events.len() == query.limit;
     let next_from = events.last().map_or(query.from, |e| e.global_position + 1);
     if !query.as_stored {
@@ -195,7 +196,7 @@ async fn page(app: &AppState, filter: EventFilter, query: &AuditQuery, path: &st
     if let Some(link) = next.and_then(|n| HeaderValue::from_str(&format!("<{n}>; rel=\"next\"")).ok()) {
         response.headers_mut().insert(header::LINK, link);
     }
-    Ok(response)
+    response
 }
 
 /// Percent-encodes all but RFC 3986's unreserved characters (a stream id's `/`, a time's `:`),
