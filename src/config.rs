@@ -147,6 +147,9 @@ pub struct FileValues {
 
 /// What was parsed and where each part came from, for `config show`.
 pub struct Effective {
+    /// The CLI as defined, with its built-in defaults.
+    defined: Command,
+    /// The CLI with the environment's and the file's values as defaults.
     command: Command,
     matches: ArgMatches,
     file: FileValues,
@@ -174,6 +177,9 @@ pub fn parse_from<P: CommandFactory + FromArgMatches>(
             FileValues { path: Some(path), values }
         }
     };
+    // The environment's values are defaults too, over the file's: clap reads the process
+    // environment itself as well, which gives the same values (and `parse_from` is testable).
+    let mut defaults = file.values.clone();
     for setting in known.values() {
         if let Some(value) = env(&setting.env).filter(|v| !v.is_empty()) {
             check_value(&command, setting, &value).map_err(|reason| {
@@ -184,12 +190,13 @@ pub fn parse_from<P: CommandFactory + FromArgMatches>(
                     value.to_string_lossy()
                 ))
             })?;
+            defaults.insert(setting.key.clone(), value.to_string_lossy().into_owned());
         }
     }
-    let with_file = apply_defaults(command, &file.values);
+    let with_file = apply_defaults(command.clone(), &defaults);
     let matches = with_file.clone().try_get_matches_from(args).map_err(ConfigError::Cli)?;
     let parsed = P::from_arg_matches(&matches).map_err(|e| ConfigError::Cli(e.format(&mut with_file.clone())))?;
-    Ok((parsed, Effective { command: with_file, matches, file }))
+    Ok((parsed, Effective { defined: command, command: with_file, matches, file }))
 }
 
 /// `--config FILE` or `--config=FILE`, before clap has parsed anything.
@@ -391,6 +398,7 @@ impl Effective {
     /// sees it; settings of other commands as the environment, file and defaults give them.
     pub fn shown(&self, env: impl Fn(&str) -> Option<OsString>) -> Vec<ShownSetting> {
         let leaf = leaf_matches(&self.matches);
+        let defined = settings(&self.defined);
         settings(&self.command)
             .into_values()
             .map(|setting| {
@@ -408,7 +416,7 @@ impl Effective {
                 } else if let (Some(value), Some(path)) = (self.file.values.get(&setting.key), &self.file.path) {
                     (Some(value.clone()), Source::File(path.clone()))
                 } else {
-                    (setting.default.clone(), Source::Default)
+                    (defined.get(&setting.key).and_then(|s| s.default.clone()), Source::Default)
                 };
                 ShownSetting { value: value.map(|v| shown_value(&setting.key, &v)), key: setting.key, source }
             })
@@ -470,7 +478,7 @@ pub fn run(command: ConfigCommand, effective: &Effective) -> anyhow::Result<()> 
             Ok(())
         }
         ConfigCommand::Keys => {
-            print!("{}", keys_markdown(&effective.command));
+            print!("{}", keys_markdown(&effective.defined));
             Ok(())
         }
     }
@@ -493,6 +501,35 @@ pub fn keys_markdown(command: &Command) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser, Debug)]
+    struct Probe {
+        #[arg(long, env = "IE_PROBE_FLAG")]
+        probe_flag: bool,
+        #[arg(long, env = "IE_PROBE_COUNT", default_value_t = 1)]
+        probe_count: u32,
+        #[arg(long = CONFIG_FLAG)]
+        config: Option<PathBuf>,
+    }
+
+    fn probe(file: &str, args: &[&str], env: &[(&str, &str)]) -> Probe {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("probe.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut argv: Vec<OsString> = vec!["probe".into(), "--config".into(), path.into()];
+        argv.extend(args.iter().map(OsString::from));
+        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        parse_from::<Probe>(argv, |name| env.get(name).map(OsString::from)).map(|(p, _)| p).unwrap()
+    }
+
+    #[test]
+    fn file_values_sit_between_the_environment_and_the_defaults() {
+        assert!(!probe("", &[], &[]).probe_flag);
+        assert!(probe("probe-flag = true", &[], &[]).probe_flag);
+        assert_eq!(probe("probe-count = 5", &[], &[]).probe_count, 5);
+        assert_eq!(probe("probe-count = 5", &[], &[("IE_PROBE_COUNT", "6")]).probe_count, 6);
+        assert_eq!(probe("probe-count = 5", &["--probe-count", "7"], &[("IE_PROBE_COUNT", "6")]).probe_count, 7);
+    }
 
     #[test]
     fn secret_keys_are_named_by_their_last_word() {

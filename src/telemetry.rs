@@ -20,8 +20,9 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
 use tracing::{Event, Id, Subscriber};
 use tracing_subscriber::Layer;
+use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
-use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -100,7 +101,11 @@ impl Telemetry {
 pub fn init(args: &TelemetryArgs) -> anyhow::Result<Telemetry> {
     let json = args.log_format == "json";
     let fmt_layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let logs = if json { SpanFields.and_then(fmt_layer.event_format(JsonLines)).boxed() } else { fmt_layer.boxed() };
+    let logs = if json {
+        SpanFields.and_then(fmt_layer.event_format(JsonLines)).boxed()
+    } else {
+        fmt_layer.fmt_fields(TextFields).boxed()
+    };
     let logs = logs.with_filter(log_filter(&args.log_filter)?);
     let (traces, tracer_provider) = match &args.otlp_endpoint {
         None => (None, None),
@@ -190,6 +195,36 @@ impl Visit for JsonVisitor<'_> {
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.put(field, Value::String(value.to_string()));
+    }
+}
+
+/// The text format's fields, but OpenTelemetry's own (`otel.name`, `otel.kind`): those are
+/// for the exporter.
+struct TextFields;
+
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = WithoutOtel(DefaultVisitor::new(writer, true));
+        fields.record(&mut visitor);
+        visitor.0.finish()
+    }
+}
+
+struct WithoutOtel<'w>(DefaultVisitor<'w>);
+
+impl Visit for WithoutOtel<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if !field.name().starts_with("otel.") {
+            self.0.record_debug(field, value);
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if !field.name().starts_with("otel.") {
+            self.0.record_str(field, value);
+        }
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.record_error(field, value);
     }
 }
 

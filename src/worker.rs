@@ -133,6 +133,10 @@ pub struct WorkerArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     runs: RunArgs,
+    /// Serve Prometheus metrics (`GET /metrics`: run outcomes, ...) on this address (port 0
+    /// picks one; the address is printed). None when unset.
+    #[arg(long, env = "IE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The engine's stores as the workers need them.
@@ -366,6 +370,11 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let stores = Stores::open(&args.data)?;
     let roles = Roles { relay: false, consumers: true };
     let mut workers = start(&stores, &args.data.data_dir, Some(&settings), &args.runs, roles).await?;
+    let metrics_stop = CancellationToken::new();
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(crate::telemetry::serve_metrics(addr, metrics_stop.clone()).await?),
+        None => None,
+    };
     println!("worker started (brokers {}, group prefix {})", settings.brokers, settings.group_prefix);
     tracing::info!(brokers = %settings.brokers, "worker started");
     tokio::select! {
@@ -373,6 +382,10 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         ended = workers.any_ended() => ended?,
     }
     workers.stop().await;
+    metrics_stop.cancel();
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     Ok(())
 }
 

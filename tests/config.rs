@@ -66,9 +66,10 @@ fn config_show_tells_each_value_and_where_it_came_from() {
     );
     let (document, settings) = show(
         &["--config", &file, "--log-format", "json"],
-        &[("IE_MAX_BODY_BYTES", "2000"), ("IE_LISTEN", "127.0.0.1:9999")],
+        &[("IE_MAX_BODY_BYTES", "2000"), ("IE_LISTEN", "127.0.0.1:9999"), ("IE_LISTN", "typo")],
     );
     assert_eq!(document["file"], file.as_str());
+    assert_eq!(document["unknownEnvironment"], json!(["IE_LISTN"]), "a variable naming no setting is pointed out");
     let at = |key: &str| settings.get(key).unwrap_or_else(|| panic!("no key {key}: {settings:?}")).clone();
     let from_file = format!("file {file}");
     assert_eq!(at("token-leeway-seconds"), (json!("7"), from_file.clone()));

@@ -449,12 +449,13 @@ fn read_one_response(stream: &mut TcpStream) -> String {
     head + &String::from_utf8_lossy(&body)
 }
 
-#[tokio::test]
-async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
+/// A `serve` child for the signal tests: its address, a token, and a connection the server has
+/// taken (a first request was answered on it: it is not merely in the kernel's backlog).
+fn serve_for_signals(dir: &Path, extra: &[&str]) -> (std::process::Child, String, String, TcpStream) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
+        .args(extra)
         .env("IE_LOG", "info")
         .env_remove("IE_MASTER_KEY")
         .env_remove("IE_CONFIG")
@@ -469,24 +470,43 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
             break addr.trim().to_owned();
         }
     };
-    let token = {
-        let out = Command::new(BIN)
-            .args(["token", "--data-dir"])
-            .arg(dir.path())
-            .args(["--tenant", TENANT, "--scope", ALL_SCOPES])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    let body = serde_json::to_vec(&provider()).unwrap();
-    let (first, rest) = body.split_at(body.len() / 2);
-
-    // A first request on the connection shows the server has taken it (not merely the kernel).
+    let out = Command::new(BIN)
+        .args(["token", "--data-dir"])
+        .arg(dir)
+        .args(["--tenant", TENANT, "--scope", ALL_SCOPES])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let mut stream = TcpStream::connect(&addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     stream.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
     let first_answer = read_one_response(&mut stream);
     assert!(first_answer.starts_with("HTTP/1.1 200"), "{first_answer}");
+    (child, addr, token, stream)
+}
+
+/// Waits for `child` to exit; its status and stderr.
+fn wait_for_exit(child: &mut std::process::Child, within: Duration) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status, stderr)
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, token, mut stream) = serve_for_signals(dir.path(), &[]);
+    let body = serde_json::to_vec(&provider()).unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+
     // The request in flight: its head and half its body are sent, the rest comes later.
     let head = format!(
         "POST /integrations/providers HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
@@ -510,19 +530,30 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
     assert!(response.starts_with("HTTP/1.1 201"), "the request in flight was answered: {response}");
     assert!(response.contains("\"providerId\""), "{response}");
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let (status, stderr) = wait_for_exit(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "exit status; stderr: {stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
     assert!(!stderr.contains("did not stop in time") && !stderr.contains("worker task failed"), "{stderr}");
     // New connections are no longer taken once the server has stopped.
     assert!(TcpStream::connect(&addr).is_err());
+}
+
+#[tokio::test]
+async fn a_request_that_never_finishes_holds_the_shutdown_only_until_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, token, mut stream) = serve_for_signals(dir.path(), &["--shutdown-timeout-seconds", "1"]);
+    // A body announced and never sent.
+    let head = format!(
+        "POST /integrations/providers HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let (status, stderr) = wait_for_exit(&mut child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "exit status; stderr: {stderr}");
+    assert!(signalled.elapsed() >= Duration::from_millis(900), "it waited for the request first");
+    assert!(stderr.contains("requests still in flight at the shutdown timeout"), "{stderr}");
+    drop(stream);
 }

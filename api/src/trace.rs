@@ -11,7 +11,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -97,10 +97,6 @@ pub async fn with_trace_id(request: Request, next: Next) -> Response {
         path = %request.uri().path(),
         "otel.name" = %format!("{method} {}", route.as_deref().unwrap_or("unmatched")),
         "otel.kind" = "server",
-        "http.request.method" = %method,
-        "http.route" = route,
-        "http.response.status_code" = tracing::field::Empty,
-        "otel.status_code" = tracing::field::Empty,
     );
     if let Some(context) = parent.as_ref().and_then(remote_parent) {
         // Fails only when no OpenTelemetry layer is installed: nothing to parent then.
@@ -115,12 +111,16 @@ pub async fn with_trace_id(request: Request, next: Next) -> Response {
     };
     let trace_id = format_trace_id(&w3c);
     span.record("trace_id", trace_id.as_str());
+    // OpenTelemetry's semantic attributes go to the exported span only (not to every log line).
+    span.set_attribute("http.request.method", method.to_string());
+    if let Some(route) = route {
+        span.set_attribute("http.route", route);
+    }
     let mut response = TRACE_ID.scope(trace_id.clone(), next.run(request).instrument(span.clone())).await;
     let status = response.status();
-    // As an i64: OpenTelemetry has no unsigned integers (a u64 would be exported as a string).
-    span.record("http.response.status_code", i64::from(status.as_u16()));
+    span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
+        span.set_status(Status::error(status.to_string()));
     }
     span.in_scope(|| tracing::debug!(status = status.as_u16(), "request answered"));
     if let Ok(v) = HeaderValue::from_str(&trace_id) {
