@@ -253,7 +253,13 @@ fn claim(conn: &mut Connection, projections: &[Projection]) -> Result<Vec<Claim>
         claims.push(Claim { projection: *projection, generation, table });
     }
     tx.commit()?;
-    redirect(conn, &claims)?;
+    if let Err(error) = redirect(conn, &claims) {
+        // Claimed but unusable: release the claims now rather than after STALE_AFTER.
+        if let Err(cleanup) = abandon(conn, &claims) {
+            tracing::warn!(error = %cleanup, "could not drop the unfinished tables; the next rebuild will");
+        }
+        return Err(error);
+    }
     Ok(claims)
 }
 

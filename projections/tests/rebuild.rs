@@ -105,14 +105,19 @@ async fn a_rebuild_beside_a_live_runner_switches_without_a_failed_or_older_read(
     // its own connections (as the API's GETs are).
     let acknowledged: Arc<Acknowledged> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
+    // One scenario at a time: every scenario stages a version of the same vault secret.
+    let one_scenario = Arc::new(tokio::sync::Mutex::new(()));
     let writer = tokio::spawn({
-        let (engine, projections, acknowledged, stop) =
-            (engine.clone(), projections.clone(), acknowledged.clone(), stop.clone());
+        let (engine, projections, acknowledged, stop, one_scenario) =
+            (engine.clone(), projections.clone(), acknowledged.clone(), stop.clone(), one_scenario.clone());
         async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let tenant = format!("live-{n}");
-                let scenario = run_scenario(&engine, &tenant).await;
+                let scenario = {
+                    let _alone = one_scenario.lock().await;
+                    run_scenario(&engine, &tenant).await
+                };
                 assert!(projections.wait_for(engine.head().await, WAIT).await, "read-your-writes timed out");
                 acknowledged.lock().unwrap().push((tenant, Arc::new(scenario)));
                 n += 1;
@@ -148,7 +153,10 @@ async fn a_rebuild_beside_a_live_runner_switches_without_a_failed_or_older_read(
         ahead += 1;
         let scenario = tokio::task::block_in_place(|| {
             handle.block_on(async {
-                let scenario = run_scenario(&engine, &tenant).await;
+                let scenario = {
+                    let _alone = one_scenario.lock().await;
+                    run_scenario(&engine, &tenant).await
+                };
                 assert!(projections.wait_for(engine.head().await, WAIT).await);
                 scenario
             })
