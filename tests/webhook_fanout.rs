@@ -5,6 +5,7 @@
 //! `GET /integrations/runs/{runId}`. The receiver needs `python3` with `standardwebhooks`
 //! (`pip install standardwebhooks`; scripts/test installs it).
 
+mod bus_support;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -74,10 +75,6 @@ impl Receiver {
             .collect()
     }
 
-    fn records_at(&self, path: &str) -> Vec<Value> {
-        self.records().into_iter().filter(|r| r["path"] == path).collect()
-    }
-
     /// Waits until `done(records)` holds; panics with the log after `timeout`.
     async fn wait_until(&self, timeout: Duration, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
@@ -94,21 +91,24 @@ impl Receiver {
 
 /// `serve` with the receiver's loopback address allow-listed and fast retries.
 fn serve(dir: &Path, schedule: &str) -> App {
-    spawn_app_in(
-        dir,
-        &[
-            "--webhook-allow-hosts",
-            "127.0.0.1",
-            "--webhook-retry-schedule",
-            schedule,
-            "--webhook-retry-jitter",
-            "0",
-            "--webhook-timeout-ms",
-            "1000",
-            "--webhook-lease-grace-ms",
-            "500",
-        ],
-    )
+    serve_with(dir, schedule, &[])
+}
+
+fn serve_with(dir: &Path, schedule: &str, extra: &[&str]) -> App {
+    let mut args = vec![
+        "--webhook-allow-hosts",
+        "127.0.0.1",
+        "--webhook-retry-schedule",
+        schedule,
+        "--webhook-retry-jitter",
+        "0",
+        "--webhook-timeout-ms",
+        "1000",
+        "--webhook-lease-grace-ms",
+        "500",
+    ];
+    args.extend_from_slice(extra);
+    spawn_app_in(dir, &args)
 }
 
 async fn subscribe(app: &App, token: &str, body: Value) -> String {
@@ -122,7 +122,23 @@ async fn subscribe(app: &App, token: &str, body: Value) -> String {
 }
 
 fn publish(dir: &Path, tenant: &str, project: Option<&str>, event_type: &str, data: &Value, message_id: &str) {
+    publish_via(dir, None, tenant, project, event_type, data, message_id);
+}
+
+/// `webhooks publish`: into the data dir's store, or as `PublishEvent` on Kafka.
+fn publish_via(
+    dir: &Path,
+    brokers: Option<&str>,
+    tenant: &str,
+    project: Option<&str>,
+    event_type: &str,
+    data: &Value,
+    message_id: &str,
+) {
     let mut command = Command::new(BIN);
+    if let Some(brokers) = brokers {
+        command.env("IE_KAFKA_BROKERS", brokers);
+    }
     command
         .args(["webhooks", "publish", "--data-dir"])
         .arg(dir)
@@ -161,10 +177,6 @@ async fn wait_for_run(app: &App, token: &str, run_id: &str, statuses: &[&str], t
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn successes(records: &[Value], path: &str) -> Vec<Value> {
-    records.iter().filter(|r| r["path"] == path && r["answered"].as_u64().is_some_and(|s| s < 300)).cloned().collect()
 }
 
 #[tokio::test]
@@ -342,6 +354,32 @@ async fn failures_are_retried_then_dead_lettered_and_redelivered_and_endpoints_s
     let records = busy.records();
     let gap = records[1]["arrivedAt"].as_f64().unwrap() - records[0]["arrivedAt"].as_f64().unwrap();
     assert!(gap >= 1.9, "Retry-After honoured: {gap} s between attempts");
+    let run = wait_for_run(&app, &token, &run_id(TENANT, &sub_busy, "msg-b"), &["Running"], wait).await;
+    assert_eq!(run["attemptLog"][0]["statusCode"], 503, "{run}");
+}
+
+/// 429 (like 502, 503, 504) slows the endpoint down: its lane pauses (1 s the first time),
+/// although the message's own retry is due after 200 ms.
+#[tokio::test]
+async fn an_overloaded_endpoint_is_slowed_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), "200ms,200ms,200ms");
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, SCOPES);
+    let overloaded = Receiver::start("status:429,200", 0.0, &[SECRET_V1]);
+    let calm = Receiver::start("ok", 0.0, &[SECRET_V1]);
+    subscribe(&app, &token, json!({"eventType": "Burst", "endpointUrl": overloaded.url("/"), "maxInFlight": 1})).await;
+    subscribe(&app, &token, json!({"eventType": "Burst", "endpointUrl": calm.url("/"), "maxInFlight": 1})).await;
+    for id in ["msg-burst-a", "msg-burst-b", "msg-burst-c"] {
+        publish(dir.path(), TENANT, None, "Burst", &json!({}), id);
+    }
+    let records = overloaded.wait_until(Duration::from_secs(20), "four requests", |r| r.len() >= 4).await;
+    let arrival = |r: &Value| r["arrivedAt"].as_f64().unwrap();
+    let pause = arrival(&records[1]) - arrival(&records[0]);
+    assert!(pause >= 0.9, "after the 429 the lane paused: {pause} s before the next request");
+    // The other subscription's lane did not pause.
+    let calm_records = calm.wait_until(Duration::from_secs(20), "three requests", |r| r.len() >= 3).await;
+    assert!(arrival(&calm_records[2]) < arrival(&records[1]), "the calm endpoint got all three during the pause");
 }
 
 #[tokio::test]
@@ -387,39 +425,60 @@ async fn each_subscription_has_its_own_limits_and_a_slow_endpoint_delays_no_othe
     subscribe(&app, &token, json!({"eventType": "Load", "endpointUrl": fast.url("/")})).await;
     subscribe(&app, &token, json!({"eventType": "Load", "endpointUrl": limited.url("/"), "rateLimitPerSecond": 2}))
         .await;
-    subscribe(&app, &token, json!({"eventType": "Load", "endpointUrl": ordered.url("/"), "strictOrdering": true}))
+    subscribe(&app, &token, json!({"eventType": "Ordered", "endpointUrl": ordered.url("/"), "strictOrdering": true}))
         .await;
-    let messages: Vec<String> = (0..8).map(|i| format!("msg-load-{i}")).collect();
-    let started = Instant::now();
-    for message in &messages {
-        publish(dir.path(), TENANT, None, "Load", &json!({}), message);
-    }
-    let published_in = started.elapsed();
 
-    fast.wait_until(Duration::from_secs(20), "the fast endpoint's eight", |r| r.len() >= 8).await;
-    let fast_done = started.elapsed();
+    // Eight messages at once: a backlog for the slow endpoint (2 at a time, 0.8 s each).
+    let messages: Vec<String> = (0..8).map(|i| format!("msg-load-{i}")).collect();
+    let acked: HashMap<String, f64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                scope.spawn(|| {
+                    publish(dir.path(), TENANT, None, "Load", &json!({}), m);
+                    (m.clone(), unix_now())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let first_ack = acked.values().cloned().fold(f64::MAX, f64::min);
+
+    let fast_records = fast.wait_until(Duration::from_secs(20), "the fast endpoint's eight", |r| r.len() >= 8).await;
     let slow_records = slow.wait_until(Duration::from_secs(30), "the slow endpoint's eight", |r| r.len() >= 8).await;
-    let slow_done = started.elapsed();
-    // 8 requests of 0.8 s, 2 at a time: at least 3.2 s; the fast one is not held back by it.
-    assert!(slow_done >= published_in.min(slow_done) + Duration::from_millis(0));
-    assert!(fast_done + Duration::from_millis(1500) < slow_done, "fast {fast_done:?}, slow {slow_done:?}");
+    let arrival = |r: &Value| r["arrivedAt"].as_f64().unwrap();
+    let fast_latency =
+        fast_records.iter().map(|r| arrival(r) - acked[r["webhookId"].as_str().unwrap()]).fold(0.0, f64::max);
+    let fast_done = fast_records.iter().map(arrival).fold(0.0, f64::max);
+    let slow_done = slow_records.iter().map(arrival).fold(0.0, f64::max);
+    // 8 requests of 0.8 s, 2 at a time, take 3.2 s; the fast endpoint is not held back by them.
+    assert!(slow_done - first_ack >= 2.3, "the slow endpoint's last request started {} s in", slow_done - first_ack);
+    assert!(fast_latency < 1.0, "the fast endpoint got each message within {fast_latency} s of its publication");
+    assert!(fast_done + 1.5 < slow_done, "fast done at {fast_done}, slow at {slow_done}");
     let max_in_flight = slow_records.iter().map(|r| r["inFlight"].as_u64().unwrap()).max().unwrap();
-    assert!(max_in_flight <= 2, "maxInFlight 2 held: {max_in_flight}");
-    assert_eq!(max_in_flight, 2, "and used");
+    assert_eq!(max_in_flight, 2, "maxInFlight 2: held and used");
 
     // 2 per second: 8 requests span at least ~3 s (a burst of 2, then one every 0.5 s).
     let limited_records = limited.wait_until(Duration::from_secs(20), "the rate-limited eight", |r| r.len() >= 8).await;
-    let times: Vec<f64> = limited_records.iter().map(|r| r["arrivedAt"].as_f64().unwrap()).collect();
+    let times: Vec<f64> = limited_records.iter().map(arrival).collect();
     let span = times.iter().cloned().fold(f64::MIN, f64::max) - times.iter().cloned().fold(f64::MAX, f64::min);
     assert!(span >= 2.5, "rate limit 2/s: 8 requests within {span} s");
 
     // Strict order: the first message is retried until delivered before the second is sent.
-    let ordered_records = ordered.wait_until(Duration::from_secs(30), "the ordered ten", |r| r.len() >= 10).await;
+    let ordered_messages: Vec<String> = (0..4).map(|i| format!("msg-ordered-{i}")).collect();
+    for message in &ordered_messages {
+        publish(dir.path(), TENANT, None, "Ordered", &json!({}), message);
+    }
+    let ordered_records = ordered.wait_until(Duration::from_secs(30), "the ordered six", |r| r.len() >= 6).await;
     let sequence: Vec<String> = ordered_records.iter().map(|r| r["webhookId"].as_str().unwrap().to_owned()).collect();
-    let mut expected = vec![messages[0].clone(), messages[0].clone()];
-    expected.extend(messages.iter().cloned());
+    let mut expected = vec![ordered_messages[0].clone(), ordered_messages[0].clone()];
+    expected.extend(ordered_messages.iter().cloned());
     assert_eq!(sequence, expected, "publication order, each after the previous succeeded");
     assert!(ordered_records.iter().all(|r| r["inFlight"] == 1));
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 /// Point 7: SIGKILL the process doing the fan-out in the middle of a burst to a receiver that
@@ -507,4 +566,127 @@ async fn nothing_is_lost_when_the_fan_out_process_is_killed_mid_burst() {
         m
     });
     eprintln!("{} deliveries, {} requests by answer: {by_outcome:?}", expected.len(), records.len());
+}
+
+#[tokio::test]
+async fn a_subscription_failing_for_too_long_is_deactivated_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve_with(dir.path(), &vec!["300ms"; 20].join(","), &["--webhook-disable-after", "1s"]);
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, SCOPES);
+    let broken = Receiver::start("status:500", 0.0, &[SECRET_V1]);
+    let subscription = subscribe(&app, &token, json!({"eventType": "Tick", "endpointUrl": broken.url("/")})).await;
+    publish(dir.path(), TENANT, None, "Tick", &json!({}), "msg-tick-1");
+    // Failing since the first attempt; past 1 s the next failure deactivates the subscription,
+    // and its pending delivery ends (dead-lettered, redeliverable).
+    let run =
+        wait_for_run(&app, &token, &run_id(TENANT, &subscription, "msg-tick-1"), &["Failed"], Duration::from_secs(30))
+            .await;
+    assert!(run["attempts"].as_u64().unwrap() >= 3, "{run}");
+    assert!(run["lastError"].as_str().unwrap().contains("inactive"), "{run}");
+    let out = Command::new(BIN)
+        .args(["replay", "--data-dir"])
+        .arg(dir.path())
+        .args(["--type", "WebhookSubscriptionDeactivated"])
+        .env_remove("IE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["subscriptionId"], subscription.as_str());
+    assert!(events[0]["data"]["reason"].as_str().unwrap().contains("failed continuously since"), "{events:?}");
+    let attempts = broken.records().len();
+    publish(dir.path(), TENANT, None, "Tick", &json!({}), "msg-tick-2");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(broken.records().len(), attempts, "nothing more after the deactivation");
+}
+
+/// `PublishEvent` on the commands topic (Kafka mode): recorded, fanned out by the consumer
+/// group `{prefix}.webhook-fanout`, delivered and signed like in the embedded mode.
+#[tokio::test]
+async fn publish_event_on_the_commands_topic_is_delivered_with_kafka() {
+    let broker = bus_support::Broker::start();
+    let brokers = broker.brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve_with(dir.path(), "200ms,200ms", &["--kafka-brokers", brokers.as_str()]);
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, SCOPES);
+    let receiver = Receiver::start("ok", 0.0, &[SECRET_V1]);
+    let deployments =
+        subscribe(&app, &token, json!({"eventType": "Deployment*", "endpointUrl": receiver.url("/deploy")})).await;
+    subscribe(&app, &token, json!({"eventType": "Invoice*", "endpointUrl": receiver.url("/invoices")})).await;
+    let messages: Vec<String> = (0..4).map(|i| format!("msg-kafka-pub-{i}")).collect();
+    for id in &messages {
+        publish_via(dir.path(), Some(&brokers), TENANT, Some("p1"), "DeploymentPromoted", &json!({"id": id}), id);
+    }
+    let records = receiver
+        .wait_until(Duration::from_secs(60), "the four deliveries", |r| {
+            r.iter().filter(|r| r["answered"] == 200).count() >= 4
+        })
+        .await;
+    let got: BTreeSet<&str> = records.iter().filter_map(|r| r["webhookId"].as_str()).collect();
+    assert_eq!(got, messages.iter().map(String::as_str).collect::<BTreeSet<_>>());
+    assert!(records.iter().all(|r| r["path"] == "/deploy" && r["verifiedWith"] == json!([0])), "{records:#?}");
+    for id in &messages {
+        wait_for_run(&app, &token, &run_id(TENANT, &deployments, id), &["Completed"], Duration::from_secs(30)).await;
+    }
+}
+
+/// Point 7 with Kafka: `PublishEvent` on the commands topic, the fan-out in its consumer group,
+/// the server SIGKILLed mid-burst and restarted (messages published while it is down wait in
+/// the topic). Ignored: tansu 0.6.0 never hands a killed member's partitions to anyone, even
+/// across a broker restart (the restarted process logs `partitions assigned ... partitions=`
+/// empty), the limitation tests/kafka_bus.rs documents. Run with `-- --ignored` against Kafka.
+#[tokio::test]
+#[ignore = "tansu 0.6.0 does not reassign a killed member's partitions"]
+async fn nothing_is_lost_with_kafka_when_the_process_is_killed_mid_burst() {
+    let broker = bus_support::Broker::start();
+    let brokers = broker.brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = vec!["100ms"; 19].join(",");
+    let kafka = ["--kafka-brokers", brokers.as_str(), "--kafka-session-timeout-ms", "6000"];
+    let app = serve_with(dir.path(), &schedule, &kafka);
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, SCOPES);
+    let receiver = Receiver::start("flaky:5", 1.5, &[SECRET_V1]);
+    let orders = subscribe(&app, &token, json!({"eventType": "Order*", "endpointUrl": receiver.url("/orders")})).await;
+    subscribe(&app, &token, json!({"eventType": "Invoice*", "endpointUrl": receiver.url("/invoices")})).await;
+    let messages: Vec<String> = (0..16).map(|i| format!("msg-kafka-{i}")).collect();
+    let send = |range: std::ops::Range<usize>| {
+        for id in &messages[range] {
+            publish_via(dir.path(), Some(&brokers), TENANT, None, "OrderPlaced", &json!({"id": id}), id);
+        }
+    };
+    send(0..8);
+    receiver.wait_until(Duration::from_secs(60), "the burst to start", |r| r.len() >= 4).await;
+    let data_dir = app.kill();
+    send(8..12);
+    let app = serve_with(&data_dir, &schedule, &kafka);
+    send(12..16);
+
+    let records = receiver
+        .wait_until(Duration::from_secs(120), "every message delivered", |r| {
+            let delivered: BTreeSet<&str> = r
+                .iter()
+                .filter(|r| r["answered"] == 200 && r["path"] == "/orders")
+                .filter_map(|r| r["webhookId"].as_str())
+                .collect();
+            messages.iter().all(|m| delivered.contains(m.as_str()))
+        })
+        .await;
+    assert!(records.iter().all(|r| r["path"] == "/orders"), "nothing for the subscription that did not match");
+    let mut bodies: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for record in &records {
+        assert_eq!(record["verifiedWith"], json!([0]), "{record}");
+        bodies
+            .entry(record["webhookId"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(record["body"]["data"].to_string());
+    }
+    assert!(bodies.values().all(|b| b.len() == 1), "a repeat is the same message: {bodies:?}");
+    for message in &messages {
+        wait_for_run(&app, &token, &run_id(TENANT, &orders, message), &["Completed"], Duration::from_secs(30)).await;
+    }
 }

@@ -125,30 +125,28 @@ async fn handle_until_done(
                         }
                     }
                 }
-                Ok(ControlCommand::StartRun(start)) => {
-                    match handler.handle(&start, &trace_id).await {
-                        Ok(requested) => {
-                            tracing::info!(
-                                partition = message.partition,
-                                offset = message.offset,
-                                run_id = %requested.run_id,
-                                idempotency_key = %start.idempotency_key,
-                                newly_requested = requested.newly_requested,
-                                "command handled: StartRun"
-                            );
-                            return true;
-                        }
-                        Err(StartRunError::Rejected(rejection)) => Err(rejection),
-                        Err(StartRunError::Unavailable(error)) => {
-                            tracing::warn!(%error, retry_in = ?backoff, "StartRun could not be recorded; retrying");
-                            if !pause(backoff, shutdown).await {
-                                return false;
-                            }
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            continue;
-                        }
+                Ok(ControlCommand::StartRun(start)) => match handler.handle(&start, &trace_id).await {
+                    Ok(requested) => {
+                        tracing::info!(
+                            partition = message.partition,
+                            offset = message.offset,
+                            run_id = %requested.run_id,
+                            idempotency_key = %start.idempotency_key,
+                            newly_requested = requested.newly_requested,
+                            "command handled: StartRun"
+                        );
+                        return true;
                     }
-                }
+                    Err(StartRunError::Rejected(rejection)) => Err(rejection),
+                    Err(StartRunError::Unavailable(error)) => {
+                        tracing::warn!(%error, retry_in = ?backoff, "StartRun could not be recorded; retrying");
+                        if !pause(backoff, shutdown).await {
+                            return false;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                },
                 Err(rejection) => Err(rejection),
             };
         let Err(rejection) = outcome else { return true };
