@@ -156,7 +156,9 @@ async fn audit_reads_need_the_audit_scope_and_refuse_bad_parameters_by_name() {
     }
 
     let token = app.token("connectsoft", AUDIT);
+    let too_many_types = format!("type={}", vec!["ProviderRegistered"; 65].join(","));
     for (query, names) in [
+        (too_many_types.as_str(), "type"),
         ("limit=0", "limit"),
         ("limit=1001", "limit"),
         ("from=0", "from"),

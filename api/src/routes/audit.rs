@@ -28,6 +28,9 @@ use crate::respond::ok_json;
 pub const DEFAULT_LIMIT: usize = 100;
 /// The largest page a caller may ask for.
 pub const MAX_LIMIT: usize = 1000;
+/// The most event types one query may name: each is a bound SQL parameter, and a list longer
+/// than every event type there is can only be a mistake.
+pub const MAX_EVENT_TYPES: usize = 64;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -102,6 +105,9 @@ impl AuditQuery {
                 }
                 other => return Err(bad(other, "is not supported here")),
             }
+        }
+        if query.event_types.len() > MAX_EVENT_TYPES {
+            return Err(bad("type", &format!("names at most {MAX_EVENT_TYPES} event types")));
         }
         if let (Some(since), Some(until)) = (query.since, query.until)
             && since >= until
