@@ -356,6 +356,42 @@ async fn failures_are_retried_then_dead_lettered_and_redelivered_and_endpoints_s
     assert!(gap >= 1.9, "Retry-After honoured: {gap} s between attempts");
     let run = wait_for_run(&app, &token, &run_id(TENANT, &sub_busy, "msg-b"), &["Running"], wait).await;
     assert_eq!(run["attemptLog"][0]["statusCode"], 503, "{run}");
+
+    // Redelivery by time range: every dead-lettered delivery requested in it (here the aborted
+    // and the gone one), and none outside it.
+    let redeliver_range = |since: &str, until: &str| {
+        let out = Command::new(BIN)
+            .args(["webhooks", "redeliver", "--data-dir"])
+            .arg(dir.path())
+            .args(["--tenant", TENANT, "--since", since, "--until", until])
+            .env_remove("IE_MASTER_KEY")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect::<BTreeSet<String>>()
+    };
+    assert!(redeliver_range("2000-01-01T00:00:00Z", "2001-01-01T00:00:00Z").is_empty());
+    let redelivered = redeliver_range("2000-01-01T00:00:00Z", "2999-01-01T00:00:00Z");
+    let aborted = run_id(TENANT, &sub_abort, "msg-a");
+    let gone_run = run_id(TENANT, &sub_gone, "msg-g");
+    assert_eq!(redelivered, BTreeSet::from([aborted.clone(), gone_run.clone()]));
+    abort.wait_until(wait, "the aborted message sent again", |r| r.len() >= 2).await;
+    let deadline = Instant::now() + wait;
+    while wait_for_run(&app, &token, &aborted, &["Failed"], wait).await["attempts"] != 2 {
+        assert!(Instant::now() < deadline, "the aborted message's second attempt was not recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The gone subscription is inactive: its redelivered run ends without a request.
+    let deadline = Instant::now() + wait;
+    loop {
+        let run = wait_for_run(&app, &token, &gone_run, &["Failed"], wait).await;
+        if run["lastError"].as_str().unwrap().contains("inactive") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the redelivered run of the gone subscription did not end: {run}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gone.records().len(), 1);
 }
 
 /// 429 (like 502, 503, 504) slows the endpoint down: its lane pauses (1 s the first time),
@@ -370,9 +406,11 @@ async fn an_overloaded_endpoint_is_slowed_down() {
     let calm = Receiver::start("ok", 0.0, &[SECRET_V1]);
     subscribe(&app, &token, json!({"eventType": "Burst", "endpointUrl": overloaded.url("/"), "maxInFlight": 1})).await;
     subscribe(&app, &token, json!({"eventType": "Burst", "endpointUrl": calm.url("/"), "maxInFlight": 1})).await;
-    for id in ["msg-burst-a", "msg-burst-b", "msg-burst-c"] {
-        publish(dir.path(), TENANT, None, "Burst", &json!({}), id);
-    }
+    std::thread::scope(|scope| {
+        for id in ["msg-burst-a", "msg-burst-b", "msg-burst-c"] {
+            scope.spawn(|| publish(dir.path(), TENANT, None, "Burst", &json!({}), id));
+        }
+    });
     let records = overloaded.wait_until(Duration::from_secs(20), "four requests", |r| r.len() >= 4).await;
     let arrival = |r: &Value| r["arrivedAt"].as_f64().unwrap();
     let pause = arrival(&records[1]) - arrival(&records[0]);

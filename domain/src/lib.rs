@@ -27,10 +27,10 @@ pub mod connection;
 pub mod credential;
 /// An inbound webhook delivery accepted from a provider.
 pub mod delivery;
-/// A provider registered in a tenant's vendor registry.
-pub mod provider;
 /// An outbound message: a platform event published for webhook fan-out.
 pub mod outbound;
+/// A provider registered in a tenant's vendor registry.
+pub mod provider;
 /// An integration run and its attempts.
 pub mod run;
 /// An outbound webhook subscription.

@@ -8,8 +8,8 @@ use crate::credential::{
 };
 use crate::delivery::DeliveryAccepted;
 use crate::event::schema_version_of;
-use crate::provider::ProviderRegistered;
 use crate::outbound::PlatformEventPublished;
+use crate::provider::ProviderRegistered;
 use crate::run::{RunAttemptFailed, RunCompleted, RunFailed, RunRedeliveryRequested, RunRequested, RunStarted};
 use crate::subscription::{WebhookSubscriptionCreated, WebhookSubscriptionDeactivated};
 
