@@ -62,6 +62,15 @@ pub struct ServeArgs {
     /// stops anyway, in seconds.
     #[arg(long, env = "IE_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
     shutdown_timeout_seconds: u64,
+    /// Hours an Idempotency-Key is remembered after its request (at least 1); a retry after that is executed again as a new request.
+    #[arg(long, env = "IE_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_retention_hours: u64,
+    /// /readyz answers 503 while a read model is more than this many events behind the event store.
+    #[arg(long, env = "IE_READINESS_MAX_LAG_EVENTS", default_value_t = 1000)]
+    readiness_max_lag_events: u64,
+    /// /readyz answers 503 while the oldest event a read model has not applied is more than this many seconds old.
+    #[arg(long, env = "IE_READINESS_MAX_LAG_SECONDS", default_value_t = 30)]
+    readiness_max_lag_seconds: u64,
 }
 
 impl ServeArgs {
@@ -94,7 +103,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     // Worker processes and the `runs start` command may append to the same store.
     let crate::worker::Stores { store, vault } = crate::worker::Stores::open(&args.data)?;
-    let idempotency = Idempotency::new(Arc::new(SqliteIdempotencyStore::open(&dir.join(EVENTS_DB))?));
+    let idempotency = Idempotency::new(Arc::new(
+        SqliteIdempotencyStore::open(&dir.join(EVENTS_DB))?
+            .with_retention(Duration::from_secs(args.idempotency_retention_hours.saturating_mul(3600))),
+    ));
+    // Expired keys are free at once; the sweep only reclaims their rows, in short batches.
+    let idempotency_sweeper =
+        tokio::spawn(idempotency.clone().sweep_periodically(commands::idempotency::SWEEP_EVERY));
     let read_models = ReadModels::open(dir.join(READ_MODELS_DB))?;
     let projections = Projections::new(read_models.clone());
     let projector = tokio::spawn({
@@ -145,6 +160,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }),
             metrics: Some(api::metrics::Exposition(Arc::new(metrics))),
             webhook_egress_allow: Arc::new(args.runs.webhooks.allow_list()?),
+            readiness: api::readiness::ReadinessLimits {
+                max_lag_events: args.readiness_max_lag_events,
+                max_lag: Duration::from_secs(args.readiness_max_lag_seconds),
+            },
             ..ApiSettings::default()
         },
     };
@@ -193,6 +212,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     workers.stop().await;
     projector.abort();
+    idempotency_sweeper.abort();
     // Give in-flight SQLite work on blocking threads a moment to finish its transaction.
     tokio::time::sleep(Duration::from_millis(50)).await;
     served

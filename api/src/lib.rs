@@ -16,6 +16,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod readiness;
 pub mod respond;
 pub mod routes;
 pub mod trace;
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -58,6 +59,8 @@ pub struct ApiSettings {
     pub metrics: Option<metrics::Exposition>,
     /// Outbound webhooks: hosts and addresses endpoints may use although not public.
     pub webhook_egress_allow: Arc<connectors::egress::EgressAllowList>,
+    /// How far behind the store the read models may be while `/readyz` still answers 200.
+    pub readiness: readiness::ReadinessLimits,
 }
 
 impl Default for ApiSettings {
@@ -70,6 +73,7 @@ impl Default for ApiSettings {
             normalization_rules: Arc::new(connectors::normalization::RuleTable::default_rules()),
             metrics: None,
             webhook_egress_allow: Arc::default(),
+            readiness: readiness::ReadinessLimits::default(),
         }
     }
 }
@@ -101,7 +105,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readiness::readyz))
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics::metrics_endpoint))
         .fallback(unknown_route)
@@ -115,27 +119,6 @@ pub fn router(state: AppState) -> Router {
 
 async fn healthz() -> Response {
     axum::Json(json!({ "status": "alive" })).into_response()
-}
-
-/// Ready when the store answers and the read models have caught up with it since start.
-async fn readyz(State(app): State<AppState>) -> Response {
-    let head = app.store.head_position().await;
-    let projected = app.projections.position();
-    match head {
-        Ok(head) if app.projections.is_caught_up() => {
-            axum::Json(json!({ "status": "ready", "storePosition": head, "projectionPosition": projected }))
-                .into_response()
-        }
-        Ok(head) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "catching-up", "storePosition": head, "projectionPosition": projected })),
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness: store unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "store-unreachable" }))).into_response()
-        }
-    }
 }
 
 async fn openapi_json() -> Response {

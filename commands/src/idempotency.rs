@@ -1,7 +1,15 @@
 //! `Idempotency-Key` on POSTs: the same key with the same body replays the first response and
 //! appends nothing; the same key with another body is refused.
+//!
+//! Keys expire: a reservation is kept for the store's retention (24 hours by default, like
+//! Stripe) after it was made. A retry with an expired key is executed again as a new request
+//! (new resource id, new events), as Stripe documents; [`Idempotency::sweep_periodically`]
+//! deletes expired reservations so the table stays bounded.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
 
 use store::{IdempotencyStore, Reservation, StoreError, StoredResponse};
 
@@ -36,6 +44,15 @@ pub fn request_hash(operation: &str, body: &[u8]) -> String {
     hex::encode(ctx.finish())
 }
 
+/// How many reservations one sweep statement deletes: one short write transaction, so the event
+/// store's writer, which shares the file, waits at most a few milliseconds.
+pub const SWEEP_BATCH: usize = 500;
+/// The pause between two batches of a sweep, leaving the file's write lock to the event store.
+const SWEEP_PAUSE: Duration = Duration::from_millis(20);
+/// How often `serve` sweeps; expiry itself is exact (an expired key is free at once), the sweep
+/// only reclaims space.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(15 * 60);
+
 impl Idempotency {
     pub fn new(store: Arc<dyn IdempotencyStore>) -> Self {
         Self { store }
@@ -68,5 +85,35 @@ impl Idempotency {
         response: &StoredResponse,
     ) -> Result<(), StoreError> {
         self.store.complete(tenant_id, operation, key, response).await
+    }
+
+    /// Deletes every reservation expired at the current time, [`SWEEP_BATCH`] at a time (each
+    /// batch runs on the blocking pool), and returns how many it deleted.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let now = Utc::now();
+        let mut total = 0;
+        loop {
+            let deleted = self.store.sweep_expired(now, SWEEP_BATCH).await?;
+            total += deleted;
+            if deleted < SWEEP_BATCH {
+                return Ok(total);
+            }
+            tokio::time::sleep(SWEEP_PAUSE).await;
+        }
+    }
+
+    /// Sweeps now and then every `every`, forever: spawn it and abort the task to stop. A failed
+    /// sweep is logged and tried again at the next tick.
+    pub async fn sweep_periodically(self, every: Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "expired idempotency keys swept"),
+                Err(error) => tracing::warn!(%error, "sweeping expired idempotency keys failed; trying again later"),
+            }
+        }
     }
 }

@@ -35,6 +35,8 @@ struct Inner {
     /// The global position every projection has applied (the lowest checkpoint).
     position: watch::Sender<u64>,
     caught_up: AtomicBool,
+    /// The permanent error `run` returned with, for `/readyz` to name.
+    stopped_by: std::sync::Mutex<Option<String>>,
 }
 
 impl Projections {
@@ -42,7 +44,14 @@ impl Projections {
     /// checkpoints, which it does before anything else.
     pub fn new(read_models: ReadModels) -> Self {
         let (position, _) = watch::channel(0);
-        Self { inner: Arc::new(Inner { read_models, position, caught_up: AtomicBool::new(false) }) }
+        Self {
+            inner: Arc::new(Inner {
+                read_models,
+                position,
+                caught_up: AtomicBool::new(false),
+                stopped_by: std::sync::Mutex::new(None),
+            }),
+        }
     }
 
     /// The read models this runner writes.
@@ -69,6 +78,12 @@ impl Projections {
         self.inner.caught_up.load(Ordering::Acquire)
     }
 
+    /// The permanent error the runner stopped on, if it did: the read models will not move
+    /// again until the cause is fixed and the process restarted.
+    pub fn stopped_by(&self) -> Option<String> {
+        self.inner.stopped_by.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// Follows the store from the lowest checkpoint and projects every event, until cancelled
     /// (drop the future or abort its task; a batch in flight still commits or rolls back whole).
     ///
@@ -85,6 +100,7 @@ impl Projections {
             self.inner.caught_up.store(false, Ordering::Release);
             if error.is_permanent() {
                 tracing::error!(%error, position = self.position(), "projection runner stopped");
+                *self.inner.stopped_by.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
                 return Err(error);
             }
             tracing::warn!(%error, retry_in = ?backoff, "projection runner failed; resuming from its checkpoints");

@@ -2,15 +2,18 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, params};
 
+use crate::idempotency::{DEFAULT_IDEMPOTENCY_RETENTION, ExpiryCutoffs};
 use crate::sqlite::open_database;
 use crate::{IdempotencyStore, Reservation, StoreError, StoredResponse};
 
-const IDEMPOTENCY_MIGRATIONS: &[&str] = &["
+const IDEMPOTENCY_MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE idempotency_keys (
         tenant_id    TEXT    NOT NULL,
         operation    TEXT    NOT NULL,
@@ -23,7 +26,17 @@ const IDEMPOTENCY_MIGRATIONS: &[&str] = &["
         created_at   TEXT    NOT NULL,
         PRIMARY KEY (tenant_id, operation, key)
     ) STRICT, WITHOUT ROWID;
-"];
+",
+    "
+    -- The expiry sweep finds old reservations without scanning the table.
+    CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+",
+];
+
+/// `created_at` as stored: fixed-width RFC 3339 in UTC, so text order is time order.
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
 
 /// Idempotency keys in an SQLite file, usually the one [`crate::SqliteEventStore`] uses.
 ///
@@ -31,6 +44,7 @@ const IDEMPOTENCY_MIGRATIONS: &[&str] = &["
 /// store's writer instead of failing while a batch commits.
 pub struct SqliteIdempotencyStore {
     conn: Arc<Mutex<Connection>>,
+    retention: Duration,
 }
 
 impl SqliteIdempotencyStore {
@@ -38,7 +52,13 @@ impl SqliteIdempotencyStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = open_database(path, "idempotency", IDEMPOTENCY_MIGRATIONS)
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), retention: DEFAULT_IDEMPOTENCY_RETENTION })
+    }
+
+    /// Keeps completed reservations for `retention` instead of the default 24 hours.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 
     async fn with_connection<T: Send + 'static>(
@@ -70,18 +90,36 @@ impl IdempotencyStore for SqliteIdempotencyStore {
     ) -> Result<Reservation, StoreError> {
         let (tenant_id, operation, key) = (tenant_id.to_owned(), operation.to_owned(), key.to_owned());
         let (request_hash, resource_id) = (request_hash.to_owned(), resource_id.to_owned());
+        let retention = self.retention;
         self.with_connection(move |conn| {
-            let created_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+            let now = Utc::now();
+            let expiry = ExpiryCutoffs::at(now, retention);
+            // A key whose reservation expired is free, whether or not the sweep has deleted the
+            // row yet: the upsert takes it over (fresh hash, id and time, no response) in the
+            // same statement, so two concurrent retries still make only one `New`.
             let inserted = conn.execute(
                 "INSERT INTO idempotency_keys (tenant_id, operation, key, request_hash, resource_id, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (tenant_id, operation, key) DO NOTHING",
-                params![tenant_id, operation, key, request_hash, resource_id, created_at],
+                 ON CONFLICT (tenant_id, operation, key) DO UPDATE SET
+                     request_hash = excluded.request_hash, resource_id = excluded.resource_id,
+                     status = NULL, location = NULL, body = NULL, created_at = excluded.created_at
+                 WHERE (idempotency_keys.status IS NOT NULL AND idempotency_keys.created_at < ?7)
+                    OR (idempotency_keys.status IS NULL AND idempotency_keys.created_at < ?8)",
+                params![
+                    tenant_id,
+                    operation,
+                    key,
+                    request_hash,
+                    resource_id,
+                    timestamp(now),
+                    timestamp(expiry.completed_before),
+                    timestamp(expiry.in_progress_before)
+                ],
             )?;
             if inserted == 1 {
                 return Ok(Reservation::New);
             }
-            // Rows are never deleted, so the one that won the conflict is still there.
+            // The row that won the conflict has not expired, so the sweep leaves it alone.
             conn.query_row(
                 "SELECT request_hash, resource_id, status, location, body FROM idempotency_keys
                  WHERE tenant_id = ?1 AND operation = ?2 AND key = ?3",
@@ -136,5 +174,22 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         } else {
             Err(StoreError::Backend("completing an idempotency key that was never reserved".into()))
         }
+    }
+
+    async fn sweep_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
+        let expiry = ExpiryCutoffs::at(now, self.retention);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_connection(move |conn| {
+            // One bounded DELETE is one short write transaction (autocommit), found through the
+            // index on `created_at`.
+            conn.execute(
+                "DELETE FROM idempotency_keys WHERE (tenant_id, operation, key) IN (
+                     SELECT tenant_id, operation, key FROM idempotency_keys
+                     WHERE created_at < ?1 AND (status IS NOT NULL OR created_at < ?2)
+                     LIMIT ?3)",
+                params![timestamp(expiry.completed_before), timestamp(expiry.in_progress_before), limit],
+            )
+        })
+        .await
     }
 }

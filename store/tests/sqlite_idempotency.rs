@@ -122,3 +122,91 @@ async fn it_shares_a_database_file_with_a_busy_event_store() {
     }
     assert_eq!(events.head_position().await.unwrap(), 100);
 }
+
+// Expiry. The sweep takes `now`, so these tests move the clock by passing a later one.
+
+fn hours(h: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(h * 3600)
+}
+
+fn after(d: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::from_std(d).unwrap()
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_completed_reservations_past_retention_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap().with_retention(hours(24));
+    keys.reserve("t1", "op", "done", "h", "r1").await.unwrap();
+    keys.complete("t1", "op", "done", &created("/r1")).await.unwrap();
+    // Reserved, never answered: its request may still be running.
+    keys.reserve("t1", "op", "running", "h", "r2").await.unwrap();
+
+    assert_eq!(keys.sweep_expired(after(hours(23)), 100).await.unwrap(), 0, "nothing is 24 hours old yet");
+    assert!(matches!(keys.reserve("t1", "op", "done", "h", "r9").await.unwrap(), Reservation::Existing { .. }));
+
+    // Past retention: the completed one goes; the one without a response is kept for the margin.
+    assert_eq!(keys.sweep_expired(after(hours(24) + hours(1) / 2), 100).await.unwrap(), 1);
+    assert!(matches!(
+        keys.reserve("t1", "op", "running", "h", "r9").await.unwrap(),
+        Reservation::Existing { resource_id, response: None, .. } if resource_id == "r2"
+    ));
+    // Past retention plus the margin, an unanswered reservation is abandoned: swept too.
+    assert_eq!(keys.sweep_expired(after(hours(25) + hours(1) / 60), 100).await.unwrap(), 1);
+    assert_eq!(keys.sweep_expired(after(hours(48)), 100).await.unwrap(), 0, "the table is empty");
+}
+
+#[tokio::test]
+async fn a_swept_key_is_reserved_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap().with_retention(hours(1));
+    keys.reserve("t1", "op", "k", "hash-a", "r1").await.unwrap();
+    keys.complete("t1", "op", "k", &created("/r1")).await.unwrap();
+    assert_eq!(keys.sweep_expired(after(hours(2)), 100).await.unwrap(), 1);
+    // Even with another body: the old use is forgotten.
+    assert_eq!(keys.reserve("t1", "op", "k", "hash-b", "r2").await.unwrap(), Reservation::New);
+}
+
+#[tokio::test]
+async fn the_sweep_works_in_batches_of_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap().with_retention(hours(1));
+    for i in 0..7 {
+        let key = format!("k-{i}");
+        keys.reserve("t1", "op", &key, "h", "r").await.unwrap();
+        keys.complete("t1", "op", &key, &created("/r")).await.unwrap();
+    }
+    let now = after(hours(2));
+    let mut batches = Vec::new();
+    loop {
+        let deleted = keys.sweep_expired(now, 3).await.unwrap();
+        batches.push(deleted);
+        if deleted < 3 {
+            break;
+        }
+    }
+    assert_eq!(batches, [3, 3, 1]);
+}
+
+#[tokio::test]
+async fn an_expired_reservation_is_free_before_the_sweep_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Retention zero: a completed reservation expires as soon as time moves on.
+    let keys =
+        SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap().with_retention(std::time::Duration::ZERO);
+    keys.reserve("t1", "op", "done", "hash-a", "r1").await.unwrap();
+    keys.complete("t1", "op", "done", &created("/r1")).await.unwrap();
+    keys.reserve("t1", "op", "running", "hash-a", "r2").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(keys.reserve("t1", "op", "done", "hash-b", "r3").await.unwrap(), Reservation::New);
+    // The retry now holds the key: a second one finds its reservation, not another `New`.
+    assert_eq!(
+        keys.reserve("t1", "op", "done", "hash-b", "r4").await.unwrap(),
+        Reservation::Existing { request_hash: "hash-b".into(), resource_id: "r3".into(), response: None }
+    );
+    // Unanswered reservations are kept for the in-progress margin past retention.
+    assert!(matches!(
+        keys.reserve("t1", "op", "running", "hash-a", "r5").await.unwrap(),
+        Reservation::Existing { resource_id, .. } if resource_id == "r2"
+    ));
+}
