@@ -92,8 +92,10 @@ pub fn decide(seen: &Observation, limits: ReadinessLimits) -> Result<(), NotRead
 impl NotReady {
     fn detail(&self, limits: ReadinessLimits) -> String {
         match self {
-            Self::Stopped { error } => {
-                format!("the projection runner stopped on an error and will not resume: {error}")
+            // The error itself may quote event data, and /readyz needs no token: it goes to the
+            // log only.
+            Self::Stopped { .. } => {
+                "the projection runner stopped on an error and will not resume; the error is in the log".into()
             }
             Self::CatchingUp => "the read models are still catching up with the store since start".into(),
             Self::Lagging { projection, lag_events, lag, limit } => {
@@ -162,7 +164,8 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
                     "projection-lagging"
                 }
             };
-            tracing::warn!(reason = slug, detail = %why.detail(limits), "not ready");
+            let error = if let NotReady::Stopped { error } = &why { error.as_str() } else { "" };
+            tracing::warn!(reason = slug, detail = %why.detail(limits), error, "not ready");
             not_ready(slug, why.detail(limits), extra)
         }
     }
