@@ -1,7 +1,8 @@
 //! Credentials and connection health end to end, through the real binary: a connection's first
 //! health check, `Prefer: wait`, verified rotation (promotion, failure, 409 while in flight,
 //! retirement of the previous version after the overlap), and health measured over time
-//! against a local stand-in for GitHub's `GET /user`.
+//! against a local stand-in for GitHub's `GET /user`; vendor-issued rotation (Twilio API keys
+//! created, verified, promoted, revoked) against a local stand-in for Twilio's REST API.
 
 mod credentials_support;
 mod support;
@@ -9,7 +10,11 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use credentials_support::{GitHubUserStub, events_of_type, eventually, github_connection, secrets, serve_with_logs};
+use credentials_support::twilio::{MAIN_KEY_SECRET, MAIN_KEY_SID, TwilioStub};
+use credentials_support::{
+    GitHubUserStub, events_of_type, eventually, github_connection, runs_of_operation, secrets, serve_with_logs,
+    twilio_connection,
+};
 use serde_json::{Value, json};
 use support::{ALL_SCOPES, App};
 
@@ -209,10 +214,16 @@ async fn consecutive_failed_checks_degrade_the_connection_and_a_success_restores
 
 /// `integration-engine runs start` on the data dir; the run id.
 fn start_run(dir: &Path, connection: &str, operation: &str, key: &str) -> String {
+    start_run_with(dir, connection, operation, key, "{}")
+}
+
+/// `integration-engine runs start` with `input`; the run id.
+fn start_run_with(dir: &Path, connection: &str, operation: &str, key: &str, input: &str) -> String {
     let out = std::process::Command::new(support::BIN)
         .args(["runs", "start", "--data-dir"])
         .arg(dir)
         .args(["--tenant", TENANT, "--connection", connection, "--operation", operation, "--idempotency-key", key])
+        .args(["--input", input])
         .env_remove("IE_MASTER_KEY")
         .output()
         .unwrap();
@@ -286,6 +297,166 @@ async fn an_engine_owned_signing_secret_is_generated_checked_and_promoted() {
     let events = std::fs::read(dir.path().join("events.db")).unwrap();
     let wal = std::fs::read(dir.path().join("events.db-wal")).unwrap_or_default();
     for bytes in [events, wal] {
-        assert!(!bytes.windows(generated.len()).any(|w| w == generated.as_bytes()), "the events hold the generated value");
+        assert!(
+            !bytes.windows(generated.len()).any(|w| w == generated.as_bytes()),
+            "the events hold the generated value"
+        );
     }
+}
+
+/// The output a completed run recorded (`RunCompleted`).
+fn run_output(dir: &Path, run_id: &str) -> Value {
+    let completed = events_of_type(dir, "RunCompleted").into_iter().find(|e| e["runId"] == run_id);
+    completed.unwrap_or_else(|| panic!("{run_id} did not complete"))["output"].clone()
+}
+
+const TWILIO_SECRET: &str = "kv://factory-integration/twilio-sms";
+const TWILIO_ISSUER: &str = "kv://factory-integration/twilio-main";
+const CONSOLE_KEY_SID: &str = "SKaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// A Twilio connection whose API key starts as a console key; the stand-in, the app, the token.
+async fn twilio_setup(extra: &[&str]) -> (TwilioStub, tempfile::TempDir, App, String) {
+    let stub = TwilioStub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--health-check-interval-seconds", "0"];
+    args.extend_from_slice(extra);
+    let app = serve(dir.path(), &args);
+    let console_key = stub.console_key(CONSOLE_KEY_SID, "console_secret_aaaa");
+    secrets(dir.path(), &["put", TWILIO_SECRET], Some(&console_key));
+    secrets(dir.path(), &["put", TWILIO_ISSUER], Some(&format!("{MAIN_KEY_SID}:{MAIN_KEY_SECRET}")));
+    let token = app.token(TENANT, ALL_SCOPES);
+    let r = twilio_connection(&app, &token, TENANT, &stub.url, TWILIO_SECRET, TWILIO_ISSUER).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["health"], "Healthy", "the balance answers for the console key");
+    assert_eq!(stub.balance_calls(CONSOLE_KEY_SID), 1);
+    (stub, dir, app, token)
+}
+
+async fn rotate_twilio(app: &App, token: &str) -> reqwest::Response {
+    let body = json!({"tenantId": TENANT, "credentialId": "cred-twilio-sms", "reason": "ScheduledRotation"});
+    app.post_json("/integrations/credentials/rotate", token, &body).await
+}
+
+#[tokio::test]
+async fn a_vendor_issued_key_is_created_verified_promoted_used_and_the_old_key_revoked_after_the_overlap() {
+    let (stub, dir, app, token) = twilio_setup(&["--credential-overlap-seconds", "2"]).await;
+    // The first create's answer is lost, as if the engine died right after Twilio made the key.
+    stub.lose_create_answers(1);
+
+    let r = rotate_twilio(&app, &token).await;
+    assert_eq!(r.status(), 202);
+    let started: Value = r.json().await.unwrap();
+    assert_eq!(started["status"], "Rotating");
+    assert_eq!(started["newVersionRef"], format!("{TWILIO_SECRET}?version=2"), "the reserved version");
+    let run_id = started["verificationRunId"].as_str().unwrap().to_owned();
+    let run = run_status(&app, &token, &run_id, &["Completed", "Failed"]).await;
+    assert_eq!(run["status"], "Completed", "{run}");
+    let issued = run_output(dir.path(), &run_id)["issuedKeyId"].as_str().unwrap().to_owned();
+    assert_eq!(events_of_type(dir.path(), "CredentialRotationStarted").pop().unwrap()["source"], "ProviderIssued");
+
+    // The lost key was found by its label and deleted; exactly one issued key is live.
+    let created = stub.created();
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert_eq!(created[1], issued);
+    assert!(!stub.is_live(&created[0]) && stub.deleted().contains(&created[0]), "the orphan key was deleted");
+    let label = stub.label_of(&issued).unwrap();
+    assert!(label.starts_with(&run_id) && label.contains("cred-twilio-sms v2"), "{label}");
+    assert_eq!(stub.live_labelled(&label), vec![issued.clone()]);
+
+    let rotated = eventually("CredentialRotated", Duration::from_secs(10), || async {
+        events_of_type(dir.path(), "CredentialRotated").pop()
+    })
+    .await;
+    assert_eq!((rotated["version"].clone(), rotated["previousVersion"].clone()), (json!(2), json!(1)));
+    let revealed = secrets(dir.path(), &["show", TWILIO_SECRET, "--reveal"], None);
+    assert!(revealed.contains("current=2\tpending=-\tprevious=1"), "{revealed}");
+    let stored = stub.credential_of(&issued).unwrap();
+    assert!(revealed.trim_end().ends_with(&stored), "the vault holds what Twilio issued: {revealed}");
+    let events = std::fs::read(dir.path().join("events.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("events.db-wal")).unwrap_or_default();
+    let issued_secret = stored.split_once(':').unwrap().1.to_owned();
+    for bytes in [events, wal] {
+        assert!(
+            !bytes.windows(issued_secret.len()).any(|w| w == issued_secret.as_bytes()),
+            "an event holds the secret"
+        );
+    }
+
+    // Connections use the issued key from now on.
+    let connection_id =
+        events_of_type(dir.path(), "ConnectionEstablished")[0]["connectionId"].as_str().unwrap().to_owned();
+    let before = stub.balance_calls(&issued);
+    let check = start_run(dir.path(), &connection_id, "CheckHealth", "after-twilio-rotation");
+    assert_eq!(run_status(&app, &token, &check, &["Completed", "Failed"]).await["status"], "Completed");
+    assert_eq!(stub.balance_calls(&issued), before + 1);
+
+    // After the overlap the previous version is retired, and its key deleted at Twilio.
+    eventually("the console key revoked", Duration::from_secs(30), || async {
+        (!stub.is_live(CONSOLE_KEY_SID)).then_some(())
+    })
+    .await;
+    let revocations = runs_of_operation(dir.path(), "RevokeCredential");
+    assert_eq!(revocations.len(), 1, "{revocations:?}");
+    let revoked = run_status(&app, &token, &revocations[0], &["Completed", "Failed"]).await;
+    assert_eq!(revoked["status"], "Completed", "{revoked}");
+    assert_eq!(run_output(dir.path(), &revocations[0])["revokedKeyIds"], json!([CONSOLE_KEY_SID]));
+    assert!(stub.is_live(&issued) && stub.is_live(MAIN_KEY_SID), "the current key and the issuer's stay");
+    assert_eq!(events_of_type(dir.path(), "CredentialVersionRetired").pop().unwrap()["version"], 1);
+
+    // Whatever a revocation run is asked, it never deletes the key in use.
+    let current = json!({"credentialId": "cred-twilio-sms", "versionRef": format!("{TWILIO_SECRET}?version=2")});
+    let by_label = json!({"credentialId": "cred-twilio-sms", "issuanceLabel": label});
+    for (key, input) in [("revoke-current", current), ("revoke-current-label", by_label)] {
+        let run = start_run_with(dir.path(), &connection_id, "RevokeCredential", key, &input.to_string());
+        let run = run_status(&app, &token, &run, &["Completed", "Failed"]).await;
+        assert!(run["status"] == "Failed" || run["status"] == "Completed", "{run}");
+    }
+    assert!(stub.is_live(&issued), "the current key is never revoked");
+    let refused =
+        events_of_type(dir.path(), "RunFailed").into_iter().any(|e| e["error"].as_str().unwrap().contains("in use"));
+    assert!(refused, "the revocation of the current version names why it was refused");
+}
+
+#[tokio::test]
+async fn a_vendor_issued_key_that_fails_verification_leaves_current_and_is_revoked() {
+    let (stub, dir, app, token) = twilio_setup(&["--run-max-attempts", "1"]).await;
+    stub.refuse_new_keys(true);
+
+    let r = rotate_twilio(&app, &token).await;
+    assert_eq!(r.status(), 202);
+    let run_id = r.json::<Value>().await.unwrap()["verificationRunId"].as_str().unwrap().to_owned();
+    assert_eq!(rotate_twilio(&app, &token).await.status(), 409, "one rotation at a time");
+    let run = run_status(&app, &token, &run_id, &["Completed", "Failed"]).await;
+    assert_eq!(run["status"], "Failed", "{run}");
+    let failed = eventually("CredentialRotationFailed", Duration::from_secs(10), || async {
+        events_of_type(dir.path(), "CredentialRotationFailed").pop()
+    })
+    .await;
+    assert!(failed["reason"].as_str().unwrap().contains("401 Unauthorized: Twilio: Authenticate"), "{failed}");
+    let shown = secrets(dir.path(), &["show", TWILIO_SECRET], None);
+    assert!(shown.contains("current=1\tpending=-\tprevious=-"), "the current version stays: {shown}");
+
+    // The key Twilio issued for the failed rotation is deleted there (found by its label).
+    let issued = stub.created();
+    assert_eq!(issued.len(), 1);
+    eventually("the failed rotation's key revoked", Duration::from_secs(30), || async {
+        (!stub.is_live(&issued[0])).then_some(())
+    })
+    .await;
+    assert!(stub.is_live(CONSOLE_KEY_SID), "the current key stays");
+
+    // The next rotation issues another key under the next version and is promoted.
+    stub.refuse_new_keys(false);
+    let r = rotate_twilio(&app, &token).await;
+    assert_eq!(r.status(), 202);
+    let started: Value = r.json().await.unwrap();
+    assert_eq!(started["newVersionRef"], format!("{TWILIO_SECRET}?version=3"));
+    let run = run_status(&app, &token, started["verificationRunId"].as_str().unwrap(), &["Completed", "Failed"]).await;
+    assert_eq!(run["status"], "Completed", "{run}");
+    eventually("CredentialRotated", Duration::from_secs(10), || async {
+        events_of_type(dir.path(), "CredentialRotated").pop()
+    })
+    .await;
+    let shown = secrets(dir.path(), &["show", TWILIO_SECRET], None);
+    assert!(shown.contains("current=3\tpending=-\tprevious=1"), "{shown}");
 }

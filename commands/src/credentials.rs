@@ -1,21 +1,29 @@
 //! Credential rotation, step by step (see docs/credentials.md):
 //!
 //! 1. [`Commands::start_credential_rotation`] finds the pending version (one an operator staged
-//!    in the vault, or one the engine generates for a secret it owns), records
-//!    `CredentialRotationStarted` and requests the `VerifyCredential` run.
-//! 2. The run executor calls the provider's health operation with the pending version.
+//!    in the vault, one the engine generates for a secret it owns, or, when the connection names
+//!    a `keyIssuerCredentialRef`, the next version number reserved for a credential the
+//!    provider's API will issue), records `CredentialRotationStarted` (the intent) and requests
+//!    the `VerifyCredential` run.
+//! 2. The run executor (for a provider-issued version, after having the provider issue it and
+//!    staging it in the vault) calls the provider's health operation with the pending version.
 //! 3. Its outcome settles the rotation: [`Commands::complete_credential_rotation`] promotes the
 //!    version in the vault (pending → current, current → previous) and records
 //!    `CredentialRotated`; [`Commands::fail_credential_rotation`] records
 //!    `CredentialRotationFailed` and leaves the current version in use.
 //! 4. After the overlap, [`Commands::retire_previous_credential_version`] drops the previous
 //!    version's label and records `CredentialVersionRetired`.
+//! 5. Where the provider issues credentials, a `RevokeCredential` run
+//!    ([`Commands::request_revocation_run`]) revokes at the provider a retired version, or the
+//!    credential issued for a rotation that failed.
 //!
 //! Each step is idempotent, so a redelivered event or a retried request repeats nothing.
 
 use base64::Engine as _;
+use domain::connection::ConnectionEvent;
 use domain::credential::{
-    Credential, CredentialCommand, CredentialEvent, CredentialState, Rotation, RotationSource, StartRotation,
+    Credential, CredentialCommand, CredentialEvent, CredentialState, KEY_ISSUER_CREDENTIAL_REF, Rotation,
+    RotationSource, StartRotation,
 };
 use domain::ids::stream_id;
 use domain::provider::AuthModel;
@@ -29,6 +37,27 @@ use crate::{CommandContext, CommandError, Commands};
 
 /// The operation of the run that checks a pending credential version against the provider.
 pub const VERIFY_CREDENTIAL_OPERATION: &str = "VerifyCredential";
+/// The operation of the run that revokes a credential at the provider that issued it.
+pub const REVOKE_CREDENTIAL_OPERATION: &str = "RevokeCredential";
+/// The longest label a provider keeps for an issued credential (Twilio's `FriendlyName`).
+const MAX_ISSUANCE_LABEL: usize = 64;
+
+/// The label of the credential a rotation has the provider issue: unique per rotation (it
+/// starts with the verification run's id) and the same on every attempt, so an attempt finds
+/// what an earlier one that died left at the provider.
+pub fn issuance_label(credential_id: &str, version: u32, verification_run_id: &str) -> String {
+    format!("{verification_run_id} {credential_id} v{version}").chars().take(MAX_ISSUANCE_LABEL).collect()
+}
+
+/// The id of the run revoking `what` (a version ref or an issuance label) of a credential: the
+/// same for every redelivery, so each revocation is requested once.
+pub fn revocation_run_id(tenant_id: &str, credential_id: &str, what: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("revoke-credential\n{tenant_id}\n{credential_id}\n{what}").as_bytes(),
+    );
+    format!("{}-{}", domain::ids::RUN, hex::encode(&digest.as_ref()[..16]))
+}
 /// The form of secrets the engine generates: Standard Webhooks' `whsec_` and base64 of 32
 /// random bytes.
 pub const GENERATED_SECRET_PREFIX: &str = "whsec_";
@@ -57,6 +86,8 @@ pub struct VerificationInput {
     /// Where the version came from: a generated secret is checked locally (its receiver learns
     /// it from us), any other one against the provider.
     pub source: RotationSource,
+    /// For a provider-issued version: the label the provider keeps on the credential it issues.
+    pub issuance_label: Option<String>,
 }
 
 impl VerificationInput {
@@ -72,7 +103,57 @@ impl VerificationInput {
             None => RotationSource::OperatorStaged,
             Some(source) => serde_json::from_value(source.clone()).map_err(|e| format!("input.source: {e}"))?,
         };
-        Ok(Self { credential_id: credential_id.into(), version_ref, source })
+        let issuance_label = input["issuanceLabel"].as_str().map(str::to_owned);
+        if source == RotationSource::ProviderIssued && issuance_label.is_none() {
+            return Err("input.issuanceLabel is missing for a provider-issued version".into());
+        }
+        Ok(Self { credential_id: credential_id.into(), version_ref, source, issuance_label })
+    }
+}
+
+/// What a `RevokeCredential` run revokes at the provider: a version of the credential (its
+/// value names the provider's key) or every credential carrying an issuance label.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Revocation {
+    /// A version that was retired (or displaced): no longer accepted anywhere.
+    Version(SecretRef),
+    /// What the provider issued for a rotation that failed (found by its label, since the
+    /// version number may have been reserved again by a later rotation).
+    Issuance(String),
+}
+
+/// A `RevokeCredential` run's input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevocationInput {
+    pub credential_id: String,
+    pub revocation: Revocation,
+}
+
+impl RevocationInput {
+    pub fn to_json(&self) -> serde_json::Value {
+        match &self.revocation {
+            Revocation::Version(version) => {
+                json!({"credentialId": self.credential_id, "versionRef": version.to_string()})
+            }
+            Revocation::Issuance(label) => json!({"credentialId": self.credential_id, "issuanceLabel": label}),
+        }
+    }
+
+    /// Reads a `RevokeCredential` run's input.
+    pub fn parse(input: &serde_json::Value) -> Result<Self, String> {
+        let credential_id = input["credentialId"].as_str().ok_or("input.credentialId is missing")?.to_owned();
+        let revocation = match (input["versionRef"].as_str(), input["issuanceLabel"].as_str()) {
+            (Some(version), None) => {
+                let version = SecretRef::parse(version).map_err(|e| format!("input.versionRef: {e}"))?;
+                if version.version.is_none() {
+                    return Err("input.versionRef must name a version".into());
+                }
+                Revocation::Version(version)
+            }
+            (None, Some(label)) => Revocation::Issuance(label.to_owned()),
+            _ => return Err("input must name either versionRef or issuanceLabel".into()),
+        };
+        Ok(Self { credential_id, revocation })
     }
 }
 
@@ -96,8 +177,9 @@ impl Commands {
         verification_run_id: &str,
     ) -> Result<RotationStartedOutcome, CommandError> {
         let stream = stream_id(&ctx.tenant_id, credential_id);
-        let CredentialState::Registered { secret_ref, current_version, auth_kind, pending, started, .. } =
-            self.credential_state(ctx, credential_id).await?
+        let CredentialState::Registered {
+            secret_ref, current_version, auth_kind, pending, started, connections, ..
+        } = self.credential_state(ctx, credential_id).await?
         else {
             return Err(DomainError::NotFound { kind: "credential", id: credential_id.into() }.into());
         };
@@ -112,7 +194,10 @@ impl Commands {
                 }
                 .into());
             }
-            (None, false) => self.pending_version_for(&secret_ref, current_version, auth_kind).await?,
+            (None, false) => {
+                let issued_by_provider = self.names_key_issuer(ctx, connections.first()).await?;
+                self.pending_version_for(&secret_ref, current_version, auth_kind, issued_by_provider).await?
+            }
         };
         let command = CredentialCommand::StartRotation(StartRotation {
             credential_id: credential_id.into(),
@@ -153,38 +238,84 @@ impl Commands {
         connection_id: &str,
         rotation: &Rotation,
     ) -> Result<Option<u64>, CommandError> {
-        let input = json!({
+        let mut input = json!({
             "credentialId": credential_id,
             "version": rotation.version,
             "versionRef": rotation.version_ref,
             "source": rotation.source,
         });
+        if rotation.source == RotationSource::ProviderIssued {
+            input["issuanceLabel"] =
+                json!(issuance_label(credential_id, rotation.version, &rotation.verification_run_id));
+        }
         let run = self
             .request_run(ctx, &rotation.verification_run_id, connection_id, VERIFY_CREDENTIAL_OPERATION, input)
             .await?;
         Ok(run.last_position)
     }
 
+    /// Requests the run that revokes `revocation` at the provider; idempotent (the run id is
+    /// derived from what it revokes). The position of the request, `None` when it existed.
+    pub async fn request_revocation_run(
+        &self,
+        ctx: &CommandContext,
+        connection_id: &str,
+        input: &RevocationInput,
+    ) -> Result<Option<u64>, CommandError> {
+        let what = match &input.revocation {
+            Revocation::Version(version) => version.to_string(),
+            Revocation::Issuance(label) => label.clone(),
+        };
+        let run_id = revocation_run_id(&ctx.tenant_id, &input.credential_id, &what);
+        let run = self.request_run(ctx, &run_id, connection_id, REVOKE_CREDENTIAL_OPERATION, input.to_json()).await?;
+        Ok(run.last_position)
+    }
+
+    /// Whether the connection names a `keyIssuerCredentialRef`, so that the provider's API issues
+    /// its credential's next versions.
+    pub async fn names_key_issuer(
+        &self,
+        ctx: &CommandContext,
+        connection_id: Option<&String>,
+    ) -> Result<bool, CommandError> {
+        let Some(connection_id) = connection_id else { return Ok(false) };
+        let loaded = self.load::<ConnectionEvent>(&stream_id(&ctx.tenant_id, connection_id)).await?;
+        Ok(loaded.events.iter().any(|e| {
+            matches!(e, ConnectionEvent::ConnectionEstablished(c) if c.configuration.contains_key(KEY_ISSUER_CREDENTIAL_REF))
+        }))
+    }
+
     /// The version to rotate to: one an operator staged (labelled pending in the vault), else,
-    /// for a secret the engine owns, a new one it generates and stages.
+    /// for a secret the engine owns, a new one it generates and stages, else, when the provider
+    /// issues the credential, the next version number (the verification run has the provider
+    /// issue the credential and stores it as that version).
     async fn pending_version_for(
         &self,
         secret: &SecretRef,
         current_version: u32,
         auth_kind: AuthModel,
+        issued_by_provider: bool,
     ) -> Result<(u32, RotationSource), CommandError> {
         let staged = |m: Option<store::SecretMetadata>| {
             m.and_then(|m| m.pending_version).filter(|pending| *pending > current_version)
         };
-        if let Some(version) = staged(self.vault.metadata(secret).await?) {
+        let metadata = self.vault.metadata(secret).await?;
+        if let Some(version) = staged(metadata.clone()) {
             return Ok((version, RotationSource::OperatorStaged));
+        }
+        if !is_engine_owned(auth_kind) && issued_by_provider {
+            // Versions are numbered consecutively: the next one is reserved by this rotation
+            // (the run refuses to store the issued credential under any other number).
+            let next = metadata.map_or(current_version, |m| m.versions.max(current_version)) + 1;
+            return Ok((next, RotationSource::ProviderIssued));
         }
         if !is_engine_owned(auth_kind) {
             return Err(DomainError::InvalidTransition {
                 kind: "credential",
                 state: format!(
                     "without a pending version ({auth_kind:?} secrets are issued by the vendor: stage the new one \
-                     with `integration-engine secrets put --stage pending {secret}`)"
+                     with `integration-engine secrets put --stage pending {secret}`, or name the connection's \
+                     configuration.{KEY_ISSUER_CREDENTIAL_REF} where the provider's API issues them)"
                 ),
                 command: "rotate",
             }
@@ -307,6 +438,39 @@ mod tests {
         assert_ne!(a, b);
         let key = a.strip_prefix(GENERATED_SECRET_PREFIX).unwrap();
         assert_eq!(base64::engine::general_purpose::STANDARD.decode(key).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn issuance_labels_are_per_rotation_and_fit_the_providers_limit() {
+        let run = "run-0192f0c4d5e67f8aa1b2c3d4e5f60718";
+        let label = issuance_label("cred-twilio-sms", 2, run);
+        assert_eq!(label, format!("{run} cred-twilio-sms v2"));
+        assert_eq!(label, issuance_label("cred-twilio-sms", 2, run), "the same on every attempt");
+        assert_ne!(label, issuance_label("cred-twilio-sms", 2, "run-0192f0c4d5e67f8aa1b2c3d4e5f60719"));
+        let long = issuance_label(&format!("cred-{}", "x".repeat(80)), 2, run);
+        assert!(long.chars().count() == MAX_ISSUANCE_LABEL && long.starts_with(run), "{long}");
+    }
+
+    #[test]
+    fn revocation_inputs_round_trip_and_name_one_thing() {
+        let version = SecretRef::parse("kv://factory-integration/twilio-sms?version=1").unwrap();
+        for revocation in [Revocation::Version(version), Revocation::Issuance("run-1 cred-twilio-sms v2".into())] {
+            let input = RevocationInput { credential_id: "cred-twilio-sms".into(), revocation };
+            assert_eq!(RevocationInput::parse(&input.to_json()), Ok(input));
+        }
+        assert!(RevocationInput::parse(&json!({"credentialId": "c"})).is_err());
+        assert!(RevocationInput::parse(&json!({"credentialId": "c", "versionRef": "kv://v/n"})).is_err());
+        assert_ne!(revocation_run_id("t", "c", "a"), revocation_run_id("t", "c", "b"));
+        assert_eq!(revocation_run_id("t", "c", "a"), revocation_run_id("t", "c", "a"));
+    }
+
+    #[test]
+    fn a_provider_issued_verification_names_its_label() {
+        let input = json!({"credentialId": "c", "versionRef": "kv://v/n?version=2", "source": "ProviderIssued"});
+        assert!(VerificationInput::parse(&input).is_err());
+        let mut labelled = input.clone();
+        labelled["issuanceLabel"] = json!("run-1 c v2");
+        assert_eq!(VerificationInput::parse(&labelled).unwrap().issuance_label.as_deref(), Some("run-1 c v2"));
     }
 
     #[test]

@@ -43,5 +43,7 @@ pub mod oauth2_client_credentials;
 pub mod operations;
 /// Outbound webhook deliveries: Standard Webhooks signatures, CloudEvents headers, answers.
 pub mod outbound_webhooks;
+/// Twilio's REST API client: the balance as health check, API keys issued and deleted.
+pub mod twilio_api;
 
 pub use signature::SignatureError;

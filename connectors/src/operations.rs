@@ -7,11 +7,18 @@
 //! | `http.request` | any | [`crate::http_call`]: a signed HTTP call to the provider's `baseUrl` |
 //! | `OpenPullRequest` | GitHub | [`crate::github_api`]: `POST /repos/{owner}/{repo}/pulls` |
 //! | `CheckHealth` | GitHub | [`crate::github_api`]: `GET /user` (the authenticated user) |
+//! | `CheckHealth` | Twilio (with `configuration.accountSid`) | [`crate::twilio_api`]: "Fetch the balance" (`GET /2010-04-01/Accounts/{AccountSid}/Balance.json`) |
 //! | `CheckHealth` | others | a signed `GET` of the connection's `configuration.healthCheckPath` (default `/health`) below `baseUrl` |
 //! | `CheckSigningSecret` | any | local: the credential is a `whsec_` secret of at least 24 bytes (a generated version's check) |
 //!
 //! `CheckHealth` is what connection health checks run, and what a credential rotation's
 //! `VerifyCredential` run performs with the pending version.
+//!
+//! **Credential issuance** ([`credential_issuance`], [`ApiClients::issue_credential`],
+//! [`ApiClients::revoke_credential`]): the providers whose API issues a connection's next
+//! credential and revokes old ones. Twilio: API keys (`SK…:secret`) created and deleted through
+//! the Keys resource with the connection's `keyIssuerCredentialRef` (a Main key or the account's
+//! auth token).
 
 use std::fmt;
 use std::time::Duration;
@@ -21,7 +28,7 @@ use thiserror::Error;
 
 use crate::egress::{EgressError, EgressPolicy, http_client};
 use crate::oauth2_client_credentials::{AccessToken, ClientCredentialsGrant, TokenCache};
-use crate::{github_api, http_call};
+use crate::{github_api, http_call, twilio_api};
 
 /// The operation name of the generic signed HTTP call.
 pub const HTTP_REQUEST: &str = "http.request";
@@ -58,6 +65,18 @@ impl ProviderTarget {
         self.provider_key == "github"
             || self.api_client.rsplit('.').next().is_some_and(|name| name.eq_ignore_ascii_case("github"))
     }
+
+    /// Whether the provider is Twilio (by its key, e.g. `twilio-sms`, or its API client's name).
+    pub fn is_twilio(&self) -> bool {
+        self.provider_key == "twilio"
+            || self.provider_key.starts_with("twilio-")
+            || self.api_client.rsplit('.').next().is_some_and(|name| name.eq_ignore_ascii_case("twilio"))
+    }
+
+    /// The Twilio account the connection names (`configuration.accountSid`), if any.
+    fn twilio_account_sid(&self) -> Option<&str> {
+        self.configuration.get(twilio_api::ACCOUNT_SID).and_then(Value::as_str)
+    }
 }
 
 /// A credential value from the vault. `Debug` never prints it.
@@ -70,6 +89,11 @@ impl Credential {
     }
 
     pub(crate) fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The value, to be written to the vault (a credential the provider issued) and nowhere else.
+    pub fn value_for_vault(&self) -> &[u8] {
         &self.0
     }
 }
@@ -132,6 +156,8 @@ pub enum ResolvedOperation {
 pub enum HealthCheck {
     /// GitHub's `GET /user` with the credential as bearer token.
     GitHubUser,
+    /// Twilio's "Fetch the balance" of the account, with the API key as Basic credentials.
+    TwilioBalance(String),
     /// A signed `GET` (as `http.request` signs) of a path below the provider's `baseUrl`.
     SignedGet(http_call::HttpRequestInput),
 }
@@ -193,6 +219,14 @@ pub fn resolve(operation: &str, target: &ProviderTarget, input: &Value) -> Resul
 pub fn health_check(target: &ProviderTarget) -> Result<ResolvedOperation, String> {
     if target.is_github() {
         return Ok(ResolvedOperation::CheckHealth(HealthCheck::GitHubUser));
+    }
+    if target.is_twilio()
+        && let Some(sid) = target.twilio_account_sid()
+    {
+        if !twilio_api::is_account_sid(sid) {
+            return Err(format!("configuration.{} must be a Twilio account sid", twilio_api::ACCOUNT_SID));
+        }
+        return Ok(ResolvedOperation::CheckHealth(HealthCheck::TwilioBalance(sid.to_owned())));
     }
     let path = match target.configuration.get(HEALTH_CHECK_PATH) {
         None => DEFAULT_HEALTH_CHECK_PATH,
@@ -283,8 +317,137 @@ impl ApiClients {
             ResolvedOperation::CheckHealth(HealthCheck::SignedGet(input)) => {
                 http_call::call(&self.http, &base, input, credential, bearer).await
             }
+            ResolvedOperation::CheckHealth(HealthCheck::TwilioBalance(sid)) => {
+                let account = twilio_api::Account::new(base, sid).map_err(CallError::Permanent)?;
+                twilio_api::fetch_balance(&self.http, &account, credential).await
+            }
             ResolvedOperation::CheckSigningSecret => check_signing_secret(credential),
         }
+    }
+
+    /// The provider's base URL, checked against the egress policy.
+    fn checked_base(&self, target: &ProviderTarget) -> Result<reqwest::Url, CallError> {
+        let base = reqwest::Url::parse(&target.base_url)
+            .map_err(|e| CallError::Permanent(format!("provider baseUrl {}: {e}", target.base_url)))?;
+        crate::egress::check_url(self.policy, &base).map_err(CallError::Permanent)?;
+        Ok(base)
+    }
+
+    /// Has the provider issue a new credential labelled `label` (see [`credential_issuance`]),
+    /// authenticated as `issuer`. Credentials already carrying the label (left by an attempt
+    /// that died before storing its value) are revoked first, so retrying leaves none behind.
+    pub async fn issue_credential(
+        &self,
+        target: &ProviderTarget,
+        issuer: &Credential,
+        label: &str,
+    ) -> Result<IssuedCredential, CallError> {
+        match credential_issuance(target).map_err(CallError::Permanent)? {
+            CredentialIssuance::TwilioApiKeys { account_sid } => {
+                let account =
+                    twilio_api::Account::new(self.checked_base(target)?, &account_sid).map_err(CallError::Permanent)?;
+                let key = twilio_api::issue_key(&self.http, &account, issuer, label).await?;
+                Ok(IssuedCredential { key_id: key.sid, credential: key.credential })
+            }
+        }
+    }
+
+    /// Revokes at the provider the credential `credential` (a version of the connection's
+    /// credential), authenticated as `issuer`; the output names the revoked key id. A key that
+    /// is gone already counts as revoked; the issuer's own key and the `in_use` key ids (the
+    /// current and pending versions') are never revoked.
+    pub async fn revoke_credential(
+        &self,
+        target: &ProviderTarget,
+        issuer: &Credential,
+        credential: &Credential,
+        in_use: &[String],
+    ) -> Result<Value, CallError> {
+        match credential_issuance(target).map_err(CallError::Permanent)? {
+            CredentialIssuance::TwilioApiKeys { account_sid } => {
+                let sid = twilio_api::key_sid(credential).ok_or_else(|| {
+                    CallError::Permanent("the version is not a Twilio API key (SK…:secret): nothing to revoke".into())
+                })?;
+                if twilio_api::key_sid(issuer).as_deref() == Some(sid.as_str()) {
+                    return Err(CallError::Permanent(format!("{sid} is the issuer's own key: not revoked")));
+                }
+                if in_use.contains(&sid) {
+                    return Err(CallError::Permanent(format!("{sid} is in use (current or pending): not revoked")));
+                }
+                let account =
+                    twilio_api::Account::new(self.checked_base(target)?, &account_sid).map_err(CallError::Permanent)?;
+                twilio_api::delete_key(&self.http, &account, issuer, &sid).await?;
+                Ok(serde_json::json!({"revokedKeyIds": [sid]}))
+            }
+        }
+    }
+
+    /// Revokes at the provider every credential labelled `label` (those of an issuance whose
+    /// rotation failed) but the `in_use` key ids; the output names the revoked and kept ones.
+    pub async fn revoke_labelled(
+        &self,
+        target: &ProviderTarget,
+        issuer: &Credential,
+        label: &str,
+        in_use: &[String],
+    ) -> Result<Value, CallError> {
+        match credential_issuance(target).map_err(CallError::Permanent)? {
+            CredentialIssuance::TwilioApiKeys { account_sid } => {
+                let account =
+                    twilio_api::Account::new(self.checked_base(target)?, &account_sid).map_err(CallError::Permanent)?;
+                let issuer_sid = twilio_api::key_sid(issuer);
+                let (kept, revoked): (Vec<String>, Vec<String>) =
+                    twilio_api::keys_labelled(&self.http, &account, issuer, label)
+                        .await?
+                        .into_iter()
+                        .partition(|sid| in_use.contains(sid) || issuer_sid.as_deref() == Some(sid.as_str()));
+                for sid in &revoked {
+                    twilio_api::delete_key(&self.http, &account, issuer, sid).await?;
+                }
+                Ok(serde_json::json!({"revokedKeyIds": revoked, "keptKeyIds": kept}))
+            }
+        }
+    }
+}
+
+/// The provider's id of a credential value (Twilio: the API key's sid), for the record.
+pub fn credential_key_id(target: &ProviderTarget, credential: &Credential) -> Option<String> {
+    match credential_issuance(target).ok()? {
+        CredentialIssuance::TwilioApiKeys { .. } => twilio_api::key_sid(credential),
+    }
+}
+
+/// How a provider's API issues a connection's credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CredentialIssuance {
+    /// Twilio's Keys resource of the account `account_sid`.
+    TwilioApiKeys { account_sid: String },
+}
+
+/// A credential the provider issued: its id at the provider (not secret) and its value.
+#[derive(Debug)]
+pub struct IssuedCredential {
+    pub key_id: String,
+    pub credential: Credential,
+}
+
+/// Whether (and how) the provider of `target` issues credentials through its API; `Err` names
+/// why not.
+pub fn credential_issuance(target: &ProviderTarget) -> Result<CredentialIssuance, String> {
+    if !target.is_twilio() {
+        return Err(format!(
+            "provider {} has no API client that issues credentials (supported: Twilio API keys)",
+            target.provider_key
+        ));
+    }
+    match target.twilio_account_sid() {
+        Some(sid) if twilio_api::is_account_sid(sid) => {
+            Ok(CredentialIssuance::TwilioApiKeys { account_sid: sid.into() })
+        }
+        _ => Err(format!(
+            "issuing Twilio API keys needs configuration.{} (the account sid, AC and 32 hex digits)",
+            twilio_api::ACCOUNT_SID
+        )),
     }
 }
 
@@ -399,6 +562,32 @@ mod tests {
         let refused = resolve(OPEN_PULL_REQUEST, &twilio, &json!({}));
         assert!(matches!(&refused, Err(ResolveError::Unsupported { provider, .. }) if provider == "twilio-sms"));
         assert!(matches!(resolve("DeleteEverything", &github(), &json!({})), Err(ResolveError::Unsupported { .. })));
+    }
+
+    #[test]
+    fn twilio_checks_its_balance_and_issues_api_keys_when_the_account_is_named() {
+        let mut twilio = ProviderTarget {
+            provider_key: "twilio-sms".into(),
+            api_client: "ConnectSoft.Sms.Providers.Twilio".into(),
+            base_url: "https://api.twilio.com".into(),
+            configuration: Map::new(),
+        };
+        assert!(credential_issuance(&twilio).unwrap_err().contains("accountSid"));
+        assert!(matches!(
+            resolve(CHECK_HEALTH, &twilio, &json!({})),
+            Ok(ResolvedOperation::CheckHealth(HealthCheck::SignedGet(_)))
+        ));
+        let sid = "AC0123456789abcdef0123456789abcdef";
+        twilio.configuration.insert("accountSid".into(), json!(sid));
+        assert_eq!(
+            resolve(CHECK_HEALTH, &twilio, &json!({})),
+            Ok(ResolvedOperation::CheckHealth(HealthCheck::TwilioBalance(sid.into())))
+        );
+        assert_eq!(credential_issuance(&twilio), Ok(CredentialIssuance::TwilioApiKeys { account_sid: sid.into() }));
+        assert!(credential_issuance(&github()).unwrap_err().contains("no API client that issues credentials"));
+        let key = Credential::new(b"SK0123456789abcdef0123456789abcdef:s3cret".to_vec());
+        assert_eq!(credential_key_id(&twilio, &key).as_deref(), Some("SK0123456789abcdef0123456789abcdef"));
+        assert_eq!(credential_key_id(&github(), &key), None);
     }
 
     #[test]

@@ -6,6 +6,12 @@ use crate::provider::AuthModel;
 use crate::secret_ref::SecretRef;
 use crate::{AggregateEvent, Decider, DomainError, ids};
 
+/// The connection configuration key naming the credential with which the provider's API issues
+/// this connection's next credential and revokes old ones (e.g. a Twilio Main key): its
+/// presence makes rotations of the connection's credential provider-issued
+/// ([`RotationSource::ProviderIssued`]). A `kv://` ref, like every secret-named key.
+pub const KEY_ISSUER_CREDENTIAL_REF: &str = "keyIssuerCredentialRef";
+
 /// The credential id of a vault secret: `cred-{name}` for `kv://{vault}/{name}`.
 pub fn credential_id(secret: &SecretRef) -> String {
     format!("{}-{}", ids::CREDENTIAL, secret.name)
@@ -45,7 +51,8 @@ pub enum RotationSource {
     /// A version an operator staged in the vault (`secrets put --stage pending`).
     #[default]
     OperatorStaged,
-    /// Issued by the provider's API.
+    /// Issued by the provider's API, by the verification run (the connection names a
+    /// [`KEY_ISSUER_CREDENTIAL_REF`]); the version number is reserved when the rotation starts.
     ProviderIssued,
 }
 

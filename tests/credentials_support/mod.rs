@@ -1,7 +1,9 @@
 //! Shared by tests/credentials.rs and tests/secret_leak.rs: a local stand-in for GitHub's
-//! "Get the authenticated user" (`GET /user`), the binary started with its logs captured, and
-//! readers of what it stored.
+//! "Get the authenticated user" (`GET /user`), one for Twilio's API Keys and balance
+//! ([`twilio`]), the binary started with its logs captured, and readers of what it stored.
 #![allow(dead_code)]
+
+pub mod twilio;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -197,4 +199,40 @@ pub async fn github_connection(
         request = request.header("prefer", prefer);
     }
     request.send().await.expect("request")
+}
+
+/// Registers Twilio at `base_url` and a connection whose credential (`credential_ref`, an API key
+/// `SK…:secret`) Twilio issues through the Main key `issuer_ref`; the POST's response.
+pub async fn twilio_connection(
+    app: &App,
+    token: &str,
+    tenant: &str,
+    base_url: &str,
+    credential_ref: &str,
+    issuer_ref: &str,
+) -> reqwest::Response {
+    let provider = json!({"tenantId": tenant, "key": "twilio-sms", "displayName": "Twilio SMS", "category": "Communication",
+        "authModel": "ApiKey", "apiClient": "ConnectSoft.Sms.Providers.Twilio", "baseUrl": base_url});
+    let r = app.post_json("/integrations/providers", token, &provider).await;
+    assert!(r.status() == 201 || r.status() == 409, "{}", r.status());
+    let connection = json!({"tenantId": tenant, "projectId": "proj-booking-saas", "providerId": "prov-twilio-sms",
+        "displayName": "Booking SMS", "authMode": "ApiKey", "credentialRef": credential_ref,
+        "configuration": {"accountSid": twilio::ACCOUNT_SID, "keyIssuerCredentialRef": issuer_ref}});
+    app.client
+        .post(app.url("/integrations/connections"))
+        .bearer_auth(token)
+        .header("prefer", "wait=15")
+        .json(&connection)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// The ids of the runs of `operation` requested so far, in order.
+pub fn runs_of_operation(dir: &Path, operation: &str) -> Vec<String> {
+    events_of_type(dir, "RunRequested")
+        .into_iter()
+        .filter(|e| e["operation"] == operation)
+        .map(|e| e["runId"].as_str().unwrap().to_owned())
+        .collect()
 }

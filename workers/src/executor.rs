@@ -15,6 +15,11 @@
 //!
 //! `VerifyCredential` runs (requested by a credential rotation) perform the provider's health
 //! operation (`CheckHealth`) with the pending version the run names instead of the current one.
+//! For a provider-issued version, each attempt first makes sure the version exists: if the vault
+//! does not hold it yet, the provider's API client issues the credential (deleting first any the
+//! provider holds under the rotation's label: an earlier attempt died before storing it) and it
+//! is staged as that exact version, or the run fails. `RevokeCredential` runs revoke a retired
+//! version, or what a failed rotation had issued, at the provider.
 //! Once a run has ended, its outcome is settled where it matters, every time the `RunRequested`
 //! is handled (so a crash between the run's end and the settlement is healed by the redelivery):
 //! a `VerifyCredential` run completes or fails its rotation (promoting the version on success),
@@ -25,20 +30,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use commands::credentials::{VERIFY_CREDENTIAL_OPERATION, VerificationInput};
+use commands::credentials::{
+    REVOKE_CREDENTIAL_OPERATION, Revocation, RevocationInput, VERIFY_CREDENTIAL_OPERATION, VerificationInput,
+};
 use commands::{CommandContext, CommandError, Commands};
 use connectors::operations::{
     ApiClients, CHECK_HEALTH, CHECK_SIGNING_SECRET, CallError, Credential, ProviderTarget, ResolvedOperation,
     RetryPolicy, resolve,
 };
 use domain::connection::ConnectionEvent;
-use domain::credential::RotationSource;
+use domain::credential::{KEY_ISSUER_CREDENTIAL_REF, RotationSource};
 use domain::ids::stream_id;
 use domain::provider::ProviderEvent;
 use domain::run::{FailAttempt, Run, RunCommand, RunEvent, RunRequested, RunState, StartAttempt};
 use domain::secret_ref::SecretRef;
 use domain::{Actor, AggregateEvent, Decider, DomainError, EventEnvelope};
-use store::{SecretStore, VaultError};
+use store::{SecretStore, Stage, VaultError};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +86,11 @@ impl ExecutorSettings {
 
     /// The operation's policy with these settings' overrides.
     pub fn policy_for(&self, operation: &ResolvedOperation) -> RetryPolicy {
-        let default = operation.retry_policy();
+        self.overriding(operation.retry_policy())
+    }
+
+    /// `default` with these settings' overrides.
+    pub fn overriding(&self, default: RetryPolicy) -> RetryPolicy {
         RetryPolicy {
             max_attempts: self.max_attempts.unwrap_or(default.max_attempts).max(1),
             attempt_timeout: self.attempt_timeout.unwrap_or(default.attempt_timeout),
@@ -136,16 +147,28 @@ impl RunExecutor {
             Ok(target) => target,
             Err(reason) => return self.fail_run(&ctx, &stream, requested, reason).await,
         };
+        // A revocation names what it revokes; it calls no run operation.
+        if requested.operation == REVOKE_CREDENTIAL_OPERATION {
+            match revoked(&requested.input, target.credential_ref.as_ref()) {
+                Ok(input) => target.revocation = Some(input),
+                Err(reason) => return self.fail_run(&ctx, &stream, requested, reason).await,
+            }
+        }
         // A verification run checks the provider's health with the version it names.
         let operation_name = if requested.operation == VERIFY_CREDENTIAL_OPERATION {
             match verified_version(&requested.input, target.credential_ref.as_ref()) {
                 Ok(input) => {
-                    target.credential_ref = Some(input.version_ref);
+                    target.credential_ref = Some(input.version_ref.clone());
+                    if input.source == RotationSource::ProviderIssued {
+                        target.issuance = input.issuance_label.clone();
+                    }
                     // A secret we generated has no receiver that knows it yet: checked locally.
                     if input.source == RotationSource::Generated { CHECK_SIGNING_SECRET } else { CHECK_HEALTH }
                 }
                 Err(reason) => return self.fail_run(&ctx, &stream, requested, reason).await,
             }
+        } else if target.revocation.is_some() {
+            CHECK_HEALTH
         } else {
             requested.operation.as_str()
         };
@@ -153,7 +176,18 @@ impl RunExecutor {
             Ok(operation) => operation,
             Err(reason) => return self.fail_run(&ctx, &stream, requested, reason.to_string()).await,
         };
-        let policy = self.settings.policy_for(&operation);
+        let policy = if target.revocation.is_some() {
+            self.settings.overriding(CREDENTIAL_MANAGEMENT_POLICY)
+        } else if target.issuance.is_some() {
+            // Issuing takes a few calls before the check: give the attempt more time.
+            let default = operation.retry_policy();
+            self.settings.overriding(RetryPolicy {
+                attempt_timeout: default.attempt_timeout.max(CREDENTIAL_MANAGEMENT_POLICY.attempt_timeout),
+                ..default
+            })
+        } else {
+            self.settings.policy_for(&operation)
+        };
         loop {
             let state = self.state(&stream).await?;
             let RunState::Exists { lease, next_attempt_at, .. } = &state else { return Ok(()) };
@@ -192,7 +226,7 @@ impl RunExecutor {
                 return Ok(());
             }
             tracing::info!(run_id = %requested.run_id, attempt, operation = %requested.operation, "attempt started");
-            let outcome = self.attempt(&operation, &target, policy.attempt_timeout, &requested.run_id).await?;
+            let outcome = self.attempt(&operation, &target, policy.attempt_timeout, &requested.run_id, tenant).await?;
             let outcome_label = if outcome.is_ok() { "succeeded" } else { "failed" };
             let recorded = match outcome {
                 Ok(output) => {
@@ -239,31 +273,161 @@ impl RunExecutor {
         }
     }
 
-    /// One attempt: the credential, then the call within the timeout.
+    /// One attempt within the timeout: the credential, then the call (for a provider-issued
+    /// version, after issuing it if the vault does not hold it yet); or a revocation.
     async fn attempt(
         &self,
         operation: &ResolvedOperation,
         target: &RunTarget,
         timeout: Duration,
         run_id: &str,
+        tenant: &str,
     ) -> Result<Result<serde_json::Value, CallError>, ExecutorError> {
-        let credential = match &target.credential_ref {
-            None => return Ok(Err(CallError::Permanent("the connection has no credentialRef".into()))),
-            Some(secret) => match self.vault.get(secret).await {
-                Ok(value) => Credential::new(value.value),
-                Err(VaultError::NotFound(name)) => {
-                    return Ok(Err(CallError::Permanent(format!("credential {name} is not in the vault"))));
-                }
-                Err(e) => return Ok(Err(CallError::Retryable(format!("vault: {e}")))),
-            },
+        let work = async {
+            if let Some(revocation) = &target.revocation {
+                return self.revoke(target, revocation, tenant).await;
+            }
+            let Some(secret) = &target.credential_ref else {
+                return Err(CallError::Permanent("the connection has no credentialRef".into()));
+            };
+            if let Some(label) = &target.issuance {
+                self.issue_pending_version(target, secret, label, tenant).await?;
+            }
+            let credential = self.credential(secret).await?;
+            let mut output = self.clients.call(operation, &target.provider, &credential).await?;
+            if target.issuance.is_some()
+                && let Some(key_id) = connectors::operations::credential_key_id(&target.provider, &credential)
+            {
+                output["issuedKeyId"] = serde_json::Value::String(key_id);
+            }
+            Ok(output)
         };
         tokio::select! {
             // Abandoned: the lease expires and the run is taken over after a restart.
             () = self.shutdown.cancelled() => Err(ExecutorError::ShuttingDown(run_id.into())),
-            outcome = tokio::time::timeout(timeout, self.clients.call(operation, &target.provider, &credential)) => {
+            outcome = tokio::time::timeout(timeout, work) => {
                 Ok(outcome.unwrap_or_else(|_| Err(CallError::Retryable(format!("attempt timed out after {} ms", timeout.as_millis())))))
             }
         }
+    }
+
+    /// A credential from the vault; a missing one fails the call for good.
+    async fn credential(&self, secret: &SecretRef) -> Result<Credential, CallError> {
+        match self.vault.get(secret).await {
+            Ok(value) => Ok(Credential::new(value.value)),
+            Err(VaultError::NotFound(name)) => {
+                Err(CallError::Permanent(format!("credential {name} is not in the vault")))
+            }
+            Err(e) => Err(CallError::Retryable(format!("vault: {e}"))),
+        }
+    }
+
+    /// The credential the provider's API issues and revokes with: the connection's
+    /// `configuration.keyIssuerCredentialRef`, which must belong to the run's tenant.
+    async fn issuer(&self, target: &RunTarget, tenant: &str) -> Result<Credential, CallError> {
+        let Some(reference) = target.provider.configuration.get(KEY_ISSUER_CREDENTIAL_REF).and_then(|v| v.as_str())
+        else {
+            return Err(CallError::Permanent(format!(
+                "the connection names no configuration.{KEY_ISSUER_CREDENTIAL_REF} to issue or revoke credentials with"
+            )));
+        };
+        let secret = SecretRef::parse(reference)
+            .map_err(|e| CallError::Permanent(format!("configuration.{KEY_ISSUER_CREDENTIAL_REF}: {e}")))?;
+        match store::vault::check_access(self.vault.as_ref(), &secret, tenant).await {
+            Ok(()) => {}
+            Err(VaultError::Forbidden(name)) => {
+                return Err(CallError::Permanent(format!("credential {name} belongs to another tenant")));
+            }
+            Err(e) => return Err(CallError::Retryable(format!("vault: {e}"))),
+        }
+        self.credential(&secret).await
+    }
+
+    /// Makes sure the vault holds the provider-issued version `secret` (pinned) as pending: done
+    /// already by an earlier attempt, or issued now and staged as exactly that version. The
+    /// credential's value goes from the provider's answer to the vault and nowhere else.
+    async fn issue_pending_version(
+        &self,
+        target: &RunTarget,
+        secret: &SecretRef,
+        label: &str,
+        tenant: &str,
+    ) -> Result<(), CallError> {
+        let Some(version) = secret.version else {
+            return Err(CallError::Permanent(format!("{secret} names no version")));
+        };
+        let vault_error = |e: VaultError| CallError::Retryable(format!("vault: {e}"));
+        let versions = self.vault.versions(secret).await.map_err(vault_error)?;
+        if let Some(existing) = versions.iter().find(|v| v.version == version) {
+            // Issued and stored by an earlier attempt of this run.
+            if existing.stages.contains(&Stage::Pending) {
+                return Ok(());
+            }
+            return Err(CallError::Permanent(format!(
+                "{secret} was written outside this rotation (it is not pending): nothing was issued"
+            )));
+        }
+        let latest = versions.iter().map(|v| v.version).max().unwrap_or(0);
+        if latest + 1 != version {
+            return Err(CallError::Permanent(format!(
+                "{secret} cannot be stored: the vault's latest version is {latest}; nothing was issued"
+            )));
+        }
+        let issuer = self.issuer(target, tenant).await?;
+        let issued = self.clients.issue_credential(&target.provider, &issuer, label).await?;
+        tracing::info!(secret = %secret, key_id = %issued.key_id, "the provider issued the pending credential");
+        let staged = self.vault.stage_pending(secret, issued.credential.value_for_vault(), Some(0)).await;
+        let refused = match staged {
+            Ok(stored) if stored == version => return Ok(()),
+            Ok(stored) => {
+                // Someone wrote a version meanwhile: ours landed under another number.
+                let _ = self.vault.discard_pending(secret, stored).await;
+                CallError::Permanent(format!("{secret} was taken by another write while the key was issued"))
+            }
+            Err(VaultError::VersionConflict { .. }) => {
+                CallError::Permanent(format!("another version of {secret} was staged while the key was issued"))
+            }
+            Err(e) => vault_error(e),
+        };
+        // Not stored: the issued key is revoked again (if that fails, the rotation's failure
+        // revokes it by its label).
+        if let Err(error) = self.clients.revoke_credential(&target.provider, &issuer, &issued.credential, &[]).await {
+            tracing::warn!(key_id = %issued.key_id, %error, "the unstored issued key could not be revoked yet");
+        }
+        Err(refused)
+    }
+
+    /// Revokes at the provider a retired version, or what a failed rotation's issuance left.
+    async fn revoke(
+        &self,
+        target: &RunTarget,
+        revocation: &RevocationInput,
+        tenant: &str,
+    ) -> Result<serde_json::Value, CallError> {
+        let issuer = self.issuer(target, tenant).await?;
+        let in_use = self.keys_in_use(target).await?;
+        match &revocation.revocation {
+            Revocation::Version(version) => {
+                let credential = self.credential(version).await?;
+                self.clients.revoke_credential(&target.provider, &issuer, &credential, &in_use).await
+            }
+            Revocation::Issuance(label) => {
+                self.clients.revoke_labelled(&target.provider, &issuer, label, &in_use).await
+            }
+        }
+    }
+
+    /// The provider's key ids of the connection credential's current and pending versions: a
+    /// revocation never touches them, whatever its input says.
+    async fn keys_in_use(&self, target: &RunTarget) -> Result<Vec<String>, CallError> {
+        let Some(secret) = &target.credential_ref else { return Ok(Vec::new()) };
+        let versions = self.vault.versions(secret).await.map_err(|e| CallError::Retryable(format!("vault: {e}")))?;
+        let mut in_use = Vec::new();
+        for v in versions.iter().filter(|v| v.stages.contains(&Stage::Current) || v.stages.contains(&Stage::Pending)) {
+            let credential = self.credential(&secret.with_version(v.version)).await?;
+            in_use.extend(connectors::operations::credential_key_id(&target.provider, &credential));
+        }
+        Ok(in_use)
     }
 
     /// The context of the commands a run's execution issues, caused by its `RunRequested`.
@@ -367,6 +531,8 @@ impl RunExecutor {
                 configuration: established.configuration,
             },
             credential_ref,
+            issuance: None,
+            revocation: None,
         }))
     }
 
@@ -411,10 +577,34 @@ fn verified_version(
     }
 }
 
+/// What a revocation run revokes: a version of the connection's own credential, or a label.
+fn revoked(input: &serde_json::Value, connection_secret: Option<&SecretRef>) -> Result<RevocationInput, String> {
+    let input = RevocationInput::parse(input)?;
+    if let Revocation::Version(version) = &input.revocation
+        && connection_secret.map(SecretRef::unversioned) != Some(version.unversioned())
+    {
+        return Err(format!("{version} is not a version of the connection's credential"));
+    }
+    Ok(input)
+}
+
+/// The policy of calls that manage credentials at the provider (issuing, revoking): a few
+/// calls each, retried for a while, since a key left unrevoked stays usable.
+const CREDENTIAL_MANAGEMENT_POLICY: RetryPolicy = RetryPolicy {
+    max_attempts: 5,
+    attempt_timeout: Duration::from_secs(30),
+    first_backoff: Duration::from_secs(2),
+    max_backoff: Duration::from_secs(60),
+};
+
 /// What a run targets: the provider as the connection names it, and the credential.
 struct RunTarget {
     provider: ProviderTarget,
     credential_ref: Option<SecretRef>,
+    /// A provider-issued version's label: the attempt issues the version if the vault lacks it.
+    issuance: Option<String>,
+    /// A revocation run's subject.
+    revocation: Option<RevocationInput>,
 }
 
 #[async_trait]

@@ -5,16 +5,20 @@
 //! |---|---|
 //! | `ConnectionEstablished` | request the connection's first `CheckHealth` run ([`first_health_check_run_id`]) |
 //! | `CredentialRotationStarted` | request the rotation's `VerifyCredential` run (its id is in the event) |
+//! | `CredentialVersionRetired` | where the connection names a `keyIssuerCredentialRef`: request the `RevokeCredential` run of the retired version |
+//! | `CredentialRotated` | the same for the version it displaced from `previous` before its overlap ended (a second rotation within the overlap) |
+//! | `CredentialRotationFailed` | for a provider-issued version: request the `RevokeCredential` run of what was issued under the rotation's label |
 //!
 //! The API requests the verification run itself right after recording the rotation; reacting
 //! to the event as well closes the gap a crash between the two would leave (the run would
 //! otherwise wait for a client retry that may never come).
 
 use async_trait::async_trait;
+use commands::credentials::{Revocation, RevocationInput, issuance_label};
 use commands::{CommandContext, CommandError, Commands};
 use connectors::operations::CHECK_HEALTH;
 use domain::connection::ConnectionEvent;
-use domain::credential::{CredentialEvent, CredentialState, Rotation};
+use domain::credential::{Credential, CredentialEvent, CredentialState, Rotation, RotationSource};
 use domain::ids::stream_id;
 use domain::{Actor, AnyEvent, Decider, DomainError, EventEnvelope};
 use serde_json::json;
@@ -66,14 +70,66 @@ impl ProcessManager {
     ) -> Result<(), CommandError> {
         let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
         let loaded = self.commands.load::<CredentialEvent>(&stream_id(&event.tenant_id, credential_id)).await?;
-        let CredentialState::Registered { connections, .. } = domain::credential::Credential::fold(&loaded.events)
-        else {
+        let CredentialState::Registered { connections, .. } = Credential::fold(&loaded.events) else {
             return Ok(());
         };
         let connection_id = connections.first().cloned().unwrap_or_default();
         self.commands.request_verification_run(&ctx, credential_id, &connection_id, &rotation).await?;
         Ok(())
     }
+
+    /// A version left use (retired, displaced, or issued for a failed rotation): where the
+    /// provider issues this credential, request the run that revokes it there.
+    async fn credential_left_use(
+        &self,
+        event: &EventEnvelope,
+        credential_id: &str,
+        what: CredentialLeftUse,
+    ) -> Result<(), CommandError> {
+        let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
+        let loaded = self.commands.load::<CredentialEvent>(&stream_id(&event.tenant_id, credential_id)).await?;
+        // The state as this event found it (the stream may have moved on since).
+        let before = usize::try_from(event.stream_version.saturating_sub(1)).unwrap_or(usize::MAX);
+        let state_before = Credential::fold(&loaded.events[..before.min(loaded.events.len())]);
+        let CredentialState::Registered { connections, secret_ref, previous_version, started, .. } = state_before
+        else {
+            return Ok(());
+        };
+        let revocation = match what {
+            CredentialLeftUse::Retired(version) => Revocation::Version(secret_ref.with_version(version)),
+            CredentialLeftUse::Displaced => match previous_version {
+                Some(displaced) => Revocation::Version(secret_ref.with_version(displaced)),
+                None => return Ok(()),
+            },
+            CredentialLeftUse::IssuanceFailed { version, verification_run_id } => {
+                let issued = started.iter().any(|r| {
+                    r.verification_run_id == verification_run_id && r.source == RotationSource::ProviderIssued
+                });
+                if !issued {
+                    return Ok(());
+                }
+                Revocation::Issuance(issuance_label(credential_id, version, &verification_run_id))
+            }
+        };
+        let Some(connection_id) = connections.first() else { return Ok(()) };
+        if !self.commands.names_key_issuer(&ctx, Some(connection_id)).await? {
+            return Ok(());
+        }
+        let input = RevocationInput { credential_id: credential_id.into(), revocation };
+        tracing::info!(credential_id, ?input, "revoking a credential that left use at its provider");
+        self.commands.request_revocation_run(&ctx, connection_id, &input).await?;
+        Ok(())
+    }
+}
+
+/// How a credential version left use.
+enum CredentialLeftUse {
+    /// Its overlap as `previous` ended.
+    Retired(u32),
+    /// A promotion moved `previous` on to the version it replaced, before the overlap ended.
+    Displaced,
+    /// The verification of a version the provider issued failed.
+    IssuanceFailed { version: u32, verification_run_id: String },
 }
 
 #[async_trait]
@@ -81,7 +137,14 @@ impl EventHandler for ProcessManager {
     type Error = CommandError;
 
     async fn handle(&self, event: &EventEnvelope) -> Result<(), CommandError> {
-        if !matches!(event.event_type.as_str(), "ConnectionEstablished" | "CredentialRotationStarted") {
+        if !matches!(
+            event.event_type.as_str(),
+            "ConnectionEstablished"
+                | "CredentialRotationStarted"
+                | "CredentialVersionRetired"
+                | "CredentialRotated"
+                | "CredentialRotationFailed"
+        ) {
             return Ok(());
         }
         let decoded = match AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
@@ -107,6 +170,19 @@ impl EventHandler for ProcessManager {
                 };
                 self.credential_rotation_started(event, &e.credential_id, rotation).await
             }
+            AnyEvent::Credential(CredentialEvent::CredentialVersionRetired(e)) => {
+                self.credential_left_use(event, &e.credential_id, CredentialLeftUse::Retired(e.version)).await
+            }
+            AnyEvent::Credential(CredentialEvent::CredentialRotated(e)) => {
+                self.credential_left_use(event, &e.credential_id, CredentialLeftUse::Displaced).await
+            }
+            AnyEvent::Credential(CredentialEvent::CredentialRotationFailed(e)) => match e.verification_run_id {
+                Some(verification_run_id) => {
+                    let what = CredentialLeftUse::IssuanceFailed { version: e.version, verification_run_id };
+                    self.credential_left_use(event, &e.credential_id, what).await
+                }
+                None => Ok(()),
+            },
             _ => Ok(()),
         };
         match outcome {

@@ -1,6 +1,7 @@
 //! The process manager reacts to events with deterministic run ids: a connection's first health
 //! check is requested once however often its `ConnectionEstablished` is delivered, and a rotation
-//! recorded by a request that died before requesting its verification run gets that run.
+//! recorded by a request that died before requesting its verification run gets that run; where
+//! the provider issues the credential, what leaves use is revoked there by one run.
 
 use std::sync::Arc;
 
@@ -126,4 +127,109 @@ async fn a_rotation_whose_request_died_before_its_run_gets_the_run_from_its_even
             "source": "OperatorStaged"
         })
     );
+}
+
+/// A Twilio connection whose API key Twilio issues (`keyIssuerCredentialRef`); the credential's
+/// first version is in the vault.
+async fn establish_issued_by_twilio(engine: &Engine) -> SecretRef {
+    let provider = RegisterProvider {
+        tenant_id: TENANT.into(),
+        key: "twilio-sms".into(),
+        display_name: "Twilio SMS".into(),
+        category: "Communication".into(),
+        auth_model: AuthModel::ApiKey,
+        api_client: "ConnectSoft.Sms.Providers.Twilio".into(),
+        capabilities: vec![],
+        base_url: "https://api.twilio.com".into(),
+        registered_at: chrono::DateTime::UNIX_EPOCH,
+    };
+    engine.commands.register_provider(&ctx(), provider).await.unwrap();
+    let secret = SecretRef::parse("kv://factory-integration/twilio-sms").unwrap();
+    engine.vault.put(&secret, b"SKaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:one", None).await.unwrap();
+    let configuration = json!({"accountSid": "AC11111111111111111111111111111111",
+        "keyIssuerCredentialRef": "kv://factory-integration/twilio-main"});
+    let input = EstablishConnectionInput {
+        connection_id: "conn-sms".into(),
+        project_id: "proj-1".into(),
+        provider_id: "prov-twilio-sms".into(),
+        display_name: "SMS".into(),
+        auth_mode: AuthModel::ApiKey,
+        credential_ref: Some(secret.to_string()),
+        configuration: configuration.as_object().cloned().unwrap(),
+    };
+    engine.commands.establish_connection(&ctx(), input).await.unwrap();
+    secret
+}
+
+#[tokio::test]
+async fn a_provider_issued_rotation_reserves_the_next_version_and_what_leaves_use_is_revoked_once() {
+    let engine = engine();
+    let secret = establish_issued_by_twilio(&engine).await;
+    let manager = ProcessManager::new(engine.commands.clone());
+
+    // The rotation records the intent and reserves version 2; nothing is issued yet.
+    let started = engine
+        .commands
+        .start_credential_rotation(&ctx(), "cred-twilio-sms", "ScheduledRotation", "run-verify-1")
+        .await
+        .unwrap();
+    assert_eq!(started.new_version_ref, format!("{secret}?version=2"));
+    assert_eq!(started.source, RotationSource::ProviderIssued);
+    assert_eq!(engine.vault.metadata(&secret).await.unwrap().unwrap().versions, 1, "nothing stored before issuance");
+    let run = engine.store.read_stream(&stream_id(TENANT, "run-verify-1")).await.unwrap();
+    assert_eq!(run[0].data["input"]["issuanceLabel"], "run-verify-1 cred-twilio-sms v2");
+
+    // Its verification fails: what Twilio issued under its label is revoked, however often the
+    // failure is delivered.
+    engine.commands.fail_credential_rotation(&ctx(), "cred-twilio-sms", "run-verify-1", "401").await.unwrap();
+    let failed = events_of(&engine, "CredentialRotationFailed").await.pop().unwrap();
+    manager.handle(&failed).await.unwrap();
+    manager.handle(&failed).await.unwrap();
+    let revocations: Vec<_> = events_of(&engine, "RunRequested")
+        .await
+        .into_iter()
+        .filter(|e| e.data["operation"] == "RevokeCredential")
+        .collect();
+    assert_eq!(revocations.len(), 1);
+    assert_eq!(
+        revocations[0].data["input"],
+        json!({"credentialId": "cred-twilio-sms", "issuanceLabel": "run-verify-1 cred-twilio-sms v2"})
+    );
+
+    // A later rotation is promoted; retiring its previous version revokes that version's key.
+    engine.commands.start_credential_rotation(&ctx(), "cred-twilio-sms", "Again", "run-verify-2").await.unwrap();
+    engine.vault.stage_pending(&secret, b"SKbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb:two", Some(0)).await.unwrap();
+    engine.commands.complete_credential_rotation(&ctx(), "cred-twilio-sms", "run-verify-2").await.unwrap();
+    engine.commands.retire_previous_credential_version(&ctx(), "cred-twilio-sms", 1).await.unwrap();
+    let retired = events_of(&engine, "CredentialVersionRetired").await.pop().unwrap();
+    manager.handle(&retired).await.unwrap();
+    manager.handle(&retired).await.unwrap();
+    let revocations: Vec<_> = events_of(&engine, "RunRequested")
+        .await
+        .into_iter()
+        .filter(|e| e.data["operation"] == "RevokeCredential")
+        .collect();
+    assert_eq!(revocations.len(), 2);
+    assert_eq!(
+        revocations[1].data["input"],
+        json!({"credentialId": "cred-twilio-sms", "versionRef": format!("{secret}?version=1")})
+    );
+}
+
+#[tokio::test]
+async fn a_credential_the_provider_does_not_issue_is_never_revoked_there() {
+    let engine = engine();
+    let secret = SecretRef::parse(SECRET).unwrap();
+    engine.vault.put(&secret, b"v1", None).await.unwrap();
+    establish(&engine).await;
+    engine.vault.stage_pending(&secret, b"v2", None).await.unwrap();
+    engine.commands.start_credential_rotation(&ctx(), "cred-github-booking", "R", "run-verify-1").await.unwrap();
+    engine.commands.complete_credential_rotation(&ctx(), "cred-github-booking", "run-verify-1").await.unwrap();
+    engine.commands.retire_previous_credential_version(&ctx(), "cred-github-booking", 1).await.unwrap();
+    let manager = ProcessManager::new(engine.commands.clone());
+    for event in ["CredentialRotated", "CredentialVersionRetired"] {
+        manager.handle(&events_of(&engine, event).await.pop().unwrap()).await.unwrap();
+    }
+    let requested = events_of(&engine, "RunRequested").await;
+    assert!(requested.iter().all(|e| e.data["operation"] != "RevokeCredential"), "{requested:?}");
 }
