@@ -308,12 +308,18 @@ async fn webhook_runs(
         fold_into(&mut runs, stream.iter());
         return Ok(runs);
     }
+    // Only the tenant's run events: the store filters where the data lives.
+    let filter = store::EventFilter {
+        tenant_id: Some(tenant.to_owned()),
+        event_types: RunEvent::TYPES.iter().map(|t| (*t).to_owned()).collect(),
+        ..store::EventFilter::default()
+    };
     let mut after = 0;
     loop {
-        let page = stores.store.read_all(after, 4096).await?;
+        let page = stores.store.read_filtered(&filter, after, 4096).await?;
         let Some(last) = page.last() else { break };
         after = last.global_position;
-        fold_into(&mut runs, page.iter().filter(|e| e.tenant_id == tenant));
+        fold_into(&mut runs, page.iter());
     }
     Ok(runs)
 }
@@ -335,15 +341,7 @@ fn fold_into<'a>(runs: &mut HashMap<String, DeliveryRun>, events: impl Iterator<
             }
             RunEvent::RunRequested(_) => {}
             other => {
-                let run_id = match other {
-                    RunEvent::RunStarted(e) => &e.run_id,
-                    RunEvent::RunAttemptFailed(e) => &e.run_id,
-                    RunEvent::RunCompleted(e) => &e.run_id,
-                    RunEvent::RunFailed(e) => &e.run_id,
-                    RunEvent::RunRedeliveryRequested(e) => &e.run_id,
-                    RunEvent::RunRequested(e) => &e.run_id,
-                };
-                if let Some(run) = runs.get_mut(run_id) {
+                if let Some(run) = runs.get_mut(other.run_id()) {
                     run.state = Run::evolve(std::mem::take(&mut run.state), other);
                 }
             }

@@ -641,6 +641,53 @@ async fn a_subscription_failing_for_too_long_is_deactivated_saying_why() {
     assert_eq!(broken.records().len(), attempts, "nothing more after the deactivation");
 }
 
+/// `webhook-delivery: disable` on a 2xx: the message was taken, so its run is delivered
+/// (Completed, once), and then the subscription is deactivated: nothing more goes to it.
+#[tokio::test]
+async fn a_2xx_with_webhook_delivery_disable_is_delivered_and_then_deactivates_the_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), "200ms,200ms,200ms");
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, SCOPES);
+    let leaving = Receiver::start("header:webhook-delivery=disable:200", 0.0, &[SECRET_V1]);
+    let subscription = subscribe(&app, &token, json!({"eventType": "Bye", "endpointUrl": leaving.url("/")})).await;
+    publish(dir.path(), TENANT, None, "Bye", &json!({"n": 1}), "msg-bye-1");
+    let wait = Duration::from_secs(30);
+    let run =
+        wait_for_run(&app, &token, &run_id(TENANT, &subscription, "msg-bye-1"), &["Completed", "Failed"], wait).await;
+    assert_eq!(run["status"], "Completed", "a 2xx is a delivery: {run}");
+    assert_eq!(run["attempts"], 1, "{run}");
+    assert_eq!(run["attemptLog"][0]["statusCode"], 200, "{run}");
+    // The deactivation follows the delivery, saying why.
+    let deadline = Instant::now() + wait;
+    let events = loop {
+        let out = Command::new(BIN)
+            .args(["replay", "--data-dir"])
+            .arg(dir.path())
+            .args(["--type", "WebhookSubscriptionDeactivated"])
+            .env_remove("IE_MASTER_KEY")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let events: Vec<Value> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if !events.is_empty() {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "the subscription was not deactivated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["subscriptionId"], subscription.as_str());
+    assert!(events[0]["data"]["reason"].as_str().unwrap().contains("webhook-delivery: disable"), "{events:?}");
+    // Nothing more goes to it.
+    publish(dir.path(), TENANT, None, "Bye", &json!({"n": 2}), "msg-bye-2");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(leaving.records().len(), 1, "nothing after the deactivation");
+    let none = app.get(&format!("/integrations/runs/{}", run_id(TENANT, &subscription, "msg-bye-2")), &token).await;
+    assert_eq!(none.status(), 404);
+}
+
 /// `PublishEvent` on the commands topic (Kafka mode): recorded, fanned out by the consumer
 /// group `{prefix}.webhook-fanout`, delivered and signed like in the embedded mode.
 #[tokio::test]

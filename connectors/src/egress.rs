@@ -36,7 +36,7 @@ pub enum EgressError {
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_private()
                 || v4.is_loopback()
                 || v4.is_link_local()
@@ -49,6 +49,8 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (a == 100 && (64..128).contains(&b))
                 // 198.18.0.0/15, benchmarking.
                 || (a == 198 && (b == 18 || b == 19))
+                // 192.0.0.0/24, IETF protocol assignments (DS-Lite, NAT64 discovery...).
+                || (a == 192 && b == 0 && c == 0)
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
@@ -59,6 +61,11 @@ pub fn is_public(ip: IpAddr) -> bool {
             let first = segments[0];
             // 64:ff9b::/96 (NAT64) and 2002::/16 (6to4) carry an IPv4 address: judge that one.
             if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [.., a, b] = segments;
+                return is_public(IpAddr::V4(std::net::Ipv4Addr::from((u32::from(a) << 16) | u32::from(b))));
+            }
+            // ::ffff:0:a.b.c.d, the IPv4-translated form (SIIT): judge the IPv4 address.
+            if segments[..6] == [0, 0, 0, 0, 0xffff, 0] {
                 let [.., a, b] = segments;
                 return is_public(IpAddr::V4(std::net::Ipv4Addr::from((u32::from(a) << 16) | u32::from(b))));
             }
@@ -78,9 +85,40 @@ pub fn is_public(ip: IpAddr) -> bool {
                 // 2001:db8::/32, documentation.
                 || (first == 0x2001 && segments[1] == 0x0db8)
                 // ::/96, the deprecated IPv4-compatible form (::127.0.0.1).
-                || (segments[..6] == [0; 6]))
+                || (segments[..6] == [0; 6])
+                // 64:ff9b:1::/48, local-use NAT64 (RFC 8215): whatever IPv4 address it embeds,
+                // it is translated inside a private network, never on the public internet.
+                || segments[..3] == [0x64, 0xff9b, 1]
+                // 2001::/32, Teredo: it tunnels to an (obfuscated) IPv4 address it carries, which
+                // cannot be checked at connect time as the relay decides where it goes.
+                || (first == 0x2001 && segments[1] == 0)
+                // 100::/64, discard-only.
+                || segments[..4] == [0x100, 0, 0, 0])
         }
     }
+}
+
+/// A response body read up to a bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CappedBody {
+    /// At most the bound's bytes.
+    pub bytes: Vec<u8>,
+    /// The body had more than the bound (the rest was never read).
+    pub truncated: bool,
+}
+
+/// Reads `response`'s body chunk by chunk and stops once it holds more than `max` bytes: a
+/// peer answering a huge (or endless) body costs at most `max` bytes and one chunk of memory.
+pub async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<CappedBody, reqwest::Error> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > max {
+            bytes.truncate(max);
+            return Ok(CappedBody { bytes, truncated: true });
+        }
+    }
+    Ok(CappedBody { bytes, truncated: false })
 }
 
 /// A resolver that drops every address the policy forbids; a name with none left fails.
@@ -338,10 +376,24 @@ mod tests {
             "fd00:ec2::254",
             "ff02::1",
             "fec0::1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:a00:1::",
+            "64:ff9b:1::808:808",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a9fe:a9fe",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "100::1",
+            "192.0.0.1",
+            "192.0.0.170",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
         assert!(is_public("64:ff9b::808:808".parse().unwrap()));
+        assert!(is_public("::ffff:0:8.8.8.8".parse().unwrap()));
+        // Neighbours of the new ranges stay public.
+        for ip in ["192.0.1.1", "2001:4860::8888", "100:0:0:1::1"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]

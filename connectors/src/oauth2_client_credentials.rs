@@ -32,6 +32,12 @@ pub const CLIENT_ID: &str = "clientId";
 pub const SCOPE: &str = "scope";
 /// How long a token without `expires_in` is reused.
 const LIFETIME_WITHOUT_EXPIRY: Duration = Duration::from_secs(60);
+/// The longest a token is reused, whatever its `expires_in` says (a huge value must neither
+/// keep a revoked token forever nor overflow the clock).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The largest token response read; a larger one is refused (a token response is a few hundred
+/// bytes, a misbehaving endpoint must not fill the memory).
+pub const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// Entries kept at most; cleared when full (connections are few).
 const CAPACITY: usize = 1024;
 
@@ -137,7 +143,10 @@ impl TokenCache {
             return Ok(c.token.clone());
         }
         let (token, lifetime) = self.fetch(grant, client_secret).await?;
-        let refresh_at = Instant::now() + lifetime - refresh_margin(lifetime);
+        let now = Instant::now();
+        // Checked: `lifetime` is at most MAX_LIFETIME, but an Instant near its end of range
+        // must not panic either (then the token is simply not reused).
+        let refresh_at = now.checked_add(lifetime - refresh_margin(lifetime)).unwrap_or(now);
         *cached = Some(Cached { token: token.clone(), refresh_at });
         Ok(token)
     }
@@ -167,7 +176,7 @@ impl TokenCache {
             .request_async(&send)
             .await
             .map_err(token_error)?;
-        let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY);
+        let lifetime = response.expires_in().unwrap_or(LIFETIME_WITHOUT_EXPIRY).min(MAX_LIFETIME);
         Ok((AccessToken(response.access_token().secret().clone()), lifetime))
     }
 }
@@ -186,7 +195,13 @@ async fn send(http: &reqwest::Client, request: HttpRequest) -> Result<HttpRespon
     let mut answer = HttpResponse::new(Vec::new());
     *answer.status_mut() = response.status();
     *answer.headers_mut() = response.headers().clone();
-    *answer.body_mut() = response.bytes().await.map_err(|e| TransportError(e.to_string()))?.to_vec();
+    let body = crate::egress::read_capped(response, MAX_TOKEN_RESPONSE)
+        .await
+        .map_err(|e| TransportError(crate::operations::transport_error(&e).to_string()))?;
+    if body.truncated {
+        return Err(TransportError(format!("the token response is larger than {MAX_TOKEN_RESPONSE} bytes")));
+    }
+    *answer.body_mut() = body.bytes;
     Ok(answer)
 }
 
@@ -229,6 +244,7 @@ mod tests {
     fn tokens_are_refreshed_before_they_expire() {
         assert_eq!(refresh_margin(Duration::from_secs(3600)), Duration::from_secs(30));
         assert_eq!(refresh_margin(Duration::from_secs(10)), Duration::from_secs(5));
+        assert_eq!(refresh_margin(MAX_LIFETIME), Duration::from_secs(30));
         assert_eq!(format!("{:?}", AccessToken("tok".into())), "AccessToken(<redacted>)");
     }
 }

@@ -73,12 +73,16 @@ pub fn signature_header(secrets: &[&[u8]], webhook_id: &str, timestamp: i64, bod
 pub enum Verdict {
     /// 2xx: delivered.
     Delivered,
+    /// 2xx with `webhook-delivery: disable`: delivered, and the subscription is to be
+    /// deactivated now (nothing more goes to it).
+    DeliveredThenDeactivate { reason: String },
     /// Try again later, no sooner than `retry_after` when the endpoint said so; `slow_down`
     /// when the endpoint is overloaded (429, 502, 503, 504) and its lane should back off.
     Retry { retry_after: Option<Duration>, slow_down: bool },
     /// `webhook-delivery: abort-message`: this message is not to be sent again.
     AbortMessage,
-    /// 410 Gone or `webhook-delivery: disable`: the subscription is to be deactivated.
+    /// 410 Gone or `webhook-delivery: disable` on a failure: the subscription is to be
+    /// deactivated.
     Deactivate { reason: String },
 }
 
@@ -98,8 +102,12 @@ pub struct AttemptResult {
 pub fn classify(status: u16, control: Option<&str>, retry_after: Option<&str>, now: DateTime<Utc>) -> Verdict {
     match control.map(|c| c.trim().to_ascii_lowercase()).as_deref() {
         Some("disable") => {
-            return Verdict::Deactivate {
-                reason: format!("the endpoint answered {status} with webhook-delivery: disable"),
+            let reason = format!("the endpoint answered {status} with webhook-delivery: disable");
+            // A 2xx took the message: it is delivered, whatever the endpoint wants next.
+            return if (200..300).contains(&status) {
+                Verdict::DeliveredThenDeactivate { reason }
+            } else {
+                Verdict::Deactivate { reason }
             };
         }
         Some("abort-message") => return Verdict::AbortMessage,
@@ -150,7 +158,8 @@ pub async fn send(client: &reqwest::Client, request: &OutboundRequest, timeout: 
         let status = response.status().as_u16();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let (control, retry_after) = (header(DELIVERY_CONTROL_HEADER), header("retry-after"));
-        let bytes = response.bytes().await?;
+        // Only what is recorded is read: an endless answer must not hold the attempt.
+        let bytes = crate::egress::read_capped(response, MAX_RECORDED_BODY).await?.bytes;
         Ok::<_, reqwest::Error>((status, control, retry_after, bytes))
     };
     let result = tokio::time::timeout(timeout, outcome).await;
@@ -158,10 +167,9 @@ pub async fn send(client: &reqwest::Client, request: &OutboundRequest, timeout: 
     match result {
         Ok(Ok((status, control, retry_after, bytes))) => {
             let verdict = classify(status, control.as_deref(), retry_after.as_deref(), Utc::now());
-            let body_excerpt = (!bytes.is_empty())
-                .then(|| String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_RECORDED_BODY)]).into_owned());
+            let body_excerpt = (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned());
             let error = match &verdict {
-                Verdict::Delivered => None,
+                Verdict::Delivered | Verdict::DeliveredThenDeactivate { .. } => None,
                 Verdict::AbortMessage => {
                     Some(format!("the endpoint answered {status} with webhook-delivery: abort-message"))
                 }
@@ -248,9 +256,49 @@ mod tests {
             );
         }
         assert!(matches!(classify(410, None, None, now), Verdict::Deactivate { .. }));
-        assert!(matches!(classify(200, Some("Disable"), None, now), Verdict::Deactivate { .. }));
+        assert!(matches!(classify(200, Some("Disable"), None, now), Verdict::DeliveredThenDeactivate { .. }));
+        assert!(matches!(classify(204, Some("disable"), None, now), Verdict::DeliveredThenDeactivate { .. }));
+        assert!(matches!(classify(500, Some("disable"), None, now), Verdict::Deactivate { .. }));
         assert_eq!(classify(500, Some("abort-message"), None, now), Verdict::AbortMessage);
         assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now), Some(Duration::from_secs(100)));
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    /// An endpoint answering 200 and then a body that never ends: only the recorded excerpt
+    /// is read, so the attempt is delivered at once instead of timing out on the body.
+    #[tokio::test]
+    async fn an_endless_answer_is_read_only_up_to_the_recorded_excerpt() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0; 8192];
+            let _ = socket.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+            if socket.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = format!("{:x}\r\n{}\r\n", 4096, "a".repeat(4096));
+            // Endless, until the client hangs up.
+            while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let allow = std::sync::Arc::new(crate::egress::EgressAllowList::parse("127.0.0.1").unwrap());
+        let client = crate::egress::webhook_client(allow, Duration::from_secs(2)).unwrap();
+        let request = OutboundRequest {
+            url: reqwest::Url::parse(&format!("http://{addr}/hook")).unwrap(),
+            webhook_id: "msg-1".into(),
+            event_type: "T".into(),
+            timestamp: Utc::now(),
+            message_time: Utc::now(),
+            body: b"{}".to_vec(),
+            signature: "v1,x".into(),
+            tenant_id: "t".into(),
+            project_id: None,
+        };
+        let result = send(&client, &request, Duration::from_secs(3)).await;
+        assert_eq!(result.verdict, Verdict::Delivered, "{:?}", result.error);
+        assert_eq!(result.body_excerpt.map(|b| b.len()), Some(MAX_RECORDED_BODY));
+        assert!(result.latency < Duration::from_secs(2), "{:?}", result.latency);
     }
 }

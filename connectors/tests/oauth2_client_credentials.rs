@@ -30,6 +30,8 @@ struct Endpoint {
     issued: Vec<String>,
     expires_in: u64,
     delay: Duration,
+    /// Bytes of padding added to the token response (a field the client ignores).
+    padding: usize,
 }
 
 type Shared = Arc<Mutex<Endpoint>>;
@@ -57,7 +59,10 @@ async fn token(State(state): State<Shared>, headers: HeaderMap, body: String) ->
     }
     let issued = format!("at-{}-{}", s.issued.len() + 1, uuid_like(s.issued.len()));
     s.issued.push(issued.clone());
-    let body = json!({"access_token": issued, "token_type": "Bearer", "expires_in": s.expires_in});
+    let mut body = json!({"access_token": issued, "token_type": "Bearer", "expires_in": s.expires_in});
+    if s.padding > 0 {
+        body["padding"] = json!("p".repeat(s.padding));
+    }
     ([(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")], axum::Json(body)).into_response()
 }
 
@@ -185,4 +190,26 @@ async fn a_github_health_check_of_an_oauth2_connection_authenticates_with_the_ac
     // With the client secret as a bearer token (no grant), GitHub would refuse it.
     let plain = ProviderTarget { configuration: serde_json::Map::new(), ..target };
     assert!(clients.call(&check, &plain, &secret).await.is_err());
+}
+
+#[tokio::test]
+async fn a_huge_expires_in_is_capped_and_the_token_still_reused() {
+    // Seconds beyond any Instant: adding them to the clock unchecked panics.
+    let (base, state) = start(&["s3cret-v1"], u64::MAX, Duration::ZERO).await;
+    let cache = cache();
+    let secret = Credential::new(b"s3cret-v1".to_vec());
+    let first = cache.access_token(&grant(&base), &secret).await.unwrap();
+    assert_eq!(cache.access_token(&grant(&base), &secret).await.unwrap(), first);
+    assert_eq!(state.lock().unwrap().requests.len(), 1);
+}
+
+#[tokio::test]
+async fn a_token_response_larger_than_64_kib_is_refused_without_reading_it_all() {
+    let (base, state) = start(&["s3cret-v1"], 3600, Duration::ZERO).await;
+    state.lock().unwrap().padding = 4 * 1024 * 1024;
+    let error = cache().access_token(&grant(&base), &Credential::new(b"s3cret-v1".to_vec())).await.unwrap_err();
+    assert!(error.to_string().contains("larger than 65536 bytes"), "{error}");
+    // A normal response from the same endpoint is fine.
+    state.lock().unwrap().padding = 1024;
+    cache().access_token(&grant(&base), &Credential::new(b"s3cret-v1".to_vec())).await.unwrap();
 }

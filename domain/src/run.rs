@@ -192,6 +192,20 @@ pub enum RunEvent {
     RunRedeliveryRequested(RunRedeliveryRequested),
 }
 
+impl RunEvent {
+    /// The run the event is about.
+    pub fn run_id(&self) -> &str {
+        match self {
+            Self::RunRequested(e) => &e.run_id,
+            Self::RunStarted(e) => &e.run_id,
+            Self::RunAttemptFailed(e) => &e.run_id,
+            Self::RunCompleted(e) => &e.run_id,
+            Self::RunFailed(e) => &e.run_id,
+            Self::RunRedeliveryRequested(e) => &e.run_id,
+        }
+    }
+}
+
 impl AggregateEvent for RunEvent {
     const TYPES: &'static [&'static str] =
         &["RunRequested", "RunStarted", "RunAttemptFailed", "RunCompleted", "RunFailed", "RunRedeliveryRequested"];
@@ -549,6 +563,21 @@ mod tests {
 
     fn types(events: &[RunEvent]) -> Vec<&'static str> {
         events.iter().map(AggregateEvent::event_type).collect()
+    }
+
+    #[test]
+    fn every_run_event_names_its_run() {
+        let given = [request(), start("w1", 1), fail_attempt(1, Some(20)), start("w1", 20), complete(2)];
+        let mut state = RunState::None;
+        let mut events = Vec::new();
+        for command in &given {
+            let decided = Run::decide(command, &state).unwrap();
+            state = decided.iter().fold(state, Run::evolve);
+            events.extend(decided);
+        }
+        events.extend(Run::decide(&fail(), &given_state(&[request()])).unwrap());
+        assert!(events.len() >= 6);
+        assert!(events.iter().all(|e| e.run_id() == "run-1"), "{events:?}");
     }
 
     #[test]

@@ -63,6 +63,15 @@ pub fn parse_command(schema_version: Option<&[u8]>, value: Option<&[u8]>) -> Res
     Ok(command)
 }
 
+/// Operations only the engine itself requests (a webhook delivery, a credential's check):
+/// their input names engine-internal things (a source stream, a secret), so one requested
+/// from outside could make the engine act on data the requester has no right to.
+pub const ENGINE_RESERVED_OPERATIONS: [&str; 3] = [
+    domain::outbound::DELIVER_WEBHOOK_OPERATION,
+    commands::credentials::VERIFY_CREDENTIAL_OPERATION,
+    "RevokeCredential",
+];
+
 fn validate(start: &StartRun) -> Result<(), Rejection> {
     let malformed = |reason: &str| Err(Rejection::Malformed(reason.into()));
     if !ids::is_tenant_id(&start.tenant_id) {
@@ -76,6 +85,12 @@ fn validate(start: &StartRun) -> Result<(), Rejection> {
     }
     if start.idempotency_key.trim().is_empty() || start.idempotency_key.len() > 200 {
         return malformed("idempotencyKey must be 1 to 200 characters");
+    }
+    if ENGINE_RESERVED_OPERATIONS.iter().any(|reserved| reserved.eq_ignore_ascii_case(start.operation.trim())) {
+        return Err(Rejection::Unauthorised(format!(
+            "operation {} is reserved to the engine and cannot be started by StartRun",
+            start.operation
+        )));
     }
     if !start.input.is_object() {
         return malformed("input must be a JSON object");
@@ -231,5 +246,18 @@ mod tests {
             assert!(!rejected.to_string().is_empty());
         }
         assert_eq!(parse_command(Some(b"1"), None).unwrap_err().class(), "malformed");
+    }
+
+    /// A hand-crafted `DeliverWebhook` could name another tenant's stream as its source.
+    #[test]
+    fn engine_reserved_operations_are_refused() {
+        let input = json!({"subscriptionId": "sub-1", "messageId": "msg-1",
+            "source": {"streamId": "victim/msg-1", "eventId": "00000000-0000-0000-0000-000000000000"}});
+        for operation in ["DeliverWebhook", "VerifyCredential", "RevokeCredential", " deliverwebhook "] {
+            let value = start_run(json!({"operation": operation, "input": input}));
+            let rejected = parse_command(Some(b"1"), Some(&value)).expect_err(operation);
+            assert_eq!(rejected.class(), "unauthorised", "{operation}: {rejected}");
+            assert!(rejected.to_string().contains("reserved to the engine"), "{rejected}");
+        }
     }
 }

@@ -28,8 +28,8 @@ impl Entry {
 
 #[derive(Default)]
 struct State {
-    /// By (tenant, subscription id).
-    subscriptions: HashMap<(String, String), Entry>,
+    /// By tenant, then subscription id: a message is matched against its tenant's only.
+    subscriptions: HashMap<String, HashMap<String, Entry>>,
     /// The project of each connection, by (tenant, connection id): the project of its
     /// normalized events.
     connection_projects: HashMap<(String, String), String>,
@@ -61,10 +61,15 @@ impl Directory {
                     created_position: event.global_position,
                     deactivated_position: (!created.active).then_some(event.global_position),
                 };
-                state.subscriptions.insert((event.tenant_id.clone(), created.subscription_id.clone()), entry);
+                state
+                    .subscriptions
+                    .entry(event.tenant_id.clone())
+                    .or_default()
+                    .insert(created.subscription_id.clone(), entry);
             }
             AnyEvent::Subscription(SubscriptionEvent::WebhookSubscriptionDeactivated(d)) => {
-                if let Some(entry) = state.subscriptions.get_mut(&(event.tenant_id.clone(), d.subscription_id.clone()))
+                if let Some(entry) =
+                    state.subscriptions.get_mut(&event.tenant_id).and_then(|t| t.get_mut(&d.subscription_id))
                 {
                     entry.created.active = false;
                     entry.deactivated_position.get_or_insert(event.global_position);
@@ -115,7 +120,9 @@ impl Directory {
         let mut found: Vec<_> = self
             .state()
             .subscriptions
-            .values()
+            .get(tenant_id)
+            .into_iter()
+            .flat_map(HashMap::values)
             .filter(|e| e.active_at(position) && subscription_matches(&e.created, tenant_id, project_id, event_type))
             .map(|e| e.created.clone())
             .collect();
@@ -125,7 +132,7 @@ impl Directory {
 
     /// A subscription as it is now, and whether it is active.
     pub fn subscription(&self, tenant_id: &str, subscription_id: &str) -> Option<WebhookSubscriptionCreated> {
-        self.state().subscriptions.get(&(tenant_id.to_owned(), subscription_id.to_owned())).map(|e| e.created.clone())
+        self.state().subscriptions.get(tenant_id).and_then(|t| t.get(subscription_id)).map(|e| e.created.clone())
     }
 
     /// The project of a connection.

@@ -38,6 +38,11 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// The first and longest pause of a lane whose endpoint is overloaded (429, 502, 503, 504).
 const FIRST_SLOW_DOWN: Duration = Duration::from_secs(1);
 const MAX_SLOW_DOWN: Duration = Duration::from_secs(60);
+/// The longest an attempt leaves for recording its outcome before its lease expires: half the
+/// lease's grace, at most this.
+const MAX_RECORD_MARGIN: Duration = Duration::from_secs(5);
+/// The shortest send worth trying (or a quarter of the attempt timeout when that is shorter).
+const MIN_SEND: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum DispatcherError {
@@ -98,6 +103,7 @@ impl Dispatcher {
             done: done_tx,
             runs: HashMap::new(),
             lanes: HashMap::new(),
+            failing_since: HashMap::new(),
             in_flight_total: 0,
         };
         let mut caught_up = false;
@@ -268,8 +274,6 @@ struct Lane {
     /// No attempt starts before this (the endpoint said it is overloaded).
     paused_until: Option<Instant>,
     slow_down: Duration,
-    /// The first failure since the last success, from the events.
-    failing_since: Option<DateTime<Utc>>,
     /// The subscription's settings as of the last pass: what blocks the lane.
     limit: u32,
     rate: Option<u32>,
@@ -286,7 +290,6 @@ impl Lane {
             refilled: Instant::now(),
             paused_until: None,
             slow_down: FIRST_SLOW_DOWN,
-            failing_since: None,
             limit: 1,
             rate: None,
             strict: false,
@@ -324,6 +327,10 @@ struct Schedule {
     done: mpsc::Sender<Done>,
     runs: HashMap<String, RunEntry>,
     lanes: HashMap<LaneKey, Lane>,
+    /// The first failure since the last success, by lane, from the events. Kept apart from the
+    /// lanes (dropped when idle) so a subscription failing message after message is still
+    /// seen failing continuously.
+    failing_since: HashMap<LaneKey, DateTime<Utc>>,
     in_flight_total: usize,
 }
 
@@ -337,6 +344,14 @@ impl Schedule {
                 let Some(subscription_id) = requested.input.get("subscriptionId").and_then(Value::as_str) else {
                     return;
                 };
+                let message_id = requested.input.get("messageId").and_then(Value::as_str).unwrap_or_default();
+                if requested.run_id != super::webhook_run_id(&event.tenant_id, subscription_id, message_id) {
+                    // Only the fan-out requests webhook runs, and only under this id: any other
+                    // was requested from outside and is never delivered.
+                    tracing::warn!(run_id = %requested.run_id, tenant_id = %event.tenant_id,
+                        "ignoring a DeliverWebhook run the fan-out did not request");
+                    return;
+                }
                 let lane = (event.tenant_id.clone(), subscription_id.to_owned());
                 let entry = RunEntry {
                     tenant_id: event.tenant_id.clone(),
@@ -360,18 +375,18 @@ impl Schedule {
                 self.requeue(&requested.run_id);
             }
             AnyEvent::Run(run_event) => {
-                let run_id = run_id_of(run_event);
+                let run_id = run_event.run_id();
                 let Some(entry) = self.runs.get_mut(run_id) else { return };
                 entry.state = Run::evolve(std::mem::take(&mut entry.state), run_event);
                 entry.applied_position = event.global_position;
-                if let Some(lane) = self.lanes.get_mut(&entry.lane) {
-                    match run_event {
-                        RunEvent::RunAttemptFailed(failed) => {
-                            lane.failing_since.get_or_insert(failed.failed_at);
-                        }
-                        RunEvent::RunCompleted(_) => lane.failing_since = None,
-                        _ => {}
+                match run_event {
+                    RunEvent::RunAttemptFailed(failed) => {
+                        self.failing_since.entry(entry.lane.clone()).or_insert(failed.failed_at);
                     }
+                    RunEvent::RunCompleted(_) => {
+                        self.failing_since.remove(&entry.lane);
+                    }
+                    _ => {}
                 }
                 let run_id = run_id.to_owned();
                 self.requeue(&run_id);
@@ -379,6 +394,8 @@ impl Schedule {
             AnyEvent::Subscription(SubscriptionEvent::WebhookSubscriptionDeactivated(d)) => {
                 // Its pending runs are failed by the next pass (the directory says inactive).
                 let key = (event.tenant_id.clone(), d.subscription_id.clone());
+                // Once active again, it starts with a clean record.
+                self.failing_since.remove(&key);
                 let ids: Vec<String> = self
                     .lanes
                     .get(&key)
@@ -481,15 +498,25 @@ impl Schedule {
         let instant = Instant::now();
         let keys: Vec<LaneKey> = self.lanes.keys().cloned().collect();
         for key in keys {
-            let subscription = self.shared.directory.subscription(&key.0, &key.1);
             let Some(lane) = self.lanes.get_mut(&key) else { continue };
+            if lane.pending.is_empty() && lane.in_flight == 0 && lane.paused_until.is_none_or(|u| u <= instant) {
+                // Idle: its next message makes a new one.
+                self.lanes.remove(&key);
+                continue;
+            }
+            let subscription = self.shared.directory.subscription(&key.0, &key.1);
             let Some(subscription) = subscription.filter(|s| s.active) else {
                 // Nothing more goes to an inactive (or unknown) subscription: its runs end as
-                // failed, and can be redelivered once it is active again.
-                let due: Vec<(DateTime<Utc>, u64, String)> = std::mem::take(&mut lane.due).into_iter().collect();
-                for (_, _, run_id) in due {
-                    let reason = format!("subscription {} is inactive or does not exist", key.1);
-                    self.launch(&key, &run_id, Job::Cancel(reason));
+                // failed, and can be redelivered once it is active again. Ending them is work
+                // in flight like any attempt, under the same budget; the rest waits its turn.
+                let reason = format!("subscription {} is inactive or does not exist", key.1);
+                loop {
+                    if self.in_flight_total >= self.shared.settings.max_in_flight_total {
+                        return;
+                    }
+                    let Some(lane) = self.lanes.get_mut(&key) else { break };
+                    let Some((_, _, run_id)) = lane.due.pop_first() else { break };
+                    self.launch(&key, &run_id, Job::Cancel(reason.clone()));
                 }
                 continue;
             };
@@ -527,7 +554,7 @@ impl Schedule {
                     lane.tokens -= 1.0;
                 }
                 lane.due.remove(&item);
-                let failing_since = lane.failing_since;
+                let failing_since = self.failing_since.get(&key).copied();
                 self.launch(&key, &item.2, Job::Attempt { failing_since });
             }
         }
@@ -586,17 +613,6 @@ impl Schedule {
             wake = wake.min(ready.max(now + Duration::from_millis(1)));
         }
         wake
-    }
-}
-
-fn run_id_of(event: &RunEvent) -> &str {
-    match event {
-        RunEvent::RunRequested(e) => &e.run_id,
-        RunEvent::RunStarted(e) => &e.run_id,
-        RunEvent::RunAttemptFailed(e) => &e.run_id,
-        RunEvent::RunCompleted(e) => &e.run_id,
-        RunEvent::RunFailed(e) => &e.run_id,
-        RunEvent::RunRedeliveryRequested(e) => &e.run_id,
     }
 }
 
@@ -665,11 +681,16 @@ impl AttemptTask {
     async fn attempt(&self, failing_since: Option<DateTime<Utc>>) -> Outcome {
         let settings = &self.shared.settings;
         let started_at = Utc::now();
+        let lease = settings.attempt_timeout + settings.lease_grace;
+        // Everything of the attempt (preparing it, sending it) ends by this, leaving time to
+        // record the outcome while the lease still holds: past the lease, another worker may
+        // take the run over and send it a second time.
+        let deadline = Instant::now() + lease.saturating_sub(record_margin(settings.lease_grace));
         let start = RunCommand::StartAttempt(StartAttempt {
             run_id: self.run_id.clone(),
             worker_id: settings.worker_id.clone(),
             started_at,
-            lease_expires_at: started_at + delta(settings.attempt_timeout + settings.lease_grace),
+            lease_expires_at: started_at + delta(lease),
             max_attempts: settings.max_attempts(),
         });
         let started = match self.shared.commands.execute::<Run>(&self.ctx(), &self.stream(), &start).await {
@@ -687,21 +708,23 @@ impl AttemptTask {
             tracing::warn!(run_id = %self.run_id, "webhook dead-lettered: no attempt left");
             return Outcome::Recorded { position: started.last_position, success: false, slow_down: None };
         }
-        let request = match self.prepare(started_at).await {
-            Ok(request) => request,
-            Err(NotSendable { error, retry }) => {
-                let next = retry.then(|| settings.next_delay(attempt - attempts_before_redelivery, None)).flatten();
-                let fail = FailAttempt {
-                    run_id: self.run_id.clone(),
-                    attempt,
-                    error,
-                    failed_at: Utc::now(),
-                    next_attempt_at: next.map(|d| Utc::now() + delta(d)),
-                };
-                return self.record(&RunCommand::FailAttempt(fail), false, None).await;
-            }
+        let counted = attempt - attempts_before_redelivery;
+        let prepared = match tokio::time::timeout_at(deadline, self.prepare(started_at)).await {
+            Ok(prepared) => prepared,
+            Err(_) => Err(NotSendable {
+                error: format!("preparing the attempt took longer than its lease allows ({} ms)", lease.as_millis()),
+                retry: true,
+            }),
         };
-        let result = outbound_webhooks::send(&self.shared.client, &request, settings.attempt_timeout).await;
+        let request = match prepared {
+            Ok(request) => request,
+            Err(not_sendable) => return self.fail_unsent(attempt, counted, not_sendable).await,
+        };
+        let Some(timeout) = send_timeout(deadline, Instant::now(), settings.attempt_timeout) else {
+            let error = "too little of the attempt's lease was left to send it after preparing it".to_owned();
+            return self.fail_unsent(attempt, counted, NotSendable { error, retry: true }).await;
+        };
+        let result = outbound_webhooks::send(&self.shared.client, &request, timeout).await;
         let finished_at = Utc::now();
         let response = AttemptResponse {
             status_code: result.status,
@@ -709,7 +732,7 @@ impl AttemptTask {
             response_body: result.body_excerpt.clone(),
         };
         tracing::debug!(run_id = %self.run_id, attempt, status = ?result.status, "webhook attempt");
-        if result.verdict == Verdict::Delivered {
+        if let Verdict::Delivered | Verdict::DeliveredThenDeactivate { .. } = &result.verdict {
             let complete = RunCommand::Complete {
                 run_id: self.run_id.clone(),
                 attempt,
@@ -721,14 +744,20 @@ impl AttemptTask {
                 }),
                 completed_at: finished_at,
             };
-            return self.record(&complete, true, None).await;
+            let outcome = self.record(&complete, true, None).await;
+            if let Verdict::DeliveredThenDeactivate { reason } = result.verdict {
+                self.deactivate(&reason).await;
+            }
+            return outcome;
         }
-        let counted = attempt - attempts_before_redelivery;
         let (next, slow_down) = match &result.verdict {
             Verdict::Retry { retry_after, slow_down } => {
                 (settings.next_delay(counted, *retry_after), slow_down.then_some(*retry_after))
             }
-            Verdict::AbortMessage | Verdict::Deactivate { .. } | Verdict::Delivered => (None, None),
+            Verdict::AbortMessage
+            | Verdict::Deactivate { .. }
+            | Verdict::Delivered
+            | Verdict::DeliveredThenDeactivate { .. } => (None, None),
         };
         let error = result.error.clone().unwrap_or_else(|| "the delivery failed".into());
         let fail = FailAttempt {
@@ -750,15 +779,33 @@ impl AttemptTask {
             _ => None,
         };
         if let Some(reason) = deactivation {
-            match self.shared.commands.deactivate_subscription(&self.ctx(), &self.subscription_id, &reason).await {
-                Ok(true) => {
-                    tracing::warn!(subscription_id = %self.subscription_id, %reason, "subscription deactivated")
-                }
-                Ok(false) => {}
-                Err(error) => tracing::warn!(subscription_id = %self.subscription_id, %error, "deactivating failed"),
-            }
+            self.deactivate(&reason).await;
         }
         outcome
+    }
+
+    /// Records an attempt that was not sent; tried again later when `retry` and an attempt is
+    /// left.
+    async fn fail_unsent(&self, attempt: u32, counted: u32, NotSendable { error, retry }: NotSendable) -> Outcome {
+        let next = retry.then(|| self.shared.settings.next_delay(counted, None)).flatten();
+        let failed_at = Utc::now();
+        let fail = FailAttempt {
+            run_id: self.run_id.clone(),
+            attempt,
+            error,
+            failed_at,
+            next_attempt_at: next.map(|d| failed_at + delta(d)),
+        };
+        self.record(&RunCommand::FailAttempt(fail), false, None).await
+    }
+
+    /// Deactivates the run's subscription (nothing more is sent to it) for `reason`.
+    async fn deactivate(&self, reason: &str) {
+        match self.shared.commands.deactivate_subscription(&self.ctx(), &self.subscription_id, reason).await {
+            Ok(true) => tracing::warn!(subscription_id = %self.subscription_id, %reason, "subscription deactivated"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(subscription_id = %self.subscription_id, %error, "deactivating failed"),
+        }
     }
 
     /// The request of this attempt: the message, the endpoint (checked again: the allow-list
@@ -775,6 +822,11 @@ impl AttemptTask {
             .map_err(|reason| retry(format!("endpointUrl refused: {reason}")))?;
         let source_stream = self.input.pointer("/source/streamId").and_then(Value::as_str).unwrap_or_default();
         let source_event = self.input.pointer("/source/eventId").and_then(Value::as_str).unwrap_or_default();
+        // Only the run's own tenant's messages: streams are `{tenant}/{resource}`.
+        let foreign = |what: &str| permanent(format!("{what} is not a message of tenant {}", self.tenant_id));
+        if !source_stream.strip_prefix(&self.tenant_id).is_some_and(|rest| rest.starts_with('/')) {
+            return Err(foreign(&format!("stream {source_stream}")));
+        }
         let events = self
             .shared
             .store
@@ -785,8 +837,15 @@ impl AttemptTask {
             .iter()
             .find(|e| e.event_id.to_string() == source_event)
             .ok_or_else(|| permanent(format!("the message's event {source_event} is not in {source_stream}")))?;
+        if event.tenant_id != self.tenant_id {
+            return Err(foreign(&format!("event {source_event}")));
+        }
         let mut message = message_of(event, &self.shared.directory)
             .ok_or_else(|| permanent(format!("event {source_event} is not a message")))?;
+        let message_id = self.input.get("messageId").and_then(Value::as_str).unwrap_or_default();
+        if message.message_id != message_id {
+            return Err(permanent(format!("event {source_event} is message {}, not {message_id}", message.message_id)));
+        }
         // The project the fan-out matched on (a connection's project is looked up then).
         if let Some(project) = self.input.get("projectId").and_then(Value::as_str) {
             message.project_id = Some(project.to_owned());
@@ -833,6 +892,18 @@ impl AttemptTask {
     }
 }
 
+/// What an attempt keeps of its lease for recording its outcome.
+fn record_margin(lease_grace: Duration) -> Duration {
+    (lease_grace / 2).min(MAX_RECORD_MARGIN)
+}
+
+/// The send timeout of an attempt that must end by `deadline`: the attempt timeout or what is
+/// left, whichever is shorter; `None` when what is left is too short to be worth sending.
+fn send_timeout(deadline: Instant, now: Instant, attempt_timeout: Duration) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(now);
+    (left >= MIN_SEND.min(attempt_timeout / 4)).then(|| left.min(attempt_timeout))
+}
+
 fn delta(duration: Duration) -> TimeDelta {
     TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
 }
@@ -841,5 +912,315 @@ async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         () = shutdown.cancelled() => false,
         () = tokio::time::sleep(delay) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use commands::SystemClock;
+    use connectors::egress::EgressAllowList;
+    use domain::subscription::{CreateWebhookSubscription, DeliverySettings};
+    use store::{MasterKey, SecretMetadata, SecretValue, SqliteEventStore, SqliteVault, VersionMetadata};
+
+    use super::*;
+    use crate::fanout::handler::run_input;
+    use crate::fanout::webhook_run_id;
+
+    const SIGNING_SECRET: &str = "kv://hooks/signing";
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    /// A vault whose reads take `delay` (a slow secret backend).
+    struct SlowVault {
+        inner: SqliteVault,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl SecretStore for SlowVault {
+        async fn put(&self, s: &SecretRef, v: &[u8], e: Option<u32>) -> Result<u32, VaultError> {
+            self.inner.put(s, v, e).await
+        }
+        async fn stage_pending(&self, s: &SecretRef, v: &[u8], e: Option<u32>) -> Result<u32, VaultError> {
+            self.inner.stage_pending(s, v, e).await
+        }
+        async fn promote(&self, s: &SecretRef, v: u32, e: Option<u32>) -> Result<(), VaultError> {
+            self.inner.promote(s, v, e).await
+        }
+        async fn discard_pending(&self, s: &SecretRef, v: u32) -> Result<bool, VaultError> {
+            self.inner.discard_pending(s, v).await
+        }
+        async fn retire_previous(&self, s: &SecretRef, v: u32) -> Result<bool, VaultError> {
+            self.inner.retire_previous(s, v).await
+        }
+        async fn versions(&self, s: &SecretRef) -> Result<Vec<VersionMetadata>, VaultError> {
+            self.inner.versions(s).await
+        }
+        async fn get(&self, s: &SecretRef) -> Result<SecretValue, VaultError> {
+            tokio::time::sleep(self.delay).await;
+            self.inner.get(s).await
+        }
+        async fn metadata(&self, s: &SecretRef) -> Result<Option<SecretMetadata>, VaultError> {
+            self.inner.metadata(s).await
+        }
+        async fn list(&self) -> Result<Vec<SecretMetadata>, VaultError> {
+            self.inner.list().await
+        }
+        async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError> {
+            self.inner.owner(vault).await
+        }
+        async fn claim(&self, vault: &str, tenant_id: &str) -> Result<(), VaultError> {
+            self.inner.claim(vault, tenant_id).await
+        }
+    }
+
+    struct Engine {
+        _dir: tempfile::TempDir,
+        shared: Arc<Shared>,
+        /// The store read up to here by [`Engine::follow`].
+        position: u64,
+    }
+
+    async fn engine(settings: WebhookSettings, vault_delay: Duration) -> Engine {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).unwrap());
+        let inner = SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap();
+        let vault: Arc<dyn SecretStore> = Arc::new(SlowVault { inner, delay: vault_delay });
+        vault.put(&SecretRef::parse(SIGNING_SECRET).unwrap(), WHSEC.as_bytes(), None).await.unwrap();
+        let commands = Commands::new(store.clone(), vault.clone(), Arc::new(SystemClock));
+        let settings = WebhookSettings { allow: Arc::new(EgressAllowList::parse("127.0.0.1").unwrap()), ..settings };
+        let dispatcher = Dispatcher::new(store, commands, vault, settings).unwrap();
+        Engine { _dir: dir, shared: dispatcher.shared, position: 0 }
+    }
+
+    fn ctx(tenant: &str) -> CommandContext {
+        CommandContext::new(tenant, "trace-1", Actor { subject: "test".into(), client_id: None })
+    }
+
+    impl Engine {
+        fn schedule(&self) -> (Schedule, mpsc::Receiver<Done>) {
+            let (done, done_rx) = mpsc::channel(64);
+            let schedule = Schedule {
+                shared: self.shared.clone(),
+                done,
+                runs: HashMap::new(),
+                lanes: HashMap::new(),
+                failing_since: HashMap::new(),
+                in_flight_total: 0,
+            };
+            (schedule, done_rx)
+        }
+
+        /// What the follower does: the new events into the directory and the schedule.
+        async fn follow(&mut self, mut schedule: Option<&mut Schedule>) {
+            let page = self.shared.store.read_all(self.position, 10_000).await.unwrap();
+            for event in page {
+                self.position = event.global_position;
+                let decoded = AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()).unwrap();
+                self.shared.directory.apply(&event, &decoded);
+                if let Some(schedule) = schedule.as_deref_mut() {
+                    schedule.apply(&event, &decoded);
+                }
+            }
+            self.shared.directory.advance(self.position);
+        }
+
+        async fn subscribe(&self, tenant: &str, subscription_id: &str) {
+            let command = CreateWebhookSubscription {
+                subscription_id: subscription_id.into(),
+                tenant_id: tenant.into(),
+                project_id: None,
+                event_type: "OrderPlaced".into(),
+                endpoint_url: "http://127.0.0.1:9/hook".into(),
+                signing_secret_ref: SIGNING_SECRET.into(),
+                active: true,
+                created_at: Utc::now(),
+                delivery: DeliverySettings::default(),
+            };
+            self.shared.commands.create_subscription(&ctx(tenant), command).await.unwrap();
+        }
+
+        /// Publishes a message of `tenant` and returns its event.
+        async fn publish(&self, tenant: &str, message_id: &str, data: Value) -> EventEnvelope {
+            let published =
+                self.shared.commands.publish_event(&ctx(tenant), message_id, None, "OrderPlaced", data).await.unwrap();
+            let all = self.shared.store.read_all(published.last_position.unwrap() - 1, 1).await.unwrap();
+            all.into_iter().next().unwrap()
+        }
+
+        /// Requests the run the fan-out would for `message` and `subscription_id`.
+        async fn fan_out(&self, tenant: &str, subscription_id: &str, source: &EventEnvelope) -> String {
+            let message = super::message_of(source, &self.shared.directory).unwrap();
+            let run_id = webhook_run_id(tenant, subscription_id, &message.message_id);
+            let input = run_input(subscription_id, &message, source);
+            self.shared
+                .commands
+                .request_run(&ctx(tenant), &run_id, subscription_id, DELIVER_WEBHOOK_OPERATION, input)
+                .await
+                .unwrap();
+            run_id
+        }
+
+        fn task(&self, tenant: &str, subscription_id: &str, run_id: &str, input: Value) -> AttemptTask {
+            AttemptTask {
+                shared: self.shared.clone(),
+                run_id: run_id.into(),
+                tenant_id: tenant.into(),
+                subscription_id: subscription_id.into(),
+                trace_id: "trace-1".into(),
+                input,
+            }
+        }
+
+        async fn run_events(&self, tenant: &str, run_id: &str) -> Vec<RunEvent> {
+            let stream = self.shared.store.read_stream(&stream_id(tenant, run_id)).await.unwrap();
+            stream
+                .into_iter()
+                .map(|e| domain::AggregateEvent::decode(&e.event_type, e.schema_version, e.data).unwrap())
+                .collect()
+        }
+    }
+
+    /// A run hand-crafted by the attacker naming the victim's message as its source is neither
+    /// scheduled (its id is not the fan-out's) nor, if it were, prepared (the source is not the
+    /// attacker's).
+    #[tokio::test]
+    async fn a_webhook_run_never_reads_another_tenants_message() {
+        let mut engine = engine(WebhookSettings::new("w"), Duration::ZERO).await;
+        engine.subscribe("attacker", "sub-a").await;
+        let victims = engine.publish("victim", "msg-secret", json!({"card": "4111"})).await;
+        engine.follow(None).await;
+        let message = super::message_of(&victims, &engine.shared.directory).unwrap();
+        let input = run_input("sub-a", &message, &victims);
+        let crafted_id = "run-crafted";
+        engine
+            .shared
+            .commands
+            .request_run(&ctx("attacker"), crafted_id, "sub-a", DELIVER_WEBHOOK_OPERATION, input.clone())
+            .await
+            .unwrap();
+        let (mut schedule, _done) = engine.schedule();
+        engine.follow(Some(&mut schedule)).await;
+        assert!(schedule.runs.is_empty(), "a DeliverWebhook run under another id is not scheduled");
+
+        // Even under the id the fan-out would use, the source must be the run's tenant's.
+        let run_id = webhook_run_id("attacker", "sub-a", "msg-secret");
+        let refused = engine.task("attacker", "sub-a", &run_id, input.clone()).prepare(Utc::now()).await.err().unwrap();
+        assert!(!refused.retry);
+        assert!(refused.error.contains("is not a message of tenant attacker"), "{}", refused.error);
+        // Another tenant's stream whose name merely starts with the tenant's.
+        let mut forged = input;
+        forged["source"]["streamId"] = json!("attacker-not/msg-secret");
+        let refused = engine.task("attacker", "sub-a", &run_id, forged).prepare(Utc::now()).await.err().unwrap();
+        assert!(refused.error.contains("is not a message of tenant attacker"), "{}", refused.error);
+
+        // The tenant's own message prepares.
+        let own = engine.publish("attacker", "msg-own", json!({"a": 1})).await;
+        engine.follow(None).await;
+        let message = super::message_of(&own, &engine.shared.directory).unwrap();
+        let own_input = run_input("sub-a", &message, &own);
+        let run_id = webhook_run_id("attacker", "sub-a", "msg-own");
+        let request = engine.task("attacker", "sub-a", &run_id, own_input).prepare(Utc::now()).await.ok().unwrap();
+        assert_eq!(request.webhook_id, "msg-own");
+    }
+
+    /// Deactivating a subscription with many pending runs ends them under the global in-flight
+    /// budget, and its lane goes away once nothing is left in it.
+    #[tokio::test]
+    async fn cancellations_stay_within_the_in_flight_budget_and_idle_lanes_are_dropped() {
+        let settings = WebhookSettings { max_in_flight_total: 2, ..WebhookSettings::new("w") };
+        let mut engine = engine(settings, Duration::ZERO).await;
+        let (mut schedule, mut done) = engine.schedule();
+        engine.subscribe("t", "sub-1").await;
+        let mut run_ids = Vec::new();
+        for n in 0..5 {
+            let source = engine.publish("t", &format!("msg-{n}"), json!({"n": n})).await;
+            run_ids.push(engine.fan_out("t", "sub-1", &source).await);
+        }
+        engine.shared.commands.deactivate_subscription(&ctx("t"), "sub-1", "test").await.unwrap();
+        engine.follow(Some(&mut schedule)).await;
+        assert_eq!(schedule.runs.len(), 5);
+        let mut most = 0;
+        for _ in 0..50 {
+            schedule.start_due();
+            most = most.max(schedule.in_flight_total);
+            assert!(schedule.in_flight_total <= 2, "{} in flight", schedule.in_flight_total);
+            if schedule.runs.is_empty() && schedule.lanes.is_empty() {
+                break;
+            }
+            if schedule.in_flight_total > 0 {
+                let finished = done.recv().await.unwrap();
+                schedule.finished(finished);
+            }
+            engine.follow(Some(&mut schedule)).await;
+        }
+        assert_eq!(most, 2);
+        assert!(schedule.runs.is_empty(), "every run ended");
+        assert!(schedule.lanes.is_empty(), "the idle lane was dropped");
+        for run_id in run_ids {
+            let events = engine.run_events("t", &run_id).await;
+            assert!(
+                matches!(events.last(), Some(RunEvent::RunFailed(f)) if f.error.contains("inactive")),
+                "{events:?}"
+            );
+        }
+    }
+
+    /// A slow vault cannot stretch an attempt past its lease: preparing and sending share it.
+    #[tokio::test]
+    async fn preparing_an_attempt_is_bounded_by_its_lease() {
+        let settings = WebhookSettings {
+            attempt_timeout: Duration::from_millis(600),
+            lease_grace: Duration::from_millis(400),
+            ..WebhookSettings::new("w")
+        };
+        let mut engine = engine(settings, Duration::from_secs(3)).await;
+        engine.subscribe("t", "sub-1").await;
+        let source = engine.publish("t", "msg-1", json!({})).await;
+        engine.follow(None).await;
+        let run_id = engine.fan_out("t", "sub-1", &source).await;
+        let message = super::message_of(&source, &engine.shared.directory).unwrap();
+        let task = engine.task("t", "sub-1", &run_id, run_input("sub-1", &message, &source));
+        let began = Instant::now();
+        let outcome = task.attempt(None).await;
+        assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
+        assert!(matches!(outcome, Outcome::Recorded { success: false, .. }));
+        let events = engine.run_events("t", &run_id).await;
+        let Some(RunEvent::RunAttemptFailed(failed)) = events.last() else { panic!("{events:?}") };
+        assert!(failed.error.contains("longer than its lease allows"), "{}", failed.error);
+        assert!(failed.next_attempt_at.is_some(), "tried again later");
+    }
+
+    /// The directory is per tenant: the same subscription id in two tenants is two
+    /// subscriptions, and a message matches its tenant's only.
+    #[tokio::test]
+    async fn the_directory_matches_a_message_against_its_tenants_subscriptions_only() {
+        let mut engine = engine(WebhookSettings::new("w"), Duration::ZERO).await;
+        engine.subscribe("a", "sub-1").await;
+        engine.subscribe("b", "sub-1").await;
+        engine.subscribe("b", "sub-2").await;
+        engine.follow(None).await;
+        let directory = &engine.shared.directory;
+        let after = directory.position() + 1;
+        let ids = |tenant: &str| -> Vec<String> {
+            directory.matching(after, tenant, None, "OrderPlaced").into_iter().map(|s| s.subscription_id).collect()
+        };
+        assert_eq!(ids("a"), ["sub-1"]);
+        assert_eq!(ids("b"), ["sub-1", "sub-2"]);
+        assert!(ids("c").is_empty());
+        assert_eq!(directory.subscription("b", "sub-2").map(|s| s.tenant_id), Some("b".to_owned()));
+        assert!(directory.subscription("a", "sub-2").is_none());
+    }
+
+    #[test]
+    fn the_send_timeout_is_what_is_left_of_the_lease() {
+        let now = Instant::now();
+        let attempt = Duration::from_secs(15);
+        assert_eq!(send_timeout(now + Duration::from_secs(18), now, attempt), Some(attempt));
+        assert_eq!(send_timeout(now + Duration::from_secs(4), now, attempt), Some(Duration::from_secs(4)));
+        assert_eq!(send_timeout(now + Duration::from_millis(500), now, attempt), None, "too little left");
+        assert_eq!(send_timeout(now, now + Duration::from_secs(1), attempt), None, "past the deadline");
+        assert_eq!(record_margin(Duration::from_secs(5)), Duration::from_millis(2500));
+        assert_eq!(record_margin(Duration::from_secs(60)), MAX_RECORD_MARGIN);
     }
 }
