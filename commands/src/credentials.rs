@@ -341,7 +341,9 @@ impl Commands {
 
     /// The verification run succeeded: promotes the verified version in the vault (connections
     /// use it from now on), then records `CredentialRotated`. Idempotent, and safe after a crash
-    /// between the two steps (promoting the current version again does nothing).
+    /// between the two steps (promoting the current version again does nothing). When a newer
+    /// version was made current meanwhile, nothing is promoted and the rotation fails instead
+    /// (`CredentialRotationFailed` naming both versions): finishing never rolls a secret back.
     pub async fn complete_credential_rotation(
         &self,
         ctx: &CommandContext,
@@ -357,6 +359,16 @@ impl Commands {
                 Ok(()) => {}
                 Err(VaultError::NotFound(name)) => {
                     let reason = format!("the verified version {name} is no longer in the vault");
+                    return self.fail_credential_rotation(ctx, credential_id, verification_run_id, &reason).await;
+                }
+                // A newer current version was written meanwhile (`secrets put` during the
+                // rotation): the vault never rolls back, so this rotation cannot finish.
+                Err(VaultError::VersionConflict { secret, actual, .. }) => {
+                    let reason = format!(
+                        "{secret} changed during the rotation: its current version {actual} is newer than the \
+                         verified version {}, which is not promoted (that would roll the secret back)",
+                        p.version
+                    );
                     return self.fail_credential_rotation(ctx, credential_id, verification_run_id, &reason).await;
                 }
                 Err(e) => return Err(e.into()),

@@ -139,12 +139,27 @@ pub struct CredentialRotationFailed {
     pub failed_at: DateTime<Utc>,
 }
 
-/// The previous version's overlap ended: it is no longer accepted anywhere.
+/// Why a previous version stopped being accepted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RetirementReason {
+    /// The overlap after the promotion that made it previous ended.
+    #[default]
+    OverlapEnded,
+    /// A later promotion made another version previous before this one's overlap ended (a
+    /// second rotation within the overlap): it was retired by that promotion.
+    Superseded,
+}
+
+/// A previous version is no longer accepted anywhere: its overlap ended, or a later promotion
+/// superseded it. Every version that was ever previous gets exactly one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialVersionRetired {
     pub credential_id: String,
     pub version: u32,
+    /// Absent in events written before it was recorded, which were all overlap retirements.
+    #[serde(default)]
+    pub reason: RetirementReason,
     pub retired_at: DateTime<Utc>,
 }
 
@@ -200,6 +215,10 @@ pub enum CredentialState {
         auth_kind: AuthModel,
         /// The version that was current before the last promotion, until it is retired.
         previous_version: Option<u32>,
+        /// Versions a promotion displaced from previous without retiring them: only in
+        /// histories written before promotions retired the superseded version themselves.
+        /// Retiring one of them records its retirement at last.
+        unretired: Vec<u32>,
         connections: Vec<String>,
         /// The version being verified and its verification run, while a rotation is in flight.
         pending: Option<Rotation>,
@@ -307,16 +326,30 @@ impl Decider for Credential {
             }
             (
                 CredentialCommand::CompleteRotation { credential_id, verification_run_id, rotated_at },
-                CredentialState::Registered { current_version, pending, started, .. },
+                CredentialState::Registered { current_version, previous_version, pending, started, .. },
             ) => match finishing(pending.as_ref(), started, verification_run_id)? {
                 None => Ok(vec![]),
-                Some(pending) => Ok(vec![CredentialEvent::CredentialRotated(CredentialRotated {
-                    credential_id: credential_id.clone(),
-                    version: pending.version,
-                    previous_version: *current_version,
-                    verification_run_id: Some(verification_run_id.clone()),
-                    rotated_at: *rotated_at,
-                })]),
+                Some(pending) => {
+                    // A second rotation within the overlap: the promotion makes the current
+                    // version previous, so the unretired previous one leaves use now. It is
+                    // retired in this decision, or no event would ever say so.
+                    let superseded = previous_version.map(|version| {
+                        CredentialEvent::CredentialVersionRetired(CredentialVersionRetired {
+                            credential_id: credential_id.clone(),
+                            version,
+                            reason: RetirementReason::Superseded,
+                            retired_at: *rotated_at,
+                        })
+                    });
+                    let rotated = CredentialEvent::CredentialRotated(CredentialRotated {
+                        credential_id: credential_id.clone(),
+                        version: pending.version,
+                        previous_version: *current_version,
+                        verification_run_id: Some(verification_run_id.clone()),
+                        rotated_at: *rotated_at,
+                    });
+                    Ok(superseded.into_iter().chain([rotated]).collect())
+                }
             },
             (
                 CredentialCommand::FailRotation { credential_id, verification_run_id, reason, failed_at },
@@ -333,15 +366,21 @@ impl Decider for Credential {
             },
             (
                 CredentialCommand::RetirePrevious { credential_id, version, retired_at },
-                CredentialState::Registered { previous_version, .. },
+                CredentialState::Registered { previous_version, unretired, .. },
             ) => {
-                // Retired already, or a later promotion moved `previous` on: nothing to do.
-                if *previous_version != Some(*version) {
+                let reason = if *previous_version == Some(*version) {
+                    RetirementReason::OverlapEnded
+                } else if unretired.contains(version) {
+                    // An older history's second promotion displaced it without a retirement.
+                    RetirementReason::Superseded
+                } else {
+                    // Retired already (at the end of its overlap or by a later promotion).
                     return Ok(vec![]);
-                }
+                };
                 Ok(vec![CredentialEvent::CredentialVersionRetired(CredentialVersionRetired {
                     credential_id: credential_id.clone(),
                     version: *version,
+                    reason,
                     retired_at: *retired_at,
                 })])
             }
@@ -361,6 +400,7 @@ impl Decider for Credential {
                 current_version: e.current_version,
                 auth_kind: e.auth_kind,
                 previous_version: None,
+                unretired: Vec::new(),
                 connections: vec![e.connection_id.clone()],
                 pending: None,
                 started: Vec::new(),
@@ -371,6 +411,7 @@ impl Decider for Credential {
                     mut started,
                     mut current_version,
                     mut previous_version,
+                    mut unretired,
                     mut pending,
                     secret_ref,
                     auth_kind,
@@ -391,6 +432,7 @@ impl Decider for Credential {
                         pending = Some(rotation);
                     }
                     CredentialEvent::CredentialRotated(r) => {
+                        unretired.extend(previous_version.filter(|p| *p != r.previous_version));
                         previous_version = Some(r.previous_version);
                         current_version = r.version;
                         pending = None;
@@ -400,6 +442,7 @@ impl Decider for Credential {
                         if previous_version == Some(r.version) {
                             previous_version = None;
                         }
+                        unretired.retain(|v| *v != r.version);
                     }
                 }
                 CredentialState::Registered {
@@ -407,6 +450,7 @@ impl Decider for Credential {
                     current_version,
                     auth_kind,
                     previous_version,
+                    unretired,
                     connections,
                     pending,
                     started,
@@ -600,6 +644,76 @@ mod tests {
         let after = [link("conn-1"), rotate("run-1"), complete(), retire(1)];
         assert_eq!(given_when(&after, &retire(1)), Ok(vec![]), "retired already");
         let twice = [link("conn-1"), rotate("run-1"), complete(), rotate_to("run-2", 3), complete_run("run-2")];
-        assert_eq!(given_when(&twice, &retire(1)), Ok(vec![]), "a later promotion made 2 the previous version");
+        assert_eq!(given_when(&twice, &retire(1)), Ok(vec![]), "a later promotion retired 1 already");
+    }
+
+    #[test]
+    fn a_second_promotion_within_the_overlap_retires_the_superseded_previous_version() {
+        let in_overlap = [link("conn-1"), rotate("run-1"), complete(), rotate_to("run-2", 3)];
+        let events = given_when(&in_overlap, &complete_run("run-2")).unwrap();
+        let [
+            CredentialEvent::CredentialVersionRetired(retired),
+            CredentialEvent::CredentialRotated(CredentialRotated { version: 3, previous_version: 2, .. }),
+        ] = &events[..]
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!((retired.version, retired.reason), (1, RetirementReason::Superseded));
+
+        // Once the previous version was retired after its overlap, nothing is superseded.
+        let after_overlap = [link("conn-1"), rotate("run-1"), complete(), retire(1), rotate_to("run-2", 3)];
+        let events = given_when(&after_overlap, &complete_run("run-2")).unwrap();
+        assert!(matches!(&events[..], [CredentialEvent::CredentialRotated(_)]), "{events:?}");
+        let retired = given_when(&[link("conn-1"), rotate("run-1"), complete()], &retire(1)).unwrap();
+        assert!(matches!(
+            &retired[..],
+            [CredentialEvent::CredentialVersionRetired(CredentialVersionRetired {
+                reason: RetirementReason::OverlapEnded,
+                ..
+            })]
+        ));
+        // An event written before the reason was recorded reads as an overlap retirement.
+        let old: CredentialVersionRetired = serde_json::from_value(serde_json::json!({
+            "credentialId": "cred-github-booking", "version": 1, "retiredAt": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        assert_eq!(old.reason, RetirementReason::OverlapEnded);
+    }
+
+    #[test]
+    fn a_version_an_older_history_displaced_without_retiring_it_can_still_be_retired() {
+        // Written before promotions retired the superseded version: two promotions in a row.
+        let rotated = |version, previous_version| {
+            CredentialEvent::CredentialRotated(CredentialRotated {
+                credential_id: "cred-github-booking".into(),
+                version,
+                previous_version,
+                verification_run_id: None,
+                rotated_at: DateTime::UNIX_EPOCH,
+            })
+        };
+        let registered = Credential::decide(&link("conn-1"), &CredentialState::None).unwrap();
+        let history = registered.into_iter().chain([rotated(2, 1), rotated(3, 2)]);
+        let state = history.fold(CredentialState::None, |s, e| Credential::evolve(s, &e));
+        let events = Credential::decide(&retire(1), &state).unwrap();
+        assert!(matches!(
+            &events[..],
+            [CredentialEvent::CredentialVersionRetired(CredentialVersionRetired {
+                version: 1,
+                reason: RetirementReason::Superseded,
+                ..
+            })]
+        ));
+        let state = events.iter().fold(state, Credential::evolve);
+        assert_eq!(Credential::decide(&retire(1), &state), Ok(vec![]), "once");
+        let overlap = Credential::decide(&retire(2), &state).unwrap();
+        assert!(matches!(
+            &overlap[..],
+            [CredentialEvent::CredentialVersionRetired(CredentialVersionRetired {
+                version: 2,
+                reason: RetirementReason::OverlapEnded,
+                ..
+            })]
+        ));
     }
 }

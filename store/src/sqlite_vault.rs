@@ -562,6 +562,15 @@ impl SecretStore for SqliteVault {
             {
                 return Err(VaultError::VersionConflict { secret: secret.to_string(), expected, actual: current });
             }
+            // A version older than current was staged before the current one was written (a
+            // `put` during its rotation): promoting it would roll the secret back.
+            if version < current {
+                return Err(VaultError::VersionConflict {
+                    secret: secret.to_string(),
+                    expected: version,
+                    actual: current,
+                });
+            }
             if read_version(&tx, &secret, version)?.is_none() {
                 return Err(VaultError::NotFound(secret.with_version(version).to_string()));
             }

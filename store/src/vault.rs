@@ -102,8 +102,12 @@ pub struct VersionMetadata {
 #[async_trait]
 pub trait SecretStore: Send + Sync + 'static {
     /// Stores a new version (the ref's version is ignored), labels it `current` (the old current
-    /// becomes `previous`, a pending label is dropped) and returns its number. With
-    /// `expected_current`, the write happens only if the current version is that one (0: none).
+    /// becomes `previous`) and returns its number. With `expected_current`, the write happens
+    /// only if the current version is that one (0: none).
+    ///
+    /// A pending label is dropped: the staged version is older than the new current one, so it
+    /// can never be promoted ([`Self::promote`] refuses to roll back), and a rotation verifying
+    /// it fails when it finishes instead of undoing this write.
     async fn put(&self, secret: &SecretRef, value: &[u8], expected_current: Option<u32>) -> Result<u32, VaultError>;
 
     /// Stores a new version labelled `pending` (moving the label from an earlier pending version)
@@ -118,8 +122,10 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// Moves `current` to `version` (which must exist), the old current to `previous`, and drops
     /// a pending label at or below `version`. Idempotent: promoting the current version again
-    /// does nothing. With `expected_current`, refused with a conflict when the current version is
-    /// neither that one nor `version` (someone changed the secret meanwhile).
+    /// does nothing. Never rolls back: a `version` older than current is refused with a
+    /// [`VaultError::VersionConflict`] (`expected` the version, `actual` the current one). With
+    /// `expected_current`, refused with a conflict when the current version is neither that one
+    /// nor `version` (someone changed the secret meanwhile).
     async fn promote(&self, secret: &SecretRef, version: u32, expected_current: Option<u32>) -> Result<(), VaultError>;
 
     /// Removes the `pending` label when it is on `version` (its verification failed, so no later

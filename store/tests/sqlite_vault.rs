@@ -261,6 +261,39 @@ async fn staging_labels_move_as_in_a_rotation() {
 }
 
 #[tokio::test]
+async fn a_put_during_a_rotation_drops_the_pending_label_and_the_staged_version_is_never_promoted_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("vault.db"), KEY);
+    let s = secret("kv://v/rolled");
+    vault.put(&s, b"one", None).await.unwrap();
+    assert_eq!(vault.stage_pending(&s, b"two", None).await.unwrap(), 2);
+    // An operator writes a newer current while version 2 is being verified.
+    assert_eq!(vault.put(&s, b"three", None).await.unwrap(), 3);
+    let m = vault.metadata(&s).await.unwrap().unwrap();
+    assert_eq!((m.current_version, m.pending_version, m.previous_version), (3, None, Some(1)));
+
+    // Finishing the rotation must not move current back to 2, with or without check-and-set.
+    for expected_current in [None, Some(1), Some(3)] {
+        assert!(
+            matches!(
+                vault.promote(&s, 2, expected_current).await,
+                Err(VaultError::VersionConflict { expected: 2, actual: 3, .. })
+                    | Err(VaultError::VersionConflict { expected: 1, actual: 3, .. })
+            ),
+            "promoting 2 over 3 with {expected_current:?}"
+        );
+    }
+    assert_eq!(vault.get(&s).await.unwrap().value, b"three");
+    let m = vault.metadata(&s).await.unwrap().unwrap();
+    assert_eq!((m.current_version, m.pending_version, m.previous_version), (3, None, Some(1)), "labels unchanged");
+    // A newer version is still promoted, and promoting the current one again stays a no-op.
+    assert_eq!(vault.stage_pending(&s, b"four", Some(0)).await.unwrap(), 4);
+    vault.promote(&s, 4, Some(3)).await.unwrap();
+    vault.promote(&s, 4, Some(3)).await.unwrap();
+    assert_eq!(vault.get(&s).await.unwrap().value, b"four");
+}
+
+#[tokio::test]
 async fn rekey_moves_every_version_to_the_new_key_and_keeps_values_and_labels() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vault.db");

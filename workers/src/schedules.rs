@@ -9,7 +9,9 @@
 //! - Time is cut into slots of the check interval, shifted per connection by a stable offset
 //!   (its jitter, so connections are not all checked at the same moment). The check of slot N
 //!   is the run [`health_check_run_id`]`(tenant, connection, N)`.
-//! - Retiring a version that is no longer previous does nothing.
+//! - Retirements are kept per version: a second rotation within the overlap adds its own, and
+//!   the first one's version is retired by that promotion (`Superseded`), which removes it here.
+//!   Retiring a version that is no longer previous does nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,6 +59,10 @@ struct Retirement {
     due: DateTime<Utc>,
 }
 
+/// The retirements owed, by tenant, credential and version: one per version that became
+/// previous, so a later rotation never hides an earlier one's.
+type Retirements = BTreeMap<(String, String, u32), Retirement>;
+
 /// Runs the schedules until `shutdown`.
 pub async fn run_schedules(
     store: Arc<dyn EventStore>,
@@ -66,7 +72,7 @@ pub async fn run_schedules(
 ) -> Result<(), StoreError> {
     let mut events = Box::pin(store::subscribe(store, 0));
     let mut checked: BTreeMap<(String, String), Checked> = BTreeMap::new();
-    let mut retirements: BTreeMap<(String, String), Retirement> = BTreeMap::new();
+    let mut retirements: Retirements = BTreeMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -91,7 +97,7 @@ fn track(
     event: EventEnvelope,
     settings: &ScheduleSettings,
     checked: &mut BTreeMap<(String, String), Checked>,
-    retirements: &mut BTreeMap<(String, String), Retirement>,
+    retirements: &mut Retirements,
 ) {
     if !matches!(event.event_type.as_str(), "ConnectionEstablished" | "CredentialRotated" | "CredentialVersionRetired")
     {
@@ -111,13 +117,10 @@ fn track(
             let due = e.rotated_at + TimeDelta::from_std(settings.credential_overlap).unwrap_or(TimeDelta::MAX);
             let retirement =
                 Retirement { rotated: event, credential_id: e.credential_id.clone(), version: e.previous_version, due };
-            retirements.insert((tenant, e.credential_id), retirement);
+            retirements.insert((tenant, e.credential_id, e.previous_version), retirement);
         }
         AnyEvent::Credential(CredentialEvent::CredentialVersionRetired(e)) => {
-            let key = (tenant, e.credential_id);
-            if retirements.get(&key).is_some_and(|r| r.version == e.version) {
-                retirements.remove(&key);
-            }
+            retirements.remove(&(tenant, e.credential_id, e.version));
         }
         _ => {}
     }
@@ -162,12 +165,8 @@ async fn check_due_connections(
     }
 }
 
-async fn retire_due_versions(
-    commands: &Commands,
-    now: DateTime<Utc>,
-    retirements: &mut BTreeMap<(String, String), Retirement>,
-) {
-    let due: Vec<(String, String)> =
+async fn retire_due_versions(commands: &Commands, now: DateTime<Utc>, retirements: &mut Retirements) {
+    let due: Vec<(String, String, u32)> =
         retirements.iter().filter(|(_, r)| r.due <= now).map(|(key, _)| key.clone()).collect();
     for key in due {
         let Some(r) = retirements.get(&key) else { continue };
@@ -203,5 +202,82 @@ mod tests {
             (0..20).map(|i| offset_ms("t", &format!("conn-{i}"), 60_000)).collect();
         assert!(offsets.len() > 10, "connections are spread over the interval");
         assert!(offsets.iter().all(|o| (0..60_000).contains(o)));
+    }
+
+    /// A history written before promotions retired the superseded version themselves: two
+    /// promotions within one overlap. Each previous version is owed its own retirement.
+    #[tokio::test]
+    async fn every_previous_version_is_retired_when_two_rotations_fall_within_one_overlap() {
+        use commands::{CommandContext, SystemClock};
+        use domain::credential::{CredentialRegistered, CredentialRotated, RetirementReason};
+        use domain::provider::AuthModel;
+        use domain::secret_ref::SecretRef;
+        use domain::{Actor, AggregateEvent};
+        use store::{ExpectedVersion, MasterKey, SecretStore, SqliteEventStore, SqliteVault};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).unwrap());
+        let vault = Arc::new(SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap());
+        let secret = SecretRef::parse("kv://factory/hook").unwrap();
+        for value in [&b"one"[..], b"two", b"three"] {
+            vault.put(&secret, value, None).await.unwrap();
+        }
+        let commands = Commands::new(store.clone(), vault.clone(), Arc::new(SystemClock));
+        let ctx = CommandContext::new("connectsoft", "trace-1", Actor { subject: "user-1".into(), client_id: None });
+        let now = Utc::now();
+        let rotated = |version, previous_version| {
+            CredentialEvent::CredentialRotated(CredentialRotated {
+                credential_id: "cred-hook".into(),
+                version,
+                previous_version,
+                verification_run_id: None,
+                rotated_at: now,
+            })
+        };
+        let history = [
+            CredentialEvent::CredentialRegistered(CredentialRegistered {
+                credential_id: "cred-hook".into(),
+                tenant_id: "connectsoft".into(),
+                secret_ref: secret.clone(),
+                current_version: 1,
+                auth_kind: AuthModel::HmacSignature,
+                connection_id: "conn-1".into(),
+                registered_at: now,
+            }),
+            rotated(2, 1),
+            rotated(3, 2),
+        ];
+        let stream = domain::ids::stream_id("connectsoft", "cred-hook");
+        let events = history.iter().map(|e| ctx.new_event(e.encode(), now)).collect();
+        store.append(&stream, ExpectedVersion::NoStream, events).await.unwrap();
+
+        let settings = ScheduleSettings { health_check_interval: None, credential_overlap: Duration::ZERO };
+        let shutdown = CancellationToken::new();
+        let schedules = tokio::spawn(run_schedules(store.clone(), commands, settings, shutdown.clone()));
+        let mut retired = Vec::new();
+        for _ in 0..100 {
+            retired = store
+                .read_stream(&stream)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.event_type == "CredentialVersionRetired")
+                .map(|e| (e.data["version"].as_u64().unwrap(), e.data["reason"].clone()))
+                .collect::<Vec<_>>();
+            if retired.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        shutdown.cancel();
+        schedules.await.unwrap().unwrap();
+        retired.sort_by_key(|(version, _)| *version);
+        let reason = |r| serde_json::to_value(r).unwrap();
+        assert_eq!(
+            retired,
+            [(1, reason(RetirementReason::Superseded)), (2, reason(RetirementReason::OverlapEnded))],
+            "both previous versions are retired, once"
+        );
+        assert_eq!(vault.metadata(&secret).await.unwrap().unwrap().previous_version, None);
     }
 }

@@ -279,3 +279,61 @@ async fn an_engine_owned_signing_secret_gets_a_generated_pending_version() {
     assert_eq!(started.data["source"], json!("Generated"));
     assert!(!started.data.to_string().contains("whsec_"), "the value never enters an event");
 }
+
+#[tokio::test]
+async fn a_put_during_a_rotation_fails_the_rotation_instead_of_rolling_the_secret_back() {
+    let engine = engine_with_a_shared_credential().await;
+    let ctx = ctx(TENANT);
+    engine.commands.start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "Scheduled", "run-verify-1").await.unwrap();
+    // While version 3 is verified, an operator writes version 4 as current (`secrets put`).
+    assert_eq!(engine.vault.put(&secret(), b"value-4", None).await.unwrap(), 4);
+
+    engine.commands.complete_credential_rotation(&ctx, GITHUB_CREDENTIAL, "run-verify-1").await.unwrap();
+
+    assert_eq!(engine.vault.get(&secret()).await.unwrap().value, b"value-4", "rolled back to the verified version");
+    let m = engine.vault.metadata(&secret()).await.unwrap().unwrap();
+    assert_eq!((m.current_version, m.pending_version), (4, None));
+    let history = engine.events(&stream_id(TENANT, GITHUB_CREDENTIAL)).await;
+    assert!(history.iter().all(|e| e.event_type != "CredentialRotated"), "{history:?}");
+    let failed = history.last().unwrap();
+    assert_eq!(failed.event_type, "CredentialRotationFailed");
+    assert_eq!(failed.data["version"], json!(3));
+    let reason = failed.data["reason"].as_str().unwrap();
+    assert!(reason.contains("current version 4 is newer than the verified version 3"), "{reason}");
+    assert!(!reason.contains("value-"), "no value in the reason");
+
+    // Delivered again: nothing more happens, and a new rotation can start.
+    let head = engine.head().await;
+    engine.commands.complete_credential_rotation(&ctx, GITHUB_CREDENTIAL, "run-verify-1").await.unwrap();
+    assert_eq!(engine.head().await, head);
+    engine.vault.stage_pending(&secret(), b"value-5", Some(0)).await.unwrap();
+    let next =
+        engine.commands.start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "Again", "run-verify-2").await.unwrap();
+    assert_eq!(next.new_version_ref, format!("{GITHUB_SECRET}?version=5"));
+}
+
+#[tokio::test]
+async fn a_second_rotation_within_the_overlap_retires_the_superseded_previous_version() {
+    let engine = engine_with_a_shared_credential().await;
+    let ctx = ctx(TENANT);
+    engine.commands.start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "Scheduled", "run-verify-1").await.unwrap();
+    engine.commands.complete_credential_rotation(&ctx, GITHUB_CREDENTIAL, "run-verify-1").await.unwrap();
+    engine.vault.stage_pending(&secret(), b"value-4", Some(0)).await.unwrap();
+    engine.commands.start_credential_rotation(&ctx, GITHUB_CREDENTIAL, "Leaked", "run-verify-2").await.unwrap();
+
+    engine.commands.complete_credential_rotation(&ctx, GITHUB_CREDENTIAL, "run-verify-2").await.unwrap();
+
+    let history = engine.events(&stream_id(TENANT, GITHUB_CREDENTIAL)).await;
+    let [.., retired, rotated] = &history[..] else { panic!("{history:?}") };
+    assert_eq!(retired.event_type, "CredentialVersionRetired");
+    assert_eq!((retired.data["version"].clone(), retired.data["reason"].clone()), (json!(2), json!("Superseded")));
+    assert_eq!(rotated.event_type, "CredentialRotated");
+    assert_eq!((rotated.data["version"].clone(), rotated.data["previousVersion"].clone()), (json!(4), json!(3)));
+    let m = engine.vault.metadata(&secret()).await.unwrap().unwrap();
+    assert_eq!((m.current_version, m.previous_version), (4, Some(3)));
+    // The first rotation's retirement, when it falls due, finds nothing left to do.
+    let head = engine.head().await;
+    engine.commands.retire_previous_credential_version(&ctx, GITHUB_CREDENTIAL, 2).await.unwrap();
+    assert_eq!(engine.head().await, head);
+    assert_eq!(engine.vault.metadata(&secret()).await.unwrap().unwrap().previous_version, Some(3));
+}
