@@ -108,8 +108,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_retention(Duration::from_secs(args.idempotency_retention_hours.saturating_mul(3600))),
     ));
     // Expired keys are free at once; the sweep only reclaims their rows, in short batches.
-    let idempotency_sweeper =
-        tokio::spawn(idempotency.clone().sweep_periodically(commands::idempotency::SWEEP_EVERY));
+    let idempotency_sweeper = tokio::spawn(idempotency.clone().sweep_periodically(commands::idempotency::SWEEP_EVERY));
     let read_models = ReadModels::open(dir.join(READ_MODELS_DB))?;
     let projections = Projections::new(read_models.clone());
     let projector = tokio::spawn({

@@ -214,16 +214,10 @@ async fn consecutive_failed_checks_degrade_the_connection_and_a_success_restores
 
 /// `integration-engine runs start` on the data dir; the run id.
 fn start_run(dir: &Path, connection: &str, operation: &str, key: &str) -> String {
-    start_run_with(dir, connection, operation, key, "{}")
-}
-
-/// `integration-engine runs start` with `input`; the run id.
-fn start_run_with(dir: &Path, connection: &str, operation: &str, key: &str, input: &str) -> String {
     let out = std::process::Command::new(support::BIN)
         .args(["runs", "start", "--data-dir"])
         .arg(dir)
         .args(["--tenant", TENANT, "--connection", connection, "--operation", operation, "--idempotency-key", key])
-        .args(["--input", input])
         .env_remove("IE_MASTER_KEY")
         .output()
         .unwrap();
@@ -403,18 +397,18 @@ async fn a_vendor_issued_key_is_created_verified_promoted_used_and_the_old_key_r
     assert!(stub.is_live(&issued) && stub.is_live(MAIN_KEY_SID), "the current key and the issuer's stay");
     assert_eq!(events_of_type(dir.path(), "CredentialVersionRetired").pop().unwrap()["version"], 1);
 
-    // Whatever a revocation run is asked, it never deletes the key in use.
-    let current = json!({"credentialId": "cred-twilio-sms", "versionRef": format!("{TWILIO_SECRET}?version=2")});
-    let by_label = json!({"credentialId": "cred-twilio-sms", "issuanceLabel": label});
-    for (key, input) in [("revoke-current", current), ("revoke-current-label", by_label)] {
-        let run = start_run_with(dir.path(), &connection_id, "RevokeCredential", key, &input.to_string());
-        let run = run_status(&app, &token, &run, &["Completed", "Failed"]).await;
-        assert!(run["status"] == "Failed" || run["status"] == "Completed", "{run}");
-    }
+    // Revocations are the engine's: nobody can start one to delete the key in use.
+    let input = json!({"credentialId": "cred-twilio-sms", "versionRef": format!("{TWILIO_SECRET}?version=2")});
+    let out = std::process::Command::new(support::BIN)
+        .args(["runs", "start", "--data-dir"])
+        .arg(dir.path())
+        .args(["--tenant", TENANT, "--connection", &connection_id, "--operation", "RevokeCredential"])
+        .args(["--idempotency-key", "revoke-current", "--input", &input.to_string()])
+        .env_remove("IE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("reserved to the engine"));
     assert!(stub.is_live(&issued), "the current key is never revoked");
-    let refused =
-        events_of_type(dir.path(), "RunFailed").into_iter().any(|e| e["error"].as_str().unwrap().contains("in use"));
-    assert!(refused, "the revocation of the current version names why it was refused");
 }
 
 #[tokio::test]
@@ -459,4 +453,43 @@ async fn a_vendor_issued_key_that_fails_verification_leaves_current_and_is_revok
     .await;
     let shown = secrets(dir.path(), &["show", TWILIO_SECRET], None);
     assert!(shown.contains("current=3\tpending=-\tprevious=1"), "{shown}");
+}
+
+#[tokio::test]
+async fn an_engine_killed_while_twilio_creates_the_key_deletes_the_orphan_after_restart_and_promotes_once() {
+    let timing = ["--run-attempt-timeout-ms", "3000", "--run-lease-grace-ms", "500"];
+    let (stub, dir, app, token) = twilio_setup(&timing).await;
+    // Twilio creates the key but its answer is slow: the engine dies before it sees the secret.
+    stub.delay_create_answers(Some(Duration::from_secs(20)));
+    let r = rotate_twilio(&app, &token).await;
+    assert_eq!(r.status(), 202);
+    let run_id = r.json::<Value>().await.unwrap()["verificationRunId"].as_str().unwrap().to_owned();
+    eventually("the key created at Twilio", Duration::from_secs(15), || async {
+        (!stub.created().is_empty()).then_some(())
+    })
+    .await;
+    app.kill();
+    let orphan = stub.created()[0].clone();
+    let label = stub.label_of(&orphan).unwrap();
+    assert!(label.starts_with(&run_id), "{label}");
+    assert!(!secrets(dir.path(), &["show", TWILIO_SECRET], None).contains("version 2\t"), "nothing was stored");
+
+    // Restarted: the run is resumed once the dead attempt's lease expires.
+    stub.delay_create_answers(None);
+    let mut args = vec!["--health-check-interval-seconds", "0"];
+    args.extend_from_slice(&timing);
+    let app = serve(dir.path(), &args);
+    let run = run_status(&app, &token, &run_id, &["Completed", "Failed"]).await;
+    assert_eq!(run["status"], "Completed", "{run}");
+    eventually("CredentialRotated", Duration::from_secs(10), || async {
+        events_of_type(dir.path(), "CredentialRotated").pop()
+    })
+    .await;
+    let created = stub.created();
+    assert_eq!(created.len(), 2, "one orphan and one key: {created:?}");
+    assert!(!stub.is_live(&orphan), "the orphan was found by its label and deleted");
+    assert_eq!(stub.live_labelled(&label), vec![created[1].clone()], "one live key for the rotation");
+    let revealed = secrets(dir.path(), &["show", TWILIO_SECRET, "--reveal"], None);
+    assert!(revealed.contains("current=2\tpending=-\tprevious=1"), "{revealed}");
+    assert!(revealed.trim_end().ends_with(&stub.credential_of(&created[1]).unwrap()), "{revealed}");
 }

@@ -369,6 +369,11 @@ async fn health_endpoints_and_the_openapi_document() {
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["securitySchemes"]["githubSignature"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
+    // RFC 7240: `Prefer: wait=N` on establishing a connection, answered with `Preference-Applied`.
+    let establish = &doc["paths"]["/integrations/connections"]["post"];
+    let parameters = establish["parameters"].as_array().unwrap();
+    assert!(parameters.iter().any(|p| p["name"] == "Prefer" && p["in"] == "header"), "{establish}");
+    assert!(establish["responses"]["201"]["headers"]["Preference-Applied"].is_object(), "{establish}");
     // Every $ref resolves.
     let text = doc.to_string();
     for r in regex::Regex::new(r##""\$ref":"#/components/(\w+)/(\w+)""##).unwrap().captures_iter(&text) {

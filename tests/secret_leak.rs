@@ -1,7 +1,8 @@
-//! Secrets never leak: rotations (promoted and failed), health checks and runs end to end
-//! through the real binary with debug logging, then every byte the engine wrote (event store,
-//! read models, worker checkpoints, logs) and every API response is searched for the secret
-//! values, raw and base64-encoded. Only the vault holds them, encrypted.
+//! Secrets never leak: rotations (promoted and failed, and one whose new key Twilio issued),
+//! health checks, revocations and runs end to end through the real binary with debug logging,
+//! then every byte the engine wrote (event store, read models, worker checkpoints, logs) and
+//! every API response is searched for the secret values, raw and base64-encoded (the form of
+//! an HTTP Basic header). Only the vault holds them, encrypted.
 
 mod credentials_support;
 mod support;
@@ -10,7 +11,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use credentials_support::{GitHubUserStub, events_of_type, eventually, github_connection, secrets, serve_with_logs};
+use credentials_support::twilio::{MAIN_KEY_SECRET, MAIN_KEY_SID, TwilioStub};
+use credentials_support::{
+    GitHubUserStub, events_of_type, eventually, github_connection, secrets, serve_with_logs, twilio_connection,
+};
 use serde_json::{Value, json};
 use support::ALL_SCOPES;
 
@@ -106,9 +110,40 @@ async fn no_secret_value_reaches_events_read_models_logs_or_responses() {
     assert_eq!(refused.status(), 422, "a secret value where a kv:// ref belongs is refused");
     responses.push(refused.bytes().await.unwrap().to_vec());
     assert!(stub.seen(&v3) >= 1 && stub.seen(&v1) >= 1, "every version was really used");
+
+    // A rotation whose new key Twilio issues; the old key is revoked there after the overlap.
+    let twilio = TwilioStub::start().await;
+    let console_sid = "SKcccccccccccccccccccccccccccccccc";
+    let console_key = twilio.console_key(console_sid, &format!("console_{unique}"));
+    let (sms, issuer) = ("kv://factory-integration/twilio-sms", "kv://factory-integration/twilio-main");
+    secrets(dir.path(), &["put", sms], Some(&console_key));
+    secrets(dir.path(), &["put", issuer], Some(&format!("{MAIN_KEY_SID}:{MAIN_KEY_SECRET}")));
+    let r = twilio_connection(&app, &token, TENANT, &twilio.url, sms, issuer).await;
+    assert_eq!(r.status(), 201);
+    responses.push(r.bytes().await.unwrap().to_vec());
+    let rotated = events_of_type(dir.path(), "CredentialRotated").len();
+    let rotate = json!({"tenantId": TENANT, "credentialId": "cred-twilio-sms", "reason": "ScheduledRotation"});
+    let r = app.post_json("/integrations/credentials/rotate", &token, &rotate).await;
+    assert_eq!(r.status(), 202);
+    let body = r.bytes().await.unwrap().to_vec();
+    let run_id = serde_json::from_slice::<Value>(&body).unwrap()["verificationRunId"].as_str().unwrap().to_owned();
+    responses.push(body);
+    eventually("the issued key promoted", Duration::from_secs(30), || async {
+        (events_of_type(dir.path(), "CredentialRotated").len() > rotated).then_some(())
+    })
+    .await;
+    responses.push(app.get(&format!("/integrations/runs/{run_id}"), &token).await.bytes().await.unwrap().to_vec());
+    eventually("the console key revoked at Twilio", Duration::from_secs(30), || async {
+        (!twilio.is_live(console_sid)).then_some(())
+    })
+    .await;
+    let issued = twilio.credential_of(twilio.created().last().unwrap()).unwrap();
+    assert!(twilio.balance_calls(issued.split_once(':').unwrap().0) >= 1, "the issued key was really used");
     let dir_path = app.kill();
 
-    let all = [v1, v2, v3];
+    let issued_secret = issued.split_once(':').unwrap().1.to_owned();
+    let main = format!("{MAIN_KEY_SID}:{MAIN_KEY_SECRET}");
+    let all = [v1, v2, v3, console_key, issued, issued_secret, main, MAIN_KEY_SECRET.to_owned()];
     for (i, response) in responses.iter().enumerate() {
         assert_absent(&format!("response {i}"), response, &all);
     }

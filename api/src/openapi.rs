@@ -96,9 +96,17 @@ pub fn document() -> Value {
         "paths": {
             "/integrations/connections": { "post": {
                 "operationId": "establishConnection", "summary": "Establish a new integration connection",
-                "security": bearer("integration.connections.write"), "parameters": [idempotency],
+                "security": bearer("integration.connections.write"),
+                "parameters": [idempotency, { "name": "Prefer", "in": "header", "required": false,
+                    "schema": { "type": "string" }, "example": "wait=10",
+                    "description": "RFC 7240 preferences; `wait=N` waits up to N seconds (at most 60) for the connection's first health check and answers its outcome in `health` (without it, `health` is `Unknown`). Other preferences are ignored." }],
                 "requestBody": body("EstablishConnectionRequest"),
-                "responses": with(json!({ "201": ok("ConnectionEstablishedResponse", "Established; Location names the connection") }), problems(&post_codes))
+                "responses": with(json!({ "201": {
+                    "description": "Established; Location names the connection",
+                    "content": { MEDIA_TYPE_V1: { "schema": r("ConnectionEstablishedResponse") } },
+                    "headers": { "X-Trace-Id": { "$ref": "#/components/headers/TraceId" },
+                                 "Preference-Applied": { "schema": { "type": "string" }, "example": "wait=10",
+                                     "description": "RFC 7240: `wait=N` when the request's `Prefer: wait=N` was honoured (N as applied, capped at 60)" } } } }), problems(&post_codes))
             }},
             "/integrations/connections/{connectionId}": { "get": {
                 "operationId": "getConnection", "summary": "Retrieve a connection and its health",

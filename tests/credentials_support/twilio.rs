@@ -43,6 +43,8 @@ struct TwilioState {
     lose_create_answers: usize,
     /// Keys created from now on are refused by the balance (`401`) until accepted.
     refuse_new_keys: bool,
+    /// How long a create waits, after creating the key, before it answers.
+    create_delay: Option<std::time::Duration>,
     refused: Vec<String>,
 }
 
@@ -84,6 +86,11 @@ impl TwilioStub {
     /// The next `n` creates create their key but answer `500`: the caller never sees the secret.
     pub fn lose_create_answers(&self, n: usize) {
         self.state.lock().unwrap().lose_create_answers = n;
+    }
+
+    /// Creates answer only after `delay` (the key exists meanwhile); `None` answers at once.
+    pub fn delay_create_answers(&self, delay: Option<std::time::Duration>) {
+        self.state.lock().unwrap().create_delay = delay;
     }
 
     /// Keys created from now on fail the balance check with `401`.
@@ -159,15 +166,31 @@ async fn create_key(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    let (answer, delay) = create_key_now(&state, &account, &headers, &form);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    answer
+}
+
+/// Creates the key (the lock is not held across the answer's delay); the answer and its delay.
+fn create_key_now(
+    state: &Mutex<TwilioState>,
+    account: &str,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> (Response, Option<std::time::Duration>) {
     let mut s = state.lock().unwrap();
-    match authenticate(&s, &headers) {
+    match authenticate(&s, headers) {
         Some((_, true)) if account == ACCOUNT_SID => {}
-        Some((_, false)) => return twilio_error(StatusCode::FORBIDDEN, 20003, "Standard keys cannot manage keys"),
-        _ => return unauthenticated(),
+        Some((_, false)) => {
+            return (twilio_error(StatusCode::FORBIDDEN, 20003, "Standard keys cannot manage keys"), None);
+        }
+        _ => return (unauthenticated(), None),
     }
     let friendly_name = form.get("FriendlyName").cloned().unwrap_or_default();
     if friendly_name.chars().count() > 64 {
-        return twilio_error(StatusCode::BAD_REQUEST, 21202, "FriendlyName is too long");
+        return (twilio_error(StatusCode::BAD_REQUEST, 21202, "FriendlyName is too long"), None);
     }
     let sid = new_sid();
     let secret = format!("issued_{}", uuid::Uuid::new_v4().simple());
@@ -178,15 +201,12 @@ async fn create_key(
     }
     if s.lose_create_answers > 0 {
         s.lose_create_answers -= 1;
-        return twilio_error(StatusCode::INTERNAL_SERVER_ERROR, 20500, "Internal Server Error");
+        return (twilio_error(StatusCode::INTERNAL_SERVER_ERROR, 20500, "Internal Server Error"), None);
     }
     let date = rfc2822_now();
-    (
-        StatusCode::CREATED,
-        axum::Json(json!({"sid": sid, "friendly_name": friendly_name, "date_created": date,
-            "date_updated": date, "secret": secret})),
-    )
-        .into_response()
+    let body = json!({"sid": sid, "friendly_name": friendly_name, "date_created": date, "date_updated": date,
+        "secret": secret});
+    ((StatusCode::CREATED, axum::Json(body)).into_response(), s.create_delay)
 }
 
 async fn list_keys(

@@ -373,10 +373,13 @@ impl RunExecutor {
                 "{secret} cannot be stored: the vault's latest version is {latest}; nothing was issued"
             )));
         }
+        // A pending label left on an older version (staged, never rotated to) is stale: this
+        // rotation is the one in flight. The check-and-set refuses any pending staged meanwhile.
+        let stale_pending = versions.iter().find(|v| v.stages.contains(&Stage::Pending)).map_or(0, |v| v.version);
         let issuer = self.issuer(target, tenant).await?;
         let issued = self.clients.issue_credential(&target.provider, &issuer, label).await?;
         tracing::info!(secret = %secret, key_id = %issued.key_id, "the provider issued the pending credential");
-        let staged = self.vault.stage_pending(secret, issued.credential.value_for_vault(), Some(0)).await;
+        let staged = self.vault.stage_pending(secret, issued.credential.value_for_vault(), Some(stale_pending)).await;
         let refused = match staged {
             Ok(stored) if stored == version => return Ok(()),
             Ok(stored) => {

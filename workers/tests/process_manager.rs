@@ -233,3 +233,27 @@ async fn a_credential_the_provider_does_not_issue_is_never_revoked_there() {
     let requested = events_of(&engine, "RunRequested").await;
     assert!(requested.iter().all(|e| e.data["operation"] != "RevokeCredential"), "{requested:?}");
 }
+
+#[tokio::test]
+async fn a_version_displaced_from_previous_by_a_second_rotation_is_revoked() {
+    let engine = engine();
+    let secret = establish_issued_by_twilio(&engine).await;
+    for (run, value) in [("run-verify-1", "two"), ("run-verify-2", "three")] {
+        engine.commands.start_credential_rotation(&ctx(), "cred-twilio-sms", "Leaked", run).await.unwrap();
+        engine.vault.stage_pending(&secret, value.as_bytes(), Some(0)).await.unwrap();
+        engine.commands.complete_credential_rotation(&ctx(), "cred-twilio-sms", run).await.unwrap();
+    }
+    let manager = ProcessManager::new(engine.commands.clone());
+    // Every event of the credential, delivered late (after both promotions): each is judged by
+    // the state it found, and version 1 left use once whichever event says so.
+    for event in engine.store.read_stream(&stream_id(TENANT, "cred-twilio-sms")).await.unwrap() {
+        manager.handle(&event).await.unwrap();
+    }
+    let revocations: Vec<_> = events_of(&engine, "RunRequested")
+        .await
+        .into_iter()
+        .filter(|e| e.data["operation"] == "RevokeCredential")
+        .map(|e| e.data["input"]["versionRef"].clone())
+        .collect();
+    assert_eq!(revocations, vec![json!(format!("{secret}?version=1"))], "only version 1 left use");
+}
