@@ -69,7 +69,7 @@ pub fn parse_command(schema_version: Option<&[u8]>, value: Option<&[u8]>) -> Res
 pub const ENGINE_RESERVED_OPERATIONS: [&str; 3] = [
     domain::outbound::DELIVER_WEBHOOK_OPERATION,
     commands::credentials::VERIFY_CREDENTIAL_OPERATION,
-    "RevokeCredential",
+    commands::credentials::REVOKE_CREDENTIAL_OPERATION,
 ];
 
 fn validate(start: &StartRun) -> Result<(), Rejection> {
