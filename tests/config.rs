@@ -159,17 +159,7 @@ fn serve_with(dir: &Path, file: &str, envs: &[(&str, &str)], flags: &[&str]) -> 
         .env("IE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let mut child = command.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let base = loop {
-        let line = lines.next().expect("serve exited before listening").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    App::attach(base, dir, child)
+    App::when_listening(command.spawn().unwrap(), dir)
 }
 
 async fn accepts_a_body_of(app: &App, token: &str, bytes: usize) -> bool {

@@ -54,17 +54,8 @@ fn start_serve(
         command.env(name, value);
     }
     let mut child = command.spawn().expect("start serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines.next().expect("serve exited before listening").expect("read stdout");
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
     let stderr = capture_stderr.then(|| child.stderr.take().expect("stderr"));
-    (App::attach(base, data_dir, child), stderr)
+    (App::when_listening(child, data_dir), stderr)
 }
 
 /// Reads the lines of a pipe in a thread, into a shared buffer.

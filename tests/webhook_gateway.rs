@@ -466,15 +466,7 @@ fn spawn_logged_app(data_dir: &Path) -> LoggedApp {
             sink.lock().unwrap().push_str(&(line + "\n"));
         }
     });
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    LoggedApp { app: support::App::attach(base, data_dir, child), stderr }
+    LoggedApp { app: support::App::when_listening(child, data_dir), stderr }
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@
 pub mod twilio;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -104,7 +103,7 @@ async fn user(State(state): State<Arc<Mutex<UserStubState>>>, headers: HeaderMap
 pub fn serve_with_logs(dir: &Path, extra: &[&str]) -> (App, PathBuf) {
     let log = dir.join("serve.stderr.log");
     let stderr = std::fs::File::create(&log).expect("log file");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .args(extra)
@@ -114,16 +113,7 @@ pub fn serve_with_logs(dir: &Path, extra: &[&str]) -> (App, PathBuf) {
         .stderr(Stdio::from(stderr))
         .spawn()
         .expect("start integration-engine serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines.next().expect("serve exited before listening").expect("read stdout");
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (App::attach(base, dir, child), log)
+    (App::when_listening(child, dir), log)
 }
 
 /// `integration-engine secrets ARGS...` on `dir`; its stdout.

@@ -47,7 +47,7 @@ pub fn spawn_app_with(extra: &[&str]) -> App {
 
 /// Starts `integration-engine serve` on `data_dir` with extra arguments.
 pub fn spawn_app_in(data_dir: &Path, extra: &[&str]) -> App {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra)
@@ -57,18 +57,7 @@ pub fn spawn_app_in(data_dir: &Path, extra: &[&str]) -> App {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start integration-engine serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines.next().expect("serve exited before listening").expect("read stdout");
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.trim().to_string();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-    App { base, data_dir: data_dir.to_path_buf(), client, child, _temp: None }
+    App::when_listening(child, data_dir)
 }
 
 impl App {
@@ -76,6 +65,21 @@ impl App {
     pub fn attach(base: String, data_dir: &Path, child: Child) -> App {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
         App { base, data_dir: data_dir.to_path_buf(), client, child, _temp: None }
+    }
+
+    /// Wraps a started `serve` (its stdout piped) once it has announced its address. Its stdout
+    /// is drained from then on, so the child never blocks on a full pipe.
+    pub fn when_listening(mut child: Child, data_dir: &Path) -> App {
+        let stdout = child.stdout.take().expect("serve's stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("serve exited before listening").expect("read stdout");
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        App::attach(base, data_dir, child)
     }
 
     pub fn url(&self, path: &str) -> String {
