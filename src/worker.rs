@@ -27,7 +27,7 @@ use workers::messages::{
 use workers::relay::{RELAY_CONSUMER, run_relay};
 use workers::start_run::{StartRunHandler, parse_command};
 use workers::{
-    ConsumerOptions, EmbeddedFeed, ExecutorSettings, KafkaFeed, KafkaSettings, RunExecutor, SharedStore,
+    ConsumerOptions, EmbeddedFeed, EventHandler, ExecutorSettings, KafkaFeed, KafkaSettings, RunExecutor, SharedStore,
     SqliteCheckpoints, run_consumer_with,
 };
 
@@ -165,7 +165,7 @@ impl Stores {
 /// Background tasks started by [`start`]; [`Workers::stop`] ends them.
 pub struct Workers {
     shutdown: CancellationToken,
-    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    tasks: Vec<Task>,
 }
 
 impl Workers {
@@ -216,7 +216,7 @@ pub async fn start(
     roles: Roles,
 ) -> anyhow::Result<Workers> {
     let shutdown = CancellationToken::new();
-    let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+    let mut tasks: Vec<Task> = Vec::new();
     let checkpoints = if roles.relay || (roles.consumers && kafka.is_none()) {
         Some(SqliteCheckpoints::open(data_dir.join(WORKERS_DB)).await?)
     } else {
@@ -246,40 +246,21 @@ pub async fn start(
         ));
         // A run holds its event while it executes; small batches commit finished runs sooner.
         let options = ConsumerOptions { batch_size: 10, ..ConsumerOptions::default() };
-        let token = shutdown.child_token();
-        match (kafka, &checkpoints) {
-            (Some(settings), _) => {
-                let settings_for_feed = settings.clone();
-                tasks.push((
-                    "run-executor",
-                    tokio::spawn(async move {
-                        if wait_for_topics(&settings_for_feed, &token).await {
-                            let feed = KafkaFeed::subscribe(&settings_for_feed, RUN_EXECUTOR_CONSUMER)?;
-                            run_consumer_with(feed, executor, options, token).await?;
-                        }
-                        Ok(())
-                    }),
-                ));
-                let handler = StartRunHandler::new(stores.commands(), kafka_actor());
-                let (settings, token) = (settings.clone(), shutdown.child_token());
-                tasks.push((
-                    "commands",
-                    tokio::spawn(async move {
-                        if wait_for_topics(&settings, &token).await {
-                            run_commands_consumer(&settings, handler, token).await?;
-                        }
-                        Ok(())
-                    }),
-                ));
-            }
-            (None, Some(checkpoints)) => {
-                let feed = EmbeddedFeed::open(stores.store.clone(), checkpoints.clone(), RUN_EXECUTOR_CONSUMER).await?;
-                tasks.push((
-                    "run-executor",
-                    tokio::spawn(async move { Ok(run_consumer_with(feed, executor, options, token).await?) }),
-                ));
-            }
-            (None, None) => {}
+        let feeds = Feeds { stores, kafka, checkpoints: checkpoints.as_ref() };
+        feeds.spawn(RUN_EXECUTOR_CONSUMER, executor, options, shutdown.child_token(), &mut tasks).await?;
+        if let Some(settings) = kafka {
+            // The control plane's commands topic exists only with Kafka.
+            let handler = StartRunHandler::new(stores.commands(), kafka_actor());
+            let (settings, token) = (settings.clone(), shutdown.child_token());
+            tasks.push((
+                "commands",
+                tokio::spawn(async move {
+                    if wait_for_topics(&settings, &token).await {
+                        run_commands_consumer(&settings, handler, token).await?;
+                    }
+                    Ok(())
+                }),
+            ));
         }
         start_credential_and_health_workers(stores, kafka, checkpoints.as_ref(), runs, &shutdown, &mut tasks).await?;
         let worker_id = runs.executor_settings().worker_id;
@@ -297,36 +278,12 @@ async fn start_credential_and_health_workers(
     checkpoints: Option<&SqliteCheckpoints>,
     runs: &RunArgs,
     shutdown: &CancellationToken,
-    tasks: &mut Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    tasks: &mut Vec<Task>,
 ) -> anyhow::Result<()> {
     use workers::process_manager::{PROCESS_MANAGER_CONSUMER, ProcessManager};
-    let manager = Arc::new(ProcessManager::new(stores.commands()));
-    let token = shutdown.child_token();
-    match (kafka, checkpoints) {
-        (Some(settings), _) => {
-            let settings = settings.clone();
-            tasks.push((
-                "process-manager",
-                tokio::spawn(async move {
-                    if wait_for_topics(&settings, &token).await {
-                        let feed = KafkaFeed::subscribe(&settings, PROCESS_MANAGER_CONSUMER)?;
-                        run_consumer_with(feed, manager, ConsumerOptions::default(), token).await?;
-                    }
-                    Ok(())
-                }),
-            ));
-        }
-        (None, Some(checkpoints)) => {
-            let feed = EmbeddedFeed::open(stores.store.clone(), checkpoints.clone(), PROCESS_MANAGER_CONSUMER).await?;
-            tasks.push((
-                "process-manager",
-                tokio::spawn(
-                    async move { Ok(run_consumer_with(feed, manager, ConsumerOptions::default(), token).await?) },
-                ),
-            ));
-        }
-        (None, None) => {}
-    }
+    let manager = ProcessManager::new(stores.commands());
+    let feeds = Feeds { stores, kafka, checkpoints };
+    feeds.spawn(PROCESS_MANAGER_CONSUMER, manager, ConsumerOptions::default(), shutdown.child_token(), tasks).await?;
     let settings = workers::schedules::ScheduleSettings {
         health_check_interval: (runs.health_check_interval_seconds > 0)
             .then(|| Duration::from_secs(runs.health_check_interval_seconds)),
@@ -338,6 +295,53 @@ async fn start_credential_and_health_workers(
         tokio::spawn(async move { Ok(workers::schedules::run_schedules(store, commands, settings, token).await?) }),
     ));
     Ok(())
+}
+
+/// Where consumers read the events from: their Kafka group when the engine has brokers, else the
+/// store itself, each consumer with its checkpoint in `workers.db`.
+pub(crate) struct Feeds<'a> {
+    pub stores: &'a Stores,
+    pub kafka: Option<&'a KafkaSettings>,
+    pub checkpoints: Option<&'a SqliteCheckpoints>,
+}
+
+/// A background task of a process, by name.
+pub(crate) type Task = (&'static str, JoinHandle<anyhow::Result<()>>);
+
+impl Feeds<'_> {
+    /// Runs `handler` as the consumer `name` (its Kafka group `{prefix}.{name}`, or its embedded
+    /// checkpoint) until `token` is cancelled; without a feed there is nothing to run.
+    pub async fn spawn<H>(
+        &self,
+        name: &'static str,
+        handler: H,
+        options: ConsumerOptions,
+        token: CancellationToken,
+        tasks: &mut Vec<Task>,
+    ) -> anyhow::Result<()>
+    where
+        H: EventHandler + Send + Sync + 'static,
+    {
+        let task = match (self.kafka, self.checkpoints) {
+            (Some(settings), _) => {
+                let settings = settings.clone();
+                tokio::spawn(async move {
+                    if wait_for_topics(&settings, &token).await {
+                        let feed = KafkaFeed::subscribe(&settings, name)?;
+                        run_consumer_with(feed, handler, options, token).await?;
+                    }
+                    Ok(())
+                })
+            }
+            (None, Some(checkpoints)) => {
+                let feed = EmbeddedFeed::open(self.stores.store.clone(), checkpoints.clone(), name).await?;
+                tokio::spawn(async move { Ok(run_consumer_with(feed, handler, options, token).await?) })
+            }
+            (None, None) => return Ok(()),
+        };
+        tasks.push((name, task));
+        Ok(())
+    }
 }
 
 /// Creates the topics when missing, retrying while the brokers cannot be reached (the API
