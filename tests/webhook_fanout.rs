@@ -394,6 +394,193 @@ async fn failures_are_retried_then_dead_lettered_and_redelivered_and_endpoints_s
     assert_eq!(gone.records().len(), 1);
 }
 
+/// The stored event of `event_type` in the stream `{tenant}/{resource}`: (event id, data).
+fn stored_event(data_dir: &Path, tenant: &str, resource: &str, event_type: &str) -> (String, Value) {
+    let db = rusqlite::Connection::open(data_dir.join("events.db")).unwrap();
+    let (event_id, data): (String, String) = db
+        .query_row(
+            "SELECT event_id, data FROM events WHERE stream_id = ?1 AND event_type = ?2",
+            [format!("{tenant}/{resource}"), event_type.to_owned()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    (event_id, serde_json::from_str(&data).unwrap())
+}
+
+/// The inbound gateway's normalized events are messages too: a signed GitHub push accepted on
+/// `/webhooks/deliveries` becomes `CodePushed`, which reaches the subscription whose pattern
+/// (`Code*`) and project (the connection's) match, once, signed and verified, with the
+/// normalized event as `data`; subscriptions to another type or project get nothing.
+#[tokio::test]
+async fn normalized_events_of_the_inbound_gateway_are_fanned_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), "200ms,200ms");
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, support::ALL_SCOPES);
+    let receiver = Receiver::start("ok", 0.0, &[SECRET_V1]);
+    let project = "proj-booking-saas";
+
+    // A GitHub connection of the project, its webhook secret in the vault.
+    let provider = app
+        .post_json(
+            "/integrations/providers",
+            &token,
+            &json!({"tenantId": TENANT, "key": "github", "displayName": "GitHub", "category": "Webhooks",
+                    "authModel": "HmacSignature", "apiClient": "ConnectSoft.Webhooks", "capabilities": [],
+                    "baseUrl": "https://api.example.com"}),
+        )
+        .await;
+    assert_eq!(provider.status(), 201, "{}", provider.text().await.unwrap());
+    app.put_secret("kv://factory/github-webhook", "gh-secret");
+    let connection = app
+        .post_json(
+            "/integrations/connections",
+            &token,
+            &json!({"projectId": project, "providerId": "prov-github", "displayName": "GitHub",
+                    "authMode": "ApiKey", "credentialRef": "kv://factory/github-api",
+                    "configuration": {"webhookSecretRef": "kv://factory/github-webhook"}}),
+        )
+        .await;
+    let connection: Value = connection.json().await.unwrap();
+    let connection_id = connection["connectionId"].as_str().unwrap_or_else(|| panic!("{connection}"));
+
+    let code = subscribe(
+        &app,
+        &token,
+        json!({"projectId": project, "eventType": "Code*", "endpointUrl": receiver.url("/code")}),
+    )
+    .await;
+    let merged =
+        subscribe(&app, &token, json!({"eventType": "PullRequestMerged", "endpointUrl": receiver.url("/merged")}))
+            .await;
+    let elsewhere = subscribe(
+        &app,
+        &token,
+        json!({"projectId": "proj-other", "eventType": "CodePushed", "endpointUrl": receiver.url("/elsewhere")}),
+    )
+    .await;
+
+    let push = json!({"ref": "refs/heads/main", "before": "1111111", "after": "2222222",
+                      "repository": {"full_name": "connectsoft/engine"}, "pusher": {"name": "octocat"}})
+    .to_string();
+    let accepted = app
+        .client
+        .post(app.url(&format!("/webhooks/deliveries?connectionId={connection_id}")))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "gh-delivery-1")
+        .header("x-hub-signature-256", connectors::github::sign(b"gh-secret", push.as_bytes()))
+        .body(push)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let accepted: Value = accepted.json().await.unwrap();
+    assert_eq!(accepted["normalizedEventType"], "CodePushed", "{accepted}");
+    let delivery_id = accepted["deliveryId"].as_str().unwrap();
+    // The message is the normalized event: its id is `msg-` + the event's id.
+    let (event_id, normalized) = stored_event(dir.path(), TENANT, delivery_id, "CodePushed");
+    let message_id = format!("msg-{}", event_id.replace('-', ""));
+
+    receiver
+        .wait_until(Duration::from_secs(30), "the CodePushed delivery", |r| r.iter().any(|r| r["answered"] == 200))
+        .await;
+    // Nothing else arrives: give a straggler the time to show up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let records = receiver.records();
+    assert_eq!(records.len(), 1, "one request, to the matching subscription only: {records:#?}");
+    let record = &records[0];
+    assert_eq!(record["path"], "/code", "{record}");
+    assert_eq!(record["verifiedWith"], json!([0]), "verified by standardwebhooks: {record}");
+    assert_eq!(record["webhookId"], message_id.as_str(), "{record}");
+    assert_eq!(record["body"]["type"], "CodePushed", "{record}");
+    assert_eq!(record["body"]["data"], normalized, "the normalized event is the data: {record}");
+    assert_eq!(record["body"]["data"]["connectionId"], connection_id, "{record}");
+    assert_eq!(record["body"]["data"]["attributes"]["repository"], "connectsoft/engine", "{record}");
+    assert_eq!(record["ce"]["ce-type"], "CodePushed");
+    assert_eq!(record["ce"]["ce-subject"], project, "the connection's project: {record}");
+
+    let run =
+        wait_for_run(&app, &token, &run_id(TENANT, &code, &message_id), &["Completed"], Duration::from_secs(10)).await;
+    assert_eq!(run["operation"], "DeliverWebhook", "{run}");
+    assert_eq!(run["attemptLog"][0]["statusCode"], 200, "{run}");
+    for other in [&merged, &elsewhere] {
+        let none = app.get(&format!("/integrations/runs/{}", run_id(TENANT, other, &message_id)), &token).await;
+        assert_eq!(none.status(), 404, "no run for a subscription that did not match");
+    }
+}
+
+/// `webhooks redeliver --run`: exactly that dead-lettered delivery is sent again, under the
+/// same `webhook-id`, and its run records the new attempt; another dead-lettered delivery
+/// stays as it was, and a delivered run is not resent without `--include-delivered`.
+#[tokio::test]
+async fn redeliver_by_run_sends_that_dead_lettered_message_again_with_the_same_webhook_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), "200ms");
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let token = app.token(TENANT, SCOPES);
+    let recovering = Receiver::start("status:500,503,200", 0.0, &[SECRET_V1]);
+    let broken = Receiver::start("status:500", 0.0, &[SECRET_V1]);
+    let sub_recovering =
+        subscribe(&app, &token, json!({"eventType": "Invoice", "endpointUrl": recovering.url("/")})).await;
+    let sub_broken = subscribe(&app, &token, json!({"eventType": "Invoice", "endpointUrl": broken.url("/")})).await;
+    publish(dir.path(), TENANT, None, "Invoice", &json!({"number": 42}), "msg-invoice-42");
+    let wait = Duration::from_secs(30);
+
+    // Two attempts each (the schedule has one retry): both dead-lettered.
+    let chosen = run_id(TENANT, &sub_recovering, "msg-invoice-42");
+    let untouched = run_id(TENANT, &sub_broken, "msg-invoice-42");
+    for run in [&chosen, &untouched] {
+        let run = wait_for_run(&app, &token, run, &["Completed", "Failed"], wait).await;
+        assert_eq!((run["status"].as_str(), run["attempts"].as_u64()), (Some("Failed"), Some(2)), "{run}");
+    }
+    let redeliver = |run: &str, extra: &[&str]| {
+        Command::new(BIN)
+            .args(["webhooks", "redeliver", "--data-dir"])
+            .arg(dir.path())
+            .args(["--tenant", TENANT, "--run", run])
+            .args(extra)
+            .env_remove("IE_MASTER_KEY")
+            .output()
+            .unwrap()
+    };
+    let out = redeliver(&chosen, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), chosen, "prints the run it requested again");
+
+    // The new attempt: the same message under the same webhook-id, recorded on the same run.
+    let run = wait_for_run(&app, &token, &chosen, &["Completed"], wait).await;
+    assert_eq!(run["attempts"], 3, "{run}");
+    let codes: Vec<_> = run["attemptLog"].as_array().unwrap().iter().map(|a| a["statusCode"].clone()).collect();
+    assert_eq!(codes, [json!(500), json!(503), json!(200)], "{run}");
+    let last = &run["attemptLog"][2];
+    assert_eq!((last["attempt"].as_u64(), last["outcome"].as_str()), (Some(3), Some("Succeeded")), "{run}");
+    let records = recovering.records();
+    assert_eq!(records.len(), 3, "{records:#?}");
+    assert!(
+        records.iter().all(|r| r["webhookId"] == "msg-invoice-42" && r["verifiedWith"] == json!([0])),
+        "every attempt is the same message, signed: {records:#?}"
+    );
+    assert!(records.iter().all(|r| r["body"]["data"] == json!({"number": 42})), "{records:#?}");
+    assert!(
+        records[2]["webhookTimestamp"].as_str().unwrap().parse::<u64>().unwrap()
+            >= records[1]["webhookTimestamp"].as_str().unwrap().parse::<u64>().unwrap(),
+        "the timestamp is the new attempt's"
+    );
+
+    // Only the named run: the other dead-lettered delivery was not sent again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(broken.records().len(), 2);
+    let run = wait_for_run(&app, &token, &untouched, &["Failed"], wait).await;
+    assert_eq!(run["attempts"], 2, "{run}");
+
+    // A delivered run is resent only when asked to.
+    let out = redeliver(&chosen, &[]);
+    assert!(!out.status.success(), "a delivered run is not dead-lettered");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--include-delivered"), "{out:?}");
+    assert_eq!(recovering.records().len(), 3);
+}
+
 /// 429 (like 502, 503, 504) slows the endpoint down: its lane pauses (1 s the first time),
 /// although the message's own retry is due after 200 ms.
 #[tokio::test]
