@@ -15,16 +15,15 @@ use domain::run::{Run, RunEvent, RunState, RunStatus};
 use domain::{Actor, AggregateEvent, Decider};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use workers::fanout::{Dispatcher, FANOUT_CONSUMER, FanOut, WebhookSettings, parse_duration, parse_schedule};
 use workers::kafka::ensure_topics;
 use workers::messages::{COMMAND_SCHEMA_VERSION, COMMANDS_TOPIC, ControlCommand, PublishEvent, SCHEMA_VERSION_HEADER};
 use workers::start_run::parse_command;
-use workers::{ConsumerOptions, EmbeddedFeed, KafkaFeed, KafkaSettings, SqliteCheckpoints, run_consumer_with};
+use workers::{ConsumerOptions, KafkaSettings};
 
 use crate::DataDir;
-use crate::worker::Stores;
+use crate::worker::{Feeds, Stores, Task};
 
 /// How outbound webhooks are delivered (flags of `serve` and `worker`).
 #[derive(Args, Clone, Debug)]
@@ -82,17 +81,15 @@ impl WebhookArgs {
     }
 }
 
-/// Starts the webhook dispatcher and the fan-out (on Kafka when `kafka` is set, else on the
-/// embedded feed with its checkpoint in `checkpoints`).
+/// Starts the webhook dispatcher and the fan-out (a consumer of `feeds`).
 pub async fn start(
-    stores: &Stores,
-    kafka: Option<&KafkaSettings>,
-    checkpoints: Option<&SqliteCheckpoints>,
+    feeds: &Feeds<'_>,
     args: &WebhookArgs,
     worker_id: String,
     shutdown: &CancellationToken,
-    tasks: &mut Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    tasks: &mut Vec<Task>,
 ) -> anyhow::Result<()> {
+    let stores = feeds.stores;
     let commands = Commands::new(stores.store.clone(), stores.vault.clone(), Arc::new(commands::SystemClock));
     let dispatcher =
         Dispatcher::new(stores.store.clone(), commands.clone(), stores.vault.clone(), args.settings(worker_id)?)?;
@@ -100,31 +97,7 @@ pub async fn start(
     let token = shutdown.child_token();
     tasks.push(("webhook-dispatcher", tokio::spawn(async move { Ok(dispatcher.run(token).await?) })));
     let options = ConsumerOptions { batch_size: 100, ..ConsumerOptions::default() };
-    let token = shutdown.child_token();
-    match (kafka, checkpoints) {
-        (Some(settings), _) => {
-            let settings = settings.clone();
-            tasks.push((
-                "webhook-fanout",
-                tokio::spawn(async move {
-                    if crate::worker::wait_for_topics(&settings, &token).await {
-                        let feed = KafkaFeed::subscribe(&settings, FANOUT_CONSUMER)?;
-                        run_consumer_with(feed, fan_out, options, token).await?;
-                    }
-                    Ok(())
-                }),
-            ));
-        }
-        (None, Some(checkpoints)) => {
-            let feed = EmbeddedFeed::open(stores.store.clone(), checkpoints.clone(), FANOUT_CONSUMER).await?;
-            tasks.push((
-                "webhook-fanout",
-                tokio::spawn(async move { Ok(run_consumer_with(feed, fan_out, options, token).await?) }),
-            ));
-        }
-        (None, None) => {}
-    }
-    Ok(())
+    feeds.spawn(FANOUT_CONSUMER, fan_out, options, shutdown.child_token(), tasks).await
 }
 
 #[derive(Subcommand)]

@@ -262,10 +262,9 @@ pub async fn start(
                 }),
             ));
         }
-        start_credential_and_health_workers(stores, kafka, checkpoints.as_ref(), runs, &shutdown, &mut tasks).await?;
+        start_credential_and_health_workers(&feeds, runs, &shutdown, &mut tasks).await?;
         let worker_id = runs.executor_settings().worker_id;
-        crate::webhooks::start(stores, kafka, checkpoints.as_ref(), &runs.webhooks, worker_id, &shutdown, &mut tasks)
-            .await?;
+        crate::webhooks::start(&feeds, &runs.webhooks, worker_id, &shutdown, &mut tasks).await?;
     }
     Ok(Workers { shutdown, tasks })
 }
@@ -273,16 +272,14 @@ pub async fn start(
 /// The process manager (first health checks, verification runs) and the schedules (periodic
 /// health checks, retirement of previous credential versions). See docs/credentials.md.
 async fn start_credential_and_health_workers(
-    stores: &Stores,
-    kafka: Option<&KafkaSettings>,
-    checkpoints: Option<&SqliteCheckpoints>,
+    feeds: &Feeds<'_>,
     runs: &RunArgs,
     shutdown: &CancellationToken,
     tasks: &mut Vec<Task>,
 ) -> anyhow::Result<()> {
     use workers::process_manager::{PROCESS_MANAGER_CONSUMER, ProcessManager};
+    let stores = feeds.stores;
     let manager = ProcessManager::new(stores.commands());
-    let feeds = Feeds { stores, kafka, checkpoints };
     feeds.spawn(PROCESS_MANAGER_CONSUMER, manager, ConsumerOptions::default(), shutdown.child_token(), tasks).await?;
     let settings = workers::schedules::ScheduleSettings {
         health_check_interval: (runs.health_check_interval_seconds > 0)
