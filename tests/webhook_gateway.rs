@@ -109,7 +109,7 @@ async fn connection_for(app: &App, token: &str, scheme: &str, secret: &str, url:
     let mut configuration = json!({});
     if scheme == "jws" {
         configuration["webhookScheme"] = json!("jws");
-        configuration["webhookJwks"] = json!(fixtures().join("jws/jwks.json").to_str().unwrap());
+        configuration["webhookJwks"] = json!(jwks_url());
     } else {
         let secret_ref = format!("kv://factory/{key}-webhook-{}", uuid::Uuid::new_v4().simple());
         app.put_secret(&secret_ref, secret);
@@ -119,6 +119,30 @@ async fn connection_for(app: &App, token: &str, scheme: &str, secret: &str, url:
         configuration["webhookUrl"] = json!(url);
     }
     connect(app, token, key, configuration).await
+}
+
+/// The JWS samples' key set, served over plain HTTP on loopback from a thread. The engine
+/// fetches a provider's JWKS like any egress, so the apps that verify JWS samples allow-list
+/// 127.0.0.1.
+fn jwks_url() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let body = std::fs::read(fixtures().join("jws/jwks.json")).unwrap();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+            }
+        });
+        url
+    })
 }
 
 fn events_of_type(data_dir: &Path, event_type: &str) -> Vec<Value> {
@@ -133,7 +157,10 @@ fn events_of_type(data_dir: &Path, event_type: &str) -> Vec<Value> {
 #[tokio::test]
 async fn every_signed_sample_is_accepted_once_then_answered_as_a_repeat() {
     let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_in(dir.path(), &["--webhook-timestamp-tolerance-seconds", CENTURY, "--no-workers"]);
+    let app = spawn_app_in(
+        dir.path(),
+        &["--webhook-timestamp-tolerance-seconds", CENTURY, "--no-workers", "--webhook-allow-hosts", "127.0.0.1"],
+    );
     let token = app.token(TENANT, ALL_SCOPES);
     let samples = samples();
     assert!(samples.len() >= 25);
@@ -198,6 +225,24 @@ async fn post_stripe(app: &App, connection_id: &str, body: &str, signature: Opti
         r = r.header("stripe-signature", s);
     }
     r.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_provider_key_set_is_fetched_only_where_webhooks_may_go() {
+    let dir = tempfile::tempdir().unwrap();
+    // No allow-list: the loopback key set is as forbidden as any private address.
+    let app = spawn_app_in(dir.path(), &["--webhook-timestamp-tolerance-seconds", CENTURY, "--no-workers"]);
+    let token = app.token(TENANT, ALL_SCOPES);
+    let (_, sample) = samples().into_iter().find(|(_, s)| s["provider"] == "jws").expect("a JWS sample");
+    register_provider(&app, &token, provider_key("jws")).await;
+    let file = fixtures().join("jws/jwks.json");
+    for source in [jwks_url(), file.to_str().unwrap()] {
+        let configuration = json!({"webhookScheme": "jws", "webhookJwks": source});
+        let connection_id = connect(&app, &token, provider_key("jws"), configuration).await;
+        let refused = assert_problem(post_sample(&app, &connection_id, &sample).await, 401).await;
+        assert!(refused["detail"].as_str().unwrap().contains("key set"), "{source}: {refused}");
+    }
+    assert!(events_of_type(dir.path(), "DeliveryAccepted").is_empty());
 }
 
 #[tokio::test]

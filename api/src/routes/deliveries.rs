@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use commands::CommandContext;
+use connectors::egress::{EgressAllowList, check_webhook_endpoint, read_capped, webhook_client};
 use connectors::inbound::{self, Headers, Keys, Scheme, SignedRequest};
 use connectors::jws::JwkSet;
 use connectors::normalization::Shape;
@@ -171,7 +172,7 @@ async fn gateway(
     let now = app.commands.now();
     let verification_keys = match scheme.uses_secret() {
         true => VerificationKeys::Secrets(secrets_of(app, &connection, now).await?),
-        false => VerificationKeys::Jwks(jwks_of(&connection).await?),
+        false => VerificationKeys::Jwks(jwks_of(&connection, &app.settings.webhook_egress_allow).await?),
     };
 
     check_content_type(scheme, shape, &headers)?;
@@ -406,9 +407,9 @@ fn payload_digest(raw: &Bytes) -> String {
     format!("sha256:{}", hex::encode(ring::digest::digest(&ring::digest::SHA256, raw)))
 }
 
-/// The provider's JWKS named by `configuration.webhookJwks` (a file path, or an `https://` URL;
-/// `http://` only on loopback), cached for five minutes per source.
-async fn jwks_of(connection: &ConnectionView) -> Result<Arc<JwkSet>, Refusal> {
+/// The provider's JWKS named by `configuration.webhookJwks`, an `https://` URL (plain `http://`
+/// only for hosts in the webhook allow-list), cached for five minutes per URL.
+async fn jwks_of(connection: &ConnectionView, allow: &Arc<EgressAllowList>) -> Result<Arc<JwkSet>, Refusal> {
     const TTL: Duration = Duration::from_secs(300);
     let source = connection
         .configuration
@@ -421,7 +422,7 @@ async fn jwks_of(connection: &ConnectionView) -> Result<Arc<JwkSet>, Refusal> {
     {
         return Ok(set.clone());
     }
-    let bytes = fetch_jwks(source).await.map_err(|e| {
+    let bytes = fetch_jwks(source, allow).await.map_err(|e| {
         tracing::warn!(connection_id = connection.connection_id, error = %e, "provider JWKS unavailable");
         Refusal::unauthorized("secret_unavailable", "the provider's key set is unavailable")
     })?;
@@ -440,34 +441,21 @@ fn jwks_cache() -> &'static JwksCache {
     CACHE.get_or_init(Default::default)
 }
 
-async fn fetch_jwks(source: &str) -> Result<Vec<u8>, String> {
+/// Fetches a key set the way webhooks go out (the URL is the tenant's to choose): `https`, or
+/// plain `http` for an allow-listed host; every address checked at connect time, so neither a
+/// name nor a redirect reaches a private address; the body read up to 1 MiB.
+async fn fetch_jwks(source: &str, allow: &Arc<EgressAllowList>) -> Result<Vec<u8>, String> {
     const MAX_BYTES: usize = 1024 * 1024;
-    if !(source.starts_with("https://") || source.starts_with("http://")) {
-        let bytes = tokio::fs::read(source).await.map_err(|e| format!("{source}: {e}"))?;
-        return if bytes.len() > MAX_BYTES { Err("the key set is too large".into()) } else { Ok(bytes) };
-    }
-    let url = reqwest::Url::parse(source).map_err(|e| e.to_string())?;
-    let loopback = url.host_str().is_some_and(|h| {
-        h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    });
-    if url.scheme() != "https" && !loopback {
-        return Err("a JWKS URL must use https (http only on loopback)".into());
-    }
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    let client = CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default()
-    });
-    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let url = check_webhook_endpoint(source, allow).map_err(|why| format!("webhookJwks {why}"))?;
+    let client = webhook_client(allow.clone(), TIMEOUT).map_err(|e| e.to_string())?;
+    let response = client.get(url).timeout(TIMEOUT).send().await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("the JWKS endpoint answered {}", response.status()));
     }
-    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-    if bytes.len() > MAX_BYTES {
-        return Err("the key set is too large".into());
+    let body = read_capped(response, MAX_BYTES).await.map_err(|e| e.to_string())?;
+    if body.truncated {
+        return Err("the key set is larger than 1 MiB".into());
     }
-    Ok(bytes.to_vec())
+    Ok(body.bytes)
 }
