@@ -63,7 +63,7 @@ pub async fn run_commands_consumer(
 ) -> Result<(), FeedError> {
     let consumer: LoggedConsumer = settings
         .consumer_config(&settings.group(COMMANDS_CONSUMER))
-        .create_with_context(RebalanceLog { consumer: COMMANDS_CONSUMER })
+        .create_with_context(RebalanceLog { consumer: COMMANDS_CONSUMER.to_owned() })
         .map_err(source)?;
     consumer.subscribe(&[COMMANDS_TOPIC]).map_err(source)?;
     let consumer = Arc::new(consumer);

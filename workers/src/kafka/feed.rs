@@ -64,7 +64,7 @@ impl KafkaFeed {
         let group = settings.group(&consumer_name);
         let kafka: LoggedConsumer = settings
             .consumer_config(&group)
-            .create_with_context(RebalanceLog { consumer: "run-executor" })
+            .create_with_context(RebalanceLog { consumer: consumer_name.clone() })
             .map_err(source)?;
         kafka.subscribe(&[EVENTS_TOPIC]).map_err(source)?;
         Ok(Self {

@@ -90,7 +90,7 @@ impl KafkaSettings {
 /// Logs the partitions a consumer is given and loses, so an operator (and a test) can see the
 /// group share them.
 pub struct RebalanceLog {
-    pub consumer: &'static str,
+    pub consumer: String,
 }
 
 impl ClientContext for RebalanceLog {}
@@ -107,12 +107,12 @@ impl ConsumerContext for RebalanceLog {
         };
         match rebalance {
             Rebalance::Assign(partitions) => {
-                tracing::info!(consumer = self.consumer, partitions = %list(partitions), "partitions assigned");
+                tracing::info!(consumer = self.consumer.as_str(), partitions = %list(partitions), "partitions assigned");
             }
             Rebalance::Revoke(partitions) => {
-                tracing::info!(consumer = self.consumer, partitions = %list(partitions), "partitions revoked");
+                tracing::info!(consumer = self.consumer.as_str(), partitions = %list(partitions), "partitions revoked");
             }
-            Rebalance::Error(error) => tracing::warn!(consumer = self.consumer, %error, "rebalance failed"),
+            Rebalance::Error(error) => tracing::warn!(consumer = self.consumer.as_str(), %error, "rebalance failed"),
         }
     }
 }
