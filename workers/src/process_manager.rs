@@ -6,7 +6,7 @@
 //! | `ConnectionEstablished` | request the connection's first `CheckHealth` run ([`first_health_check_run_id`]) |
 //! | `CredentialRotationStarted` | request the rotation's `VerifyCredential` run (its id is in the event) |
 //! | `CredentialVersionRetired` | where the connection names a `keyIssuerCredentialRef`: request the `RevokeCredential` run of the retired version |
-//! | `CredentialRotated` | the same for the version it displaced from `previous` before its overlap ended (a second rotation within the overlap) |
+//! | `CredentialRotated` | the same for a version it displaced from `previous` before its overlap ended, for histories written before such a version got its own `CredentialVersionRetired` (reason `Superseded`); the run id is the same either way, so nothing is revoked twice |
 //! | `CredentialRotationFailed` | for a provider-issued version: request the `RevokeCredential` run of what was issued under the rotation's label |
 //!
 //! The API requests the verification run itself right after recording the rotation; reacting
