@@ -8,22 +8,18 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use commands::{CommandContext, Commands};
+use commands::CommandContext;
 use connectors::egress::EgressAllowList;
 use domain::outbound::DELIVER_WEBHOOK_OPERATION;
 use domain::run::{Run, RunEvent, RunState, RunStatus};
 use domain::{Actor, AggregateEvent, Decider};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
+use workers::ConsumerOptions;
 use workers::fanout::{Dispatcher, FANOUT_CONSUMER, FanOut, WebhookSettings, parse_duration, parse_schedule};
-use workers::kafka::ensure_topics;
-use workers::messages::{COMMAND_SCHEMA_VERSION, COMMANDS_TOPIC, ControlCommand, PublishEvent, SCHEMA_VERSION_HEADER};
-use workers::start_run::parse_command;
-use workers::{ConsumerOptions, KafkaSettings};
+use workers::messages::{ControlCommand, PublishEvent};
 
 use crate::DataDir;
-use crate::worker::{Feeds, Stores, Task};
+use crate::worker::{Feeds, Stores, Task, checked_command, send_to_commands_topic};
 
 /// How outbound webhooks are delivered (flags of `serve` and `worker`).
 #[derive(Args, Clone, Debug)]
@@ -90,7 +86,7 @@ pub async fn start(
     tasks: &mut Vec<Task>,
 ) -> anyhow::Result<()> {
     let stores = feeds.stores;
-    let commands = Commands::new(stores.store.clone(), stores.vault.clone(), Arc::new(commands::SystemClock));
+    let commands = stores.commands();
     let dispatcher =
         Dispatcher::new(stores.store.clone(), commands.clone(), stores.vault.clone(), args.settings(worker_id)?)?;
     let fan_out = FanOut::new(commands, dispatcher.directory(), shutdown.child_token());
@@ -172,25 +168,14 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         data,
         message_id: Some(message_id.clone()),
     };
-    let value = serde_json::to_vec(&ControlCommand::PublishEvent(publish.clone()))?;
-    let version = COMMAND_SCHEMA_VERSION.to_string();
-    parse_command(Some(version.as_bytes()), Some(&value)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let value = checked_command(&ControlCommand::PublishEvent(publish.clone()))?;
     if let Some(brokers) = args.kafka_brokers {
-        let settings = KafkaSettings::new(brokers);
-        ensure_topics(&settings).await?;
         let key = format!("{}/{message_id}", publish.tenant_id);
-        let headers =
-            OwnedHeaders::new().insert(Header { key: SCHEMA_VERSION_HEADER, value: Some(version.as_bytes()) });
-        let record = FutureRecord::to(COMMANDS_TOPIC).key(key.as_bytes()).payload(&value).headers(headers);
-        settings
-            .producer()?
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("publishing PublishEvent: {e}"))?;
+        send_to_commands_topic(&brokers, &key, &value, "PublishEvent").await?;
     } else {
         let stores = Stores::open(&args.data)?;
         let handler = workers::start_run::StartRunHandler::new(
-            commands_of(&stores),
+            stores.commands(),
             Actor { subject: "cli".into(), client_id: None },
         );
         let trace_id = format!("trace-{}", uuid::Uuid::new_v4().simple());
@@ -198,10 +183,6 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     }
     println!("{message_id}");
     Ok(())
-}
-
-fn commands_of(stores: &Stores) -> Commands {
-    Commands::new(stores.store.clone(), stores.vault.clone(), Arc::new(commands::SystemClock))
 }
 
 /// A webhook run as the store tells it.
@@ -247,7 +228,7 @@ async fn redeliver(args: RedeliverArgs) -> anyhow::Result<()> {
             }
         );
     }
-    let commands = commands_of(&stores);
+    let commands = stores.commands();
     let reason = match (&args.run, &args.subscription) {
         (Some(run), _) => format!("webhooks redeliver --run {run}"),
         (None, Some(sub)) => format!("webhooks redeliver --subscription {sub}"),

@@ -157,7 +157,7 @@ impl Stores {
         Ok(Self { store, vault })
     }
 
-    fn commands(&self) -> Commands {
+    pub(crate) fn commands(&self) -> Commands {
         Commands::new(self.store.clone(), self.vault.clone(), Arc::new(SystemClock))
     }
 }
@@ -419,6 +419,31 @@ pub struct StartRunArgs {
     idempotency_key: String,
 }
 
+/// Encodes a control command and checks it with the consumers' own validation, so a command they
+/// would refuse is refused before anything is sent or recorded.
+pub(crate) fn checked_command(command: &ControlCommand) -> anyhow::Result<Vec<u8>> {
+    let value = serde_json::to_vec(command)?;
+    let version = COMMAND_SCHEMA_VERSION.to_string();
+    parse_command(Some(version.as_bytes()), Some(&value)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(value)
+}
+
+/// Publishes an encoded control command (`what` names it in errors) on the commands topic,
+/// created when missing, with its schema version header.
+pub(crate) async fn send_to_commands_topic(brokers: &str, key: &str, value: &[u8], what: &str) -> anyhow::Result<()> {
+    let settings = KafkaSettings::new(brokers.to_owned());
+    ensure_topics(&settings).await?;
+    let version = COMMAND_SCHEMA_VERSION.to_string();
+    let headers = OwnedHeaders::new().insert(Header { key: SCHEMA_VERSION_HEADER, value: Some(version.as_bytes()) });
+    let record = FutureRecord::to(COMMANDS_TOPIC).key(key.as_bytes()).payload(value).headers(headers);
+    settings
+        .producer()?
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("publishing {what}: {e}"))?;
+    Ok(())
+}
+
 pub async fn run_runs(command: RunsCommand) -> anyhow::Result<()> {
     let RunsCommand::Start(args) = command;
     let input = serde_json::from_str(&args.input).context("--input must be JSON")?;
@@ -429,24 +454,11 @@ pub async fn run_runs(command: RunsCommand) -> anyhow::Result<()> {
         input,
         idempotency_key: args.idempotency_key,
     };
-    let command = ControlCommand::StartRun(start.clone());
-    let value = serde_json::to_vec(&command)?;
-    let version = COMMAND_SCHEMA_VERSION.to_string();
-    // The same validation the consumers apply, before anything is sent.
-    parse_command(Some(version.as_bytes()), Some(&value)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let value = checked_command(&ControlCommand::StartRun(start.clone()))?;
     let run_id = run_id_for(&start.tenant_id, &start.idempotency_key);
     if let Some(brokers) = args.kafka_brokers {
-        let settings = KafkaSettings::new(brokers);
-        ensure_topics(&settings).await?;
-        let producer = settings.producer()?;
         let key = format!("{}/{}", start.tenant_id, start.connection_id);
-        let headers =
-            OwnedHeaders::new().insert(Header { key: SCHEMA_VERSION_HEADER, value: Some(version.as_bytes()) });
-        let record = FutureRecord::to(COMMANDS_TOPIC).key(key.as_bytes()).payload(&value).headers(headers);
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("publishing StartRun: {e}"))?;
+        send_to_commands_topic(&brokers, &key, &value, "StartRun").await?;
         println!("{run_id}");
         return Ok(());
     }
