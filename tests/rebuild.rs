@@ -134,12 +134,24 @@ async fn poll_once(app: &App, token: &str, github: &str, shared: &Mutex<Shared>,
     if r.status() == 200 {
         let view: Value = r.json().await.unwrap();
         let mut s = shared.lock().unwrap();
-        let last = view["lastRunId"].as_str().and_then(|id| s.runs.iter().position(|r| r == id));
-        if last < s.seen_last_run {
-            let message = format!("lastRunId went back from #{:?} to #{last:?}", s.seen_last_run);
-            s.failures.push(message);
+        match view["lastRunId"].as_str() {
+            None if s.seen_last_run.is_some() => {
+                let message = format!("lastRunId went back from #{:?} to none", s.seen_last_run);
+                s.failures.push(message);
+            }
+            None => {}
+            // A run the server requested already but whose `runs start` has not returned yet
+            // (or a health check) has no rank: it tells nothing about going back.
+            Some(id) => {
+                if let Some(last) = s.runs.iter().position(|r| r == id) {
+                    if Some(last) < s.seen_last_run {
+                        let message = format!("lastRunId went back from #{:?} to #{last}", s.seen_last_run);
+                        s.failures.push(message);
+                    }
+                    s.seen_last_run = s.seen_last_run.max(Some(last));
+                }
+            }
         }
-        s.seen_last_run = s.seen_last_run.max(last);
     } else {
         shared.lock().unwrap().failures.push(format!("GET the GitHub connection: {}", r.status()));
     }
