@@ -8,7 +8,15 @@
 //! Each mode runs twice: saturated (16 publishers as fast as they can: the throughput, and the
 //! latency of a backlog) and paced (a steady rate below capacity: the latency of one message).
 //!
+//! With Kafka, the latency is also split at the store: `storedMs` is from the broker's ack of
+//! `PublishEvent` to the `PlatformEventPublished` in the store (the commands topic's hop), and
+//! `fromStoreMs` from there to the receiver (the relay, the events topic, the fan-out, the
+//! dispatcher).
+//!
 //! cargo run --release --example bench_fanout -- [OUT_FILE] [MESSAGES] [SUBSCRIPTIONS]
+//!
+//! `BENCH_MODES=kafka` (or `embedded`) runs one mode only; `BENCH_KAFKA_FETCH_WAIT_MS` overrides
+//! the consumers' fetch wait (`--kafka-fetch-wait-ms`), to compare settings.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -103,6 +111,35 @@ fn start_broker(bin: &PathBuf) -> anyhow::Result<Broker> {
     Ok(Broker { child, port, _dir: dir })
 }
 
+/// When each message's `PlatformEventPublished` became visible in the store, by message id.
+fn watch_stored(store: Arc<dyn EventStore>, shutdown: CancellationToken) -> Arc<Mutex<HashMap<String, Instant>>> {
+    let stored: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = stored.clone();
+    let mut head = store.watch_head();
+    tokio::spawn(async move {
+        let mut after = 0;
+        loop {
+            let Ok(events) = store.read_all(after, 1000).await else { return };
+            let now = Instant::now();
+            for event in &events {
+                after = event.global_position;
+                if event.event_type == "PlatformEventPublished"
+                    && let Some(id) = event.data["messageId"].as_str()
+                {
+                    seen.lock().unwrap().entry(id.to_owned()).or_insert(now);
+                }
+            }
+            if events.is_empty() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = head.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+    });
+    stored
+}
+
 async fn run_mode(
     mode: &str,
     kafka: Option<KafkaSettings>,
@@ -144,6 +181,7 @@ async fn run_mode(
     }
 
     let shutdown = CancellationToken::new();
+    let stored = watch_stored(store.clone(), shutdown.child_token());
     let mut settings = WebhookSettings::new(format!("bench-{mode}"));
     settings.allow = Arc::new(EgressAllowList::parse("127.0.0.1").map_err(anyhow::Error::msg)?);
     let dispatcher = Dispatcher::new(store.clone(), commands.clone(), vault.clone(), settings)?;
@@ -234,10 +272,25 @@ async fn run_mode(
     shutdown.cancel();
     let arrivals = arrivals.lock().unwrap().clone();
     let acks = acks.lock().unwrap().clone();
+    let stored = stored.lock().unwrap().clone();
     let last = arrivals.values().max().copied().unwrap_or(started);
     let mut latencies: Vec<Duration> =
         arrivals.iter().map(|((_, id), at)| at.saturating_duration_since(acks[id])).collect();
     latencies.sort();
+    // Where the time goes: before the store (the commands topic, with Kafka) and after it.
+    let mut to_store: Vec<Duration> =
+        acks.iter().filter_map(|(id, ack)| Some(stored.get(id)?.saturating_duration_since(*ack))).collect();
+    to_store.sort();
+    let mut from_store: Vec<Duration> =
+        arrivals.iter().filter_map(|((_, id), at)| Some(at.saturating_duration_since(*stored.get(id)?))).collect();
+    from_store.sort();
+    let split = |sorted: &[Duration]| {
+        if sorted.is_empty() {
+            serde_json::Value::Null
+        } else {
+            json!({"p50": percentile(sorted, 0.5), "p99": percentile(sorted, 0.99)})
+        }
+    };
     let elapsed = last.duration_since(started).as_secs_f64();
     let result = json!({
         "mode": mode,
@@ -249,6 +302,9 @@ async fn run_mode(
         "seconds": elapsed,
         "deliveriesPerSecond": expected as f64 / elapsed,
         "latencyMs": {"p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99), "max": percentile(&latencies, 1.0)},
+        "storedMs": split(&to_store),
+        "fromStoreMs": split(&from_store),
+        "kafkaFetchWaitMs": kafka.as_ref().map(|k| k.fetch_wait.as_millis() as u64),
     });
     println!("{result}");
     Ok(result)
@@ -260,16 +316,23 @@ async fn main() -> anyhow::Result<()> {
     let out = args.next().unwrap_or_else(|| "bench-results/fanout.json".into());
     let messages: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(2_000);
     let subscriptions: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(4);
-    let mut results = vec![
-        run_mode("embedded", None, messages, subscriptions, None).await?,
-        run_mode("embedded", None, messages / 4, subscriptions, Some(100.0)).await?,
-    ];
+    let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "embedded,kafka".into());
+    let fetch_wait = std::env::var("BENCH_KAFKA_FETCH_WAIT_MS").ok().map(|ms| ms.parse()).transpose()?;
+    let mut results = Vec::new();
+    if modes.split(',').any(|m| m == "embedded") {
+        results.push(run_mode("embedded", None, messages, subscriptions, None).await?);
+        results.push(run_mode("embedded", None, messages / 4, subscriptions, Some(100.0)).await?);
+    }
     match tansu_bin() {
+        _ if !modes.split(',').any(|m| m == "kafka") => {}
         Some(bin) => {
             for (count, rate) in [(messages / 5, None), (messages / 20, Some(5.0))] {
                 let broker = start_broker(&bin)?;
                 let mut settings = KafkaSettings::new(format!("127.0.0.1:{}", broker.port));
                 settings.group_prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+                if let Some(ms) = fetch_wait {
+                    settings.fetch_wait = Duration::from_millis(ms);
+                }
                 results.push(run_mode("kafka", Some(settings), count, subscriptions, rate).await?);
             }
         }

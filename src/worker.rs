@@ -60,6 +60,9 @@ pub struct KafkaArgs {
     /// How long the group waits for a silent worker before handing its partitions to the others.
     #[arg(long, env = "IE_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u64,
+    /// Longest wait of a consumer's fetch at the broker (librdkafka `fetch.wait.max.ms`). Brokers that hold a fetch for part of it even with messages there (tansu) add up to this to each hop; shorter means more empty fetches while idle
+    #[arg(long, env = "IE_KAFKA_FETCH_WAIT_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub kafka_fetch_wait_ms: u64,
 }
 
 impl KafkaArgs {
@@ -70,6 +73,7 @@ impl KafkaArgs {
         settings.partitions = self.kafka_partitions;
         settings.replication_factor = self.kafka_replication_factor;
         settings.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
+        settings.fetch_wait = Duration::from_millis(self.kafka_fetch_wait_ms);
         Some(settings)
     }
 }

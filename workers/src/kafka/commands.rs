@@ -2,7 +2,17 @@
 //! dead-lettered to `integration.commands.v1.dlq` with the reason in its headers. Either way
 //! the offset moves on, so a bad message never blocks its partition; the offset is committed
 //! only after the run request (or the dead letter) is durable.
+//!
+//! The commit of each command is asynchronous: it is handed to librdkafka, which sends the
+//! commits in order, while the next command is handled (a synchronous commit per command made
+//! a broker round trip the bound of the consumer's throughput). That stays at least once: a
+//! commit is only ever sent for a command whose effects are durable, and one that is lost (the
+//! process dies before the broker has it, a rebalance refuses it) means the command comes
+//! again, which its handling is idempotent for. Closing the consumer (a stop, a drop) waits
+//! for the commits in flight, librdkafka completes them before it gives partitions up in a
+//! rebalance, and a stop commits what was handled once more, synchronously.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,10 +78,12 @@ pub async fn run_commands_consumer(
     consumer.subscribe(&[COMMANDS_TOPIC]).map_err(source)?;
     let consumer = Arc::new(consumer);
     let producer = settings.producer().map_err(source)?;
+    // The offset after the last command handled, by partition: what a stop commits.
+    let mut handled = BTreeMap::new();
     loop {
         let received = tokio::select! {
             biased;
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => break,
             received = consumer.recv() => received.map(|m| CommandMessage::from_kafka(&m)),
         };
         let message = match received {
@@ -79,16 +91,19 @@ pub async fn run_commands_consumer(
             Err(error) => {
                 tracing::warn!(%error, "reading the commands topic failed");
                 if !pause(FIRST_BACKOFF, &shutdown).await {
-                    return Ok(());
+                    break;
                 }
                 continue;
             }
         };
         if !handle_until_done(&handler, &producer, &message, &shutdown).await {
-            return Ok(());
+            break;
         }
-        commit(&consumer, &message, &shutdown).await;
+        handled.insert(message.partition, message.offset + 1);
+        commit_async(&consumer, &message);
     }
+    commit_on_stop(&consumer, &handled).await;
+    Ok(())
 }
 
 /// Handles one message, retrying failures of the store or the broker; false on shutdown.
@@ -198,41 +213,54 @@ async fn dead_letter(
     producer.send(record, Duration::from_secs(5)).await.map(|_| ()).map_err(|(error, _)| error)
 }
 
-/// Commits the offset after `message`, retrying until it is stored or the partition was revoked.
-async fn commit(consumer: &Arc<LoggedConsumer>, message: &CommandMessage, shutdown: &CancellationToken) {
-    let mut backoff = FIRST_BACKOFF;
-    loop {
+/// Hands the offset after `message` to librdkafka to commit; the outcome is logged by
+/// [`RebalanceLog`]. A commit that fails is covered by the next one of its partition, or by
+/// [`commit_on_stop`]; until then the command would only come again (idempotent).
+fn commit_async(consumer: &LoggedConsumer, message: &CommandMessage) {
+    let mut offsets = TopicPartitionList::new();
+    if offsets.add_partition_offset(COMMANDS_TOPIC, message.partition, Offset::Offset(message.offset + 1)).is_err() {
+        return;
+    }
+    if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+        tracing::warn!(partition = message.partition, offset = message.offset, %error, "could not commit a command offset");
+    }
+}
+
+/// On a stop: commits what was handled on the partitions still assigned, synchronously, so the
+/// next member starts right after it even if an asynchronous commit was lost. Only offsets past
+/// the broker's are sent: a partition given away and back meanwhile may have moved on under
+/// another member. One attempt: what it cannot commit comes again to the partition's next owner
+/// (idempotent).
+async fn commit_on_stop(consumer: &Arc<LoggedConsumer>, handled: &BTreeMap<i32, i64>) {
+    let Ok(assigned) = consumer.assignment() else { return };
+    let kafka = Arc::clone(consumer);
+    let handled = handled.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let committed = kafka.committed_offsets(assigned, Duration::from_secs(5))?;
         let mut offsets = TopicPartitionList::new();
-        if offsets.add_partition_offset(COMMANDS_TOPIC, message.partition, Offset::Offset(message.offset + 1)).is_err()
-        {
-            return;
-        }
-        let kafka = Arc::clone(consumer);
-        let committed = tokio::task::spawn_blocking(move || kafka.commit(&offsets, CommitMode::Sync)).await;
-        match committed {
-            Ok(Ok(())) => return,
-            Ok(Err(error)) => {
-                let still_ours =
-                    consumer.assignment().is_ok_and(|a| a.find_partition(COMMANDS_TOPIC, message.partition).is_some());
-                if !still_ours {
-                    // The new owner starts from the last committed offset; the handling is idempotent.
-                    return;
-                }
-                if commit_refused_by_rebalance(&error) {
-                    // The group rebalanced under this consumer: no retry can succeed before it
-                    // reads again (which is when librdkafka does its part of the rebalance). The
-                    // partition's owner after the rebalance gets the command again; idempotent.
-                    tracing::warn!(%error, "command offset not committed: the group is rebalancing");
-                    return;
-                }
-                tracing::warn!(%error, "committing a command offset failed; retrying");
+        for (partition, next) in handled {
+            let Some(broker) = committed.find_partition(COMMANDS_TOPIC, partition) else { continue };
+            let behind = match broker.offset() {
+                Offset::Offset(stored) => stored < next,
+                _ => true,
+            };
+            if behind {
+                offsets.add_partition_offset(COMMANDS_TOPIC, partition, Offset::Offset(next))?;
             }
-            Err(error) => tracing::warn!(%error, "commit task failed; retrying"),
         }
-        if !pause(backoff, shutdown).await {
-            return;
+        if offsets.count() == 0 {
+            return Ok(());
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        kafka.commit(&offsets, CommitMode::Sync)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) if commit_refused_by_rebalance(&error) => {
+            tracing::warn!(%error, "command offsets not committed on stop: the group is rebalancing");
+        }
+        Ok(Err(error)) => tracing::warn!(%error, "committing the command offsets on stop failed"),
+        Err(error) => tracing::warn!(%error, "commit task failed"),
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
@@ -20,6 +20,9 @@ pub use commands::run_commands_consumer;
 pub use feed::KafkaFeed;
 
 use crate::messages::{COMMANDS_DLQ_TOPIC, COMMANDS_TOPIC, EVENTS_TOPIC};
+
+/// The default of [`KafkaSettings::fetch_wait`].
+pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(50);
 
 /// How to reach the brokers and how the engine's clients behave there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,11 @@ pub struct KafkaSettings {
     pub session_timeout: Duration,
     /// How long a produced message may wait for the broker before the relay retries it.
     pub message_timeout: Duration,
+    /// The longest a consumer's fetch waits at the broker for new messages (librdkafka's
+    /// `fetch.wait.max.ms`). Some brokers (tansu 0.6) hold every fetch for part of this wait even
+    /// when messages are there, so it bounds the latency of each hop through a topic; shorter
+    /// means more (empty) fetches while idle.
+    pub fetch_wait: Duration,
 }
 
 impl KafkaSettings {
@@ -46,6 +54,7 @@ impl KafkaSettings {
             replication_factor: 1,
             session_timeout: Duration::from_secs(10),
             message_timeout: Duration::from_secs(30),
+            fetch_wait: DEFAULT_FETCH_WAIT,
         }
     }
 
@@ -62,6 +71,8 @@ impl KafkaSettings {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
+            // Small messages, acknowledged one batch at a time: do not let Nagle hold them.
+            .set("socket.nagle.disable", "true")
             .set("message.timeout.ms", self.message_timeout.as_millis().to_string())
             .set("client.id", "integration-engine")
             .create()
@@ -81,6 +92,8 @@ impl KafkaSettings {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", session.to_string())
             .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
+            .set("fetch.wait.max.ms", self.fetch_wait.as_millis().max(1).to_string())
+            .set("socket.nagle.disable", "true")
             // A run holds its partition while it executes (attempts, backoff): allow for it.
             .set("max.poll.interval.ms", "900000");
         config
@@ -113,6 +126,20 @@ impl ConsumerContext for RebalanceLog {
                 tracing::info!(consumer = self.consumer.as_str(), partitions = %list(partitions), "partitions revoked");
             }
             Rebalance::Error(error) => tracing::warn!(consumer = self.consumer.as_str(), %error, "rebalance failed"),
+        }
+    }
+
+    /// The outcome of every commit, the asynchronous ones included (their only report): a
+    /// failed commit leaves its messages to come again, so it is worth a warning, not more.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            let offsets = offsets
+                .elements()
+                .iter()
+                .map(|p| format!("{}/{}@{:?}", p.topic(), p.partition(), p.offset()))
+                .collect::<Vec<_>>()
+                .join(",");
+            tracing::warn!(consumer = self.consumer.as_str(), %error, %offsets, "offset commit failed; those messages may come again");
         }
     }
 }
