@@ -77,6 +77,25 @@ pub struct ProviderRegisteredResponse {
     pub registered_at: DateTime<Utc>,
 }
 
+/// A registered provider, as `GET /integrations/providers/{providerId}` answers it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderResponse {
+    pub provider_id: String,
+    pub tenant_id: String,
+    pub key: String,
+    pub display_name: String,
+    pub category: String,
+    pub auth_model: AuthModel,
+    pub api_client: String,
+    pub api_client_id: String,
+    pub capabilities: Vec<String>,
+    pub base_url: String,
+    /// `Registered`.
+    pub status: String,
+    pub registered_at: DateTime<Utc>,
+}
+
 fn active_by_default() -> bool {
     true
 }
@@ -113,6 +132,36 @@ pub struct SubscriptionCreatedResponse {
     pub status: String,
     pub event_type: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// An outbound webhook subscription, as `GET /webhooks/subscriptions/{subscriptionId}` answers
+/// it: the signing secret only by its `kv://` ref, never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionResponse {
+    pub subscription_id: String,
+    pub tenant_id: String,
+    pub project_id: Option<String>,
+    pub event_type: String,
+    pub endpoint_url: String,
+    /// The vault reference of the signing secret (`kv://VAULT/NAME`).
+    pub signing_secret_ref: String,
+    pub active: bool,
+    /// `Active` or `Inactive`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    /// Requests in flight to the endpoint at most at once.
+    pub max_in_flight: u32,
+    /// Requests started per second at most; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_second: Option<u32>,
+    /// Deliveries in publication order, one at a time.
+    pub strict_ordering: bool,
+    /// Why the engine deactivated it (410 Gone, `webhook-delivery: disable`, failing too long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivation_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated_at: Option<DateTime<Utc>>,
 }
 
 /// The spec's condensed delivery envelope, signed as a whole by the provider.
@@ -161,6 +210,11 @@ pub struct RunResponse {
     /// status, latency and the start of its answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempt_log: Vec<RunAttempt>,
+    /// What the completed run produced, as its operation reports it (`OpenPullRequest`:
+    /// `{number, id, htmlUrl, state}`; a revocation: `{revokedKeyIds}`; a webhook delivery:
+    /// the endpoint's answer). Absent until the run completes; never holds a credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
 }
 
 /// One attempt of a run.

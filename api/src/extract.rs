@@ -104,7 +104,9 @@ scopes! {
     ConnectionsWrite = "integration.connections.write";
     ConnectionsRead = "integration.connections.read";
     ProvidersWrite = "integration.providers.write";
+    ProvidersRead = "integration.providers.read";
     SubscriptionsWrite = "webhooks.subscriptions.write";
+    SubscriptionsRead = "webhooks.subscriptions.read";
     DeliveriesIngest = "webhooks.deliveries.ingest";
     RunsRead = "integration.runs.read";
     CredentialsRotate = "integration.credentials.rotate";

@@ -19,8 +19,10 @@ macro_rules! for_each_body {
             $m!(ConnectionResponse),
             $m!(RegisterProviderRequest),
             $m!(ProviderRegisteredResponse),
+            $m!(ProviderResponse),
             $m!(CreateSubscriptionRequest),
             $m!(SubscriptionCreatedResponse),
+            $m!(SubscriptionResponse),
             $m!(InboundDeliveryRequest),
             $m!(DeliveryAcceptedResponse),
             $m!(RunResponse),
@@ -120,11 +122,24 @@ pub fn document() -> Value {
                 "requestBody": body("RegisterProviderRequest"),
                 "responses": with(json!({ "201": ok("ProviderRegisteredResponse", "Registered") }), problems(&post_codes))
             }},
+            "/integrations/providers/{providerId}": { "get": {
+                "operationId": "getProvider", "summary": "Retrieve a registered provider (the registration's Location)",
+                "security": bearer("integration.providers.read"),
+                "parameters": [{ "name": "providerId", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": with(json!({ "200": ok("ProviderResponse", "The provider") }), problems(&get_codes))
+            }},
             "/webhooks/subscriptions": { "post": {
                 "operationId": "createSubscription", "summary": "Create an outbound webhook subscription",
                 "security": bearer("webhooks.subscriptions.write"), "parameters": [idempotency],
                 "requestBody": body("CreateSubscriptionRequest"),
                 "responses": with(json!({ "201": ok("SubscriptionCreatedResponse", "Created") }), problems(&post_codes))
+            }},
+            "/webhooks/subscriptions/{subscriptionId}": { "get": {
+                "operationId": "getSubscription", "summary": "Retrieve an outbound webhook subscription (the creation's Location)",
+                "description": "The signing secret appears only as its kv:// reference, never its value.",
+                "security": bearer("webhooks.subscriptions.read"),
+                "parameters": [{ "name": "subscriptionId", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": with(json!({ "200": ok("SubscriptionResponse", "The subscription") }), problems(&get_codes))
             }},
             "/webhooks/deliveries": { "post": {
                 "operationId": "ingestDelivery", "summary": "Ingest an inbound webhook delivery",

@@ -108,6 +108,11 @@ pub struct RunView {
     /// error; redeliveries are listed where they were requested.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempt_log: Vec<AttemptView>,
+    /// What the completed run produced (its `RunCompleted` output: a pull request's number and
+    /// URL, a revoked key's id, a webhook endpoint's answer); `None` until the run completes and
+    /// again while a redelivery is under way. Documents stored before this field read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
 }
 
 /// One attempt of a run, as its events tell it.
@@ -154,4 +159,20 @@ pub struct CredentialView {
     /// Why the latest rotation failed verification; cleared by the next promotion.
     #[serde(default)]
     pub last_rotation_failure: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_document_stored_before_output_existed_still_reads() {
+        let stored = r#"{"runId":"run-1","tenantId":"t","connectionId":"conn-1","operation":"OpenPullRequest",
+            "status":"Completed","attempts":1,"requestedAt":"2026-06-11T09:03:00Z","startedAt":"2026-06-11T09:03:00Z",
+            "completedAt":"2026-06-11T09:03:02Z","traceId":"trace-1","lastError":null}"#;
+        let view: RunView = serde_json::from_str(stored).unwrap();
+        assert_eq!((view.status, view.output.as_ref()), (RunStatus::Completed, None));
+        // And it is written back without the field, as it was stored.
+        assert!(serde_json::to_value(&view).unwrap().get("output").is_none());
+    }
 }

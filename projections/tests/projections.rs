@@ -85,6 +85,7 @@ async fn every_projection_shows_the_events_of_its_resources() {
     assert_eq!(failed.trace_id, "trace-9f1c2b7d");
     let running = read.run(TENANT, &s.open_pr_run_id).await.unwrap().unwrap();
     assert_eq!((running.status, running.attempts, running.completed_at), (RunStatus::Running, 1, None));
+    assert_eq!((failed.output, running.output), (None, None), "no output before a run completes");
 
     assert!(projections.is_caught_up());
     runner.abort();
@@ -150,6 +151,7 @@ async fn checkpoints_and_rows_move_together_and_a_restart_applies_no_event_twice
     let run = restarted.read_models().run(TENANT, &s.open_pr_run_id).await.unwrap().unwrap();
     assert_eq!(run.operation, "marked", "an event before the checkpoint was applied again");
     assert_eq!((run.status, run.attempts), (RunStatus::Completed, 2));
+    assert_eq!(run.output, Some(json!({"number": 7})), "the completed run's output is in its view");
     assert!(restarted.read_models().checkpoints().await.unwrap().iter().all(|(_, p)| *p == new_head));
     runner.abort();
 }

@@ -1,19 +1,21 @@
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use domain::provider::RegisterProvider;
 
 use crate::AppState;
-use crate::bodies::{ProviderRegisteredResponse, RegisterProviderRequest, require_text};
-use crate::extract::{Authorized, JsonBody, ProvidersWrite};
+use crate::bodies::{ProviderRegisteredResponse, ProviderResponse, RegisterProviderRequest, require_text};
+use crate::extract::{Authorized, JsonBody, ProvidersRead, ProvidersWrite};
 use crate::problem::Problem;
-use crate::respond::{Accepted, IDEMPOTENCY_KEY, run_command};
+use crate::respond::{Accepted, IDEMPOTENCY_KEY, ok_json, run_command};
 use crate::routes::context_of;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/integrations/providers", post(register))
+    Router::new()
+        .route("/integrations/providers", post(register))
+        .route("/integrations/providers/{provider_id}", get(get_provider))
 }
 
 async fn register(
@@ -67,4 +69,32 @@ async fn register(
         Ok(Accepted::new(StatusCode::CREATED, Some(location), &response, outcome.last_position))
     })
     .await
+}
+
+/// The provider a registration's `Location` names. Looked up in the caller's tenant only, so
+/// another tenant's provider is 404 like one that does not exist.
+async fn get_provider(
+    caller: Authorized<ProvidersRead>,
+    State(app): State<AppState>,
+    Path(provider_id): Path<String>,
+) -> Result<Response, Problem> {
+    let view = app
+        .read_models
+        .provider(&caller.0.tenant_id, &provider_id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("provider {provider_id} not found")))?;
+    Ok(ok_json(&ProviderResponse {
+        provider_id: view.provider_id,
+        tenant_id: view.tenant_id,
+        key: view.key,
+        display_name: view.display_name,
+        category: view.category,
+        auth_model: view.auth_model,
+        api_client: view.api_client,
+        api_client_id: view.api_client_id,
+        capabilities: view.capabilities,
+        base_url: view.base_url,
+        status: view.status,
+        registered_at: view.registered_at,
+    }))
 }

@@ -52,5 +52,6 @@ async fn get_run(
         next_attempt_at: view.next_attempt_at,
         subscription_id,
         attempt_log,
+        output: view.output,
     }))
 }

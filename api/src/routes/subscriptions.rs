@@ -1,21 +1,23 @@
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use connectors::egress::check_webhook_endpoint;
 use domain::ids;
 use domain::subscription::{CreateWebhookSubscription, DeliverySettings};
 
 use crate::AppState;
-use crate::bodies::{CreateSubscriptionRequest, SubscriptionCreatedResponse};
-use crate::extract::{Authorized, JsonBody, SubscriptionsWrite};
+use crate::bodies::{CreateSubscriptionRequest, SubscriptionCreatedResponse, SubscriptionResponse};
+use crate::extract::{Authorized, JsonBody, SubscriptionsRead, SubscriptionsWrite};
 use crate::problem::Problem;
-use crate::respond::{Accepted, run_command};
+use crate::respond::{Accepted, ok_json, run_command};
 use crate::routes::context_of;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/webhooks/subscriptions", post(create))
+    Router::new()
+        .route("/webhooks/subscriptions", post(create))
+        .route("/webhooks/subscriptions/{subscription_id}", get(get_subscription))
 }
 
 async fn create(
@@ -72,4 +74,35 @@ async fn create(
         },
     )
     .await
+}
+
+/// The subscription a creation's `Location` names, in the caller's tenant only (another
+/// tenant's is 404). The read model holds the signing secret's `kv://` ref, never its value,
+/// and only the ref is answered.
+async fn get_subscription(
+    caller: Authorized<SubscriptionsRead>,
+    State(app): State<AppState>,
+    Path(subscription_id): Path<String>,
+) -> Result<Response, Problem> {
+    let view = app
+        .read_models
+        .subscription(&caller.0.tenant_id, &subscription_id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("subscription {subscription_id} not found")))?;
+    Ok(ok_json(&SubscriptionResponse {
+        subscription_id: view.subscription_id,
+        tenant_id: view.tenant_id,
+        project_id: view.project_id,
+        event_type: view.event_type,
+        endpoint_url: view.endpoint_url,
+        signing_secret_ref: view.signing_secret_ref,
+        active: view.active,
+        status: view.status,
+        created_at: view.created_at,
+        max_in_flight: view.delivery.max_in_flight,
+        rate_limit_per_second: view.delivery.rate_limit_per_second,
+        strict_ordering: view.delivery.strict_ordering,
+        deactivation_reason: view.deactivation_reason,
+        deactivated_at: view.deactivated_at,
+    }))
 }

@@ -38,6 +38,7 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
                 last_error: None,
                 next_attempt_at: None,
                 attempt_log: Vec::new(),
+                output: None,
             };
             store_doc(tx, NAME, &event.tenant_id, &e.run_id, &view)
         }
@@ -79,6 +80,9 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
             view.status = RunStatus::Completed;
             view.completed_at = Some(e.completed_at);
             view.next_attempt_at = None;
+            // Served as is: executors record results only, never credentials (see
+            // `connectors::operations::ApiClients::call`), so nothing here needs redacting.
+            view.output = Some(e.output.clone());
             // The attempt in flight is the one that completed it.
             if let Some(entry) = view.attempt_log.last_mut().filter(|a| a.outcome == "Running") {
                 entry.outcome = "Succeeded".into();
@@ -100,6 +104,8 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
             view.status = RunStatus::Running;
             view.completed_at = None;
             view.next_attempt_at = Some(e.requested_at);
+            // Delivered again: the earlier answer is in the attempt log; the output will be the new one.
+            view.output = None;
         }),
     }
 }
