@@ -41,6 +41,10 @@ impl Drop for Receiver {
 
 impl Receiver {
     fn start(plan: &str, delay: f64, secrets: &[&str]) -> Receiver {
+        Self::spawn(plan, delay, secrets, None)
+    }
+
+    fn spawn(plan: &str, delay: f64, secrets: &[&str], secret_file: Option<&Path>) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("requests.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fanout_support/receiver.py");
@@ -48,6 +52,9 @@ impl Receiver {
         command.arg(script).arg("--log").arg(&log).args(["--plan", plan, "--delay", &delay.to_string()]);
         for secret in secrets {
             command.args(["--secret", secret]);
+        }
+        if let Some(file) = secret_file {
+            command.arg("--secret-file").arg(file);
         }
         let mut child = command
             .args(["--lifetime", "300"])
@@ -60,6 +67,12 @@ impl Receiver {
             lines.next().expect("the receiver exited before listening (is standardwebhooks installed?)").unwrap();
         let port = line.strip_prefix("listening on ").expect("listening line").trim().parse().unwrap();
         Receiver { child, port, log, _dir: dir }
+    }
+
+    /// A receiver that also verifies with the secrets in `secret_file`, read again for every
+    /// request (the engine generates the next one during the test).
+    fn start_with_secret_file(plan: &str, secrets: &[&str], secret_file: &Path) -> Receiver {
+        Self::spawn(plan, 0.0, secrets, Some(secret_file))
     }
 
     fn url(&self, path: &str) -> String {
@@ -791,6 +804,135 @@ async fn nothing_is_lost_when_the_fan_out_process_is_killed_mid_burst() {
         m
     });
     eprintln!("{} deliveries, {} requests by answer: {by_outcome:?}", expected.len(), records.len());
+}
+
+/// The events of `event_type` as `integration-engine replay` prints them (envelopes with `data`).
+fn replayed(dir: &Path, event_type: &str) -> Vec<Value> {
+    let out = Command::new(BIN)
+        .args(["replay", "--data-dir"])
+        .arg(dir)
+        .args(["--type", event_type])
+        .env_remove("IE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The current value of a vault secret (`secrets show --reveal`: the last word of its last line).
+fn revealed_current(dir: &Path, secret_ref: &str) -> (String, String) {
+    let out = Command::new(BIN)
+        .args(["secrets", "show", "--data-dir"])
+        .arg(dir)
+        .args([secret_ref, "--reveal"])
+        .env_remove("IE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8(out.stdout).unwrap();
+    let value = shown.lines().last().unwrap().rsplit(' ').next().unwrap().to_owned();
+    (shown, value)
+}
+
+/// A subscription's signing secret is a credential (`cred-{NAME}`) that
+/// `POST /integrations/credentials/rotate` rotates: generated, checked, promoted; both versions
+/// sign during the overlap, only the new one after it.
+#[tokio::test]
+async fn rotating_a_subscriptions_signing_secret_signs_with_both_versions_until_the_overlap_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough for one delivery after the promotion on a slow machine; the test waits for its end.
+    let app = serve_with(dir.path(), "200ms,200ms", &["--credential-overlap-seconds", "30"]);
+    support::put_secret(dir.path(), SECRET_REF, SECRET_V1);
+    let scopes = format!("{SCOPES} integration.credentials.rotate");
+    let token = app.token(TENANT, &scopes);
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    let receiver = Receiver::start_with_secret_file("ok", &[SECRET_V1], secret_file.path());
+    let subscription =
+        subscribe(&app, &token, json!({"eventType": "DeploymentPromoted", "endpointUrl": receiver.url("/hooks")}))
+            .await;
+    let linked = replayed(dir.path(), "CredentialSubscriptionLinked");
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    assert_eq!(linked[0]["data"]["credentialId"], "cred-signing");
+    assert_eq!(linked[0]["data"]["subscriptionId"], subscription.as_str());
+    assert_eq!(linked[0]["data"]["authKind"], "HmacSignature");
+    assert_eq!(linked[0]["data"]["secretRef"], SECRET_REF);
+
+    let delivered = |message: String| move |r: &[Value]| r.iter().any(|r| r["webhookId"] == message.as_str());
+    let record_of =
+        |records: Vec<Value>, message: &str| records.into_iter().find(|r| r["webhookId"] == message).unwrap();
+    publish(dir.path(), TENANT, None, "DeploymentPromoted", &json!({"release": "1"}), "msg-before");
+    let records = receiver.wait_until(Duration::from_secs(30), "msg-before", delivered("msg-before".into())).await;
+    let before = record_of(records, "msg-before");
+    assert_eq!((before["signatures"].as_u64(), &before["verifiedWith"]), (Some(1), &json!([0])), "{before}");
+
+    // Another tenant cannot rotate it: not in its name, and its own tenant has no such credential.
+    let other = app.token("other-tenant", &scopes);
+    let body = json!({"tenantId": TENANT, "credentialId": "cred-signing", "reason": "Leaked"});
+    assert_eq!(app.post_json("/integrations/credentials/rotate", &other, &body).await.status(), 403);
+    let body = json!({"tenantId": "other-tenant", "credentialId": "cred-signing", "reason": "Leaked"});
+    assert_eq!(app.post_json("/integrations/credentials/rotate", &other, &body).await.status(), 404);
+
+    let body = json!({"tenantId": TENANT, "credentialId": "cred-signing", "reason": "ScheduledRotation"});
+    let response = app.post_json("/integrations/credentials/rotate", &token, &body).await;
+    assert_eq!(response.status(), 202);
+    let answer = response.text().await.unwrap();
+    let started: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(started["status"], "Rotating", "{started}");
+    assert_eq!(started["newVersionRef"], format!("{SECRET_REF}?version=2"), "{started}");
+    let verification = started["verificationRunId"].as_str().unwrap();
+    let run = wait_for_run(&app, &token, verification, &["Completed", "Failed"], Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "Completed", "checked locally (CheckSigningSecret): {run}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replayed(dir.path(), "CredentialRotated").is_empty() {
+        assert!(Instant::now() < deadline, "no CredentialRotated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rotation = replayed(dir.path(), "CredentialRotationStarted").pop().unwrap();
+    assert_eq!(rotation["data"]["source"], "Generated", "{rotation}");
+    let (shown, new_secret) = revealed_current(dir.path(), SECRET_REF);
+    assert!(shown.contains("current=2\tpending=-\tprevious=1"), "{shown}");
+    assert!(new_secret.starts_with("whsec_") && new_secret != SECRET_V1, "{shown}");
+    // The receiver learns the new secret (index 1 of verifiedWith).
+    std::fs::write(secret_file.path(), format!("{new_secret}\n")).unwrap();
+
+    // During the overlap, both versions sign: a receiver on either one verifies.
+    publish(dir.path(), TENANT, None, "DeploymentPromoted", &json!({"release": "2"}), "msg-during");
+    let records = receiver.wait_until(Duration::from_secs(30), "msg-during", delivered("msg-during".into())).await;
+    let during = record_of(records, "msg-during");
+    assert_eq!(during["signatures"], 2, "{during}");
+    assert_eq!(during["verifiedWith"], json!([0, 1]), "the old secret alone and the new one alone verify: {during}");
+
+    // After the overlap the previous version is retired and only the new one signs (the
+    // dispatcher reads the vault through a 5 s cache: a delivery may still carry both).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while replayed(dir.path(), "CredentialVersionRetired").is_empty() {
+        assert!(Instant::now() < deadline, "the previous version was never retired");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = loop {
+        let message = format!("msg-after-{}", receiver.records().len());
+        publish(dir.path(), TENANT, None, "DeploymentPromoted", &json!({"release": "3"}), &message);
+        let records = receiver.wait_until(Duration::from_secs(30), &message, delivered(message.clone())).await;
+        let record = record_of(records, &message);
+        if record["signatures"] == 1 {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "still signed with the retired version: {record}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(after["verifiedWith"], json!([1]), "only the new secret verifies: {after}");
+    assert!(after["verifyErrors"].as_array().is_some_and(|e| e.len() == 1), "the old one fails: {after}");
+
+    // The secrets' values are nowhere but in the vault: not in the events, not in the answer.
+    for value in [SECRET_V1, new_secret.as_str()] {
+        assert!(!answer.contains(value));
+        let run_body = app.get(&format!("/integrations/runs/{verification}"), &token).await.text().await.unwrap();
+        assert!(!run_body.contains(value), "{run_body}");
+        for file in ["events.db", "events.db-wal", "readmodels.db", "readmodels.db-wal"] {
+            let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+            assert!(!bytes.windows(value.len()).any(|w| w == value.as_bytes()), "{file} holds a secret");
+        }
+    }
 }
 
 #[tokio::test]

@@ -6,7 +6,9 @@
 //!    provider's API will issue), records `CredentialRotationStarted` (the intent) and requests
 //!    the `VerifyCredential` run.
 //! 2. The run executor (for a provider-issued version, after having the provider issue it and
-//!    staging it in the vault) calls the provider's health operation with the pending version.
+//!    staging it in the vault) calls the provider's health operation with the pending version;
+//!    a generated version, or any version of a signing secret only webhook subscriptions use,
+//!    is checked locally (`CheckSigningSecret`).
 //! 3. Its outcome settles the rotation: [`Commands::complete_credential_rotation`] promotes the
 //!    version in the vault (pending → current, current → previous) and records
 //!    `CredentialRotated`; [`Commands::fail_credential_rotation`] records
@@ -209,7 +211,8 @@ impl Commands {
         });
         let executed = self.execute::<Credential>(ctx, &stream, &command).await?;
         // The rotation this request started, now or on an earlier try with the same run id.
-        let CredentialState::Registered { connections, started, .. } = executed.state else {
+        let target = executed.state.verification_target().unwrap_or_default().to_owned();
+        let CredentialState::Registered { started, .. } = executed.state else {
             return Err(DomainError::NotFound { kind: "credential", id: credential_id.into() }.into());
         };
         let Some(rotation) = started.into_iter().find(|r| r.verification_run_id == verification_run_id) else {
@@ -218,8 +221,7 @@ impl Commands {
         // Requested after the rotation is recorded, so a crash in between leaves a rotation the
         // retried request (same verification run id) or the process manager reacting to
         // `CredentialRotationStarted` completes, never an orphan run.
-        let connection_id = connections.first().cloned().unwrap_or_default();
-        let run = self.request_verification_run(ctx, credential_id, &connection_id, &rotation).await?;
+        let run = self.request_verification_run(ctx, credential_id, &target, &rotation).await?;
         Ok(RotationStartedOutcome {
             credential_id: credential_id.into(),
             new_version_ref: rotation.version_ref,
@@ -230,12 +232,15 @@ impl Commands {
     }
 
     /// Requests the verification run of a started rotation; idempotent (the run id is the
-    /// rotation's). The position of the request, `None` when it existed already.
+    /// rotation's). `target` is the run's `connectionId`: the credential's
+    /// [`CredentialState::verification_target`], a connection or, for a signing secret only
+    /// subscriptions use, a subscription. The position of the request, `None` when it existed
+    /// already.
     pub async fn request_verification_run(
         &self,
         ctx: &CommandContext,
         credential_id: &str,
-        connection_id: &str,
+        target: &str,
         rotation: &Rotation,
     ) -> Result<Option<u64>, CommandError> {
         let mut input = json!({
@@ -248,9 +253,8 @@ impl Commands {
             input["issuanceLabel"] =
                 json!(issuance_label(credential_id, rotation.version, &rotation.verification_run_id));
         }
-        let run = self
-            .request_run(ctx, &rotation.verification_run_id, connection_id, VERIFY_CREDENTIAL_OPERATION, input)
-            .await?;
+        let run =
+            self.request_run(ctx, &rotation.verification_run_id, target, VERIFY_CREDENTIAL_OPERATION, input).await?;
         Ok(run.last_position)
     }
 

@@ -1,9 +1,13 @@
-use domain::DomainError;
+use domain::credential::{
+    Credential, CredentialCommand, CredentialEvent, CredentialState, LinkSubscription, credential_id,
+};
 use domain::ids::stream_id;
+use domain::secret_ref::SecretRef;
 use domain::subscription::{
     CreateWebhookSubscription, DeactivateWebhookSubscription, SubscriptionCommand, SubscriptionEvent,
     WebhookSubscription, WebhookSubscriptionCreated,
 };
+use domain::{Decider, DomainError};
 
 use crate::{CommandContext, CommandError, Commands};
 
@@ -13,7 +17,9 @@ pub struct SubscriptionCreatedOutcome {
 }
 
 impl Commands {
-    /// Creates an outbound webhook subscription in the caller's tenant.
+    /// Creates an outbound webhook subscription in the caller's tenant, then registers (or
+    /// links) the credential of its `signingSecretRef`, so `POST /integrations/credentials/rotate`
+    /// rotates the signing secret.
     pub async fn create_subscription(
         &self,
         ctx: &CommandContext,
@@ -22,16 +28,59 @@ impl Commands {
         command.tenant_id = ctx.tenant_id.clone();
         command.created_at = self.now();
         self.check_secret_access(ctx, Some(&command.signing_secret_ref), "signingSecretRef").await?;
+        self.check_signing_credential_is_free(ctx, &command.signing_secret_ref).await?;
         let stream = stream_id(&ctx.tenant_id, &command.subscription_id);
         let subscription_id = command.subscription_id.clone();
         let created = self.create::<WebhookSubscription>(ctx, &stream, &SubscriptionCommand::Create(command)).await?;
-        match created.events.into_iter().next() {
-            Some(SubscriptionEvent::WebhookSubscriptionCreated(created_event)) => {
-                Ok(SubscriptionCreatedOutcome { created: created_event, last_position: created.last_position })
-            }
+        let created_event = match created.events.into_iter().next() {
+            Some(SubscriptionEvent::WebhookSubscriptionCreated(created_event)) => created_event,
             Some(SubscriptionEvent::WebhookSubscriptionDeactivated(_)) | None => {
-                Err(DomainError::NotFound { kind: "subscription", id: subscription_id }.into())
+                return Err(DomainError::NotFound { kind: "subscription", id: subscription_id }.into());
             }
+        };
+        // A second stream, so a second step: a crash between the two is healed by the client's
+        // retry with the same Idempotency-Key, or by the process manager reacting to
+        // `WebhookSubscriptionCreated`, because linking is idempotent.
+        let linked = self.link_subscription_credential(ctx, &created_event).await?;
+        Ok(SubscriptionCreatedOutcome { created: created_event, last_position: linked.or(created.last_position) })
+    }
+
+    /// Registers the credential `cred-{NAME}` of a subscription's `signingSecretRef` (auth kind
+    /// `HmacSignature`) if it is not registered yet, and links the subscription to it.
+    /// Idempotent: a subscription already linked changes nothing (`None`).
+    pub async fn link_subscription_credential(
+        &self,
+        ctx: &CommandContext,
+        created: &WebhookSubscriptionCreated,
+    ) -> Result<Option<u64>, CommandError> {
+        let Some(secret) = rotatable(&created.signing_secret_ref) else { return Ok(None) };
+        let current_version = self.vault.metadata(&secret).await?.map_or(1, |m| m.current_version);
+        let link = CredentialCommand::LinkSubscription(LinkSubscription {
+            tenant_id: ctx.tenant_id.clone(),
+            secret_ref: secret.clone(),
+            current_version,
+            subscription_id: created.subscription_id.clone(),
+            at: created.created_at,
+        });
+        let linked =
+            self.execute::<Credential>(ctx, &stream_id(&ctx.tenant_id, &credential_id(&secret)), &link).await?;
+        Ok(linked.last_position)
+    }
+
+    /// `cred-{NAME}` names one secret: a subscription whose secret has the name of another
+    /// vault's registered credential is refused before anything is stored.
+    async fn check_signing_credential_is_free(&self, ctx: &CommandContext, secret: &str) -> Result<(), CommandError> {
+        let Some(secret) = rotatable(secret) else { return Ok(()) };
+        let loaded = self.load::<CredentialEvent>(&stream_id(&ctx.tenant_id, &credential_id(&secret))).await?;
+        match Credential::fold(&loaded.events) {
+            CredentialState::Registered { secret_ref, .. } if secret_ref != secret.unversioned() => {
+                Err(DomainError::invalid(
+                    "signingSecretRef",
+                    format!("{} is already the credential of {secret_ref}", credential_id(&secret)),
+                )
+                .into())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -52,4 +101,11 @@ impl Commands {
             self.execute::<WebhookSubscription>(ctx, &stream_id(&ctx.tenant_id, subscription_id), &command).await?;
         Ok(!executed.new_events.is_empty())
     }
+}
+
+/// The secret a subscription's credential rotates: an unversioned ref. A ref pinned to a version
+/// (`?version=N`) signs with that version whatever the rotations do, so it names no credential;
+/// refs that do not parse were refused when the subscription was created.
+fn rotatable(signing_secret_ref: &str) -> Option<SecretRef> {
+    SecretRef::parse(signing_secret_ref).ok().filter(|secret| secret.version.is_none())
 }

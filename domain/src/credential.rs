@@ -21,6 +21,9 @@ pub fn credential_id(secret: &SecretRef) -> String {
 pub enum CredentialCommand {
     /// A connection names this credential: register it on first use, link it afterwards.
     LinkConnection(LinkConnection),
+    /// A webhook subscription signs with this credential (its `signingSecretRef`): register it
+    /// on first use, link it afterwards.
+    LinkSubscription(LinkSubscription),
     StartRotation(StartRotation),
     /// The verification run `verification_run_id` succeeded: promote its version.
     CompleteRotation {
@@ -67,6 +70,18 @@ pub struct LinkConnection {
     pub at: DateTime<Utc>,
 }
 
+/// A subscription's signing secret, as a credential: a shared secret the engine owns, so of
+/// auth kind [`AuthModel::HmacSignature`] when the subscription registers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkSubscription {
+    pub tenant_id: String,
+    pub secret_ref: SecretRef,
+    /// The vault's current version of the secret when the credential is first registered.
+    pub current_version: u32,
+    pub subscription_id: String,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartRotation {
     pub credential_id: String,
@@ -96,6 +111,25 @@ pub struct CredentialRegistered {
 pub struct CredentialLinked {
     pub credential_id: String,
     pub connection_id: String,
+    pub linked_at: DateTime<Utc>,
+}
+
+/// A webhook subscription signs its deliveries with this credential. Self-contained, because a
+/// subscription may be the credential's first user: then this event registers the credential
+/// (with the secret, its current version and its auth kind, as [`CredentialRegistered`] does for
+/// a connection); later ones only add the subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialSubscriptionLinked {
+    pub credential_id: String,
+    pub tenant_id: String,
+    /// The unversioned vault reference, `kv://VAULT/NAME`.
+    pub secret_ref: SecretRef,
+    /// The credential's current version when the subscription was linked.
+    pub current_version: u32,
+    /// The credential's auth kind: `HmacSignature` when this event registers it.
+    pub auth_kind: AuthModel,
+    pub subscription_id: String,
     pub linked_at: DateTime<Utc>,
 }
 
@@ -168,6 +202,7 @@ pub struct CredentialVersionRetired {
 pub enum CredentialEvent {
     CredentialRegistered(CredentialRegistered),
     CredentialLinked(CredentialLinked),
+    CredentialSubscriptionLinked(CredentialSubscriptionLinked),
     CredentialRotationStarted(CredentialRotationStarted),
     CredentialRotated(CredentialRotated),
     CredentialRotationFailed(CredentialRotationFailed),
@@ -178,6 +213,7 @@ impl AggregateEvent for CredentialEvent {
     const TYPES: &'static [&'static str] = &[
         "CredentialRegistered",
         "CredentialLinked",
+        "CredentialSubscriptionLinked",
         "CredentialRotationStarted",
         "CredentialRotated",
         "CredentialRotationFailed",
@@ -188,6 +224,7 @@ impl AggregateEvent for CredentialEvent {
         match self {
             Self::CredentialRegistered(_) => "CredentialRegistered",
             Self::CredentialLinked(_) => "CredentialLinked",
+            Self::CredentialSubscriptionLinked(_) => "CredentialSubscriptionLinked",
             Self::CredentialRotationStarted(_) => "CredentialRotationStarted",
             Self::CredentialRotated(_) => "CredentialRotated",
             Self::CredentialRotationFailed(_) => "CredentialRotationFailed",
@@ -205,6 +242,9 @@ pub struct Rotation {
     pub source: RotationSource,
 }
 
+// One state is folded per command and never kept in bulk: boxing the registered variant would
+// only make every match on it noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum CredentialState {
     #[default]
@@ -220,11 +260,27 @@ pub enum CredentialState {
         /// Retiring one of them records its retirement at last.
         unretired: Vec<u32>,
         connections: Vec<String>,
+        /// Webhook subscriptions signing with the credential, in the order they were linked.
+        subscriptions: Vec<String>,
         /// The version being verified and its verification run, while a rotation is in flight.
         pending: Option<Rotation>,
         /// Every rotation ever started, oldest first: a retried start is recognised by its run.
         started: Vec<Rotation>,
     },
+}
+
+impl CredentialState {
+    /// What a rotation's verification run targets (its `connectionId`): the first connection
+    /// using the credential (its provider is asked), else the first subscription signing with it
+    /// (the secret is checked locally: the subscriber learns it from us).
+    pub fn verification_target(&self) -> Option<&str> {
+        match self {
+            Self::None => None,
+            Self::Registered { connections, subscriptions, .. } => {
+                connections.first().or(subscriptions.first()).map(String::as_str)
+            }
+        }
+    }
 }
 
 pub struct Credential;
@@ -280,6 +336,41 @@ impl Decider for Credential {
                 Ok(vec![CredentialEvent::CredentialLinked(CredentialLinked {
                     credential_id: credential_id(&c.secret_ref),
                     connection_id: c.connection_id.clone(),
+                    linked_at: c.at,
+                })])
+            }
+            (CredentialCommand::LinkSubscription(c), CredentialState::None) => {
+                Ok(vec![CredentialEvent::CredentialSubscriptionLinked(CredentialSubscriptionLinked {
+                    credential_id: credential_id(&c.secret_ref),
+                    tenant_id: c.tenant_id.clone(),
+                    secret_ref: c.secret_ref.unversioned(),
+                    current_version: c.current_version.max(1),
+                    // A signing secret is shared, and ours to choose: rotations generate it.
+                    auth_kind: AuthModel::HmacSignature,
+                    subscription_id: c.subscription_id.clone(),
+                    linked_at: c.at,
+                })])
+            }
+            (
+                CredentialCommand::LinkSubscription(c),
+                CredentialState::Registered { subscriptions, secret_ref, current_version, auth_kind, .. },
+            ) => {
+                if c.secret_ref.unversioned() != *secret_ref {
+                    return Err(DomainError::invalid(
+                        "signingSecretRef",
+                        format!("{} is already the credential of {secret_ref}", credential_id(&c.secret_ref)),
+                    ));
+                }
+                if subscriptions.contains(&c.subscription_id) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![CredentialEvent::CredentialSubscriptionLinked(CredentialSubscriptionLinked {
+                    credential_id: credential_id(&c.secret_ref),
+                    tenant_id: c.tenant_id.clone(),
+                    secret_ref: secret_ref.clone(),
+                    current_version: *current_version,
+                    auth_kind: *auth_kind,
+                    subscription_id: c.subscription_id.clone(),
                     linked_at: c.at,
                 })])
             }
@@ -402,12 +493,25 @@ impl Decider for Credential {
                 previous_version: None,
                 unretired: Vec::new(),
                 connections: vec![e.connection_id.clone()],
+                subscriptions: Vec::new(),
+                pending: None,
+                started: Vec::new(),
+            },
+            (CredentialState::None, CredentialEvent::CredentialSubscriptionLinked(e)) => CredentialState::Registered {
+                secret_ref: e.secret_ref.clone(),
+                current_version: e.current_version,
+                auth_kind: e.auth_kind,
+                previous_version: None,
+                unretired: Vec::new(),
+                connections: Vec::new(),
+                subscriptions: vec![e.subscription_id.clone()],
                 pending: None,
                 started: Vec::new(),
             },
             (
                 CredentialState::Registered {
                     mut connections,
+                    mut subscriptions,
                     mut started,
                     mut current_version,
                     mut previous_version,
@@ -421,6 +525,7 @@ impl Decider for Credential {
                 match e {
                     CredentialEvent::CredentialRegistered(_) => unreachable!("matched above"),
                     CredentialEvent::CredentialLinked(l) => connections.push(l.connection_id.clone()),
+                    CredentialEvent::CredentialSubscriptionLinked(l) => subscriptions.push(l.subscription_id.clone()),
                     CredentialEvent::CredentialRotationStarted(s) => {
                         let rotation = Rotation {
                             version: s.new_version,
@@ -452,6 +557,7 @@ impl Decider for Credential {
                     previous_version,
                     unretired,
                     connections,
+                    subscriptions,
                     pending,
                     started,
                 }
@@ -534,6 +640,76 @@ mod tests {
             [CredentialEvent::CredentialLinked(_)]
         ));
         assert_eq!(given_when(&[link("conn-1")], &link("conn-1")).unwrap(), vec![]);
+    }
+
+    fn link_subscription(subscription: &str) -> CredentialCommand {
+        CredentialCommand::LinkSubscription(LinkSubscription {
+            tenant_id: "connectsoft".into(),
+            secret_ref: secret(),
+            current_version: 3,
+            subscription_id: subscription.into(),
+            at: DateTime::UNIX_EPOCH,
+        })
+    }
+
+    #[test]
+    fn the_first_subscription_registers_a_signing_credential_and_later_ones_link_to_it() {
+        let first = given_when(&[], &link_subscription("sub-1")).unwrap();
+        let [CredentialEvent::CredentialSubscriptionLinked(linked)] = &first[..] else { panic!("{first:?}") };
+        assert_eq!(linked.credential_id, "cred-github-booking");
+        assert_eq!((linked.auth_kind, linked.current_version), (AuthModel::HmacSignature, 3));
+        assert_eq!(linked.secret_ref.to_string(), "kv://factory-integration/github-booking");
+        let second = given_when(&[link_subscription("sub-1")], &link_subscription("sub-2")).unwrap();
+        assert!(
+            matches!(&second[..], [CredentialEvent::CredentialSubscriptionLinked(l)] if l.subscription_id == "sub-2")
+        );
+        assert_eq!(given_when(&[link_subscription("sub-1")], &link_subscription("sub-1")), Ok(vec![]), "once");
+        // A connection of the same secret links to it, and keeps the kind it was registered with.
+        let state = [link_subscription("sub-1"), link("conn-1"), link_subscription("sub-2")]
+            .iter()
+            .fold(CredentialState::None, |s, c| Credential::decide(c, &s).unwrap().iter().fold(s, Credential::evolve));
+        let CredentialState::Registered { connections, subscriptions, auth_kind, .. } = &state else { panic!() };
+        assert_eq!(
+            (connections.as_slice(), subscriptions.as_slice()),
+            (&["conn-1".to_owned()][..], &["sub-1".to_owned(), "sub-2".to_owned()][..])
+        );
+        assert_eq!(*auth_kind, AuthModel::HmacSignature);
+        // A subscription of a connection's credential keeps the connection's kind.
+        let linked = given_when(&[link("conn-1")], &link_subscription("sub-1")).unwrap();
+        assert!(matches!(&linked[..], [CredentialEvent::CredentialSubscriptionLinked(l)]
+            if l.auth_kind == AuthModel::OAuth2ClientCredentials && l.current_version == 1));
+    }
+
+    #[test]
+    fn a_subscription_of_the_same_name_in_another_vault_is_not_linked() {
+        let mut other = link_subscription("sub-2");
+        if let CredentialCommand::LinkSubscription(l) = &mut other {
+            l.secret_ref = SecretRef::parse("kv://another-vault/github-booking").unwrap();
+        }
+        assert!(matches!(
+            given_when(&[link_subscription("sub-1")], &other),
+            Err(DomainError::Invalid { field, .. }) if field == "signingSecretRef"
+        ));
+    }
+
+    #[test]
+    fn a_rotation_is_verified_against_the_first_connection_else_the_first_subscription() {
+        let fold = |given: &[CredentialCommand]| {
+            given.iter().fold(CredentialState::None, |s, c| {
+                Credential::decide(c, &s).unwrap().iter().fold(s, Credential::evolve)
+            })
+        };
+        assert_eq!(fold(&[]).verification_target(), None);
+        assert_eq!(
+            fold(&[link_subscription("sub-1"), link_subscription("sub-2")]).verification_target(),
+            Some("sub-1")
+        );
+        assert_eq!(fold(&[link_subscription("sub-1"), link("conn-1")]).verification_target(), Some("conn-1"));
+        // A credential registered by its subscription rotates like any other.
+        let events = given_when(&[link_subscription("sub-1")], &rotate_to("run-1", 4)).unwrap();
+        assert!(
+            matches!(&events[..], [CredentialEvent::CredentialRotationStarted(s)] if (s.from_version, s.new_version) == (3, 4))
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use crate::connection::{ConnectionEstablished, ConnectionHealthChecked};
 use crate::credential::{
     CredentialLinked, CredentialRegistered, CredentialRotated, CredentialRotationFailed, CredentialRotationStarted,
-    CredentialVersionRetired,
+    CredentialSubscriptionLinked, CredentialVersionRetired,
 };
 use crate::delivery::DeliveryAccepted;
 use crate::event::schema_version_of;
@@ -45,6 +45,7 @@ pub fn event_schemas() -> Vec<EventSchema> {
         RunFailed,
         CredentialRegistered,
         CredentialLinked,
+        CredentialSubscriptionLinked,
         CredentialRotationStarted,
         CredentialRotated,
         CredentialRotationFailed,

@@ -3,7 +3,10 @@
 `standardwebhooks` package (an implementation independent of ours), answers as its plan says,
 and logs each request as one JSON line.
 
-    receiver.py --log FILE [--secret whsec_...]... [--plan PLAN] [--delay SECONDS]
+    receiver.py --log FILE [--secret whsec_...]... [--secret-file FILE] [--plan PLAN] [--delay SECONDS]
+
+--secret-file FILE: more secrets, one a line, read again for every request (after the --secret
+ones, so their indices in verifiedWith follow), for secrets the engine generates mid-test.
 
 The listening port is printed as `listening on PORT`. PLAN:
     ok                       200 to everything (default)
@@ -29,6 +32,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--log", required=True)
     parser.add_argument("--secret", action="append", default=[])
+    parser.add_argument("--secret-file")
     parser.add_argument("--plan", default="ok")
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--lifetime", type=float, default=600.0)
@@ -38,6 +42,16 @@ def main():
     state = {"count": 0, "in_flight": 0}
     log = open(args.log, "a", buffering=1)
     verifiers = [Webhook(s) for s in args.secret]
+
+    def current_verifiers():
+        if not args.secret_file:
+            return verifiers
+        try:
+            with open(args.secret_file) as f:
+                extra = [line.strip() for line in f if line.strip()]
+        except FileNotFoundError:
+            extra = []
+        return verifiers + [Webhook(s) for s in extra]
 
     def answer_for(k):
         """(status, headers, delay) for the k-th request (1-based)."""
@@ -75,7 +89,7 @@ def main():
             headers = {k.lower(): v for k, v in self.headers.items()}
             verified_with = []
             errors = []
-            for index, verifier in enumerate(verifiers):
+            for index, verifier in enumerate(current_verifiers()):
                 try:
                     verifier.verify(body, headers)
                     verified_with.append(index)

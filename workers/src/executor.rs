@@ -44,6 +44,7 @@ use domain::ids::stream_id;
 use domain::provider::ProviderEvent;
 use domain::run::{FailAttempt, Run, RunCommand, RunEvent, RunRequested, RunState, StartAttempt};
 use domain::secret_ref::SecretRef;
+use domain::subscription::SubscriptionEvent;
 use domain::{Actor, AggregateEvent, Decider, DomainError, EventEnvelope};
 use store::{SecretStore, Stage, VaultError};
 use thiserror::Error;
@@ -162,8 +163,14 @@ impl RunExecutor {
                     if input.source == RotationSource::ProviderIssued {
                         target.issuance = input.issuance_label.clone();
                     }
-                    // A secret we generated has no receiver that knows it yet: checked locally.
-                    if input.source == RotationSource::Generated { CHECK_SIGNING_SECRET } else { CHECK_HEALTH }
+                    // A secret we generated has no receiver that knows it yet, and a subscription's
+                    // signing secret has no provider to ask: checked locally.
+                    let signing_only = domain::ids::has_prefix(&requested.connection_id, domain::ids::SUBSCRIPTION);
+                    if input.source == RotationSource::Generated || signing_only {
+                        CHECK_SIGNING_SECRET
+                    } else {
+                        CHECK_HEALTH
+                    }
                 }
                 Err(reason) => return self.fail_run(&ctx, &stream, requested, reason).await,
             }
@@ -505,6 +512,11 @@ impl RunExecutor {
 
     /// The connection's provider and credential; `Err(reason)` when the run cannot target it.
     async fn target(&self, tenant: &str, connection_id: &str) -> Result<Result<RunTarget, String>, ExecutorError> {
+        // The verification of a signing secret only webhook subscriptions use names the first
+        // subscription: its secret is the credential, and no provider is called.
+        if domain::ids::has_prefix(connection_id, domain::ids::SUBSCRIPTION) {
+            return self.subscription_target(tenant, connection_id).await;
+        }
         let connection = self.commands.load::<ConnectionEvent>(&stream_id(tenant, connection_id)).await?;
         let Some(ConnectionEvent::ConnectionEstablished(established)) = connection.events.into_iter().next() else {
             return Ok(Err(format!("connection {connection_id} does not exist in tenant {tenant}")));
@@ -534,6 +546,39 @@ impl RunExecutor {
                 configuration: established.configuration,
             },
             credential_ref,
+            issuance: None,
+            revocation: None,
+        }))
+    }
+
+    /// A subscription's signing secret as a run's credential (for `VerifyCredential` runs).
+    async fn subscription_target(
+        &self,
+        tenant: &str,
+        subscription_id: &str,
+    ) -> Result<Result<RunTarget, String>, ExecutorError> {
+        let subscription = self.commands.load::<SubscriptionEvent>(&stream_id(tenant, subscription_id)).await?;
+        let Some(SubscriptionEvent::WebhookSubscriptionCreated(created)) = subscription.events.into_iter().next()
+        else {
+            return Ok(Err(format!("subscription {subscription_id} does not exist in tenant {tenant}")));
+        };
+        let secret = match SecretRef::parse(&created.signing_secret_ref) {
+            Ok(secret) => secret,
+            Err(reason) => return Ok(Err(format!("the subscription's signingSecretRef is invalid: {reason}"))),
+        };
+        match store::vault::check_access(self.vault.as_ref(), &secret, tenant).await {
+            Ok(()) => {}
+            Err(VaultError::Forbidden(name)) => return Ok(Err(format!("credential {name} belongs to another tenant"))),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Ok(RunTarget {
+            provider: ProviderTarget {
+                provider_key: String::new(),
+                api_client: String::new(),
+                base_url: String::new(),
+                configuration: serde_json::Map::new(),
+            },
+            credential_ref: Some(secret),
             issuance: None,
             revocation: None,
         }))

@@ -4,14 +4,17 @@
 //! | event | command |
 //! |---|---|
 //! | `ConnectionEstablished` | request the connection's first `CheckHealth` run ([`first_health_check_run_id`]) |
+//! | `WebhookSubscriptionCreated` | register (or link) the credential of the subscription's `signingSecretRef` (idempotent: the API did it already unless it died in between) |
 //! | `CredentialRotationStarted` | request the rotation's `VerifyCredential` run (its id is in the event) |
 //! | `CredentialVersionRetired` | where the connection names a `keyIssuerCredentialRef`: request the `RevokeCredential` run of the retired version |
 //! | `CredentialRotated` | the same for a version it displaced from `previous` before its overlap ended, for histories written before such a version got its own `CredentialVersionRetired` (reason `Superseded`); the run id is the same either way, so nothing is revoked twice |
 //! | `CredentialRotationFailed` | for a provider-issued version: request the `RevokeCredential` run of what was issued under the rotation's label |
 //!
-//! The API requests the verification run itself right after recording the rotation; reacting
-//! to the event as well closes the gap a crash between the two would leave (the run would
-//! otherwise wait for a client retry that may never come).
+//! The API requests the verification run itself right after recording the rotation, and links a
+//! subscription's signing credential right after creating the subscription; reacting to the
+//! events as well closes the gap a crash between the two would leave (the run would otherwise
+//! wait for a client retry that may never come, and the subscription's secret could not be
+//! rotated).
 
 use async_trait::async_trait;
 use commands::credentials::{Revocation, RevocationInput, issuance_label};
@@ -20,6 +23,7 @@ use connectors::operations::CHECK_HEALTH;
 use domain::connection::ConnectionEvent;
 use domain::credential::{Credential, CredentialEvent, CredentialState, Rotation, RotationSource};
 use domain::ids::stream_id;
+use domain::subscription::SubscriptionEvent;
 use domain::{Actor, AnyEvent, Decider, DomainError, EventEnvelope};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -70,11 +74,9 @@ impl ProcessManager {
     ) -> Result<(), CommandError> {
         let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
         let loaded = self.commands.load::<CredentialEvent>(&stream_id(&event.tenant_id, credential_id)).await?;
-        let CredentialState::Registered { connections, .. } = Credential::fold(&loaded.events) else {
-            return Ok(());
-        };
-        let connection_id = connections.first().cloned().unwrap_or_default();
-        self.commands.request_verification_run(&ctx, credential_id, &connection_id, &rotation).await?;
+        let state = Credential::fold(&loaded.events);
+        let Some(target) = state.verification_target() else { return Ok(()) };
+        self.commands.request_verification_run(&ctx, credential_id, target, &rotation).await?;
         Ok(())
     }
 
@@ -140,6 +142,7 @@ impl EventHandler for ProcessManager {
         if !matches!(
             event.event_type.as_str(),
             "ConnectionEstablished"
+                | "WebhookSubscriptionCreated"
                 | "CredentialRotationStarted"
                 | "CredentialVersionRetired"
                 | "CredentialRotated"
@@ -160,6 +163,11 @@ impl EventHandler for ProcessManager {
                 let run_id = first_health_check_run_id(&event.tenant_id, &e.connection_id);
                 tracing::debug!(connection_id = %e.connection_id, %run_id, "scheduling the first health check");
                 self.commands.request_run(&ctx, &run_id, &e.connection_id, CHECK_HEALTH, json!({})).await.map(|_| ())
+            }
+            AnyEvent::Subscription(SubscriptionEvent::WebhookSubscriptionCreated(e)) => {
+                let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
+                tracing::debug!(subscription_id = %e.subscription_id, "linking the subscription's signing credential");
+                self.commands.link_subscription_credential(&ctx, &e).await.map(|_| ())
             }
             AnyEvent::Credential(CredentialEvent::CredentialRotationStarted(e)) => {
                 let rotation = Rotation {
@@ -198,7 +206,69 @@ impl EventHandler for ProcessManager {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use commands::SystemClock;
+    use commands::credentials::VERIFY_CREDENTIAL_OPERATION;
+    use domain::subscription::{CreateWebhookSubscription, DeliverySettings, SubscriptionCommand, WebhookSubscription};
+    use store::{EventStore, MasterKey, SqliteEventStore, SqliteVault};
+
     use super::*;
+
+    const TENANT: &str = "connectsoft";
+
+    async fn events_of(store: &Arc<dyn EventStore>, event_type: &str) -> Vec<EventEnvelope> {
+        let all = store.read_all(0, 10_000).await.unwrap();
+        all.into_iter().filter(|e| e.event_type == event_type).collect()
+    }
+
+    /// The API died between storing a subscription and registering its signing credential: the
+    /// event links it, once however often it comes, and a rotation's run names the subscription.
+    #[tokio::test]
+    async fn a_subscription_stored_without_its_signing_credential_gets_it_from_its_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).unwrap());
+        let vault = Arc::new(SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap());
+        let commands = Commands::new(store.clone(), vault, Arc::new(SystemClock));
+        let ctx = CommandContext::new(TENANT, "trace-1", Actor { subject: "user-1".into(), client_id: None });
+        let create = SubscriptionCommand::Create(CreateWebhookSubscription {
+            subscription_id: "sub-1".into(),
+            tenant_id: TENANT.into(),
+            project_id: None,
+            event_type: "DeploymentPromoted".into(),
+            endpoint_url: "https://hooks.example.com/in".into(),
+            signing_secret_ref: "kv://partner-hooks/signing".into(),
+            active: true,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            delivery: DeliverySettings::default(),
+        });
+        commands.create::<WebhookSubscription>(&ctx, &stream_id(TENANT, "sub-1"), &create).await.unwrap();
+        let manager = ProcessManager::new(commands.clone());
+        let created = events_of(&store, "WebhookSubscriptionCreated").await.pop().unwrap();
+        for _ in 0..3 {
+            manager.handle(&created).await.unwrap();
+        }
+        let linked = events_of(&store, "CredentialSubscriptionLinked").await;
+        assert_eq!(linked.len(), 1);
+        assert_eq!(linked[0].stream_id, stream_id(TENANT, "cred-signing"));
+        assert_eq!(linked[0].causation_id.as_deref(), Some(created.event_id.to_string().as_str()));
+
+        let started = domain::credential::CredentialCommand::StartRotation(domain::credential::StartRotation {
+            credential_id: "cred-signing".into(),
+            reason: "ScheduledRotation".into(),
+            verification_run_id: "run-verify-1".into(),
+            new_version: 2,
+            source: RotationSource::Generated,
+            started_at: chrono::DateTime::UNIX_EPOCH,
+        });
+        commands.execute::<Credential>(&ctx, &stream_id(TENANT, "cred-signing"), &started).await.unwrap();
+        manager.handle(&events_of(&store, "CredentialRotationStarted").await.pop().unwrap()).await.unwrap();
+        let [run] = &events_of(&store, "RunRequested").await[..] else { panic!("one verification run") };
+        assert_eq!(
+            (run.data["operation"].as_str(), run.data["connectionId"].as_str()),
+            (Some(VERIFY_CREDENTIAL_OPERATION), Some("sub-1"))
+        );
+    }
 
     #[test]
     fn health_check_run_ids_are_deterministic_and_distinct() {

@@ -7,5 +7,6 @@ mod deliveries;
 mod execute;
 mod idempotency;
 mod providers;
+mod subscriptions;
 mod support;
 mod tenancy;

@@ -4,7 +4,7 @@ use rusqlite::Transaction;
 
 use super::update_doc;
 use crate::ProjectionError;
-use crate::read_models::{CREDENTIALS, store_doc};
+use crate::read_models::{CREDENTIALS, load_doc, store_doc};
 use crate::views::CredentialView;
 
 pub const NAME: &str = CREDENTIALS;
@@ -51,6 +51,29 @@ fn apply_credential_event(
                     view.connections.push(e.connection_id.clone());
                 }
             })
+        }
+        CredentialEvent::CredentialSubscriptionLinked(e) => {
+            // The first subscription registers the credential; the view names only connections,
+            // so a later link changes nothing in it.
+            if load_doc::<CredentialView>(tx, NAME, &event.tenant_id, &e.credential_id)?.is_some() {
+                return Ok(());
+            }
+            let view = CredentialView {
+                credential_id: e.credential_id.clone(),
+                tenant_id: event.tenant_id.clone(),
+                secret_ref: e.secret_ref.to_string(),
+                status: "Active".into(),
+                current_version: e.current_version,
+                pending_version: None,
+                pending_version_ref: None,
+                verification_run_id: None,
+                connections: Vec::new(),
+                last_rotation_reason: None,
+                last_rotated_at: None,
+                previous_version: None,
+                last_rotation_failure: None,
+            };
+            store_doc(tx, NAME, &event.tenant_id, &e.credential_id, &view)
         }
         CredentialEvent::CredentialRotationStarted(e) => {
             update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
