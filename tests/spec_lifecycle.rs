@@ -10,8 +10,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,9 +20,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use support::{ALL_SCOPES, App, BIN, spawn_app_in};
+use support::{ALL_SCOPES, App, spawn_app_in};
 
-const TENANT: &str = "connectsoft";
+#[allow(dead_code)] // each test binary uses its own part of the helpers
+mod runs_helpers {
+    include!("bus_support/runs_helpers.rs");
+}
+use runs_helpers::{TENANT, start_run_cli};
 const CREDENTIAL_REF: &str = "kv://factory-integration/github-booking";
 /// The scopes the spec lists, plus the read scopes of providers and subscriptions.
 const SCOPES: &str = "integration.connections.write integration.connections.read integration.providers.write \
@@ -162,20 +164,6 @@ fn timestamp(value: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap_or_else(|e| panic!("{text}: {e}")).with_timezone(&Utc)
 }
 
-/// `integration-engine runs start` on the data dir, as an operator would start a run; its run id.
-fn start_run(data_dir: &Path, connection: &str, operation: &str, input: &Value, key: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["runs", "start", "--data-dir"])
-        .arg(data_dir)
-        .args(["--tenant", TENANT, "--connection", connection, "--operation", operation])
-        .args(["--input", &input.to_string(), "--idempotency-key", key])
-        .env_remove("IE_MASTER_KEY")
-        .output()
-        .expect("run runs start");
-    assert!(out.status.success(), "runs start failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// Polls `GET /integrations/runs/{run_id}` until the run has finished (generous deadline: the
 /// machine running the tests may be slow and shared).
 async fn finished_run(app: &App, token: &str, run_id: &str) -> Value {
@@ -230,7 +218,7 @@ async fn a_checked_connection_and_a_completed_run_answer_the_spec_examples_with_
     let connection_id = established["connectionId"].as_str().unwrap().to_owned();
 
     let input = json!({"repo": "booking-saas", "title": "Promote release 1.4", "head": "release/1.4"});
-    let run_id = start_run(dir.path(), &connection_id, "OpenPullRequest", &input, "lifecycle-promote-1.4");
+    let run_id = start_run_cli(dir.path(), &connection_id, "OpenPullRequest", &input, "lifecycle-promote-1.4");
     let run = finished_run(&app, &token, &run_id).await;
 
     // Retrieve an integration run.

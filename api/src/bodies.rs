@@ -212,7 +212,8 @@ pub struct RunResponse {
     pub attempt_log: Vec<RunAttempt>,
     /// What the completed run produced, as its operation reports it (`OpenPullRequest`:
     /// `{number, id, htmlUrl, state}`; a revocation: `{revokedKeyIds}`; a webhook delivery:
-    /// the endpoint's answer). Absent until the run completes; never holds a credential.
+    /// the endpoint's answer; `http.request`: `{status, body}`, the vendor's answer as it came). Absent
+    /// until the run completes. The engine puts no credential of its own in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
 }

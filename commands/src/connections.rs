@@ -1,7 +1,7 @@
 use domain::connection::{
     Connection, ConnectionCommand, ConnectionEstablished, ConnectionEvent, EstablishConnection, ProviderSnapshot,
 };
-use domain::credential::{Credential, CredentialCommand, LinkConnection, credential_id};
+use domain::credential::{Credential, CredentialCommand, CredentialEvent, LinkConnection, credential_id};
 use domain::ids::stream_id;
 use domain::provider::{AuthModel, Provider, ProviderEvent, ProviderState};
 use domain::secret_ref::SecretRef;
@@ -45,6 +45,9 @@ impl Commands {
         for (field, secret) in domain::connection::secret_refs(&input.configuration, "configuration") {
             self.check_secret_access(ctx, Some(&secret), &field).await?;
         }
+        // The credential link is the second step (below); refusing it only there would leave a
+        // connection stored behind a 422, so what the decider would refuse is refused first.
+        self.check_credential_link(ctx, input.credential_ref.as_deref(), &input.connection_id, input.auth_mode).await?;
         let command = ConnectionCommand::Establish(EstablishConnection {
             connection_id: input.connection_id.clone(),
             tenant_id: ctx.tenant_id.clone(),
@@ -80,6 +83,29 @@ impl Commands {
             last_position = linked.last_position.or(last_position);
         }
         Ok(ConnectionEstablishedOutcome { established, last_position })
+    }
+
+    /// Refuses a `credentialRef` the credential aggregate would not link the connection to (a
+    /// name of another vault's secret, a webhook signing secret for a vendor credential).
+    async fn check_credential_link(
+        &self,
+        ctx: &CommandContext,
+        credential_ref: Option<&str>,
+        connection_id: &str,
+        auth_kind: AuthModel,
+    ) -> Result<(), CommandError> {
+        let Some(secret) = credential_ref.and_then(|r| SecretRef::parse(r).ok()) else { return Ok(()) };
+        let loaded = self.load::<CredentialEvent>(&stream_id(&ctx.tenant_id, &credential_id(&secret))).await?;
+        let link = CredentialCommand::LinkConnection(LinkConnection {
+            tenant_id: ctx.tenant_id.clone(),
+            secret_ref: secret,
+            current_version: 1,
+            auth_kind,
+            connection_id: connection_id.into(),
+            at: self.now(),
+        });
+        Credential::decide(&link, &Credential::fold(&loaded.events))?;
+        Ok(())
     }
 
     /// Refuses a `kv://` ref whose vault another tenant owns (refs that do not parse are left to

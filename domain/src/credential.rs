@@ -322,12 +322,27 @@ impl Decider for Credential {
                     registered_at: c.at,
                 })])
             }
-            (CredentialCommand::LinkConnection(c), CredentialState::Registered { connections, secret_ref, .. }) => {
+            (
+                CredentialCommand::LinkConnection(c),
+                CredentialState::Registered { connections, secret_ref, auth_kind, .. },
+            ) => {
                 // `cred-{name}` names one secret: the same name in another vault is not it.
                 if c.secret_ref.unversioned() != *secret_ref {
                     return Err(DomainError::invalid(
                         "credentialRef",
                         format!("{} is already the credential of {secret_ref}", credential_id(&c.secret_ref)),
+                    ));
+                }
+                // A signing secret's rotations generate a new `whsec_` value: promoted over a
+                // vendor's API credential, it would break the connection.
+                if *auth_kind == AuthModel::HmacSignature && c.auth_kind != AuthModel::HmacSignature {
+                    return Err(DomainError::invalid(
+                        "credentialRef",
+                        format!(
+                            "{secret_ref} is a webhook signing secret (its rotations generate the value), \
+                             not a {:?} credential",
+                            c.auth_kind
+                        ),
                     ));
                 }
                 if connections.contains(&c.connection_id) {
@@ -664,8 +679,17 @@ mod tests {
             matches!(&second[..], [CredentialEvent::CredentialSubscriptionLinked(l)] if l.subscription_id == "sub-2")
         );
         assert_eq!(given_when(&[link_subscription("sub-1")], &link_subscription("sub-1")), Ok(vec![]), "once");
-        // A connection of the same secret links to it, and keeps the kind it was registered with.
-        let state = [link_subscription("sub-1"), link("conn-1"), link_subscription("sub-2")]
+        // A vendor credential cannot share a signing secret: its rotations would generate one.
+        assert!(matches!(
+            given_when(&[link_subscription("sub-1")], &link("conn-1")),
+            Err(DomainError::Invalid { field, .. }) if field == "credentialRef"
+        ));
+        // A connection that signs with the same secret links to it.
+        let mut signing = link("conn-1");
+        if let CredentialCommand::LinkConnection(l) = &mut signing {
+            l.auth_kind = AuthModel::HmacSignature;
+        }
+        let state = [link_subscription("sub-1"), signing, link_subscription("sub-2")]
             .iter()
             .fold(CredentialState::None, |s, c| Credential::decide(c, &s).unwrap().iter().fold(s, Credential::evolve));
         let CredentialState::Registered { connections, subscriptions, auth_kind, .. } = &state else { panic!() };

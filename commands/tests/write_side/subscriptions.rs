@@ -142,3 +142,29 @@ async fn a_signing_credential_rotates_to_a_generated_version_verified_against_it
     assert!(matches!(other, Err(commands::CommandError::Rejected(DomainError::NotFound { .. }))));
     assert_eq!(engine.head().await, head);
 }
+
+#[tokio::test]
+async fn a_vendor_credential_naming_a_signing_secret_is_refused_before_the_connection_is_stored() {
+    let engine = spawn_engine();
+    engine.put_secret_versions(SIGNING, 1).await;
+    let ctx = ctx(TENANT);
+    let provider = engine.register_provider(&ctx, "github").await;
+    engine.commands.create_subscription(&ctx, subscription("sub-1", SIGNING)).await.unwrap();
+    let head = engine.head().await;
+    // Its rotations would generate a `whsec_` value and promote it over the vendor's secret.
+    let refused = engine
+        .commands
+        .establish_connection(&ctx, crate::support::establish_input("conn-1", &provider, Some(SIGNING)))
+        .await;
+    assert!(
+        matches!(&refused, Err(commands::CommandError::Rejected(DomainError::Invalid { field, .. })) if field == "credentialRef"),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(engine.head().await, head, "neither the connection nor a link was stored");
+    // A connection that signs with the same secret is linked.
+    let mut signing = crate::support::establish_input("conn-2", &provider, Some(SIGNING));
+    signing.auth_mode = AuthModel::HmacSignature;
+    engine.commands.establish_connection(&ctx, signing).await.unwrap();
+    assert_eq!(credential_events(&engine).await.len(), 2);
+}

@@ -1,4 +1,5 @@
 use domain::credential::CredentialEvent;
+use domain::secret_ref::SecretRef;
 use domain::{AnyEvent, EventEnvelope};
 use rusqlite::Transaction;
 
@@ -28,21 +29,8 @@ fn apply_credential_event(
 ) -> Result<(), ProjectionError> {
     match credential_event {
         CredentialEvent::CredentialRegistered(e) => {
-            let view = CredentialView {
-                credential_id: e.credential_id.clone(),
-                tenant_id: event.tenant_id.clone(),
-                secret_ref: e.secret_ref.to_string(),
-                status: "Active".into(),
-                current_version: e.current_version,
-                pending_version: None,
-                pending_version_ref: None,
-                verification_run_id: None,
-                connections: vec![e.connection_id.clone()],
-                last_rotation_reason: None,
-                last_rotated_at: None,
-                previous_version: None,
-                last_rotation_failure: None,
-            };
+            let view = registered(event, &e.credential_id, &e.secret_ref, e.current_version);
+            let view = CredentialView { connections: vec![e.connection_id.clone()], ..view };
             store_doc(tx, NAME, &event.tenant_id, &e.credential_id, &view)
         }
         CredentialEvent::CredentialLinked(e) => {
@@ -58,21 +46,7 @@ fn apply_credential_event(
             if load_doc::<CredentialView>(tx, NAME, &event.tenant_id, &e.credential_id)?.is_some() {
                 return Ok(());
             }
-            let view = CredentialView {
-                credential_id: e.credential_id.clone(),
-                tenant_id: event.tenant_id.clone(),
-                secret_ref: e.secret_ref.to_string(),
-                status: "Active".into(),
-                current_version: e.current_version,
-                pending_version: None,
-                pending_version_ref: None,
-                verification_run_id: None,
-                connections: Vec::new(),
-                last_rotation_reason: None,
-                last_rotated_at: None,
-                previous_version: None,
-                last_rotation_failure: None,
-            };
+            let view = registered(event, &e.credential_id, &e.secret_ref, e.current_version);
             store_doc(tx, NAME, &event.tenant_id, &e.credential_id, &view)
         }
         CredentialEvent::CredentialRotationStarted(e) => {
@@ -111,5 +85,29 @@ fn apply_credential_event(
                 }
             })
         }
+    }
+}
+
+/// A credential's view as registered: active, no rotation yet, no connection.
+fn registered(
+    event: &EventEnvelope,
+    credential_id: &str,
+    secret_ref: &SecretRef,
+    current_version: u32,
+) -> CredentialView {
+    CredentialView {
+        credential_id: credential_id.to_owned(),
+        tenant_id: event.tenant_id.clone(),
+        secret_ref: secret_ref.to_string(),
+        status: "Active".into(),
+        current_version,
+        pending_version: None,
+        pending_version_ref: None,
+        verification_run_id: None,
+        connections: Vec::new(),
+        last_rotation_reason: None,
+        last_rotated_at: None,
+        previous_version: None,
+        last_rotation_failure: None,
     }
 }

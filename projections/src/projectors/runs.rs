@@ -80,8 +80,9 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
             view.status = RunStatus::Completed;
             view.completed_at = Some(e.completed_at);
             view.next_attempt_at = None;
-            // Served as is: executors record results only, never credentials (see
-            // `connectors::operations::ApiClients::call`), so nothing here needs redacting.
+            // Served as the event has it: the engine puts no credential of its own in an output
+            // (see `connectors::operations::ApiClients::call`), but an `http.request` output
+            // holds the vendor's answer, which is whatever the vendor chose to send.
             view.output = Some(e.output.clone());
             // The attempt in flight is the one that completed it.
             if let Some(entry) = view.attempt_log.last_mut().filter(|a| a.outcome == "Running") {

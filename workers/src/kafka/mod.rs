@@ -139,7 +139,12 @@ impl ConsumerContext for RebalanceLog {
                 .map(|p| format!("{}/{}@{:?}", p.topic(), p.partition(), p.offset()))
                 .collect::<Vec<_>>()
                 .join(",");
-            tracing::warn!(consumer = self.consumer.as_str(), %error, %offsets, "offset commit failed; those messages may come again");
+            if commit_refused_by_rebalance(&error) {
+                // Expected around a rebalance; a synchronous committer also reports it itself.
+                tracing::info!(consumer = self.consumer.as_str(), %error, %offsets, "offset commit refused by a rebalance; those messages will come again");
+            } else {
+                tracing::warn!(consumer = self.consumer.as_str(), %error, %offsets, "offset commit failed; those messages may come again");
+            }
         }
     }
 }
