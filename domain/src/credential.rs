@@ -599,6 +599,14 @@ mod tests {
             at: DateTime::UNIX_EPOCH,
         })
     }
+    /// A connection that signs (or verifies) webhooks with the secret.
+    fn link_signing(conn: &str) -> CredentialCommand {
+        let mut command = link(conn);
+        if let CredentialCommand::LinkConnection(l) = &mut command {
+            l.auth_kind = AuthModel::HmacSignature;
+        }
+        command
+    }
     fn rotate(run: &str) -> CredentialCommand {
         rotate_to(run, 2)
     }
@@ -685,11 +693,7 @@ mod tests {
             Err(DomainError::Invalid { field, .. }) if field == "credentialRef"
         ));
         // A connection that signs with the same secret links to it.
-        let mut signing = link("conn-1");
-        if let CredentialCommand::LinkConnection(l) = &mut signing {
-            l.auth_kind = AuthModel::HmacSignature;
-        }
-        let state = [link_subscription("sub-1"), signing, link_subscription("sub-2")]
+        let state = [link_subscription("sub-1"), link_signing("conn-1"), link_subscription("sub-2")]
             .iter()
             .fold(CredentialState::None, |s, c| Credential::decide(c, &s).unwrap().iter().fold(s, Credential::evolve));
         let CredentialState::Registered { connections, subscriptions, auth_kind, .. } = &state else { panic!() };
@@ -728,7 +732,7 @@ mod tests {
             fold(&[link_subscription("sub-1"), link_subscription("sub-2")]).verification_target(),
             Some("sub-1")
         );
-        assert_eq!(fold(&[link_subscription("sub-1"), link("conn-1")]).verification_target(), Some("conn-1"));
+        assert_eq!(fold(&[link_subscription("sub-1"), link_signing("conn-1")]).verification_target(), Some("conn-1"));
         // A credential registered by its subscription rotates like any other.
         let events = given_when(&[link_subscription("sub-1")], &rotate_to("run-1", 4)).unwrap();
         assert!(
