@@ -1,7 +1,8 @@
+use chrono::{DateTime, Utc};
 use domain::connection::{
     Connection, ConnectionCommand, ConnectionEstablished, ConnectionEvent, EstablishConnection, ProviderSnapshot,
 };
-use domain::credential::{Credential, CredentialCommand, CredentialEvent, LinkConnection, credential_id};
+use domain::credential::{Credential, CredentialCommand, LinkConnection, credential_id};
 use domain::ids::stream_id;
 use domain::provider::{AuthModel, Provider, ProviderEvent, ProviderState};
 use domain::secret_ref::SecretRef;
@@ -45,9 +46,10 @@ impl Commands {
         for (field, secret) in domain::connection::secret_refs(&input.configuration, "configuration") {
             self.check_secret_access(ctx, Some(&secret), &field).await?;
         }
-        // The credential link is the second step (below); refusing it only there would leave a
-        // connection stored behind a 422, so what the decider would refuse is refused first.
-        self.check_credential_link(ctx, input.credential_ref.as_deref(), &input.connection_id, input.auth_mode).await?;
+        if let Some(secret) = input.credential_ref.as_deref().and_then(|r| SecretRef::parse(r).ok()) {
+            let link = link_connection(ctx, secret.clone(), 1, input.auth_mode, &input.connection_id, self.now());
+            self.check_credential_link(ctx, &secret, &link).await?;
+        }
         let command = ConnectionCommand::Establish(EstablishConnection {
             connection_id: input.connection_id.clone(),
             tenant_id: ctx.tenant_id.clone(),
@@ -70,42 +72,19 @@ impl Commands {
         let mut last_position = created.last_position;
         if let Some(secret) = established.credential_ref.as_deref().and_then(|r| SecretRef::parse(r).ok()) {
             let current_version = self.vault.metadata(&secret).await?.map_or(1, |m| m.current_version);
-            let link = CredentialCommand::LinkConnection(LinkConnection {
-                tenant_id: ctx.tenant_id.clone(),
-                secret_ref: secret.clone(),
+            let link = link_connection(
+                ctx,
+                secret.clone(),
                 current_version,
-                auth_kind: established.auth_mode,
-                connection_id: established.connection_id.clone(),
-                at: established.established_at,
-            });
+                established.auth_mode,
+                &established.connection_id,
+                established.established_at,
+            );
             let linked =
                 self.execute::<Credential>(ctx, &stream_id(&ctx.tenant_id, &credential_id(&secret)), &link).await?;
             last_position = linked.last_position.or(last_position);
         }
         Ok(ConnectionEstablishedOutcome { established, last_position })
-    }
-
-    /// Refuses a `credentialRef` the credential aggregate would not link the connection to (a
-    /// name of another vault's secret, a webhook signing secret for a vendor credential).
-    async fn check_credential_link(
-        &self,
-        ctx: &CommandContext,
-        credential_ref: Option<&str>,
-        connection_id: &str,
-        auth_kind: AuthModel,
-    ) -> Result<(), CommandError> {
-        let Some(secret) = credential_ref.and_then(|r| SecretRef::parse(r).ok()) else { return Ok(()) };
-        let loaded = self.load::<CredentialEvent>(&stream_id(&ctx.tenant_id, &credential_id(&secret))).await?;
-        let link = CredentialCommand::LinkConnection(LinkConnection {
-            tenant_id: ctx.tenant_id.clone(),
-            secret_ref: secret,
-            current_version: 1,
-            auth_kind,
-            connection_id: connection_id.into(),
-            at: self.now(),
-        });
-        Credential::decide(&link, &Credential::fold(&loaded.events))?;
-        Ok(())
     }
 
     /// Refuses a `kv://` ref whose vault another tenant owns (refs that do not parse are left to
@@ -155,4 +134,22 @@ impl Commands {
         let executed = self.execute::<Connection>(ctx, &stream_id(&ctx.tenant_id, connection_id), &command).await?;
         Ok(executed.last_position)
     }
+}
+
+fn link_connection(
+    ctx: &CommandContext,
+    secret_ref: SecretRef,
+    current_version: u32,
+    auth_kind: AuthModel,
+    connection_id: &str,
+    at: DateTime<Utc>,
+) -> CredentialCommand {
+    CredentialCommand::LinkConnection(LinkConnection {
+        tenant_id: ctx.tenant_id.clone(),
+        secret_ref,
+        current_version,
+        auth_kind,
+        connection_id: connection_id.into(),
+        at,
+    })
 }

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use domain::connection::ConnectionEvent;
 use domain::credential::{
     Credential, CredentialCommand, CredentialEvent, CredentialState, KEY_ISSUER_CREDENTIAL_REF, Rotation,
-    RotationSource, StartRotation,
+    RotationSource, StartRotation, credential_id,
 };
 use domain::ids::stream_id;
 use domain::provider::AuthModel;
@@ -160,6 +160,20 @@ impl RevocationInput {
 }
 
 impl Commands {
+    /// Refuses, before anything is stored, a link the credential aggregate would refuse: a
+    /// connection or subscription is appended first and linked second (two streams), so a link
+    /// refused only then would leave it stored behind a 422.
+    pub(crate) async fn check_credential_link(
+        &self,
+        ctx: &CommandContext,
+        secret: &SecretRef,
+        link: &CredentialCommand,
+    ) -> Result<(), CommandError> {
+        let loaded = self.load::<CredentialEvent>(&stream_id(&ctx.tenant_id, &credential_id(secret))).await?;
+        Credential::decide(link, &Credential::fold(&loaded.events))?;
+        Ok(())
+    }
+
     async fn credential_state(
         &self,
         ctx: &CommandContext,

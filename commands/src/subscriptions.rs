@@ -1,13 +1,12 @@
-use domain::credential::{
-    Credential, CredentialCommand, CredentialEvent, CredentialState, LinkSubscription, credential_id,
-};
+use chrono::{DateTime, Utc};
+use domain::DomainError;
+use domain::credential::{Credential, CredentialCommand, LinkSubscription, credential_id};
 use domain::ids::stream_id;
 use domain::secret_ref::SecretRef;
 use domain::subscription::{
     CreateWebhookSubscription, DeactivateWebhookSubscription, SubscriptionCommand, SubscriptionEvent,
     WebhookSubscription, WebhookSubscriptionCreated,
 };
-use domain::{Decider, DomainError};
 
 use crate::{CommandContext, CommandError, Commands};
 
@@ -28,7 +27,11 @@ impl Commands {
         command.tenant_id = ctx.tenant_id.clone();
         command.created_at = self.now();
         self.check_secret_access(ctx, Some(&command.signing_secret_ref), "signingSecretRef").await?;
-        self.check_signing_credential_is_free(ctx, &command.signing_secret_ref).await?;
+        // `cred-{NAME}` names one secret: another vault's secret of that name is refused first.
+        if let Some(secret) = rotatable(&command.signing_secret_ref) {
+            let link = link_subscription(ctx, secret.clone(), 1, &command.subscription_id, command.created_at);
+            self.check_credential_link(ctx, &secret, &link).await?;
+        }
         let stream = stream_id(&ctx.tenant_id, &command.subscription_id);
         let subscription_id = command.subscription_id.clone();
         let created = self.create::<WebhookSubscription>(ctx, &stream, &SubscriptionCommand::Create(command)).await?;
@@ -55,33 +58,11 @@ impl Commands {
     ) -> Result<Option<u64>, CommandError> {
         let Some(secret) = rotatable(&created.signing_secret_ref) else { return Ok(None) };
         let current_version = self.vault.metadata(&secret).await?.map_or(1, |m| m.current_version);
-        let link = CredentialCommand::LinkSubscription(LinkSubscription {
-            tenant_id: ctx.tenant_id.clone(),
-            secret_ref: secret.clone(),
-            current_version,
-            subscription_id: created.subscription_id.clone(),
-            at: created.created_at,
-        });
+        let link =
+            link_subscription(ctx, secret.clone(), current_version, &created.subscription_id, created.created_at);
         let linked =
             self.execute::<Credential>(ctx, &stream_id(&ctx.tenant_id, &credential_id(&secret)), &link).await?;
         Ok(linked.last_position)
-    }
-
-    /// `cred-{NAME}` names one secret: a subscription whose secret has the name of another
-    /// vault's registered credential is refused before anything is stored.
-    async fn check_signing_credential_is_free(&self, ctx: &CommandContext, secret: &str) -> Result<(), CommandError> {
-        let Some(secret) = rotatable(secret) else { return Ok(()) };
-        let loaded = self.load::<CredentialEvent>(&stream_id(&ctx.tenant_id, &credential_id(&secret))).await?;
-        match Credential::fold(&loaded.events) {
-            CredentialState::Registered { secret_ref, .. } if secret_ref != secret.unversioned() => {
-                Err(DomainError::invalid(
-                    "signingSecretRef",
-                    format!("{} is already the credential of {secret_ref}", credential_id(&secret)),
-                )
-                .into())
-            }
-            _ => Ok(()),
-        }
     }
 
     /// Deactivates a subscription of the context's tenant, recording why; true when this call
@@ -108,4 +89,20 @@ impl Commands {
 /// refs that do not parse were refused when the subscription was created.
 fn rotatable(signing_secret_ref: &str) -> Option<SecretRef> {
     SecretRef::parse(signing_secret_ref).ok().filter(|secret| secret.version.is_none())
+}
+
+fn link_subscription(
+    ctx: &CommandContext,
+    secret_ref: SecretRef,
+    current_version: u32,
+    subscription_id: &str,
+    at: DateTime<Utc>,
+) -> CredentialCommand {
+    CredentialCommand::LinkSubscription(LinkSubscription {
+        tenant_id: ctx.tenant_id.clone(),
+        secret_ref,
+        current_version,
+        subscription_id: subscription_id.into(),
+        at,
+    })
 }
