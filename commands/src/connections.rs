@@ -1,12 +1,12 @@
 use chrono::{DateTime, Utc};
+use domain::DomainError;
 use domain::connection::{
     Connection, ConnectionCommand, ConnectionEstablished, ConnectionEvent, EstablishConnection, ProviderSnapshot,
 };
 use domain::credential::{Credential, CredentialCommand, LinkConnection, credential_id};
 use domain::ids::stream_id;
-use domain::provider::{AuthModel, Provider, ProviderEvent, ProviderState};
+use domain::provider::{AuthModel, Provider, ProviderState};
 use domain::secret_ref::SecretRef;
-use domain::{Decider, DomainError};
 use serde_json::{Map, Value};
 
 use crate::{CommandContext, CommandError, Commands};
@@ -36,9 +36,7 @@ impl Commands {
         ctx: &CommandContext,
         input: EstablishConnectionInput,
     ) -> Result<ConnectionEstablishedOutcome, CommandError> {
-        let provider = match Provider::fold(
-            &self.load::<ProviderEvent>(&stream_id(&ctx.tenant_id, &input.provider_id)).await?.events,
-        ) {
+        let provider = match &self.load_state::<Provider>(&stream_id(&ctx.tenant_id, &input.provider_id)).await?.state {
             ProviderState::Registered(p) => Some(ProviderSnapshot { provider_id: p.provider_id.clone() }),
             ProviderState::Unregistered => None,
         };

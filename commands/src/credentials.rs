@@ -24,8 +24,8 @@
 use base64::Engine as _;
 use domain::connection::ConnectionEvent;
 use domain::credential::{
-    Credential, CredentialCommand, CredentialEvent, CredentialState, KEY_ISSUER_CREDENTIAL_REF, Rotation,
-    RotationSource, StartRotation, credential_id,
+    Credential, CredentialCommand, CredentialState, KEY_ISSUER_CREDENTIAL_REF, Rotation, RotationSource, StartRotation,
+    credential_id,
 };
 use domain::ids::stream_id;
 use domain::provider::AuthModel;
@@ -169,8 +169,8 @@ impl Commands {
         secret: &SecretRef,
         link: &CredentialCommand,
     ) -> Result<(), CommandError> {
-        let loaded = self.load::<CredentialEvent>(&stream_id(&ctx.tenant_id, &credential_id(secret))).await?;
-        Credential::decide(link, &Credential::fold(&loaded.events))?;
+        let folded = self.load_state::<Credential>(&stream_id(&ctx.tenant_id, &credential_id(secret))).await?;
+        Credential::decide(link, &folded.state)?;
         Ok(())
     }
 
@@ -179,8 +179,7 @@ impl Commands {
         ctx: &CommandContext,
         credential_id: &str,
     ) -> Result<CredentialState, CommandError> {
-        let loaded = self.load::<CredentialEvent>(&stream_id(&ctx.tenant_id, credential_id)).await?;
-        Ok(Credential::fold(&loaded.events))
+        Ok(self.load_state::<Credential>(&stream_id(&ctx.tenant_id, credential_id)).await?.state.clone())
     }
 
     /// Starts rotating a credential: finds its pending version, records the rotation and
@@ -194,7 +193,13 @@ impl Commands {
     ) -> Result<RotationStartedOutcome, CommandError> {
         let stream = stream_id(&ctx.tenant_id, credential_id);
         let CredentialState::Registered {
-            secret_ref, current_version, auth_kind, pending, started, connections, ..
+            secret_ref,
+            current_version,
+            auth_kind,
+            pending,
+            started,
+            first_connection,
+            ..
         } = self.credential_state(ctx, credential_id).await?
         else {
             return Err(DomainError::NotFound { kind: "credential", id: credential_id.into() }.into());
@@ -211,7 +216,7 @@ impl Commands {
                 .into());
             }
             (None, false) => {
-                let issued_by_provider = self.names_key_issuer(ctx, connections.first()).await?;
+                let issued_by_provider = self.names_key_issuer(ctx, first_connection.as_ref()).await?;
                 self.pending_version_for(&secret_ref, current_version, auth_kind, issued_by_provider).await?
             }
         };

@@ -5,6 +5,7 @@ use domain::{AggregateEvent, Decider, DomainError};
 use store::{EventStore, ExpectedVersion, SecretStore, StoreError, VaultError};
 use thiserror::Error;
 
+use crate::states::{Folded, StateCache};
 use crate::{Clock, CommandContext};
 
 /// How often a command is decided and appended before it gives up on a stream other writers keep
@@ -56,11 +57,12 @@ pub struct Commands {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) vault: Arc<dyn SecretStore>,
     pub(crate) clock: Arc<dyn Clock>,
+    states: StateCache,
 }
 
 impl Commands {
     pub fn new(store: Arc<dyn EventStore>, vault: Arc<dyn SecretStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, vault, clock }
+        Self { store, vault, clock, states: StateCache::new() }
     }
 
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
@@ -92,6 +94,7 @@ impl Commands {
     where
         D: Decider,
         D::Event: AggregateEvent,
+        D::State: Clone + Send + Sync + 'static,
     {
         match self.execute::<D>(ctx, stream_id, command).await {
             Ok(executed) => Ok(Loaded {
@@ -104,8 +107,34 @@ impl Commands {
         }
     }
 
-    /// Loads the stream, decides, and appends at the version it read; on a concurrent write it
-    /// decides again against the new state.
+    /// The aggregate state of a stream: the cached state, brought up to date with the events
+    /// appended since (read and decoded only those).
+    pub async fn load_state<D>(&self, stream_id: &str) -> Result<Arc<Folded<D::State>>, CommandError>
+    where
+        D: Decider,
+        D::Event: AggregateEvent,
+        D::State: Clone + Send + Sync + 'static,
+    {
+        let cached = self.states.get::<D::State>(stream_id);
+        let seen = cached.as_ref().map_or(0, |folded| folded.version);
+        let newer = self.store.read_stream_after(stream_id, seen).await?;
+        let Some(last) = newer.last() else {
+            return Ok(cached.unwrap_or_default());
+        };
+        let (version, last_position) = (last.stream_version, Some(last.global_position));
+        let mut state = cached.map_or_else(D::State::default, |folded| folded.state.clone());
+        for stored in newer {
+            let event = D::Event::decode(&stored.event_type, stored.schema_version, stored.data)
+                .map_err(|source| CommandError::Corrupt { stream_id: stream_id.into(), source })?;
+            state = D::evolve(state, &event);
+        }
+        let folded = Arc::new(Folded { state, version, last_position });
+        self.states.put(stream_id, folded.clone());
+        Ok(folded)
+    }
+
+    /// Loads the stream's state, decides, and appends at the version it was folded to; on a
+    /// concurrent write it decides again against the new state.
     pub async fn execute<D>(
         &self,
         ctx: &CommandContext,
@@ -115,21 +144,24 @@ impl Commands {
     where
         D: Decider,
         D::Event: AggregateEvent,
+        D::State: Clone + Send + Sync + 'static,
     {
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let Loaded { events: history, version, .. } = self.load::<D::Event>(stream_id).await?;
-            let state = D::fold(&history);
-            let decided = D::decide(command, &state)?;
+            let folded = self.load_state::<D>(stream_id).await?;
+            let decided = D::decide(command, &folded.state)?;
             if decided.is_empty() {
-                return Ok(Executed { state, new_events: decided, last_position: None });
+                return Ok(Executed { state: folded.state.clone(), new_events: decided, last_position: None });
             }
+            let version = folded.version;
             let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
             let now = self.clock.now();
             let new_events = decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect();
             match self.store.append(stream_id, expected, new_events).await {
                 Ok(recorded) => {
-                    let state = decided.iter().fold(state, D::evolve);
+                    let state = decided.iter().fold(folded.state.clone(), D::evolve);
                     let last_position = recorded.last().map(|e| e.global_position);
+                    let version = recorded.last().map_or(version, |e| e.stream_version);
+                    self.states.put(stream_id, Arc::new(Folded { state: state.clone(), version, last_position }));
                     return Ok(Executed { state, new_events: decided, last_position });
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) => continue,

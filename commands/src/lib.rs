@@ -3,6 +3,7 @@
 //! - [`handler`]: [`Commands`], the generic executor with conflict retry, and [`CommandError`].
 //! - [`context`]: who asks, for which tenant, under which trace ([`CommandContext`]).
 //! - [`clock`]: the clock port; the domain never reads time itself.
+//! - [`states`]: aggregate states cached by stream and version ([`Folded`]).
 //! - [`idempotency`]: `Idempotency-Key` handling over the store's reservation table.
 //! - One module per use case family: [`connections`], [`providers`], [`subscriptions`],
 //!   [`deliveries`], [`credentials`], [`runs`].
@@ -18,11 +19,13 @@ pub mod idempotency;
 pub mod outbound;
 pub mod providers;
 pub mod runs;
+pub mod states;
 pub mod subscriptions;
 
 pub use clock::{Clock, SystemClock};
 pub use context::CommandContext;
 pub use handler::{CommandError, Commands, Executed, Loaded};
+pub use states::Folded;
 
 /// A fresh, time-ordered resource id with the given spec prefix (`conn`, `run`, ...).
 pub fn new_resource_id(prefix: &str) -> String {

@@ -259,9 +259,14 @@ pub enum CredentialState {
         /// histories written before promotions retired the superseded version themselves.
         /// Retiring one of them records its retirement at last.
         unretired: Vec<u32>,
-        connections: Vec<String>,
-        /// Webhook subscriptions signing with the credential, in the order they were linked.
-        subscriptions: Vec<String>,
+        /// The first connection that named the credential: a rotation's verification and a
+        /// revocation at the provider go through it. Later connections are not recorded here:
+        /// each names the credential in its own `ConnectionEstablished`, so one more user costs
+        /// no append to this stream and the stream does not grow with its users.
+        first_connection: Option<String>,
+        /// The first webhook subscription that signs with the credential (the verification
+        /// target when no connection uses it). Later ones, as for connections, are not recorded.
+        first_subscription: Option<String>,
         /// The version being verified and its verification run, while a rotation is in flight.
         pending: Option<Rotation>,
         /// Every rotation ever started, oldest first: a retried start is recognised by its run.
@@ -276,8 +281,8 @@ impl CredentialState {
     pub fn verification_target(&self) -> Option<&str> {
         match self {
             Self::None => None,
-            Self::Registered { connections, subscriptions, .. } => {
-                connections.first().or(subscriptions.first()).map(String::as_str)
+            Self::Registered { first_connection, first_subscription, .. } => {
+                first_connection.as_deref().or(first_subscription.as_deref())
             }
         }
     }
@@ -324,7 +329,7 @@ impl Decider for Credential {
             }
             (
                 CredentialCommand::LinkConnection(c),
-                CredentialState::Registered { connections, secret_ref, auth_kind, .. },
+                CredentialState::Registered { first_connection, secret_ref, auth_kind, .. },
             ) => {
                 // `cred-{name}` names one secret: the same name in another vault is not it.
                 if c.secret_ref.unversioned() != *secret_ref {
@@ -345,7 +350,9 @@ impl Decider for Credential {
                         ),
                     ));
                 }
-                if connections.contains(&c.connection_id) {
+                // Only the first connection is recorded (see `first_connection`); a credential a
+                // subscription registered records the first connection that comes to use it.
+                if first_connection.is_some() {
                     return Ok(vec![]);
                 }
                 Ok(vec![CredentialEvent::CredentialLinked(CredentialLinked {
@@ -368,7 +375,7 @@ impl Decider for Credential {
             }
             (
                 CredentialCommand::LinkSubscription(c),
-                CredentialState::Registered { subscriptions, secret_ref, current_version, auth_kind, .. },
+                CredentialState::Registered { first_subscription, secret_ref, current_version, auth_kind, .. },
             ) => {
                 if c.secret_ref.unversioned() != *secret_ref {
                     return Err(DomainError::invalid(
@@ -376,7 +383,8 @@ impl Decider for Credential {
                         format!("{} is already the credential of {secret_ref}", credential_id(&c.secret_ref)),
                     ));
                 }
-                if subscriptions.contains(&c.subscription_id) {
+                // Only the first subscription is recorded (see `first_subscription`).
+                if first_subscription.is_some() {
                     return Ok(vec![]);
                 }
                 Ok(vec![CredentialEvent::CredentialSubscriptionLinked(CredentialSubscriptionLinked {
@@ -507,8 +515,8 @@ impl Decider for Credential {
                 auth_kind: e.auth_kind,
                 previous_version: None,
                 unretired: Vec::new(),
-                connections: vec![e.connection_id.clone()],
-                subscriptions: Vec::new(),
+                first_connection: Some(e.connection_id.clone()),
+                first_subscription: None,
                 pending: None,
                 started: Vec::new(),
             },
@@ -518,15 +526,15 @@ impl Decider for Credential {
                 auth_kind: e.auth_kind,
                 previous_version: None,
                 unretired: Vec::new(),
-                connections: Vec::new(),
-                subscriptions: vec![e.subscription_id.clone()],
+                first_connection: None,
+                first_subscription: Some(e.subscription_id.clone()),
                 pending: None,
                 started: Vec::new(),
             },
             (
                 CredentialState::Registered {
-                    mut connections,
-                    mut subscriptions,
+                    mut first_connection,
+                    mut first_subscription,
                     mut started,
                     mut current_version,
                     mut previous_version,
@@ -539,8 +547,13 @@ impl Decider for Credential {
             ) => {
                 match e {
                     CredentialEvent::CredentialRegistered(_) => unreachable!("matched above"),
-                    CredentialEvent::CredentialLinked(l) => connections.push(l.connection_id.clone()),
-                    CredentialEvent::CredentialSubscriptionLinked(l) => subscriptions.push(l.subscription_id.clone()),
+                    // Histories written before only the first user was recorded link every user.
+                    CredentialEvent::CredentialLinked(l) => {
+                        first_connection.get_or_insert_with(|| l.connection_id.clone());
+                    }
+                    CredentialEvent::CredentialSubscriptionLinked(l) => {
+                        first_subscription.get_or_insert_with(|| l.subscription_id.clone());
+                    }
                     CredentialEvent::CredentialRotationStarted(s) => {
                         let rotation = Rotation {
                             version: s.new_version,
@@ -571,8 +584,8 @@ impl Decider for Credential {
                     auth_kind,
                     previous_version,
                     unretired,
-                    connections,
-                    subscriptions,
+                    first_connection,
+                    first_subscription,
                     pending,
                     started,
                 }
@@ -653,16 +666,32 @@ mod tests {
     }
 
     #[test]
-    fn the_first_connection_registers_the_credential_and_later_ones_link_to_it() {
+    fn the_first_connection_registers_the_credential_and_later_ones_append_nothing() {
         let first = given_when(&[], &link("conn-1")).unwrap();
         assert!(
             matches!(&first[..], [CredentialEvent::CredentialRegistered(r)] if r.credential_id == "cred-github-booking")
         );
-        assert!(matches!(
-            &given_when(&[link("conn-1")], &link("conn-2")).unwrap()[..],
-            [CredentialEvent::CredentialLinked(_)]
-        ));
+        // A shared credential's stream does not grow with its users.
+        assert_eq!(given_when(&[link("conn-1")], &link("conn-2")).unwrap(), vec![]);
+        assert_eq!(given_when(&[link("conn-1"), link("conn-2")], &link("conn-3")).unwrap(), vec![]);
         assert_eq!(given_when(&[link("conn-1")], &link("conn-1")).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_history_that_linked_every_connection_still_targets_the_first() {
+        let registered = Credential::decide(&link("conn-1"), &CredentialState::None).unwrap();
+        let linked = |conn: &str| {
+            CredentialEvent::CredentialLinked(CredentialLinked {
+                credential_id: "cred-github-booking".into(),
+                connection_id: conn.into(),
+                linked_at: DateTime::UNIX_EPOCH,
+            })
+        };
+        let state = registered
+            .iter()
+            .chain(&[linked("conn-2"), linked("conn-3")])
+            .fold(CredentialState::None, Credential::evolve);
+        assert_eq!(state.verification_target(), Some("conn-1"));
     }
 
     fn link_subscription(subscription: &str) -> CredentialCommand {
@@ -682,10 +711,7 @@ mod tests {
         assert_eq!(linked.credential_id, "cred-github-booking");
         assert_eq!((linked.auth_kind, linked.current_version), (AuthModel::HmacSignature, 3));
         assert_eq!(linked.secret_ref.to_string(), "kv://factory-integration/github-booking");
-        let second = given_when(&[link_subscription("sub-1")], &link_subscription("sub-2")).unwrap();
-        assert!(
-            matches!(&second[..], [CredentialEvent::CredentialSubscriptionLinked(l)] if l.subscription_id == "sub-2")
-        );
+        assert_eq!(given_when(&[link_subscription("sub-1")], &link_subscription("sub-2")), Ok(vec![]), "not recorded");
         assert_eq!(given_when(&[link_subscription("sub-1")], &link_subscription("sub-1")), Ok(vec![]), "once");
         // A vendor credential cannot share a signing secret: its rotations would generate one.
         assert!(matches!(
@@ -696,11 +722,10 @@ mod tests {
         let state = [link_subscription("sub-1"), link_signing("conn-1"), link_subscription("sub-2")]
             .iter()
             .fold(CredentialState::None, |s, c| Credential::decide(c, &s).unwrap().iter().fold(s, Credential::evolve));
-        let CredentialState::Registered { connections, subscriptions, auth_kind, .. } = &state else { panic!() };
-        assert_eq!(
-            (connections.as_slice(), subscriptions.as_slice()),
-            (&["conn-1".to_owned()][..], &["sub-1".to_owned(), "sub-2".to_owned()][..])
-        );
+        let CredentialState::Registered { first_connection, first_subscription, auth_kind, .. } = &state else {
+            panic!()
+        };
+        assert_eq!((first_connection.as_deref(), first_subscription.as_deref()), (Some("conn-1"), Some("sub-1")));
         assert_eq!(*auth_kind, AuthModel::HmacSignature);
         // A subscription of a connection's credential keeps the connection's kind.
         let linked = given_when(&[link("conn-1")], &link_subscription("sub-1")).unwrap();

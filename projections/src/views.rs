@@ -149,8 +149,11 @@ pub struct CredentialView {
     pub pending_version_ref: Option<String>,
     /// The run verifying the latest rotation; kept after it ends so a failure can be traced.
     pub verification_run_id: Option<String>,
-    /// Connections using the credential, in the order they were linked.
-    pub connections: Vec<String>,
+    /// The first connection that named the credential, which a rotation's verification run
+    /// targets. The others name it in their own documents (`credentialRef`): listing them here
+    /// would rewrite an ever larger document for every connection sharing the credential.
+    #[serde(default)]
+    pub first_connection: Option<String>,
     pub last_rotation_reason: Option<String>,
     pub last_rotated_at: Option<DateTime<Utc>>,
     /// The version current before the last promotion, until its overlap ends.

@@ -71,7 +71,7 @@ async fn every_projection_shows_the_events_of_its_resources() {
     assert_eq!((credential.current_version, credential.pending_version), (1, Some(2)));
     assert_eq!(credential.pending_version_ref.as_deref(), Some("kv://factory-integration/github-booking?version=2"));
     assert_eq!(credential.verification_run_id.as_deref(), Some(s.verification_run_id.as_str()));
-    assert_eq!(credential.connections, vec![s.connection_a.clone(), s.connection_b.clone()]);
+    assert_eq!(credential.first_connection.as_deref(), Some(s.connection_a.as_str()));
     assert_eq!(credential.last_rotation_reason.as_deref(), Some("ScheduledRotation"));
     assert_eq!(credential.last_rotated_at, None);
 

@@ -41,6 +41,7 @@ pub async fn run_all(store: Arc<dyn EventStore>) {
     a_rejected_batch_leaves_nothing(store.clone()).await;
     an_empty_append_only_checks_the_expected_version(store.clone()).await;
     read_stream_returns_the_stored_events_in_version_order(store.clone()).await;
+    read_stream_after_returns_only_the_later_versions(store.clone()).await;
     read_all_pages_from_a_position(store.clone()).await;
     global_positions_stay_gap_free_under_concurrent_appends(store.clone()).await;
     each_stream_is_hash_chained(store.clone()).await;
@@ -154,6 +155,22 @@ pub async fn read_stream_returns_the_stored_events_in_version_order(store: Arc<d
     assert_eq!(versions(&read), (1..=6).collect::<Vec<_>>());
     assert!(read.windows(2).all(|w| w[0].global_position < w[1].global_position));
     assert!(store.read_stream(&unique_stream("unknown")).await.expect("read unknown").is_empty());
+}
+
+/// `read_stream_after(stream, v)` returns the stream's events after version `v`, as
+/// `read_stream` does, and nothing once `v` is the stream's version.
+pub async fn read_stream_after_returns_only_the_later_versions(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("after");
+    store.append(&unique_stream("other"), ExpectedVersion::Any, sample_events(2)).await.expect("append other");
+    store.append(&stream, ExpectedVersion::NoStream, sample_events(3)).await.expect("append");
+    store.append(&stream, ExpectedVersion::Exact(3), sample_events(2)).await.expect("append more");
+    let whole = store.read_stream(&stream).await.expect("read stream");
+    for after in 0..=5 {
+        let later = store.read_stream_after(&stream, after).await.expect("read after");
+        assert_eq!(later, whole[after as usize..], "after version {after}");
+    }
+    assert!(store.read_stream_after(&stream, 9).await.expect("read past the end").is_empty());
+    assert!(store.read_stream_after(&unique_stream("unknown"), 0).await.expect("read unknown").is_empty());
 }
 
 /// `read_all(after, max)` returns at most `max` events after `after`, in global order.

@@ -52,6 +52,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every event of a stream in version order; empty for a stream that does not exist.
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<EventEnvelope>, StoreError>;
 
+    /// The events of a stream after version `after`, in version order: what a reader holding
+    /// the state up to `after` has not seen. The default reads the whole stream; adapters
+    /// answer from their index, so the cost is that of the new events only.
+    async fn read_stream_after(&self, stream_id: &str, after: u64) -> Result<Vec<EventEnvelope>, StoreError> {
+        let mut events = self.read_stream(stream_id).await?;
+        events.retain(|e| e.stream_version > after);
+        Ok(events)
+    }
+
     /// Up to `max` events with a global position greater than `after`, in global order.
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<EventEnvelope>, StoreError>;
 

@@ -192,6 +192,19 @@ impl EventStore for SqliteEventStore {
         .await
     }
 
+    async fn read_stream_after(&self, stream_id: &str, after: u64) -> Result<Vec<EventEnvelope>, StoreError> {
+        let stream_id = stream_id.to_owned();
+        // Versions never exceed i64::MAX, so clamping keeps the meaning of the bound.
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut query = conn.prepare_cached(&format!(
+                "{SELECT_EVENTS} WHERE stream_id = ?1 AND stream_version > ?2 ORDER BY stream_version"
+            ))?;
+            query.query_map(params![stream_id, after], envelope_from_row)?.collect()
+        })
+        .await
+    }
+
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<EventEnvelope>, StoreError> {
         if max == 0 {
             return Ok(Vec::new());

@@ -93,7 +93,7 @@ impl ProcessManager {
         // The state as this event found it (the stream may have moved on since).
         let before = usize::try_from(event.stream_version.saturating_sub(1)).unwrap_or(usize::MAX);
         let state_before = Credential::fold(&loaded.events[..before.min(loaded.events.len())]);
-        let CredentialState::Registered { connections, secret_ref, previous_version, started, .. } = state_before
+        let CredentialState::Registered { first_connection, secret_ref, previous_version, started, .. } = state_before
         else {
             return Ok(());
         };
@@ -113,7 +113,7 @@ impl ProcessManager {
                 Revocation::Issuance(issuance_label(credential_id, version, &verification_run_id))
             }
         };
-        let Some(connection_id) = connections.first() else { return Ok(()) };
+        let Some(connection_id) = first_connection.as_ref() else { return Ok(()) };
         if !self.commands.names_key_issuer(&ctx, Some(connection_id)).await? {
             return Ok(());
         }

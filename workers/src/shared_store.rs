@@ -80,6 +80,10 @@ impl EventStore for SharedStore {
         self.inner.read_stream(stream_id).await
     }
 
+    async fn read_stream_after(&self, stream_id: &str, after: u64) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.inner.read_stream_after(stream_id, after).await
+    }
+
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<EventEnvelope>, StoreError> {
         self.inner.read_all(after, max).await
     }

@@ -125,7 +125,7 @@ async fn a_credential_not_yet_in_the_vault_is_registered_at_version_1() {
 }
 
 #[tokio::test]
-async fn a_second_connection_with_the_same_credential_ref_links_to_the_registered_credential() {
+async fn a_second_connection_with_the_same_credential_ref_appends_nothing_to_the_credential() {
     let engine = spawn_engine();
     let ctx = ctx(TENANT);
     engine.put_secret_versions(GITHUB_SECRET, 2).await;
@@ -133,18 +133,19 @@ async fn a_second_connection_with_the_same_credential_ref_links_to_the_registere
 
     engine.establish(&ctx, "conn-2", Some(GITHUB_SECRET)).await;
 
+    // The second connection names the credential in its own stream; the credential's stream
+    // does not grow with the connections sharing it.
     let events = credential_events(&engine, TENANT).await;
-    let [CredentialEvent::CredentialRegistered(registered), CredentialEvent::CredentialLinked(linked)] = &events[..]
-    else {
-        panic!("expected CredentialRegistered then CredentialLinked, got {events:?}");
+    let [CredentialEvent::CredentialRegistered(registered)] = &events[..] else {
+        panic!("expected CredentialRegistered only, got {events:?}");
     };
     assert_eq!((registered.connection_id.as_str(), registered.current_version), ("conn-1", 2));
-    assert_eq!((linked.credential_id.as_str(), linked.connection_id.as_str()), (GITHUB_CREDENTIAL, "conn-2"));
-    assert_eq!(linked.linked_at, t0());
+    let second = engine.events(&stream_id(TENANT, "conn-2")).await;
+    assert_eq!(second[0].data["credentialRef"], GITHUB_SECRET);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn connections_established_concurrently_with_one_credential_ref_are_all_linked() {
+async fn connections_established_concurrently_with_one_credential_ref_register_it_once() {
     let engine = spawn_engine();
     let ctx = ctx(TENANT);
     let provider = engine.register_provider(&ctx, "github").await;
@@ -164,20 +165,11 @@ async fn connections_established_concurrently_with_one_credential_ref_are_all_li
     }
 
     let history = engine.history(&stream_id(TENANT, GITHUB_CREDENTIAL)).await;
-    assert_eq!(types(&history[..1]), ["CredentialRegistered"]);
-    assert_eq!(types(&history[1..]), vec!["CredentialLinked"; connections - 1]);
-    let mut linked: Vec<_> = credential_events(&engine, TENANT)
-        .await
-        .into_iter()
-        .map(|e| match e {
-            CredentialEvent::CredentialRegistered(r) => r.connection_id,
-            CredentialEvent::CredentialLinked(l) => l.connection_id,
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect();
-    linked.sort();
-    linked.dedup();
-    assert_eq!(linked.len(), connections);
+    assert_eq!(types(&history), ["CredentialRegistered"]);
+    for i in 0..connections {
+        let events = engine.events(&stream_id(TENANT, &format!("conn-{i}"))).await;
+        assert_eq!(events[0].data["credentialRef"], GITHUB_SECRET, "conn-{i}");
+    }
 }
 
 #[tokio::test]

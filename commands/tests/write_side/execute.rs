@@ -182,3 +182,69 @@ async fn contention_is_returned_only_when_every_attempt_lost_a_race() {
     assert_eq!(checks.len(), attempts);
     assert_eq!(checks.last().unwrap(), &(attempts as u64 + 1, "run-mine".to_string(), attempts as u32));
 }
+
+/// The real store, counting the events it hands back to readers of streams.
+struct CountingReads {
+    store: Arc<SqliteEventStore>,
+    events_read: AtomicUsize,
+}
+
+#[async_trait]
+impl EventStore for CountingReads {
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.store.append(stream_id, expected, events).await
+    }
+
+    async fn read_stream(&self, stream_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
+        let events = self.store.read_stream(stream_id).await?;
+        self.events_read.fetch_add(events.len(), Ordering::SeqCst);
+        Ok(events)
+    }
+
+    async fn read_stream_after(&self, stream_id: &str, after: u64) -> Result<Vec<EventEnvelope>, StoreError> {
+        let events = self.store.read_stream_after(stream_id, after).await?;
+        self.events_read.fetch_add(events.len(), Ordering::SeqCst);
+        Ok(events)
+    }
+
+    async fn read_all(&self, after: u64, max: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.store.read_all(after, max).await
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        self.store.head_position().await
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.store.watch_head()
+    }
+}
+
+#[tokio::test]
+async fn a_command_reads_only_the_events_its_cached_state_has_not_seen() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    engine.establish(&ctx, "conn-1", None).await;
+    let counting = Arc::new(CountingReads { store: engine.store.clone(), events_read: AtomicUsize::new(0) });
+    let commands = Commands::new(counting.clone(), engine.vault.clone(), Arc::new(FixedClock(t0())));
+
+    for n in 0..20 {
+        commands.record_health_check(&ctx, "conn-1", &format!("run-{n}"), true).await.unwrap();
+    }
+    // The stream was read once (its one event); after that, each command's own append kept the
+    // cached state current, so the other 19 read nothing, however long the stream grew.
+    assert_eq!(counting.events_read.load(Ordering::SeqCst), 1);
+
+    // Another writer (its own cache, like another process) appends: the next command reads that
+    // one event, and decides on it (a redelivered outcome of the other writer's run is a no-op).
+    engine.commands.record_health_check(&ctx, "conn-1", "run-other", false).await.unwrap();
+    let redelivered = commands.record_health_check(&ctx, "conn-1", "run-other", false).await.unwrap();
+    assert_eq!(redelivered, None, "decided on a stale state");
+    assert_eq!(counting.events_read.load(Ordering::SeqCst), 2);
+    assert_eq!(health_checks(&engine.store.read_stream(&stream_id(TENANT, "conn-1")).await.unwrap()).len(), 21);
+}

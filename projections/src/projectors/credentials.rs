@@ -30,18 +30,16 @@ fn apply_credential_event(
     match credential_event {
         CredentialEvent::CredentialRegistered(e) => {
             let view = registered(event, &e.credential_id, &e.secret_ref, e.current_version);
-            let view = CredentialView { connections: vec![e.connection_id.clone()], ..view };
+            let view = CredentialView { first_connection: Some(e.connection_id.clone()), ..view };
             store_doc(tx, NAME, &event.tenant_id, &e.credential_id, &view)
         }
         CredentialEvent::CredentialLinked(e) => {
             update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
-                if !view.connections.contains(&e.connection_id) {
-                    view.connections.push(e.connection_id.clone());
-                }
+                view.first_connection.get_or_insert_with(|| e.connection_id.clone());
             })
         }
         CredentialEvent::CredentialSubscriptionLinked(e) => {
-            // The first subscription registers the credential; the view names only connections,
+            // The first subscription registers the credential; the view names only a connection,
             // so a later link changes nothing in it.
             if load_doc::<CredentialView>(tx, NAME, &event.tenant_id, &e.credential_id)?.is_some() {
                 return Ok(());
@@ -104,7 +102,7 @@ fn registered(
         pending_version: None,
         pending_version_ref: None,
         verification_run_id: None,
-        connections: Vec::new(),
+        first_connection: None,
         last_rotation_reason: None,
         last_rotated_at: None,
         previous_version: None,

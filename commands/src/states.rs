@@ -1,0 +1,49 @@
+//! Aggregate states by stream, each folded up to a stream version, so a command reads and
+//! decodes only the events its cached state has not seen (usually none) instead of its whole
+//! stream. The store stays the truth: every load asks it for the events after the cached
+//! version, and every append checks the expected version, so a state cached by this process
+//! while another process wrote to the stream is only older, never wrong.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+
+/// Streams whose states are kept; the least recently used leave first.
+const CAPACITY: usize = 20_000;
+
+/// An aggregate's state as of `version` of its stream.
+#[derive(Debug, Clone, Default)]
+pub struct Folded<S> {
+    pub state: S,
+    /// The stream's version this state includes (0: no events).
+    pub version: u64,
+    /// The global position of the stream's event at `version`.
+    pub last_position: Option<u64>,
+}
+
+/// The cache of [`Folded`] states, shared by the clones of one `Commands`.
+#[derive(Clone)]
+pub(crate) struct StateCache {
+    states: Arc<Cache<String, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl StateCache {
+    pub(crate) fn new() -> Self {
+        Self { states: Arc::new(Cache::new(CAPACITY)) }
+    }
+
+    /// The cached state of `stream_id`, if one of type `S` is held.
+    pub(crate) fn get<S: Send + Sync + 'static>(&self, stream_id: &str) -> Option<Arc<Folded<S>>> {
+        self.states.get(stream_id).and_then(|folded| folded.downcast::<Folded<S>>().ok())
+    }
+
+    /// Keeps `folded` for `stream_id`, unless a state at a later version is held already (a
+    /// concurrent command got further).
+    pub(crate) fn put<S: Send + Sync + 'static>(&self, stream_id: &str, folded: Arc<Folded<S>>) {
+        if self.get::<S>(stream_id).is_some_and(|held| held.version > folded.version) {
+            return;
+        }
+        self.states.insert(stream_id.to_owned(), folded);
+    }
+}
