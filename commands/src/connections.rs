@@ -3,7 +3,7 @@ use domain::DomainError;
 use domain::connection::{
     Connection, ConnectionCommand, ConnectionEstablished, ConnectionEvent, EstablishConnection, ProviderSnapshot,
 };
-use domain::credential::{Credential, CredentialCommand, LinkConnection, credential_id};
+use domain::credential::{Credential, CredentialCommand, CredentialState, LinkConnection, credential_id};
 use domain::ids::stream_id;
 use domain::provider::{AuthModel, Provider, ProviderState};
 use domain::secret_ref::SecretRef;
@@ -69,7 +69,7 @@ impl Commands {
         // retry with the same Idempotency-Key, because linking is idempotent.
         let mut last_position = created.last_position;
         if let Some(secret) = established.credential_ref.as_deref().and_then(|r| SecretRef::parse(r).ok()) {
-            let current_version = self.vault.metadata(&secret).await?.map_or(1, |m| m.current_version);
+            let current_version = self.version_to_register(ctx, &secret).await?;
             let link = link_connection(
                 ctx,
                 secret.clone(),
@@ -83,6 +83,17 @@ impl Commands {
             last_position = linked.last_position.or(last_position);
         }
         Ok(ConnectionEstablishedOutcome { established, last_position })
+    }
+
+    /// The vault's current version of `secret`, which only a credential's registration records:
+    /// once the credential is registered (every connection after the first) the vault is not
+    /// asked, and the value given is unused.
+    async fn version_to_register(&self, ctx: &CommandContext, secret: &SecretRef) -> Result<u32, CommandError> {
+        let credential = self.load_state::<Credential>(&stream_id(&ctx.tenant_id, &credential_id(secret))).await?;
+        if let CredentialState::Registered { current_version, .. } = &credential.state {
+            return Ok(*current_version);
+        }
+        Ok(self.vault.metadata(secret).await?.map_or(1, |m| m.current_version))
     }
 
     /// Refuses a `kv://` ref whose vault another tenant owns (refs that do not parse are left to

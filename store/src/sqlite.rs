@@ -38,6 +38,8 @@ const QUEUE_CAPACITY: usize = 1024;
 const MAX_BATCH: usize = 512;
 /// Read connections kept open between reads; more are opened while reads pile up.
 const MAX_IDLE_READERS: usize = 8;
+/// Events of the latest commits kept in memory for the followers of the global order.
+const TAIL_CAPACITY: usize = 4096;
 
 /// Schema of the events table; entry `i` moves the component from version `i` to `i + 1`.
 const EVENT_STORE_MIGRATIONS: &[&str] = &[
@@ -107,6 +109,7 @@ pub struct SqliteEventStore {
     head: watch::Receiver<u64>,
     readers: Arc<ReadConnections>,
     counters: Arc<WriteCounters>,
+    tail: Arc<Mutex<Tail>>,
 }
 
 impl SqliteEventStore {
@@ -121,7 +124,8 @@ impl SqliteEventStore {
         let (head_sender, head_receiver) = watch::channel(head);
         let (requests, queue) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(WriteCounters::default());
-        let writer = Writer { conn, head: head_sender, counters: Arc::clone(&counters) };
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let writer = Writer { conn, head: head_sender, counters: Arc::clone(&counters), tail: Arc::clone(&tail) };
         let thread = std::thread::Builder::new()
             .name("event-store-writer".into())
             .spawn(move || writer.run(queue))
@@ -132,6 +136,7 @@ impl SqliteEventStore {
             head: head_receiver,
             readers: Arc::new(ReadConnections { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
             counters,
+            tail,
         })
     }
 
@@ -209,6 +214,9 @@ impl EventStore for SqliteEventStore {
         if max == 0 {
             return Ok(Vec::new());
         }
+        if let Some(events) = self.tail.lock().unwrap_or_else(PoisonError::into_inner).read(after, max) {
+            return Ok(events);
+        }
         // Positions never exceed i64::MAX, so clamping keeps the meaning of both bounds.
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let max = i64::try_from(max).unwrap_or(i64::MAX);
@@ -264,6 +272,7 @@ struct Writer {
     conn: Connection,
     head: watch::Sender<u64>,
     counters: Arc<WriteCounters>,
+    tail: Arc<Mutex<Tail>>,
 }
 
 impl Writer {
@@ -285,6 +294,12 @@ impl Writer {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 let events = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()).map(Vec::len).sum::<usize>();
                 metrics::counter!(EVENTS_APPENDED).increment(events as u64);
+                // Committed, so followers may read them: before the head moves, which wakes them.
+                let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+                for stored in outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()) {
+                    tail.extend(stored);
+                }
+                drop(tail);
                 // Published before the replies, so an appender that got its position back
                 // finds the head at or past it.
                 self.head.send_if_modified(|current| {
@@ -304,6 +319,43 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+/// The events of this process's latest commits, in global order without a hole, so that the
+/// followers of the store (projections, the embedded consumers) get what was just committed
+/// from memory instead of each reading and parsing it back from SQLite.
+///
+/// Only what this process's writer committed is here. When another process appended in
+/// between (a `worker` sharing the file), the positions jump: the tail starts over from there,
+/// and a read it cannot answer in full from memory goes to SQLite.
+#[derive(Default)]
+struct Tail {
+    events: std::collections::VecDeque<EventEnvelope>,
+}
+
+impl Tail {
+    fn extend(&mut self, stored: &[EventEnvelope]) {
+        for event in stored {
+            let follows = self.events.back().is_none_or(|last| last.global_position + 1 == event.global_position);
+            if !follows {
+                self.events.clear();
+            }
+            if self.events.len() == TAIL_CAPACITY {
+                self.events.pop_front();
+            }
+            self.events.push_back(event.clone());
+        }
+    }
+
+    /// Up to `max` events after `after`, if the tail holds the one right after `after`.
+    fn read(&self, after: u64, max: usize) -> Option<Vec<EventEnvelope>> {
+        let first = self.events.front()?.global_position;
+        if after + 1 < first || after >= self.events.back()?.global_position {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).ok()?;
+        Some(self.events.iter().skip(skip).take(max).cloned().collect())
     }
 }
 
@@ -595,6 +647,36 @@ fn migrate(conn: &mut Connection, component: &str, migrations: &[&str]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn events(n: usize) -> Vec<NewEvent> {
+        crate::contract::sample_events(n)
+    }
+
+    /// What the followers read from the tail equals what SQLite holds, also when another
+    /// process's writer appended in between (the positions jump and the tail starts over).
+    #[tokio::test]
+    async fn followers_read_the_same_events_from_the_tail_as_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let ours = SqliteEventStore::open(&path).unwrap();
+        let theirs = SqliteEventStore::open(&path).unwrap();
+        ours.append("t/a", ExpectedVersion::Any, events(3)).await.unwrap();
+        theirs.append("t/b", ExpectedVersion::Any, events(2)).await.unwrap();
+        ours.append("t/a", ExpectedVersion::Any, events(4)).await.unwrap();
+        let fresh = SqliteEventStore::open(&path).unwrap();
+        for after in 0..=9 {
+            for max in [1, 2, 5, 100] {
+                let read = ours.read_all(after, max).await.unwrap();
+                let expected = fresh.read_all(after, max).await.unwrap();
+                // The tail may answer less than the file (up to its end), never other events.
+                assert!(!read.is_empty() || expected.is_empty(), "after {after}, max {max}");
+                assert_eq!(read[..], expected[..read.len()], "after {after}, max {max}");
+            }
+        }
+        let tail = ours.tail.lock().unwrap();
+        let positions: Vec<_> = tail.events.iter().map(|e| e.global_position).collect();
+        assert_eq!(positions, [6, 7, 8, 9], "the tail starts over after the other writer's events");
+    }
 
     #[test]
     fn migrations_apply_once_and_refuse_a_newer_schema() {
