@@ -13,7 +13,8 @@
 //!   the first one's version is retired by that promotion (`Superseded`), which removes it here.
 //!   Retiring a version that is no longer previous does nothing.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,10 +46,41 @@ pub struct ScheduleSettings {
 }
 
 /// A connection checked periodically, with the event that established it (the cause of the
-/// commands issued for it) and the last slot checked.
+/// commands issued for it), its offset in the interval and the last slot checked.
 struct Checked {
     established: EventEnvelope,
+    offset_ms: i64,
     last_slot: i64,
+}
+
+/// The connections checked periodically, and when each is next due: a tick looks at the due
+/// ones only, so its cost does not grow with the number of connections.
+#[derive(Default)]
+struct HealthChecks {
+    connections: HashMap<(String, String), Checked>,
+    /// (when the next slot starts in ms since the epoch, tenant, connection), earliest first.
+    due: BinaryHeap<Reverse<(i64, String, String)>>,
+}
+
+impl HealthChecks {
+    fn track(
+        &mut self,
+        tenant: String,
+        connection_id: String,
+        established: EventEnvelope,
+        at: DateTime<Utc>,
+        interval_ms: i64,
+    ) {
+        let offset_ms = offset_ms(&tenant, &connection_id, interval_ms);
+        // Established within a slot: the check at establishment covers that slot.
+        let last_slot = slot(offset_ms, interval_ms, at);
+        self.due.push(Reverse((
+            slot_start(last_slot + 1, offset_ms, interval_ms),
+            tenant.clone(),
+            connection_id.clone(),
+        )));
+        self.connections.insert((tenant, connection_id), Checked { established, offset_ms, last_slot });
+    }
 }
 
 /// A previous version due for retirement.
@@ -71,7 +103,7 @@ pub async fn run_schedules(
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let mut events = Box::pin(store::subscribe(store, 0));
-    let mut checked: BTreeMap<(String, String), Checked> = BTreeMap::new();
+    let mut checked = HealthChecks::default();
     let mut retirements: Retirements = BTreeMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -93,12 +125,7 @@ pub async fn run_schedules(
     }
 }
 
-fn track(
-    event: EventEnvelope,
-    settings: &ScheduleSettings,
-    checked: &mut BTreeMap<(String, String), Checked>,
-    retirements: &mut Retirements,
-) {
+fn track(event: EventEnvelope, settings: &ScheduleSettings, checked: &mut HealthChecks, retirements: &mut Retirements) {
     if !matches!(event.event_type.as_str(), "ConnectionEstablished" | "CredentialRotated" | "CredentialVersionRetired")
     {
         return;
@@ -108,9 +135,7 @@ fn track(
     match decoded {
         AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(e)) => {
             if let Some(interval) = settings.health_check_interval {
-                // Established within a slot: the check at establishment covers that slot.
-                let last_slot = slot(&tenant, &e.connection_id, interval, e.established_at);
-                checked.insert((tenant, e.connection_id), Checked { established: event, last_slot });
+                checked.track(tenant, e.connection_id, event, e.established_at, interval_ms(interval));
             }
         }
         AnyEvent::Credential(CredentialEvent::CredentialRotated(e)) => {
@@ -126,11 +151,19 @@ fn track(
     }
 }
 
-/// The slot `at` falls in for this connection: time since the epoch, shifted by the
-/// connection's offset, in whole intervals.
-fn slot(tenant: &str, connection_id: &str, interval: Duration, at: DateTime<Utc>) -> i64 {
-    let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX).max(1);
-    (at.timestamp_millis() - offset_ms(tenant, connection_id, interval_ms)).div_euclid(interval_ms)
+fn interval_ms(interval: Duration) -> i64 {
+    i64::try_from(interval.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// The slot `at` falls in for a connection with this offset: time since the epoch, shifted by
+/// the offset, in whole intervals.
+fn slot(offset_ms: i64, interval_ms: i64, at: DateTime<Utc>) -> i64 {
+    (at.timestamp_millis() - offset_ms).div_euclid(interval_ms)
+}
+
+/// When `slot` starts, in ms since the epoch.
+fn slot_start(slot: i64, offset_ms: i64, interval_ms: i64) -> i64 {
+    slot.saturating_mul(interval_ms).saturating_add(offset_ms)
 }
 
 /// A stable offset in `[0, interval)` from the connection's id: its jitter.
@@ -141,28 +174,38 @@ fn offset_ms(tenant: &str, connection_id: &str, interval_ms: i64) -> i64 {
     i64::try_from(u64::from_be_bytes(first) % interval_ms.unsigned_abs()).unwrap_or(0)
 }
 
-async fn check_due_connections(
-    commands: &Commands,
-    interval: Duration,
-    now: DateTime<Utc>,
-    checked: &mut BTreeMap<(String, String), Checked>,
-) {
-    for ((tenant, connection_id), connection) in checked.iter_mut() {
-        let current = slot(tenant, connection_id, interval, now);
-        if current <= connection.last_slot {
-            continue;
-        }
+/// Requests the check of every connection whose next slot has started.
+async fn check_due_connections(commands: &Commands, interval: Duration, now: DateTime<Utc>, checks: &mut HealthChecks) {
+    let interval_ms = interval_ms(interval);
+    let now_ms = now.timestamp_millis();
+    let mut retry = Vec::new();
+    while let Some(Reverse((due_ms, _, _))) = checks.due.peek()
+        && *due_ms <= now_ms
+    {
+        let Some(Reverse((_, tenant, connection_id))) = checks.due.pop() else { break };
+        let Some(connection) = checks.connections.get_mut(&(tenant.clone(), connection_id.clone())) else { continue };
+        let current = slot(connection.offset_ms, interval_ms, now);
         let ctx = caused_by(&connection.established, SCHEDULER);
-        let run_id = health_check_run_id(tenant, connection_id, &current.to_string());
-        match commands.request_run(&ctx, &run_id, connection_id, CHECK_HEALTH, json!({})).await {
+        let run_id = health_check_run_id(&tenant, &connection_id, &current.to_string());
+        match commands.request_run(&ctx, &run_id, &connection_id, CHECK_HEALTH, json!({})).await {
             Ok(_) => {
                 tracing::debug!(%connection_id, %run_id, "periodic health check requested");
                 connection.last_slot = current;
+                let next = slot_start(current + 1, connection.offset_ms, interval_ms);
+                checks.due.push(Reverse((next, tenant, connection_id)));
             }
-            // Tried again at the next tick.
-            Err(error) => tracing::warn!(%connection_id, %error, "cannot request a health check"),
+            Err(error) => {
+                tracing::warn!(%connection_id, %error, "cannot request a health check");
+                retry.push(Reverse((due_ms_after_tick(now_ms), tenant, connection_id)));
+            }
         }
     }
+    // Tried again at the next tick.
+    checks.due.extend(retry);
+}
+
+fn due_ms_after_tick(now_ms: i64) -> i64 {
+    now_ms.saturating_add(i64::try_from(TICK.as_millis()).unwrap_or(i64::MAX))
 }
 
 async fn retire_due_versions(commands: &Commands, now: DateTime<Utc>, retirements: &mut Retirements) {
@@ -193,11 +236,16 @@ mod tests {
 
     #[test]
     fn slots_advance_once_per_interval_with_a_per_connection_offset() {
-        let interval = Duration::from_secs(60);
+        let interval = 60_000;
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let s0 = slot("t", "conn-1", interval, t0);
-        assert_eq!(slot("t", "conn-1", interval, t0 + TimeDelta::seconds(60)), s0 + 1);
-        assert_eq!(slot("t", "conn-1", interval, t0 + TimeDelta::seconds(120)), s0 + 2);
+        let offset = offset_ms("t", "conn-1", interval);
+        let s0 = slot(offset, interval, t0);
+        assert_eq!(slot(offset, interval, t0 + TimeDelta::seconds(60)), s0 + 1);
+        assert_eq!(slot(offset, interval, t0 + TimeDelta::seconds(120)), s0 + 2);
+        // A slot starts at its own start, and not a millisecond before.
+        let start = slot_start(s0 + 1, offset, interval);
+        assert_eq!(slot(offset, interval, DateTime::from_timestamp_millis(start).unwrap()), s0 + 1);
+        assert_eq!(slot(offset, interval, DateTime::from_timestamp_millis(start - 1).unwrap()), s0);
         let offsets: std::collections::HashSet<i64> =
             (0..20).map(|i| offset_ms("t", &format!("conn-{i}"), 60_000)).collect();
         assert!(offsets.len() > 10, "connections are spread over the interval");
