@@ -93,6 +93,9 @@ pub struct RunArgs {
     /// Longest backoff between attempts in ms, overriding the operation's.
     #[arg(long, env = "IE_RUN_MAX_BACKOFF_MS")]
     pub run_max_backoff_ms: Option<u64>,
+    /// Runs one process executes at once (each run's attempts stay one after the other).
+    #[arg(long, env = "IE_RUN_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub run_concurrency: u16,
     /// How long an attempt's lease outlives its timeout, in ms.
     #[arg(long, env = "IE_RUN_LEASE_GRACE_MS", default_value_t = 5_000)]
     pub run_lease_grace_ms: u64,
@@ -248,8 +251,11 @@ pub async fn start(
             runs.executor_settings(),
             shutdown.child_token(),
         ));
-        // A run holds its event while it executes; small batches commit finished runs sooner.
-        let options = ConsumerOptions { batch_size: 10, ..ConsumerOptions::default() };
+        // A run holds its event while it executes: runs of a batch execute at once, and the
+        // batch is committed when all have ended, so a batch of a few times the concurrency
+        // keeps the executor busy without holding many finished runs uncommitted.
+        let concurrency = usize::from(runs.run_concurrency);
+        let options = ConsumerOptions { batch_size: concurrency * 2, concurrency, ..ConsumerOptions::default() };
         let feeds = Feeds { stores, kafka, checkpoints: checkpoints.as_ref() };
         feeds.spawn(RUN_EXECUTOR_CONSUMER, executor, options, shutdown.child_token(), &mut tasks).await?;
         if let Some(settings) = kafka {
@@ -284,7 +290,10 @@ async fn start_credential_and_health_workers(
     use workers::process_manager::{PROCESS_MANAGER_CONSUMER, ProcessManager};
     let stores = feeds.stores;
     let manager = ProcessManager::new(stores.commands());
-    feeds.spawn(PROCESS_MANAGER_CONSUMER, manager, ConsumerOptions::default(), shutdown.child_token(), tasks).await?;
+    // Its reactions to different streams are independent: a burst of new connections requests
+    // their first health checks at once, sharing commits, instead of one commit at a time.
+    let options = ConsumerOptions { concurrency: 64, ..ConsumerOptions::default() };
+    feeds.spawn(PROCESS_MANAGER_CONSUMER, manager, options, shutdown.child_token(), tasks).await?;
     let settings = workers::schedules::ScheduleSettings {
         health_check_interval: (runs.health_check_interval_seconds > 0)
             .then(|| Duration::from_secs(runs.health_check_interval_seconds)),

@@ -1,5 +1,4 @@
 use chrono::{DateTime, Utc};
-use domain::DomainError;
 use domain::connection::{
     Connection, ConnectionCommand, ConnectionEstablished, ConnectionEvent, EstablishConnection, ProviderSnapshot,
 };
@@ -7,6 +6,7 @@ use domain::credential::{Credential, CredentialCommand, CredentialState, LinkCon
 use domain::ids::stream_id;
 use domain::provider::{AuthModel, Provider, ProviderState};
 use domain::secret_ref::SecretRef;
+use domain::{Decider, DomainError};
 use serde_json::{Map, Value};
 
 use crate::{CommandContext, CommandError, Commands};
@@ -44,9 +44,10 @@ impl Commands {
         for (field, secret) in domain::connection::secret_refs(&input.configuration, "configuration") {
             self.check_secret_access(ctx, Some(&secret), &field).await?;
         }
+        let mut checked = None;
         if let Some(secret) = input.credential_ref.as_deref().and_then(|r| SecretRef::parse(r).ok()) {
             let link = link_connection(ctx, secret.clone(), 1, input.auth_mode, &input.connection_id, self.now());
-            self.check_credential_link(ctx, &secret, &link).await?;
+            checked = Some((self.check_credential_link(ctx, &secret, &link).await?, secret));
         }
         let command = ConnectionCommand::Establish(EstablishConnection {
             connection_id: input.connection_id.clone(),
@@ -69,7 +70,14 @@ impl Commands {
         // retry with the same Idempotency-Key, because linking is idempotent.
         let mut last_position = created.last_position;
         if let Some(secret) = established.credential_ref.as_deref().and_then(|r| SecretRef::parse(r).ok()) {
-            let current_version = self.version_to_register(ctx, &secret).await?;
+            // The credential as the check before the connection found it, if it names the same
+            // secret (a retried request may find the connection of its first try).
+            let seen = checked.filter(|(_, checked)| *checked == secret).map(|(credential, _)| credential);
+            let current_version = match seen.as_ref().map(|credential| &credential.state) {
+                Some(CredentialState::Registered { current_version, .. }) => *current_version,
+                // Only a registration records it.
+                _ => self.vault.metadata(&secret).await?.map_or(1, |m| m.current_version),
+            };
             let link = link_connection(
                 ctx,
                 secret.clone(),
@@ -78,22 +86,20 @@ impl Commands {
                 &established.connection_id,
                 established.established_at,
             );
-            let linked =
-                self.execute::<Credential>(ctx, &stream_id(&ctx.tenant_id, &credential_id(&secret)), &link).await?;
-            last_position = linked.last_position.or(last_position);
+            // A credential registered with a first connection stays so, and links a later one
+            // with no event: seen so a moment ago, it need not be read again. Any other state
+            // may have changed since, so the link runs as a command.
+            let appends_nothing = seen.is_some_and(|credential| {
+                matches!(&credential.state, CredentialState::Registered { first_connection: Some(_), .. })
+                    && Credential::decide(&link, &credential.state).is_ok_and(|events| events.is_empty())
+            });
+            if !appends_nothing {
+                let stream = stream_id(&ctx.tenant_id, &credential_id(&secret));
+                let linked = self.execute::<Credential>(ctx, &stream, &link).await?;
+                last_position = linked.last_position.or(last_position);
+            }
         }
         Ok(ConnectionEstablishedOutcome { established, last_position })
-    }
-
-    /// The vault's current version of `secret`, which only a credential's registration records:
-    /// once the credential is registered (every connection after the first) the vault is not
-    /// asked, and the value given is unused.
-    async fn version_to_register(&self, ctx: &CommandContext, secret: &SecretRef) -> Result<u32, CommandError> {
-        let credential = self.load_state::<Credential>(&stream_id(&ctx.tenant_id, &credential_id(secret))).await?;
-        if let CredentialState::Registered { current_version, .. } = &credential.state {
-            return Ok(*current_version);
-        }
-        Ok(self.vault.metadata(secret).await?.map_or(1, |m| m.current_version))
     }
 
     /// Refuses a `kv://` ref whose vault another tenant owns (refs that do not parse are left to

@@ -21,6 +21,8 @@
 //!
 //! Each step is idempotent, so a redelivered event or a retried request repeats nothing.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use domain::connection::ConnectionEvent;
 use domain::credential::{
@@ -35,7 +37,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use store::VaultError;
 
-use crate::{CommandContext, CommandError, Commands};
+use crate::{CommandContext, CommandError, Commands, Folded};
 
 /// The operation of the run that checks a pending credential version against the provider.
 pub const VERIFY_CREDENTIAL_OPERATION: &str = "VerifyCredential";
@@ -168,10 +170,10 @@ impl Commands {
         ctx: &CommandContext,
         secret: &SecretRef,
         link: &CredentialCommand,
-    ) -> Result<(), CommandError> {
+    ) -> Result<Arc<Folded<CredentialState>>, CommandError> {
         let folded = self.load_state::<Credential>(&stream_id(&ctx.tenant_id, &credential_id(secret))).await?;
         Credential::decide(link, &folded.state)?;
-        Ok(())
+        Ok(folded)
     }
 
     async fn credential_state(

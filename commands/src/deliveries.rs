@@ -48,14 +48,15 @@ impl Commands {
         command.received_at = self.now();
         command.delivery_id = delivery_id_for(&ctx.tenant_id, &command.connection_id, &command.provider_delivery_id);
         let stream = stream_id(&ctx.tenant_id, &command.delivery_id);
-        let (events, duplicate, last_position) = match self.execute::<InboundDelivery>(ctx, &stream, &command).await {
-            Ok(executed) => (executed.new_events, false, executed.last_position),
-            Err(CommandError::Rejected(DomainError::AlreadyExists { .. })) => {
-                let loaded = self.load::<DeliveryEvent>(&stream).await?;
-                (loaded.events, true, loaded.last_position)
-            }
-            Err(e) => return Err(e),
-        };
+        let (events, duplicate, last_position) =
+            match self.execute_on_new_stream::<InboundDelivery>(ctx, &stream, &command).await {
+                Ok(executed) => (executed.new_events, false, executed.last_position),
+                Err(CommandError::Rejected(DomainError::AlreadyExists { .. })) => {
+                    let loaded = self.load::<DeliveryEvent>(&stream).await?;
+                    (loaded.events, true, loaded.last_position)
+                }
+                Err(e) => return Err(e),
+            };
         match events.iter().find_map(DeliveryEvent::as_accepted) {
             Some(accepted) => Ok(DeliveryAcceptedOutcome { accepted: accepted.clone(), duplicate, last_position }),
             None => Err(DomainError::NotFound { kind: "delivery", id: command.delivery_id }.into()),

@@ -96,7 +96,7 @@ impl Commands {
         D::Event: AggregateEvent,
         D::State: Clone + Send + Sync + 'static,
     {
-        match self.execute::<D>(ctx, stream_id, command).await {
+        match self.execute_on_new_stream::<D>(ctx, stream_id, command).await {
             Ok(executed) => Ok(Loaded {
                 version: executed.new_events.len() as u64,
                 events: executed.new_events,
@@ -148,26 +148,73 @@ impl Commands {
     {
         for _ in 0..MAX_CONFLICT_RETRIES {
             let folded = self.load_state::<D>(stream_id).await?;
-            let decided = D::decide(command, &folded.state)?;
-            if decided.is_empty() {
-                return Ok(Executed { state: folded.state.clone(), new_events: decided, last_position: None });
-            }
-            let version = folded.version;
-            let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
-            let now = self.clock.now();
-            let new_events = decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect();
-            match self.store.append(stream_id, expected, new_events).await {
-                Ok(recorded) => {
-                    let state = decided.iter().fold(folded.state.clone(), D::evolve);
-                    let last_position = recorded.last().map(|e| e.global_position);
-                    let version = recorded.last().map_or(version, |e| e.stream_version);
-                    self.states.put(stream_id, Arc::new(Folded { state: state.clone(), version, last_position }));
-                    return Ok(Executed { state, new_events: decided, last_position });
-                }
-                Err(StoreError::WrongExpectedVersion { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            if let Some(executed) = self.decide_and_append::<D>(ctx, stream_id, &folded, command).await? {
+                return Ok(executed);
             }
         }
         Err(CommandError::Contention(stream_id.into()))
+    }
+
+    /// [`Self::execute`] for a command that usually starts a new stream (a new resource, a
+    /// delivery seen for the first time): it is decided on the empty state and appended with
+    /// `NoStream` without reading the stream first. When the stream exists after all (a retried
+    /// request), the store refuses the append and the command runs as `execute` runs it.
+    pub async fn execute_on_new_stream<D>(
+        &self,
+        ctx: &CommandContext,
+        stream_id: &str,
+        command: &D::Command,
+    ) -> Result<Executed<D>, CommandError>
+    where
+        D: Decider,
+        D::Event: AggregateEvent,
+        D::State: Clone + Send + Sync + 'static,
+    {
+        if self.states.get::<D::State>(stream_id).is_none() {
+            let empty = Folded::default();
+            // A refusal on the empty state may not be the stream's answer, nor may a no-op:
+            // `execute` decides them. Only an append the store accepted settles it.
+            if let Ok(Some(executed)) = self.decide_and_append::<D>(ctx, stream_id, &empty, command).await
+                && !executed.new_events.is_empty()
+            {
+                return Ok(executed);
+            }
+        }
+        self.execute::<D>(ctx, stream_id, command).await
+    }
+
+    /// Decides `command` on `folded` and appends what it decides at `folded`'s version. `None`
+    /// when another writer appended to the stream first.
+    async fn decide_and_append<D>(
+        &self,
+        ctx: &CommandContext,
+        stream_id: &str,
+        folded: &Folded<D::State>,
+        command: &D::Command,
+    ) -> Result<Option<Executed<D>>, CommandError>
+    where
+        D: Decider,
+        D::Event: AggregateEvent,
+        D::State: Clone + Send + Sync + 'static,
+    {
+        let decided = D::decide(command, &folded.state)?;
+        if decided.is_empty() {
+            return Ok(Some(Executed { state: folded.state.clone(), new_events: decided, last_position: None }));
+        }
+        let version = folded.version;
+        let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
+        let now = self.clock.now();
+        let new_events = decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect();
+        match self.store.append(stream_id, expected, new_events).await {
+            Ok(recorded) => {
+                let state = decided.iter().fold(folded.state.clone(), D::evolve);
+                let last_position = recorded.last().map(|e| e.global_position);
+                let version = recorded.last().map_or(version, |e| e.stream_version);
+                self.states.put(stream_id, Arc::new(Folded { state: state.clone(), version, last_position }));
+                Ok(Some(Executed { state, new_events: decided, last_position }))
+            }
+            Err(StoreError::WrongExpectedVersion { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }

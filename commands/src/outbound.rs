@@ -36,7 +36,7 @@ impl Commands {
             published_at: self.now(),
         };
         let stream = stream_id(&ctx.tenant_id, message_id);
-        let executed = self.execute::<OutboundMessage>(ctx, &stream, &command).await?;
+        let executed = self.execute_on_new_stream::<OutboundMessage>(ctx, &stream, &command).await?;
         let newly_published = !executed.new_events.is_empty();
         let published = match executed.state {
             domain::outbound::MessageState::Published(published) => published,

@@ -36,8 +36,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const QUEUE_CAPACITY: usize = 1024;
 /// The most append requests committed in one transaction, which bounds a batch's latency.
 const MAX_BATCH: usize = 512;
-/// Read connections kept open between reads; more are opened while reads pile up.
-const MAX_IDLE_READERS: usize = 8;
+/// Reads that run at once, each on its own read-only connection; more wait for one. Every
+/// connection is kept open, with its prepared statements, for the next read: opening one per
+/// read would parse every statement again.
+const READERS: usize = 8;
+/// How much of the file readers map into memory instead of copying pages in with `pread`.
+const READER_MMAP_BYTES: i64 = 256 << 20;
 /// Events of the latest commits kept in memory for the followers of the global order.
 const TAIL_CAPACITY: usize = 4096;
 
@@ -134,7 +138,11 @@ impl SqliteEventStore {
             requests: Some(requests),
             writer: Some(thread),
             head: head_receiver,
-            readers: Arc::new(ReadConnections { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            readers: Arc::new(ReadConnections {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::with_capacity(READERS)),
+                permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
+            }),
             counters,
             tail,
         })
@@ -152,10 +160,15 @@ impl SqliteEventStore {
         &self,
         query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let permit = Arc::clone(&self.readers.permits).acquire_owned().await;
+        let permit = permit.map_err(|_| StoreError::Unavailable("the event store readers are closed".into()))?;
         let readers = Arc::clone(&self.readers);
-        tokio::task::spawn_blocking(move || readers.with_connection(query))
-            .await
-            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            readers.with_connection(query)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
     }
 }
 
@@ -545,6 +558,8 @@ where
 struct ReadConnections {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// One per connection: a read holds one while it runs.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl ReadConnections {
@@ -558,10 +573,7 @@ impl ReadConnections {
             None => open_reader(&self.path).map_err(backend)?,
         };
         let result = read(&conn).map_err(backend);
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
-        }
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
         result
     }
 }
@@ -570,6 +582,9 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
+    // Room for the statements every read kind uses, so none is ever parsed twice.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::EventEnvelope;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use crate::{EventFeed, FeedError};
@@ -48,11 +50,19 @@ pub struct ConsumerOptions {
     pub first_backoff: Duration,
     /// The longest wait between retries; each failure in a row doubles the wait up to this.
     pub max_backoff: Duration,
+    /// How many streams of a batch are handled at once. The events of one stream are always
+    /// handled one after the other, in order; with 1, so is the whole batch (global order).
+    pub concurrency: usize,
 }
 
 impl Default for ConsumerOptions {
     fn default() -> Self {
-        Self { batch_size: 100, first_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(30) }
+        Self {
+            batch_size: 100,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            concurrency: 1,
+        }
     }
 }
 
@@ -77,6 +87,10 @@ where
 ///   effects), what was handled is committed, and it returns `Ok`. Waits for events and
 ///   backoffs end at once. A caller that cannot wait for a slow handler drops the future: the
 ///   uncommitted events come again to the next feed of this consumer.
+///
+/// - With [`ConsumerOptions::concurrency`] above 1, the streams of a batch are handled at once
+///   (each stream's events still in order, each retried on its own) and the batch is committed
+///   when all are done; on shutdown, the handled prefix of the batch.
 ///
 /// Returns an error only for a feed error retrying cannot fix (see [`FeedError::is_retryable`]).
 pub async fn run_consumer_with<F, H>(
@@ -113,7 +127,12 @@ where
             }
         };
         backoff.reset();
-        if handle_batch(&mut feed, &handler, &batch, &options, &shutdown).await? == Flow::Stop {
+        let flow = if options.concurrency > 1 {
+            handle_streams_concurrently(&mut feed, &handler, &batch, &options, &shutdown).await?
+        } else {
+            handle_batch(&mut feed, &handler, &batch, &options, &shutdown).await?
+        };
+        if flow == Flow::Stop {
             return Ok(());
         }
     }
@@ -170,6 +189,91 @@ async fn handle_batch<F: EventFeed, H: EventHandler>(
         Some(position) => commit_with_retry(feed, position, options, shutdown).await,
         None => Ok(Flow::Continue),
     }
+}
+
+/// Hands `batch` to `handler` with up to `options.concurrency` streams at once, each stream's
+/// events in order and each retried until it succeeds, then commits the batch. On shutdown the
+/// events in hand are finished and the handled prefix of the batch (in global order) is
+/// committed; the rest comes again.
+async fn handle_streams_concurrently<F: EventFeed, H: EventHandler>(
+    feed: &mut F,
+    handler: &H,
+    batch: &[EventEnvelope],
+    options: &ConsumerOptions,
+    shutdown: &CancellationToken,
+) -> Result<Flow, FeedError> {
+    let mut lanes: Vec<Vec<&EventEnvelope>> = Vec::new();
+    let mut lane_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for event in batch {
+        let lane = *lane_of.entry(event.stream_id.as_str()).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
+        });
+        lanes[lane].push(event);
+    }
+    let consumer = feed.consumer().to_owned();
+    let mut waiting = lanes.into_iter();
+    let mut running = FuturesUnordered::new();
+    let mut done = Vec::with_capacity(batch.len());
+    loop {
+        while running.len() < options.concurrency
+            && let Some(lane) = waiting.next()
+        {
+            running.push(handle_lane(&consumer, handler, lane, options, shutdown));
+        }
+        match running.next().await {
+            Some(handled) => done.extend(handled),
+            None => break,
+        }
+    }
+    done.sort_unstable();
+    // The longest run of the batch, from its start, whose every event was handled.
+    let handled_prefix = batch.iter().zip(&done).take_while(|(event, done)| event.global_position == **done).last();
+    let Some((last, _)) = handled_prefix else {
+        return Ok(if shutdown.is_cancelled() { Flow::Stop } else { Flow::Continue });
+    };
+    if done.len() < batch.len() {
+        commit_once(feed, last.global_position).await?;
+        return Ok(Flow::Stop);
+    }
+    commit_with_retry(feed, last.global_position, options, shutdown).await
+}
+
+/// Handles the events of one stream in order, each retried until it succeeds; stops early on
+/// shutdown. The positions handled.
+async fn handle_lane<H: EventHandler>(
+    consumer: &str,
+    handler: &H,
+    lane: Vec<&EventEnvelope>,
+    options: &ConsumerOptions,
+    shutdown: &CancellationToken,
+) -> Vec<u64> {
+    let mut handled = Vec::with_capacity(lane.len());
+    let mut backoff = Backoff::new(options);
+    for event in lane {
+        loop {
+            if shutdown.is_cancelled() {
+                return handled;
+            }
+            let Err(error) = handler.handle(event).await else { break };
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                consumer,
+                global_position = event.global_position,
+                event_type = %event.event_type,
+                failures = backoff.failures,
+                %error,
+                retry_in = ?delay,
+                "handling an event failed; it will be handled again"
+            );
+            if !pause(delay, shutdown).await {
+                return handled;
+            }
+        }
+        backoff.reset();
+        handled.push(event.global_position);
+    }
+    handled
 }
 
 /// Commits `position`, retrying retryable failures; `Stop` when shutdown came first (the

@@ -153,3 +153,32 @@ async fn shutdown_stops_a_driver_backing_off_from_a_failing_handler_and_the_even
     let mut restarted = data.feed("runs").await;
     assert_eq!(within(restarted.next_batch(100)).await.unwrap(), stored[1..]);
 }
+
+#[tokio::test]
+async fn with_concurrency_streams_are_handled_at_once_each_in_order_and_the_batch_commits_after_all() {
+    let data = DataDir::new().await;
+    let a = data.append("conn-a", 3).await;
+    let b = data.append("conn-b", 3).await;
+    // conn-a's second event fails twice: conn-b goes on meanwhile, conn-a's third event waits.
+    let (handler, mut calls) = Recorder::new(&data, "runs", &[(2, 2)]);
+    let options = ConsumerOptions { concurrency: 8, ..quick_retries() };
+    let shutdown = CancellationToken::new();
+    let driver = tokio::spawn(run_consumer_with(data.feed("runs").await, handler, options, shutdown.clone()));
+
+    let received = next_calls(&mut calls, 8).await;
+    let of_stream = |stream: &[EventEnvelope]| -> Vec<u64> {
+        let positions = positions(stream);
+        received.iter().map(|c| c.position).filter(|p| positions.contains(p)).collect()
+    };
+    assert_eq!(of_stream(&a), [1, 2, 2, 2, 3], "one stream's events in order, a failed one retried");
+    assert_eq!(of_stream(&b), [4, 5, 6]);
+    let third_of_b = received.iter().position(|c| c.position == 6).unwrap();
+    let last_retry_of_a = received.iter().rposition(|c| c.position == 2).unwrap();
+    assert!(third_of_b < last_retry_of_a, "conn-b waited for conn-a's retries: {received:?}");
+    assert!(received.iter().all(|c| c.checkpoint == 0), "committed before the batch was done: {received:?}");
+    data.wait_for_checkpoint("runs", 6).await;
+
+    shutdown.cancel();
+    within(driver).await.unwrap().unwrap();
+    assert!(calls.try_recv().is_err(), "an event was handled after it succeeded");
+}
