@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use quick_cache::sync::Cache;
 
-/// Streams whose states are kept; the least recently used leave first.
-const CAPACITY: usize = 20_000;
+/// Streams whose states are kept; the least recently used leave first. A state is a few
+/// hundred bytes to a few KiB (a connection's configuration), so this bounds the cache to a
+/// few tens of MiB.
+const CAPACITY: usize = 4_096;
 
 /// An aggregate's state as of `version` of its stream.
 #[derive(Debug, Clone, Default)]

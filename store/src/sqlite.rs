@@ -40,10 +40,8 @@ const MAX_BATCH: usize = 512;
 /// connection is kept open, with its prepared statements, for the next read: opening one per
 /// read would parse every statement again.
 const READERS: usize = 8;
-/// How much of the file readers map into memory instead of copying pages in with `pread`.
-const READER_MMAP_BYTES: i64 = 256 << 20;
 /// Events of the latest commits kept in memory for the followers of the global order.
-const TAIL_CAPACITY: usize = 4096;
+const TAIL_CAPACITY: usize = 1024;
 
 /// Schema of the events table; entry `i` moves the component from version `i` to `i + 1`.
 const EVENT_STORE_MIGRATIONS: &[&str] = &[
@@ -582,7 +580,6 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
     // Room for the statements every read kind uses, so none is ever parsed twice.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use commands::{CommandError, Commands};
+use commands::{CommandContext, CommandError, Commands};
 use connectors::operations::CHECK_HEALTH;
 use domain::connection::ConnectionEvent;
 use domain::credential::CredentialEvent;
@@ -45,10 +45,11 @@ pub struct ScheduleSettings {
     pub credential_overlap: Duration,
 }
 
-/// A connection checked periodically, with the event that established it (the cause of the
-/// commands issued for it), its offset in the interval and the last slot checked.
+/// A connection checked periodically: the context of the commands issued for it (caused by
+/// the event that established it; not the event itself, which would keep every connection's
+/// whole configuration in memory), its offset in the interval and the last slot checked.
 struct Checked {
-    established: EventEnvelope,
+    cause: CommandContext,
     offset_ms: i64,
     last_slot: i64,
 }
@@ -67,7 +68,7 @@ impl HealthChecks {
         &mut self,
         tenant: String,
         connection_id: String,
-        established: EventEnvelope,
+        established: &EventEnvelope,
         at: DateTime<Utc>,
         interval_ms: i64,
     ) {
@@ -79,7 +80,8 @@ impl HealthChecks {
             tenant.clone(),
             connection_id.clone(),
         )));
-        self.connections.insert((tenant, connection_id), Checked { established, offset_ms, last_slot });
+        let cause = caused_by(established, SCHEDULER);
+        self.connections.insert((tenant, connection_id), Checked { cause, offset_ms, last_slot });
     }
 }
 
@@ -135,7 +137,7 @@ fn track(event: EventEnvelope, settings: &ScheduleSettings, checked: &mut Health
     match decoded {
         AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(e)) => {
             if let Some(interval) = settings.health_check_interval {
-                checked.track(tenant, e.connection_id, event, e.established_at, interval_ms(interval));
+                checked.track(tenant, e.connection_id, &event, e.established_at, interval_ms(interval));
             }
         }
         AnyEvent::Credential(CredentialEvent::CredentialRotated(e)) => {
@@ -185,9 +187,9 @@ async fn check_due_connections(commands: &Commands, interval: Duration, now: Dat
         let Some(Reverse((_, tenant, connection_id))) = checks.due.pop() else { break };
         let Some(connection) = checks.connections.get_mut(&(tenant.clone(), connection_id.clone())) else { continue };
         let current = slot(connection.offset_ms, interval_ms, now);
-        let ctx = caused_by(&connection.established, SCHEDULER);
+        let ctx = &connection.cause;
         let run_id = health_check_run_id(&tenant, &connection_id, &current.to_string());
-        match commands.request_run(&ctx, &run_id, &connection_id, CHECK_HEALTH, json!({})).await {
+        match commands.request_run(ctx, &run_id, &connection_id, CHECK_HEALTH, json!({})).await {
             Ok(_) => {
                 tracing::debug!(%connection_id, %run_id, "periodic health check requested");
                 connection.last_slot = current;
