@@ -18,10 +18,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// mimalloc instead of the system allocator: see docs/performance.md for what it saves.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "integration-engine", version, about = "Event-sourced CQRS integration engine")]
 struct Cli {
