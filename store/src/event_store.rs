@@ -61,7 +61,9 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(events)
     }
 
-    /// Up to `max` events with a global position greater than `after`, in global order.
+    /// Up to `max` events with a global position greater than `after`, in global order: what the
+    /// followers of the store read. An adapter may answer the latest commits from the memory of
+    /// the process that made them; [`EventStore::read_filtered`] reads what storage holds.
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<EventEnvelope>, StoreError>;
 
     /// Up to `max` events matching `filter` with a global position greater than `after`, in

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{EventEnvelope, NewEvent};
-use store::{EventStore, ExpectedVersion, StoreError};
+use store::{EventFilter, EventStore, ExpectedVersion, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -86,6 +86,15 @@ impl EventStore for SharedStore {
 
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<EventEnvelope>, StoreError> {
         self.inner.read_all(after, max).await
+    }
+
+    async fn read_filtered(
+        &self,
+        filter: &EventFilter,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.inner.read_filtered(filter, after, max).await
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
