@@ -225,7 +225,11 @@ impl EventStore for SqliteEventStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        if let Some(events) = self.tail.lock().unwrap_or_else(PoisonError::into_inner).read(after, max) {
+        let from_memory = self.tail.lock().unwrap_or_else(PoisonError::into_inner).read(after, max);
+        if let Some(events) = from_memory {
+            // Answered without waiting on anything: a caller reading in a loop must still give
+            // the other tasks of its runtime their turn (tokio's cooperative budget).
+            tokio::task::consume_budget().await;
             return Ok(events);
         }
         // Positions never exceed i64::MAX, so clamping keeps the meaning of both bounds.
