@@ -51,6 +51,12 @@ pub struct Loaded<E> {
     pub last_position: Option<u64>,
 }
 
+/// A decider the write side runs: its events decode from the store, and its states can be
+/// cached and shared between tasks.
+pub trait Aggregate: Decider<Event: AggregateEvent, State: Clone + Send + Sync + 'static> {}
+
+impl<D> Aggregate for D where D: Decider<Event: AggregateEvent, State: Clone + Send + Sync + 'static> {}
+
 /// The write side's entry point: ports in, use cases out (see the use-case modules).
 #[derive(Clone)]
 pub struct Commands {
@@ -85,17 +91,12 @@ impl Commands {
     /// Executes a creation command. When the stream already exists because this same request
     /// ran before (an `Idempotency-Key` retry re-uses the id reserved the first time), the
     /// events it created then are returned instead of a rejection.
-    pub async fn create<D>(
+    pub async fn create<D: Aggregate>(
         &self,
         ctx: &CommandContext,
         stream_id: &str,
         command: &D::Command,
-    ) -> Result<Loaded<D::Event>, CommandError>
-    where
-        D: Decider,
-        D::Event: AggregateEvent,
-        D::State: Clone + Send + Sync + 'static,
-    {
+    ) -> Result<Loaded<D::Event>, CommandError> {
         match self.execute_on_new_stream::<D>(ctx, stream_id, command).await {
             Ok(executed) => Ok(Loaded {
                 version: executed.new_events.len() as u64,
@@ -109,12 +110,7 @@ impl Commands {
 
     /// The aggregate state of a stream: the cached state, brought up to date with the events
     /// appended since (read and decoded only those).
-    pub async fn load_state<D>(&self, stream_id: &str) -> Result<Arc<Folded<D::State>>, CommandError>
-    where
-        D: Decider,
-        D::Event: AggregateEvent,
-        D::State: Clone + Send + Sync + 'static,
-    {
+    pub async fn load_state<D: Aggregate>(&self, stream_id: &str) -> Result<Arc<Folded<D::State>>, CommandError> {
         let cached = self.states.get::<D::State>(stream_id);
         let seen = cached.as_ref().map_or(0, |folded| folded.version);
         let newer = self.store.read_stream_after(stream_id, seen).await?;
@@ -135,17 +131,12 @@ impl Commands {
 
     /// Loads the stream's state, decides, and appends at the version it was folded to; on a
     /// concurrent write it decides again against the new state.
-    pub async fn execute<D>(
+    pub async fn execute<D: Aggregate>(
         &self,
         ctx: &CommandContext,
         stream_id: &str,
         command: &D::Command,
-    ) -> Result<Executed<D>, CommandError>
-    where
-        D: Decider,
-        D::Event: AggregateEvent,
-        D::State: Clone + Send + Sync + 'static,
-    {
+    ) -> Result<Executed<D>, CommandError> {
         for _ in 0..MAX_CONFLICT_RETRIES {
             let folded = self.load_state::<D>(stream_id).await?;
             if let Some(executed) = self.decide_and_append::<D>(ctx, stream_id, &folded, command).await? {
@@ -159,17 +150,12 @@ impl Commands {
     /// delivery seen for the first time): it is decided on the empty state and appended with
     /// `NoStream` without reading the stream first. When the stream exists after all (a retried
     /// request), the store refuses the append and the command runs as `execute` runs it.
-    pub async fn execute_on_new_stream<D>(
+    pub async fn execute_on_new_stream<D: Aggregate>(
         &self,
         ctx: &CommandContext,
         stream_id: &str,
         command: &D::Command,
-    ) -> Result<Executed<D>, CommandError>
-    where
-        D: Decider,
-        D::Event: AggregateEvent,
-        D::State: Clone + Send + Sync + 'static,
-    {
+    ) -> Result<Executed<D>, CommandError> {
         if self.states.get::<D::State>(stream_id).is_none() {
             let empty = Folded::default();
             // A refusal on the empty state may not be the stream's answer, nor may a no-op:
@@ -185,18 +171,13 @@ impl Commands {
 
     /// Decides `command` on `folded` and appends what it decides at `folded`'s version. `None`
     /// when another writer appended to the stream first.
-    async fn decide_and_append<D>(
+    async fn decide_and_append<D: Aggregate>(
         &self,
         ctx: &CommandContext,
         stream_id: &str,
         folded: &Folded<D::State>,
         command: &D::Command,
-    ) -> Result<Option<Executed<D>>, CommandError>
-    where
-        D: Decider,
-        D::Event: AggregateEvent,
-        D::State: Clone + Send + Sync + 'static,
-    {
+    ) -> Result<Option<Executed<D>>, CommandError> {
         let decided = D::decide(command, &folded.state)?;
         if decided.is_empty() {
             return Ok(Some(Executed { state: folded.state.clone(), new_events: decided, last_position: None }));

@@ -24,7 +24,7 @@ pub mod subscriptions;
 
 pub use clock::{Clock, SystemClock};
 pub use context::CommandContext;
-pub use handler::{CommandError, Commands, Executed, Loaded};
+pub use handler::{Aggregate, CommandError, Commands, Executed, Loaded};
 pub use states::Folded;
 
 /// A fresh, time-ordered resource id with the given spec prefix (`conn`, `run`, ...).
