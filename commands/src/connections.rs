@@ -86,12 +86,11 @@ impl Commands {
                 &established.connection_id,
                 established.established_at,
             );
-            // A credential registered with a first connection stays so, and links a later one
-            // with no event: seen so a moment ago, it need not be read again. Any other state
-            // may have changed since, so the link runs as a command.
+            // The link appends nothing only to a credential registered with a first connection,
+            // which stays so: seen a moment ago, it need not be read again. Any other state may
+            // have changed since, so the link runs as a command.
             let appends_nothing = seen.is_some_and(|credential| {
-                matches!(&credential.state, CredentialState::Registered { first_connection: Some(_), .. })
-                    && Credential::decide(&link, &credential.state).is_ok_and(|events| events.is_empty())
+                Credential::decide(&link, &credential.state).is_ok_and(|events| events.is_empty())
             });
             if !appends_nothing {
                 let stream = stream_id(&ctx.tenant_id, &credential_id(&secret));

@@ -199,13 +199,8 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
-        let stream_id = stream_id.to_owned();
-        self.read(move |conn| {
-            let mut query =
-                conn.prepare_cached(&format!("{SELECT_EVENTS} WHERE stream_id = ?1 ORDER BY stream_version"))?;
-            query.query_map([stream_id], envelope_from_row)?.collect()
-        })
-        .await
+        // Versions start at 1.
+        self.read_stream_after(stream_id, 0).await
     }
 
     async fn read_stream_after(&self, stream_id: &str, after: u64) -> Result<Vec<EventEnvelope>, StoreError> {

@@ -163,15 +163,7 @@ async fn handle_batch<F: EventFeed, H: EventHandler>(
             }
             let Err(error) = handler.handle(event).await else { break };
             let delay = backoff.next_delay();
-            tracing::warn!(
-                consumer = feed.consumer(),
-                global_position = event.global_position,
-                event_type = %event.event_type,
-                failures = backoff.failures,
-                %error,
-                retry_in = ?delay,
-                "handling an event failed; it will be handled again"
-            );
+            log_retry(feed.consumer(), event, &backoff, &error, delay);
             if let Some(position) = uncommitted
                 && commit_once(feed, position).await?
             {
@@ -257,15 +249,7 @@ async fn handle_lane<H: EventHandler>(
             }
             let Err(error) = handler.handle(event).await else { break };
             let delay = backoff.next_delay();
-            tracing::warn!(
-                consumer,
-                global_position = event.global_position,
-                event_type = %event.event_type,
-                failures = backoff.failures,
-                %error,
-                retry_in = ?delay,
-                "handling an event failed; it will be handled again"
-            );
+            log_retry(consumer, event, &backoff, &error, delay);
             if !pause(delay, shutdown).await {
                 return handled;
             }
@@ -274,6 +258,18 @@ async fn handle_lane<H: EventHandler>(
         handled.push(event.global_position);
     }
     handled
+}
+
+fn log_retry(consumer: &str, event: &EventEnvelope, backoff: &Backoff, error: &dyn std::error::Error, delay: Duration) {
+    tracing::warn!(
+        consumer,
+        global_position = event.global_position,
+        event_type = %event.event_type,
+        failures = backoff.failures,
+        error = %error,
+        retry_in = ?delay,
+        "handling an event failed; it will be handled again"
+    );
 }
 
 /// Commits `position`, retrying retryable failures; `Stop` when shutdown came first (the

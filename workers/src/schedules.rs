@@ -187,6 +187,10 @@ async fn check_due_connections(commands: &Commands, interval: Duration, now: Dat
         let Some(Reverse((_, tenant, connection_id))) = checks.due.pop() else { break };
         let Some(connection) = checks.connections.get_mut(&(tenant.clone(), connection_id.clone())) else { continue };
         let current = slot(connection.offset_ms, interval_ms, now);
+        if current <= connection.last_slot {
+            // Checked in this slot already: a second entry of the connection's.
+            continue;
+        }
         let ctx = &connection.cause;
         let run_id = health_check_run_id(&tenant, &connection_id, &current.to_string());
         match commands.request_run(ctx, &run_id, &connection_id, CHECK_HEALTH, json!({})).await {
