@@ -35,7 +35,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde_json::json;
 use store::cached_vault::CachedSecretStore;
-use store::{EventStore, MasterKey, SecretStore, SqliteEventStore, SqliteVault};
+use store::{EventStore, Leases, MasterKey, SecretStore, SqliteEventStore, SqliteLeases, SqliteVault};
 use tokio_util::sync::CancellationToken;
 use workers::fanout::{Dispatcher, FANOUT_CONSUMER, FanOut, WebhookSettings};
 use workers::kafka::{ensure_topics, run_commands_consumer};
@@ -43,6 +43,9 @@ use workers::messages::{COMMANDS_TOPIC, ControlCommand, PublishEvent, SCHEMA_VER
 use workers::relay::{RELAY_CONSUMER, run_relay};
 use workers::start_run::StartRunHandler;
 use workers::{ConsumerOptions, EmbeddedFeed, KafkaFeed, KafkaSettings, SqliteCheckpoints, run_consumer_with};
+
+#[path = "support/cpu.rs"]
+mod cpu;
 
 const TENANT: &str = "bench";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -184,7 +187,8 @@ async fn run_mode(
     let stored = watch_stored(store.clone(), shutdown.child_token());
     let mut settings = WebhookSettings::new(format!("bench-{mode}"));
     settings.allow = Arc::new(EgressAllowList::parse("127.0.0.1").map_err(anyhow::Error::msg)?);
-    let dispatcher = Dispatcher::new(store.clone(), commands.clone(), vault.clone(), settings)?;
+    let leases: Arc<dyn Leases> = Arc::new(SqliteLeases::open(&dir.path().join("events.db"))?);
+    let dispatcher = Dispatcher::new(store.clone(), leases, commands.clone(), vault.clone(), settings)?;
     let fan_out = FanOut::new(commands.clone(), dispatcher.directory(), shutdown.child_token());
     tokio::spawn(dispatcher.run(shutdown.child_token()));
     let checkpoints = SqliteCheckpoints::open(dir.path().join("workers.db")).await?;
@@ -211,6 +215,8 @@ async fn run_mode(
     // Let the consumers join (Kafka) and the dispatcher catch up before measuring.
     tokio::time::sleep(Duration::from_secs(if kafka.is_some() { 5 } else { 1 })).await;
 
+    let ticks = cpu::clock_ticks_per_second();
+    let cpu_before = cpu::cpu_time(std::process::id(), ticks)?;
     let acks: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -269,6 +275,7 @@ async fn run_mode(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu = cpu::cpu_time(std::process::id(), ticks)?.saturating_sub(cpu_before);
     shutdown.cancel();
     let arrivals = arrivals.lock().unwrap().clone();
     let acks = acks.lock().unwrap().clone();
@@ -301,6 +308,9 @@ async fn run_mode(
         "publishedInSeconds": published_in.as_secs_f64(),
         "seconds": elapsed,
         "deliveriesPerSecond": expected as f64 / elapsed,
+        // The whole process: the engine's fan-out and dispatcher, and also the publishers and
+        // the receiver, which run in it too (so an upper bound of the engine's share).
+        "processCpuMsPerDelivery": cpu.as_secs_f64() * 1000.0 / expected as f64,
         "latencyMs": {"p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99), "max": percentile(&latencies, 1.0)},
         "storedMs": split(&to_store),
         "fromStoreMs": split(&from_store),

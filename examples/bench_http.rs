@@ -44,6 +44,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::{clock_ticks_per_second, cpu_time};
+
 const TENANT: &str = "bench";
 const SCOPES: &str = "integration.connections.write integration.connections.read integration.providers.write \
                       integration.providers.read";
@@ -162,25 +166,6 @@ fn spawn_listening(mut command: Command, name: &str) -> anyhow::Result<(ChildGua
     };
     std::thread::spawn(move || lines.for_each(drop));
     Ok((child, base))
-}
-
-/// CPU time (user + system) of a process so far.
-fn cpu_time(pid: u32, ticks_per_second: f64) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces) start with field 3, `state`.
-    let fields: Vec<&str> = stat.rsplit_once(')').context("/proc/PID/stat")?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11).context("utime")?.parse()?;
-    let stime: u64 = fields.get(12).context("stime")?.parse()?;
-    Ok(Duration::from_secs_f64((utime + stime) as f64 / ticks_per_second))
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

@@ -102,7 +102,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = Authenticator::new(auth_config).await?;
 
     // Worker processes and the `runs start` command may append to the same store.
-    let crate::worker::Stores { store, vault } = crate::worker::Stores::open(&args.data)?;
+    let stores = crate::worker::Stores::open(&args.data)?;
+    let (store, vault) = (stores.store.clone(), stores.vault.clone());
     let idempotency = Idempotency::new(Arc::new(
         SqliteIdempotencyStore::open(&dir.join(EVENTS_DB))?
             .with_retention(Duration::from_secs(args.idempotency_retention_hours.saturating_mul(3600))),
@@ -118,7 +119,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let kafka = args.kafka.settings();
     let roles = crate::worker::Roles { relay: kafka.is_some(), consumers: !args.no_workers };
     let mut workers = crate::worker::start(
-        &crate::worker::Stores { store: store.clone(), vault: vault.clone() },
+        &stores,
         dir,
         kafka.as_ref(),
         &args.runs,

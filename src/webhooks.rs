@@ -87,8 +87,13 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     let stores = feeds.stores;
     let commands = stores.commands();
-    let dispatcher =
-        Dispatcher::new(stores.store.clone(), commands.clone(), stores.vault.clone(), args.settings(worker_id)?)?;
+    let dispatcher = Dispatcher::new(
+        stores.store.clone(),
+        stores.leases.clone(),
+        commands.clone(),
+        stores.vault.clone(),
+        args.settings(worker_id)?,
+    )?;
     let fan_out = FanOut::new(commands, dispatcher.directory(), shutdown.child_token());
     let token = shutdown.child_token();
     tasks.push(("webhook-dispatcher", tokio::spawn(async move { Ok(dispatcher.run(token).await?) })));

@@ -16,7 +16,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use store::cached_vault::CachedSecretStore;
 use store::sqlite::SqliteEventStore;
-use store::{EventStore, SecretStore};
+use store::{EventStore, Leases, SecretStore, SqliteLeases};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use workers::executor::RUN_EXECUTOR_CONSUMER;
@@ -150,6 +150,8 @@ pub struct WorkerArgs {
 pub struct Stores {
     pub store: Arc<dyn EventStore>,
     pub vault: Arc<dyn SecretStore>,
+    /// Leases shared by every process on the data dir (webhook lanes).
+    pub leases: Arc<dyn Leases>,
 }
 
 impl Stores {
@@ -161,7 +163,8 @@ impl Stores {
         let store: Arc<dyn EventStore> = Arc::new(SharedStore::new(sqlite, SHARED_STORE_POLL));
         let vault: Arc<dyn SecretStore> =
             Arc::new(CachedSecretStore::new(Arc::new(crate::secrets::open_vault(data)?), SECRET_CACHE_TTL));
-        Ok(Self { store, vault })
+        let leases: Arc<dyn Leases> = Arc::new(SqliteLeases::open(&dir.join(EVENTS_DB))?);
+        Ok(Self { store, vault, leases })
     }
 
     pub(crate) fn commands(&self) -> Commands {

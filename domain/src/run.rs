@@ -14,7 +14,10 @@
 //!
 //! Outbound webhook deliveries (operation `DeliverWebhook`) are runs too: their failed attempts
 //! carry the endpoint's answer (status, latency, a truncated body), and a run that ended can be
-//! sent again (`RunRedeliveryRequested`), which gives it a fresh budget of attempts.
+//! sent again (`RunRedeliveryRequested`), which gives it a fresh budget of attempts. Their
+//! attempts are taken under a lease on the whole subscription (its lane) instead of one per
+//! run, so each is recorded once, when it ended (`RecordAttempt`): a `RunCompleted` or a
+//! `RunAttemptFailed` that carries the attempt's start and worker, and no `RunStarted`.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -56,6 +59,9 @@ pub enum RunCommand {
         reason: String,
         requested_at: DateTime<Utc>,
     },
+    /// An attempt made under a lease held outside the run (a subscription's lane), recorded
+    /// once it ended.
+    RecordAttempt(RecordAttempt),
     /// The run cannot be executed at all (unknown operation, connection gone): it fails without
     /// an attempt.
     Fail {
@@ -97,6 +103,32 @@ pub struct FailAttempt {
     /// When the next attempt is due; `None` ends the run as failed (a permanent error, or the
     /// last attempt the operation allows).
     pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// An attempt taken and ended under a lease the run does not hold itself (a subscription's
+/// lane, see the module documentation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordAttempt {
+    pub run_id: String,
+    /// The run's next attempt: one more than it has recorded.
+    pub attempt: u32,
+    pub worker_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: AttemptOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptOutcome {
+    Succeeded {
+        output: Value,
+    },
+    Failed {
+        error: String,
+        /// When the next attempt is due; `None` ends the run as failed.
+        next_attempt_at: Option<DateTime<Utc>>,
+        response: Option<AttemptResponse>,
+    },
 }
 
 /// What an endpoint answered to one attempt, as far as it answered.
@@ -153,6 +185,12 @@ pub struct RunAttemptFailed {
     /// What the endpoint answered, for attempts that reached one (webhook deliveries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<AttemptResponse>,
+    /// When the attempt started, for an attempt recorded whole (no `RunStarted` before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// The worker that made it, for an attempt recorded whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
 }
 
 /// A run that had ended is sent again with a fresh budget of attempts, the first one now.
@@ -171,6 +209,15 @@ pub struct RunCompleted {
     pub run_id: String,
     pub output: Value,
     pub completed_at: DateTime<Utc>,
+    /// The attempt that completed it, when recorded whole (no `RunStarted` before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// When that attempt started, when recorded whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// The worker that made it, when recorded whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -269,6 +316,7 @@ impl Decider for Run {
                 | RunCommand::FailAttempt(_)
                 | RunCommand::FailAttemptWithResponse(..)
                 | RunCommand::Redeliver { .. }
+                | RunCommand::RecordAttempt(_)
                 | RunCommand::Fail { .. } => Err(DomainError::InvalidTransition {
                     kind: "run",
                     state: "not requested".into(),
@@ -283,6 +331,7 @@ impl Decider for Run {
             RunCommand::StartAttempt(_)
             | RunCommand::FailAttempt(_)
             | RunCommand::FailAttemptWithResponse(..)
+            | RunCommand::RecordAttempt(_)
             | RunCommand::Fail { .. }
                 if finished =>
             {
@@ -308,8 +357,12 @@ impl Decider for Run {
                     run_id: run_id.clone(),
                     output: output.clone(),
                     completed_at: *completed_at,
+                    attempt: None,
+                    started_at: None,
+                    worker_id: None,
                 })])
             }
+            RunCommand::RecordAttempt(c) => record_attempt(c, *attempts, lease.as_ref(), *next_attempt_at),
             RunCommand::FailAttempt(c) => fail_attempt(c, None, lease.as_ref()),
             RunCommand::FailAttemptWithResponse(c, response) => fail_attempt(c, Some(response), lease.as_ref()),
             RunCommand::Fail { run_id, error, failed_at } => Ok(vec![RunEvent::RunFailed(RunFailed {
@@ -361,9 +414,9 @@ impl Decider for Run {
                 next_attempt_at: e.next_attempt_at,
                 attempts_before_redelivery,
             },
-            RunEvent::RunCompleted(_) => RunState::Exists {
+            RunEvent::RunCompleted(e) => RunState::Exists {
                 status: RunStatus::Completed,
-                attempts,
+                attempts: e.attempt.unwrap_or(0).max(attempts),
                 lease: None,
                 next_attempt_at,
                 attempts_before_redelivery,
@@ -430,6 +483,8 @@ fn start_attempt(
             failed_at: c.started_at,
             next_attempt_at: Some(c.started_at),
             response: None,
+            started_at: None,
+            worker_id: None,
         }));
     } else if let Some(due) = next_attempt_at
         && c.started_at < due
@@ -473,6 +528,8 @@ fn fail_attempt(
         failed_at: c.failed_at,
         next_attempt_at: c.next_attempt_at,
         response: response.cloned(),
+        started_at: None,
+        worker_id: None,
     })];
     if c.next_attempt_at.is_none() {
         events.push(RunEvent::RunFailed(RunFailed {
@@ -481,6 +538,76 @@ fn fail_attempt(
             failed_at: c.failed_at,
         }));
     }
+    Ok(events)
+}
+
+/// An attempt recorded whole: only the run's next one, once it was due, and never while a
+/// worker holds the run's own lease (an executor's attempt).
+fn record_attempt(
+    c: &RecordAttempt,
+    attempts: u32,
+    lease: Option<&Lease>,
+    next_attempt_at: Option<DateTime<Utc>>,
+) -> Result<Vec<RunEvent>, DomainError> {
+    let refused = |state: String| DomainError::InvalidTransition { kind: "run", state, command: "record attempt" };
+    let mut events = Vec::new();
+    if let Some(lease) = lease {
+        if c.started_at < lease.expires_at {
+            return Err(refused(format!("leased to worker {} for attempt {}", lease.worker_id, lease.attempt)));
+        }
+        // Its holder stopped without recording an outcome: that attempt was abandoned.
+        events.push(RunEvent::RunAttemptFailed(RunAttemptFailed {
+            run_id: c.run_id.clone(),
+            attempt: lease.attempt,
+            error: format!(
+                "attempt {} abandoned: worker {} did not finish it before its lease expired at {}",
+                lease.attempt,
+                lease.worker_id,
+                lease.expires_at.to_rfc3339()
+            ),
+            failed_at: c.started_at,
+            next_attempt_at: Some(c.started_at),
+            response: None,
+            started_at: None,
+            worker_id: None,
+        }));
+    } else if let Some(due) = next_attempt_at.filter(|due| c.started_at < *due) {
+        return Err(refused(format!("waiting for its next attempt, due at {}", due.to_rfc3339())));
+    }
+    if c.attempt != attempts + 1 {
+        return Err(refused(format!("{attempts} attempts recorded (attempt {} is not the next)", c.attempt)));
+    }
+    let (started_at, worker_id) = (Some(c.started_at), Some(c.worker_id.clone()));
+    events.extend(match &c.outcome {
+        AttemptOutcome::Succeeded { output } => vec![RunEvent::RunCompleted(RunCompleted {
+            run_id: c.run_id.clone(),
+            output: output.clone(),
+            completed_at: c.finished_at,
+            attempt: Some(c.attempt),
+            started_at,
+            worker_id,
+        })],
+        AttemptOutcome::Failed { error, next_attempt_at, response } => {
+            let mut events = vec![RunEvent::RunAttemptFailed(RunAttemptFailed {
+                run_id: c.run_id.clone(),
+                attempt: c.attempt,
+                error: error.clone(),
+                failed_at: c.finished_at,
+                next_attempt_at: *next_attempt_at,
+                response: response.clone(),
+                started_at,
+                worker_id,
+            })];
+            if next_attempt_at.is_none() {
+                events.push(RunEvent::RunFailed(RunFailed {
+                    run_id: c.run_id.clone(),
+                    error: error.clone(),
+                    failed_at: c.finished_at,
+                }));
+            }
+            events
+        }
+    });
     Ok(events)
 }
 
@@ -547,6 +674,20 @@ mod tests {
     }
     fn fail() -> RunCommand {
         RunCommand::Fail { run_id: "run-1".into(), error: "unknown operation".into(), failed_at: t(1) }
+    }
+    /// Attempt `attempt`, made under a lane's lease from `at` to `at + 1`, recorded whole.
+    fn recorded(attempt: u32, at: i64, outcome: AttemptOutcome) -> RunCommand {
+        RunCommand::RecordAttempt(RecordAttempt {
+            run_id: "run-1".into(),
+            attempt,
+            worker_id: "lane-holder".into(),
+            started_at: t(at),
+            finished_at: t(at + 1),
+            outcome,
+        })
+    }
+    fn failed_then(retry_at: Option<i64>) -> AttemptOutcome {
+        AttemptOutcome::Failed { error: "503".into(), next_attempt_at: retry_at.map(t), response: None }
     }
 
     /// Given the commands (each must be accepted), when `when` is decided: the outcome.
@@ -705,6 +846,39 @@ mod tests {
             history.push(fail_attempt(n, Some(0)));
         }
         assert_eq!(types(&given_when(&history, &start("w", 90)).unwrap()), ["RunFailed"]);
+    }
+
+    /// An attempt under a lane's lease is one event: the outcome, carrying its start and worker.
+    #[test]
+    fn an_attempt_recorded_whole_is_one_event_counted_like_a_started_one() {
+        let first = given_when(&[request()], &recorded(1, 1, failed_then(Some(10)))).unwrap();
+        let [RunEvent::RunAttemptFailed(failed)] = first.as_slice() else { panic!("{first:?}") };
+        assert_eq!((failed.attempt, failed.started_at, failed.worker_id.as_deref()), (1, Some(t(1)), Some("lane-holder")));
+
+        let given = [request(), recorded(1, 1, failed_then(Some(10)))];
+        let early = given_when(&given, &recorded(2, 9, AttemptOutcome::Succeeded { output: json!({}) }));
+        assert!(early.is_err(), "not before the next attempt is due");
+        let stale = given_when(&given, &recorded(1, 10, AttemptOutcome::Succeeded { output: json!({}) }));
+        assert!(stale.is_err(), "attempt 1 is recorded already (another worker's late answer)");
+        let done = given_when(&given, &recorded(2, 10, AttemptOutcome::Succeeded { output: json!({"ok": 1}) })).unwrap();
+        let [RunEvent::RunCompleted(completed)] = done.as_slice() else { panic!("{done:?}") };
+        assert_eq!((completed.attempt, completed.started_at), (Some(2), Some(t(10))));
+
+        let state = given_state(&[request(), recorded(1, 1, failed_then(Some(10))), recorded(2, 10, AttemptOutcome::Succeeded { output: json!({}) })]);
+        assert!(matches!(state, RunState::Exists { status: RunStatus::Completed, attempts: 2, .. }), "{state:?}");
+
+        let last = given_when(&given, &recorded(2, 10, failed_then(None))).unwrap();
+        assert_eq!(types(&last), ["RunAttemptFailed", "RunFailed"], "no attempt follows: dead-lettered");
+    }
+
+    /// A run leased by an attempt of its own is not also attempted under a lane until that
+    /// lease expired; then the abandoned attempt is recorded with the new one.
+    #[test]
+    fn an_attempt_is_not_recorded_whole_while_the_run_holds_its_own_lease() {
+        let refused = given_when(&[request(), start("w1", 1)], &recorded(2, 2, failed_then(None)));
+        assert!(refused.is_err());
+        let taken_over = given_when(&[request(), start("w1", 1)], &recorded(2, 11, failed_then(None))).unwrap();
+        assert_eq!(types(&taken_over), ["RunAttemptFailed", "RunAttemptFailed", "RunFailed"]);
     }
 
     #[test]

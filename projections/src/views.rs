@@ -135,6 +135,22 @@ pub struct AttemptView {
     pub error: Option<String>,
 }
 
+impl AttemptView {
+    /// An attempt that started at `started_at` and has no outcome yet.
+    pub fn running(attempt: u32, started_at: DateTime<Utc>) -> Self {
+        Self {
+            attempt,
+            started_at,
+            outcome: "Running".into(),
+            finished_at: None,
+            status_code: None,
+            latency_ms: None,
+            response_body: None,
+            error: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialView {

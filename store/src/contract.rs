@@ -520,3 +520,45 @@ pub async fn vault_labels_move_through_a_rotation(vault: Arc<dyn crate::SecretSt
     let m = vault.metadata(&s).await.expect("metadata").expect("exists");
     assert_eq!((m.current_version, m.pending_version, m.previous_version, m.versions), (2, None, None, 3));
 }
+
+/// The contract every [`crate::Leases`] adapter must pass: one holder at a time, renewals by
+/// the holder, takeover only after expiry, release, and one winner among racing workers.
+pub async fn run_leases_contract(leases: Arc<dyn crate::Leases>) {
+    a_lease_has_one_holder_until_it_expires(leases.clone()).await;
+    of_workers_racing_for_a_free_lease_exactly_one_wins(leases).await;
+}
+
+pub async fn a_lease_has_one_holder_until_it_expires(leases: Arc<dyn crate::Leases>) {
+    let name = format!("contract-lease-{}", Uuid::new_v4().simple());
+    let t = |seconds: i64| chrono::DateTime::UNIX_EPOCH + chrono::TimeDelta::seconds(1_700_000_000 + seconds);
+    let taken = leases.acquire(&name, "a", t(0), t(10)).await.unwrap();
+    assert_eq!((taken.holder.as_str(), taken.expires_at), ("a", t(10)), "a free lease is taken");
+    let refused = leases.acquire(&name, "b", t(5), t(15)).await.unwrap();
+    assert_eq!((refused.holder.as_str(), refused.expires_at), ("a", t(10)), "b is told who holds it");
+    let renewed = leases.acquire(&name, "a", t(6), t(20)).await.unwrap();
+    assert_eq!((renewed.holder.as_str(), renewed.expires_at), ("a", t(20)), "the holder renews");
+    let still = leases.acquire(&name, "b", t(19), t(29)).await.unwrap();
+    assert_eq!(still.holder, "a", "not before the renewed expiry");
+    let taken_over = leases.acquire(&name, "b", t(20), t(30)).await.unwrap();
+    assert_eq!((taken_over.holder.as_str(), taken_over.expires_at), ("b", t(30)), "an expired lease is taken over");
+    leases.release(&name, "a").await.unwrap();
+    assert_eq!(leases.acquire(&name, "c", t(21), t(31)).await.unwrap().holder, "b", "only the holder releases");
+    leases.release(&name, "b").await.unwrap();
+    assert_eq!(leases.acquire(&name, "c", t(21), t(31)).await.unwrap().holder, "c", "a released lease is free");
+}
+
+pub async fn of_workers_racing_for_a_free_lease_exactly_one_wins(leases: Arc<dyn crate::Leases>) {
+    let name = format!("contract-race-{}", Uuid::new_v4().simple());
+    let now = Utc::now();
+    let until = now + chrono::TimeDelta::seconds(30);
+    let racers = (0..16).map(|i| {
+        let (leases, name) = (leases.clone(), name.clone());
+        tokio::spawn(async move { (i, leases.acquire(&name, &format!("w{i}"), now, until).await.unwrap()) })
+    });
+    let answers = futures::future::join_all(racers).await;
+    let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+    let winners: Vec<_> = answers.iter().filter(|(i, lease)| lease.holder == format!("w{i}")).collect();
+    assert_eq!(winners.len(), 1, "{answers:?}");
+    let holder = &winners[0].1.holder;
+    assert!(answers.iter().all(|(_, lease)| &lease.holder == holder), "every racer is told the winner");
+}

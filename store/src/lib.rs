@@ -6,19 +6,23 @@
 //! - [`sqlite`]: the embedded default adapter (WAL, synchronous commits, group commit).
 //! - [`idempotency`]: the `IdempotencyStore` port for `Idempotency-Key` reservations, and
 //!   [`sqlite_idempotency`], its adapter in the event store's SQLite file.
+//! - [`leases`]: the `Leases` port (time-bound claims on named work, one holder at a time),
+//!   and [`sqlite_leases`], its adapter in the event store's SQLite file.
 //! - [`cached_vault`]: a read-through cache in front of any `SecretStore`.
 //! - [`vault`]: the `SecretStore` port (`kv://` refs), and [`sqlite_vault`], its adapter
 //!   encrypting every version under the master key in a SQLite file of its own.
-//! - `contract` (feature `contract-tests`): the suites every `EventStore` and every `SecretStore`
-//!   adapter must pass.
+//! - `contract` (feature `contract-tests`): the suites every `EventStore`, `Leases` and
+//!   `SecretStore` adapter must pass.
 #![forbid(unsafe_code)]
 
 pub mod cached_vault;
 pub mod event_store;
 pub mod hash_chain;
 pub mod idempotency;
+pub mod leases;
 pub mod sqlite;
 pub mod sqlite_idempotency;
+pub mod sqlite_leases;
 pub mod sqlite_vault;
 pub mod vault;
 
@@ -27,7 +31,9 @@ pub mod contract;
 
 pub use event_store::{EventFilter, EventStore, ExpectedVersion, StoreError, subscribe};
 pub use idempotency::{IdempotencyStore, Reservation, StoredResponse};
+pub use leases::{Lease, Leases};
 pub use sqlite::{SqliteEventStore, WriteStats};
 pub use sqlite_idempotency::SqliteIdempotencyStore;
+pub use sqlite_leases::SqliteLeases;
 pub use sqlite_vault::{MasterKey, SqliteVault};
 pub use vault::{SecretMetadata, SecretStore, SecretValue, Stage, VaultError, VersionMetadata};

@@ -48,16 +48,7 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
             view.attempts = view.attempts.max(e.attempt);
             view.started_at = view.started_at.or(Some(e.started_at));
             view.next_attempt_at = None;
-            view.attempt_log.push(AttemptView {
-                attempt: e.attempt,
-                started_at: e.started_at,
-                outcome: "Running".into(),
-                finished_at: None,
-                status_code: None,
-                latency_ms: None,
-                response_body: None,
-                error: None,
-            });
+            view.attempt_log.push(AttemptView::running(e.attempt, e.started_at));
         }),
         RunEvent::RunAttemptFailed(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
             // Still running: the next attempt is scheduled (or a RunFailed follows).
@@ -65,6 +56,11 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
             view.attempts = view.attempts.max(e.attempt);
             view.last_error = Some(e.error.clone());
             view.next_attempt_at = e.next_attempt_at;
+            if let Some(started_at) = e.started_at {
+                // Recorded whole (no `RunStarted` before it): the entry starts here.
+                view.started_at = view.started_at.or(Some(started_at));
+                view.attempt_log.push(AttemptView::running(e.attempt, started_at));
+            }
             if let Some(entry) = view.attempt_log.iter_mut().rev().find(|a| a.attempt == e.attempt) {
                 entry.outcome = "Failed".into();
                 entry.finished_at = Some(e.failed_at);
@@ -84,6 +80,12 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
             // (see `connectors::operations::ApiClients::call`), but an `http.request` output
             // holds the vendor's answer, which is whatever the vendor chose to send.
             view.output = Some(e.output.clone());
+            if let (Some(attempt), Some(started_at)) = (e.attempt, e.started_at) {
+                // Recorded whole (no `RunStarted` before it): the entry starts here.
+                view.attempts = view.attempts.max(attempt);
+                view.started_at = view.started_at.or(Some(started_at));
+                view.attempt_log.push(AttemptView::running(attempt, started_at));
+            }
             // The attempt in flight is the one that completed it.
             if let Some(entry) = view.attempt_log.last_mut().filter(|a| a.outcome == "Running") {
                 entry.outcome = "Succeeded".into();

@@ -2,25 +2,33 @@
 //! subscription, and the attempts themselves.
 //!
 //! One task owns all scheduling state (no locks): it takes the store's events from a follower
-//! task, the outcomes of attempts from the attempt tasks, and wakes for the next due time. Each
-//! attempt runs in its own task, so a slow endpoint holds only its own lane's slots.
+//! task, the outcomes of attempts and lease answers from the tasks it started, and wakes for the
+//! next due time. Each attempt runs in its own task, so a slow endpoint holds only its own
+//! lane's slots.
+//!
+//! A lane's attempts are made under the lane's lease (the `Leases` port, named after the
+//! subscription), not one per run: of several dispatchers over one store only the holder
+//! starts a lane's attempts, so its in-flight limit, rate and strict order hold across them,
+//! and an attempt costs one append, its outcome (`RecordAttempt`), instead of a start and an
+//! outcome. An attempt only starts while the lease outlasts its whole budget (send and record),
+//! so a lease taken over after its holder died never overlaps an attempt of the holder.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use commands::{CommandContext, CommandError, Commands};
+use commands::{CommandContext, Commands};
 use connectors::egress::{EgressError, check_webhook_endpoint, webhook_client};
 use connectors::outbound_webhooks::{self, OutboundRequest, Verdict};
 use domain::ids::stream_id;
 use domain::outbound::DELIVER_WEBHOOK_OPERATION;
-use domain::run::{AttemptResponse, FailAttempt, Run, RunCommand, RunEvent, RunState, StartAttempt};
+use domain::run::{AttemptOutcome, AttemptResponse, RecordAttempt, Run, RunCommand, RunEvent, RunState};
 use domain::secret_ref::SecretRef;
 use domain::subscription::SubscriptionEvent;
-use domain::{Actor, AnyEvent, Decider, DomainError, EventEnvelope};
+use domain::{Actor, AnyEvent, Decider, EventEnvelope};
 use serde_json::{Value, json};
-use store::{EventStore, SecretStore, VaultError};
+use store::{EventStore, Lease, Leases, SecretStore, StoreError, VaultError};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -43,6 +51,8 @@ const MAX_SLOW_DOWN: Duration = Duration::from_secs(60);
 const MAX_RECORD_MARGIN: Duration = Duration::from_secs(5);
 /// The shortest send worth trying (or a quarter of the attempt timeout when that is shorter).
 const MIN_SEND: Duration = Duration::from_secs(1);
+/// The shortest wait before asking again for a lane's lease another worker holds.
+const MIN_LEASE_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Error)]
 pub enum DispatcherError {
@@ -63,6 +73,7 @@ enum Followed {
 /// The state shared with attempt tasks.
 struct Shared {
     store: Arc<dyn EventStore>,
+    leases: Arc<dyn Leases>,
     commands: Commands,
     vault: Arc<dyn SecretStore>,
     client: reqwest::Client,
@@ -76,15 +87,18 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// `leases` must be shared by every dispatcher over `store`: a lane's lease says which of
+    /// them delivers its messages.
     pub fn new(
         store: Arc<dyn EventStore>,
+        leases: Arc<dyn Leases>,
         commands: Commands,
         vault: Arc<dyn SecretStore>,
         settings: WebhookSettings,
     ) -> Result<Self, EgressError> {
         let client = webhook_client(settings.allow.clone(), settings.attempt_timeout)?;
         let directory = Directory::new();
-        Ok(Self { shared: Arc::new(Shared { store, commands, vault, client, settings, directory }) })
+        Ok(Self { shared: Arc::new(Shared { store, leases, commands, vault, client, settings, directory }) })
     }
 
     /// The subscription directory this dispatcher keeps current, for the [`super::FanOut`].
@@ -98,14 +112,8 @@ impl Dispatcher {
         let (followed_tx, mut followed_rx) = mpsc::channel(4);
         let follower = tokio::spawn(follow(self.shared.clone(), followed_tx, shutdown.child_token()));
         let (done_tx, mut done_rx) = mpsc::channel(self.shared.settings.max_in_flight_total + 16);
-        let mut schedule = Schedule {
-            shared: self.shared.clone(),
-            done: done_tx,
-            runs: HashMap::new(),
-            lanes: HashMap::new(),
-            failing_since: HashMap::new(),
-            in_flight_total: 0,
-        };
+        let (leased_tx, mut leased_rx) = mpsc::channel(64);
+        let mut schedule = Schedule::new(self.shared.clone(), done_tx, leased_tx);
         let mut caught_up = false;
         loop {
             let wake = schedule.next_wake();
@@ -113,6 +121,7 @@ impl Dispatcher {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(done) = done_rx.recv() => schedule.finished(done),
+                Some(answer) = leased_rx.recv() => schedule.leased(answer),
                 followed = followed_rx.recv() => match followed {
                     Some(Followed::Events(events)) => events.iter().for_each(|(e, d)| schedule.apply(e, d)),
                     Some(Followed::Redelivered(history)) => schedule.restore(&history),
@@ -133,6 +142,7 @@ impl Dispatcher {
             }
         }
         follower.abort();
+        schedule.release_leases().await;
         Ok(())
     }
 }
@@ -278,11 +288,20 @@ struct Lane {
     limit: u32,
     rate: Option<u32>,
     strict: bool,
+    /// Until when this worker holds the lane's lease, as last granted.
+    held_until: Option<DateTime<Utc>>,
+    /// A take or renewal of the lease is on its way.
+    asking: bool,
+    /// Not asked again before this (another worker holds the lease, or asking failed).
+    ask_after: Instant,
 }
 
 impl Lane {
     fn new() -> Self {
         Self {
+            held_until: None,
+            asking: false,
+            ask_after: Instant::now(),
             pending: BTreeSet::new(),
             due: BTreeSet::new(),
             in_flight: 0,
@@ -296,6 +315,18 @@ impl Lane {
         }
     }
 
+    /// Whether an attempt starting at `now` ends, recorded, before the lease does.
+    fn may_start(&self, now: DateTime<Utc>, attempt_budget: Duration) -> bool {
+        self.held_until.is_some_and(|until| now + delta(attempt_budget) <= until)
+    }
+
+    /// Whether to ask for the lease now: held too briefly to keep starting attempts for long.
+    fn should_ask(&self, now: DateTime<Utc>, instant: Instant, ttl: Duration) -> bool {
+        !self.asking
+            && instant >= self.ask_after
+            && self.held_until.is_none_or(|until| until < now + delta(ttl.mul_f64(0.75)))
+    }
+
     /// Refills the token bucket (`rate` per second, at most `rate` tokens); true when a token
     /// is available.
     fn has_token(&mut self, rate: Option<u32>, now: Instant) -> bool {
@@ -305,6 +336,13 @@ impl Lane {
         self.refilled = now;
         self.tokens >= 1.0
     }
+}
+
+/// The answer to asking for a lane's lease.
+struct Leased {
+    lane: LaneKey,
+    asked_at: Instant,
+    answer: Result<Lease, StoreError>,
 }
 
 /// What an attempt task reports back.
@@ -325,6 +363,7 @@ enum Outcome {
 struct Schedule {
     shared: Arc<Shared>,
     done: mpsc::Sender<Done>,
+    leased: mpsc::Sender<Leased>,
     runs: HashMap<String, RunEntry>,
     lanes: HashMap<LaneKey, Lane>,
     /// The first failure since the last success, by lane, from the events. Kept apart from the
@@ -335,6 +374,18 @@ struct Schedule {
 }
 
 impl Schedule {
+    fn new(shared: Arc<Shared>, done: mpsc::Sender<Done>, leased: mpsc::Sender<Leased>) -> Self {
+        Self {
+            shared,
+            done,
+            leased,
+            runs: HashMap::new(),
+            lanes: HashMap::new(),
+            failing_since: HashMap::new(),
+            in_flight_total: 0,
+        }
+    }
+
     fn apply(&mut self, event: &EventEnvelope, decoded: &AnyEvent) {
         match decoded {
             AnyEvent::Run(RunEvent::RunRequested(requested)) => {
@@ -499,8 +550,15 @@ impl Schedule {
         let keys: Vec<LaneKey> = self.lanes.keys().cloned().collect();
         for key in keys {
             let Some(lane) = self.lanes.get_mut(&key) else { continue };
-            if lane.pending.is_empty() && lane.in_flight == 0 && lane.paused_until.is_none_or(|u| u <= instant) {
-                // Idle: its next message makes a new one.
+            if lane.pending.is_empty()
+                && lane.in_flight == 0
+                && !lane.asking
+                && lane.paused_until.is_none_or(|u| u <= instant)
+            {
+                // Idle: its next message makes a new one, and another worker may take it.
+                if lane.held_until.is_some() {
+                    self.release(&key);
+                }
                 self.lanes.remove(&key);
                 continue;
             }
@@ -524,12 +582,18 @@ impl Schedule {
             lane.limit = if settings.strict_ordering { 1 } else { settings.max_in_flight };
             lane.rate = settings.rate_limit_per_second;
             lane.strict = settings.strict_ordering;
+            let lease_ttl = self.shared.settings.lane_lease();
+            if !lane.pending.is_empty() && lane.should_ask(now, instant, lease_ttl) {
+                lane.asking = true;
+                self.ask_for_lease(&key, now, lease_ttl);
+            }
+            let attempt_budget = self.shared.settings.attempt_budget();
             loop {
                 if self.in_flight_total >= self.shared.settings.max_in_flight_total {
                     return;
                 }
                 let Some(lane) = self.lanes.get_mut(&key) else { break };
-                if lane.paused_until.is_some_and(|until| until > instant) {
+                if lane.paused_until.is_some_and(|until| until > instant) || !lane.may_start(now, attempt_budget) {
                     break;
                 }
                 let limit = if settings.strict_ordering { 1 } else { settings.max_in_flight };
@@ -560,6 +624,66 @@ impl Schedule {
         }
     }
 
+    /// Asks for (or renews) the lane's lease in a task of its own; the answer comes back to
+    /// [`Schedule::leased`].
+    fn ask_for_lease(&self, lane: &LaneKey, now: DateTime<Utc>, ttl: Duration) {
+        let (shared, leased, lane) = (self.shared.clone(), self.leased.clone(), lane.clone());
+        tokio::spawn(async move {
+            let asked_at = Instant::now();
+            let name = lane_lease_name(&lane);
+            let answer = shared.leases.acquire(&name, &shared.settings.worker_id, now, now + delta(ttl)).await;
+            let _ = leased.send(Leased { lane, asked_at, answer }).await;
+        });
+    }
+
+    fn leased(&mut self, Leased { lane, asked_at, answer }: Leased) {
+        let Some(lane_state) = self.lanes.get_mut(&lane) else {
+            // Dropped while asking (cannot happen: an asking lane is kept); give it back.
+            if answer.is_ok_and(|lease| lease.holder == self.shared.settings.worker_id) {
+                self.release(&lane);
+            }
+            return;
+        };
+        lane_state.asking = false;
+        match answer {
+            Ok(lease) if lease.holder == self.shared.settings.worker_id => {
+                lane_state.held_until = Some(lease.expires_at);
+            }
+            Ok(lease) => {
+                // Another worker delivers this lane; ask again once its lease may have expired.
+                lane_state.held_until = None;
+                let left = (lease.expires_at - Utc::now()).to_std().unwrap_or_default();
+                lane_state.ask_after = asked_at + left.clamp(MIN_LEASE_RETRY, self.shared.settings.lane_lease());
+                tracing::debug!(subscription_id = %lane.1, holder = %lease.holder, "webhook lane held by another worker");
+            }
+            Err(error) => {
+                // What was granted before still holds until its time.
+                lane_state.ask_after = asked_at + RECHECK;
+                tracing::warn!(subscription_id = %lane.1, %error, "webhook dispatcher: asking for a lane's lease failed");
+            }
+        }
+    }
+
+    /// Gives the lane's lease back (it was idle), in a task of its own.
+    fn release(&self, lane: &LaneKey) {
+        let (shared, name) = (self.shared.clone(), lane_lease_name(lane));
+        tokio::spawn(async move {
+            if let Err(error) = shared.leases.release(&name, &shared.settings.worker_id).await {
+                tracing::debug!(%error, lease = %name, "releasing a webhook lane's lease failed; it expires");
+            }
+        });
+    }
+
+    /// On shutdown: hands every lane held over to the next worker at once, not at expiry.
+    /// Attempts still in flight then are abandoned: their runs are sent again (same
+    /// `webhook-id`) by whoever takes the lane.
+    async fn release_leases(&self) {
+        let worker_id = &self.shared.settings.worker_id;
+        for key in self.lanes.iter().filter(|(_, lane)| lane.held_until.is_some()).map(|(key, _)| key) {
+            let _ = self.shared.leases.release(&lane_lease_name(key), worker_id).await;
+        }
+    }
+
     fn launch(&mut self, lane_key: &LaneKey, run_id: &str, job: Job) {
         let Some(entry) = self.runs.get_mut(run_id) else { return };
         entry.queued_at = None;
@@ -575,6 +699,7 @@ impl Schedule {
             subscription_id: lane_key.1.clone(),
             trace_id: entry.trace_id.clone(),
             input: entry.input.clone(),
+            state: entry.state.clone(),
         };
         let (done, lane) = (self.done.clone(), lane_key.clone());
         let run_id = run_id.to_owned();
@@ -598,8 +723,8 @@ impl Schedule {
                 lane.due.iter().next().map(|(at, ..)| *at)
             };
             let Some(at) = front else { continue };
-            if lane.in_flight >= lane.limit {
-                // A finishing attempt wakes the scheduler.
+            if lane.in_flight >= lane.limit || lane.asking {
+                // A finishing attempt, or the lease's answer, wakes the scheduler.
                 continue;
             }
             let due = now + (at - utc_now).to_std().unwrap_or_default();
@@ -609,6 +734,10 @@ impl Schedule {
             }
             if let Some(rate) = lane.rate.filter(|_| lane.tokens < 1.0) {
                 ready = ready.max(now + Duration::from_secs_f64((1.0 - lane.tokens) / f64::from(rate)));
+            }
+            if !lane.may_start(utc_now, self.shared.settings.attempt_budget()) {
+                // Without the lease: ask (again) when allowed.
+                ready = ready.max(lane.ask_after);
             }
             wake = wake.min(ready.max(now + Duration::from_millis(1)));
         }
@@ -631,6 +760,8 @@ struct AttemptTask {
     subscription_id: String,
     trace_id: String,
     input: Value,
+    /// The run as the scheduler knew it when it launched the attempt.
+    state: RunState,
 }
 
 /// Why an attempt could not be prepared: `retry` when trying again later may help.
@@ -681,48 +812,39 @@ impl AttemptTask {
     async fn attempt(&self, failing_since: Option<DateTime<Utc>>) -> Outcome {
         let settings = &self.shared.settings;
         let started_at = Utc::now();
-        let lease = settings.attempt_timeout + settings.lease_grace;
+        let budget = settings.attempt_budget();
         // Everything of the attempt (preparing it, sending it) ends by this, leaving time to
-        // record the outcome while the lease still holds: past the lease, another worker may
-        // take the run over and send it a second time.
-        let deadline = Instant::now() + lease.saturating_sub(record_margin(settings.lease_grace));
-        let start = RunCommand::StartAttempt(StartAttempt {
-            run_id: self.run_id.clone(),
-            worker_id: settings.worker_id.clone(),
-            started_at,
-            lease_expires_at: started_at + delta(lease),
-            max_attempts: settings.max_attempts(),
-        });
-        let started = match self.shared.commands.execute::<Run>(&self.ctx(), &self.stream(), &start).await {
-            Ok(started) => started,
-            Err(CommandError::Rejected(DomainError::InvalidTransition { .. })) => return Outcome::Recheck,
-            Err(error) => {
-                tracing::warn!(run_id = %self.run_id, %error, "webhook run: starting an attempt failed");
-                return Outcome::Recheck;
-            }
-        };
-        let RunState::Exists { attempts: attempt, attempts_before_redelivery, .. } = started.state else {
+        // record the outcome while the lane's lease still holds: past it, another worker may
+        // take the lane over and send the message a second time.
+        let deadline = Instant::now() + budget.saturating_sub(record_margin(settings.lease_grace));
+        let RunState::Exists { attempts, attempts_before_redelivery, lease, .. } = &self.state else {
             return Outcome::Recheck;
         };
-        if started.state.is_finished() {
-            tracing::warn!(run_id = %self.run_id, "webhook dead-lettered: no attempt left");
-            return Outcome::Recorded { position: started.last_position, success: false, slow_down: None };
-        }
+        // A lease of the run's own (an attempt before lanes had leases) expired: that attempt
+        // counts, and is recorded as abandoned with this one.
+        let attempt = lease.as_ref().map_or(*attempts, |lease| lease.attempt.max(*attempts)) + 1;
         let counted = attempt - attempts_before_redelivery;
+        if counted > settings.max_attempts() {
+            let error = format!("gave up after {} attempts (the limit is {})", counted - 1, settings.max_attempts());
+            tracing::warn!(run_id = %self.run_id, "webhook dead-lettered: no attempt left");
+            let fail = RunCommand::Fail { run_id: self.run_id.clone(), error, failed_at: started_at };
+            return self.record(&fail, false, None).await;
+        }
+        let attempt = Attempt { number: attempt, started_at };
         let prepared = match tokio::time::timeout_at(deadline, self.prepare(started_at)).await {
             Ok(prepared) => prepared,
             Err(_) => Err(NotSendable {
-                error: format!("preparing the attempt took longer than its lease allows ({} ms)", lease.as_millis()),
+                error: format!("preparing the attempt took longer than its lease allows ({} ms)", budget.as_millis()),
                 retry: true,
             }),
         };
         let request = match prepared {
             Ok(request) => request,
-            Err(not_sendable) => return self.fail_unsent(attempt, counted, not_sendable).await,
+            Err(not_sendable) => return self.fail_unsent(&attempt, counted, not_sendable).await,
         };
         let Some(timeout) = send_timeout(deadline, Instant::now(), settings.attempt_timeout) else {
             let error = "too little of the attempt's lease was left to send it after preparing it".to_owned();
-            return self.fail_unsent(attempt, counted, NotSendable { error, retry: true }).await;
+            return self.fail_unsent(&attempt, counted, NotSendable { error, retry: true }).await;
         };
         let result = outbound_webhooks::send(&self.shared.client, &request, timeout).await;
         let finished_at = Utc::now();
@@ -731,19 +853,15 @@ impl AttemptTask {
             latency_ms: u64::try_from(result.latency.as_millis()).unwrap_or(u64::MAX),
             response_body: result.body_excerpt.clone(),
         };
-        tracing::debug!(run_id = %self.run_id, attempt, status = ?result.status, "webhook attempt");
+        tracing::debug!(run_id = %self.run_id, attempt = attempt.number, status = ?result.status, "webhook attempt");
         if let Verdict::Delivered | Verdict::DeliveredThenDeactivate { .. } = &result.verdict {
-            let complete = RunCommand::Complete {
-                run_id: self.run_id.clone(),
-                attempt,
-                output: json!({
-                    "statusCode": response.status_code,
-                    "latencyMs": response.latency_ms,
-                    "responseBody": response.response_body,
-                    "webhookId": request.webhook_id,
-                }),
-                completed_at: finished_at,
-            };
+            let output = json!({
+                "statusCode": response.status_code,
+                "latencyMs": response.latency_ms,
+                "responseBody": response.response_body,
+                "webhookId": request.webhook_id,
+            });
+            let complete = self.recorded(&attempt, finished_at, AttemptOutcome::Succeeded { output });
             let outcome = self.record(&complete, true, None).await;
             if let Verdict::DeliveredThenDeactivate { reason } = result.verdict {
                 self.deactivate(&reason).await;
@@ -759,15 +877,12 @@ impl AttemptTask {
             | Verdict::Delivered
             | Verdict::DeliveredThenDeactivate { .. } => (None, None),
         };
-        let error = result.error.clone().unwrap_or_else(|| "the delivery failed".into());
-        let fail = FailAttempt {
-            run_id: self.run_id.clone(),
-            attempt,
-            error,
-            failed_at: finished_at,
+        let failed = AttemptOutcome::Failed {
+            error: result.error.clone().unwrap_or_else(|| "the delivery failed".into()),
             next_attempt_at: next.map(|d| finished_at + delta(d)),
+            response: Some(response),
         };
-        let outcome = self.record(&RunCommand::FailAttemptWithResponse(fail, response), false, slow_down).await;
+        let outcome = self.record(&self.recorded(&attempt, finished_at, failed), false, slow_down).await;
         let since = failing_since.unwrap_or(finished_at);
         let deactivation = match result.verdict {
             Verdict::Deactivate { reason } => Some(reason),
@@ -786,17 +901,23 @@ impl AttemptTask {
 
     /// Records an attempt that was not sent; tried again later when `retry` and an attempt is
     /// left.
-    async fn fail_unsent(&self, attempt: u32, counted: u32, NotSendable { error, retry }: NotSendable) -> Outcome {
+    async fn fail_unsent(&self, attempt: &Attempt, counted: u32, NotSendable { error, retry }: NotSendable) -> Outcome {
         let next = retry.then(|| self.shared.settings.next_delay(counted, None)).flatten();
         let failed_at = Utc::now();
-        let fail = FailAttempt {
+        let failed = AttemptOutcome::Failed { error, next_attempt_at: next.map(|d| failed_at + delta(d)), response: None };
+        self.record(&self.recorded(attempt, failed_at, failed), false, None).await
+    }
+
+    /// The command recording `attempt`, ended at `finished_at` with `outcome`.
+    fn recorded(&self, attempt: &Attempt, finished_at: DateTime<Utc>, outcome: AttemptOutcome) -> RunCommand {
+        RunCommand::RecordAttempt(RecordAttempt {
             run_id: self.run_id.clone(),
-            attempt,
-            error,
-            failed_at,
-            next_attempt_at: next.map(|d| failed_at + delta(d)),
-        };
-        self.record(&RunCommand::FailAttempt(fail), false, None).await
+            attempt: attempt.number,
+            worker_id: self.shared.settings.worker_id.clone(),
+            started_at: attempt.started_at,
+            finished_at,
+            outcome,
+        })
     }
 
     /// Deactivates the run's subscription (nothing more is sent to it) for `reason`.
@@ -892,6 +1013,17 @@ impl AttemptTask {
     }
 }
 
+/// An attempt under way: its number and when it started.
+struct Attempt {
+    number: u32,
+    started_at: DateTime<Utc>,
+}
+
+/// The lease of a subscription's lane, in the [`Leases`] shared by every dispatcher.
+fn lane_lease_name((tenant_id, subscription_id): &LaneKey) -> String {
+    format!("webhook-lane/{tenant_id}/{subscription_id}")
+}
+
 /// What an attempt keeps of its lease for recording its outcome.
 fn record_margin(lease_grace: Duration) -> Duration {
     (lease_grace / 2).min(MAX_RECORD_MARGIN)
@@ -921,7 +1053,7 @@ mod tests {
     use commands::SystemClock;
     use connectors::egress::EgressAllowList;
     use domain::subscription::{CreateWebhookSubscription, DeliverySettings};
-    use store::{MasterKey, SecretMetadata, SecretValue, SqliteEventStore, SqliteVault, VersionMetadata};
+    use store::{MasterKey, SecretMetadata, SecretValue, SqliteEventStore, SqliteLeases, SqliteVault, VersionMetadata};
 
     use super::*;
     use crate::fanout::handler::run_input;
@@ -989,7 +1121,8 @@ mod tests {
         vault.put(&SecretRef::parse(SIGNING_SECRET).unwrap(), WHSEC.as_bytes(), None).await.unwrap();
         let commands = Commands::new(store.clone(), vault.clone(), Arc::new(SystemClock));
         let settings = WebhookSettings { allow: Arc::new(EgressAllowList::parse("127.0.0.1").unwrap()), ..settings };
-        let dispatcher = Dispatcher::new(store, commands, vault, settings).unwrap();
+        let leases: Arc<dyn Leases> = Arc::new(SqliteLeases::open(&dir.path().join("events.db")).unwrap());
+        let dispatcher = Dispatcher::new(store, leases, commands, vault, settings).unwrap();
         Engine { _dir: dir, shared: dispatcher.shared, position: 0 }
     }
 
@@ -998,17 +1131,10 @@ mod tests {
     }
 
     impl Engine {
-        fn schedule(&self) -> (Schedule, mpsc::Receiver<Done>) {
+        fn schedule(&self) -> (Schedule, mpsc::Receiver<Done>, mpsc::Receiver<Leased>) {
             let (done, done_rx) = mpsc::channel(64);
-            let schedule = Schedule {
-                shared: self.shared.clone(),
-                done,
-                runs: HashMap::new(),
-                lanes: HashMap::new(),
-                failing_since: HashMap::new(),
-                in_flight_total: 0,
-            };
-            (schedule, done_rx)
+            let (leased, leased_rx) = mpsc::channel(64);
+            (Schedule::new(self.shared.clone(), done, leased), done_rx, leased_rx)
         }
 
         /// What the follower does: the new events into the directory and the schedule.
@@ -1061,8 +1187,10 @@ mod tests {
             run_id
         }
 
-        fn task(&self, tenant: &str, subscription_id: &str, run_id: &str, input: Value) -> AttemptTask {
+        async fn task(&self, tenant: &str, subscription_id: &str, run_id: &str, input: Value) -> AttemptTask {
+            let events = self.run_events(tenant, run_id).await;
             AttemptTask {
+                state: events.iter().fold(RunState::None, Run::evolve),
                 shared: self.shared.clone(),
                 run_id: run_id.into(),
                 tenant_id: tenant.into(),
@@ -1099,19 +1227,19 @@ mod tests {
             .request_run(&ctx("attacker"), crafted_id, "sub-a", DELIVER_WEBHOOK_OPERATION, input.clone())
             .await
             .unwrap();
-        let (mut schedule, _done) = engine.schedule();
+        let (mut schedule, _done, _leased) = engine.schedule();
         engine.follow(Some(&mut schedule)).await;
         assert!(schedule.runs.is_empty(), "a DeliverWebhook run under another id is not scheduled");
 
         // Even under the id the fan-out would use, the source must be the run's tenant's.
         let run_id = webhook_run_id("attacker", "sub-a", "msg-secret");
-        let refused = engine.task("attacker", "sub-a", &run_id, input.clone()).prepare(Utc::now()).await.err().unwrap();
+        let refused = engine.task("attacker", "sub-a", &run_id, input.clone()).await.prepare(Utc::now()).await.err().unwrap();
         assert!(!refused.retry);
         assert!(refused.error.contains("is not a message of tenant attacker"), "{}", refused.error);
         // Another tenant's stream whose name merely starts with the tenant's.
         let mut forged = input;
         forged["source"]["streamId"] = json!("attacker-not/msg-secret");
-        let refused = engine.task("attacker", "sub-a", &run_id, forged).prepare(Utc::now()).await.err().unwrap();
+        let refused = engine.task("attacker", "sub-a", &run_id, forged).await.prepare(Utc::now()).await.err().unwrap();
         assert!(refused.error.contains("is not a message of tenant attacker"), "{}", refused.error);
 
         // The tenant's own message prepares.
@@ -1120,7 +1248,7 @@ mod tests {
         let message = super::message_of(&own, &engine.shared.directory).unwrap();
         let own_input = run_input("sub-a", &message, &own);
         let run_id = webhook_run_id("attacker", "sub-a", "msg-own");
-        let request = engine.task("attacker", "sub-a", &run_id, own_input).prepare(Utc::now()).await.ok().unwrap();
+        let request = engine.task("attacker", "sub-a", &run_id, own_input).await.prepare(Utc::now()).await.ok().unwrap();
         assert_eq!(request.webhook_id, "msg-own");
     }
 
@@ -1130,7 +1258,7 @@ mod tests {
     async fn cancellations_stay_within_the_in_flight_budget_and_idle_lanes_are_dropped() {
         let settings = WebhookSettings { max_in_flight_total: 2, ..WebhookSettings::new("w") };
         let mut engine = engine(settings, Duration::ZERO).await;
-        let (mut schedule, mut done) = engine.schedule();
+        let (mut schedule, mut done, _leased) = engine.schedule();
         engine.subscribe("t", "sub-1").await;
         let mut run_ids = Vec::new();
         for n in 0..5 {
@@ -1166,6 +1294,95 @@ mod tests {
         }
     }
 
+    /// Of two dispatchers over one store only the holder of a lane's lease attempts its runs,
+    /// each attempt one append; once the holder gives the lane up, the other takes over.
+    #[tokio::test]
+    async fn only_the_holder_of_a_lanes_lease_attempts_its_runs() {
+        let settings = WebhookSettings {
+            attempt_timeout: Duration::from_millis(600),
+            lease_grace: Duration::from_millis(400),
+            retry_schedule: vec![Duration::ZERO; 3],
+            jitter: 0.0,
+            ..WebhookSettings::new("w1")
+        };
+        let mut engine = engine(settings, Duration::ZERO).await;
+        let first = engine.shared.clone();
+        let second = Arc::new(Shared {
+            store: first.store.clone(),
+            leases: first.leases.clone(),
+            commands: first.commands.clone(),
+            vault: first.vault.clone(),
+            client: first.client.clone(),
+            settings: WebhookSettings { worker_id: "w2".into(), ..first.settings.clone() },
+            directory: first.directory.clone(),
+        });
+        engine.subscribe("t", "sub-1").await;
+        let source = engine.publish("t", "msg-1", json!({})).await;
+        engine.follow(None).await;
+        let run_id = engine.fan_out("t", "sub-1", &source).await;
+
+        let (done_tx, mut done) = mpsc::channel(8);
+        let (leased_tx, mut leased) = mpsc::channel(8);
+        let mut a = Schedule::new(first, done_tx.clone(), leased_tx.clone());
+        let mut b = Schedule::new(second, done_tx, leased_tx);
+        let catch_up = |schedules: [&mut Schedule; 2], events: &[(EventEnvelope, AnyEvent)]| {
+            for schedule in schedules {
+                events.iter().for_each(|(e, d)| schedule.apply(e, d));
+            }
+        };
+        let read = |after: u64| {
+            let store = engine.shared.store.clone();
+            async move {
+                let page = store.read_all(after, 1000).await.unwrap();
+                page.into_iter()
+                    .map(|e| {
+                        let d = AnyEvent::decode(&e.event_type, e.schema_version, e.data.clone()).unwrap();
+                        (e, d)
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        let events = read(0).await;
+        let mut position = events.last().unwrap().0.global_position;
+        catch_up([&mut a, &mut b], &events);
+
+        // Both ask; the first to ask holds the lane, the other is told so.
+        a.start_due();
+        a.leased(leased.recv().await.unwrap());
+        b.start_due();
+        b.leased(leased.recv().await.unwrap());
+        a.start_due();
+        b.start_due();
+        assert_eq!((a.in_flight_total, b.in_flight_total), (1, 0), "only the lease's holder attempts");
+        let finished = done.recv().await.unwrap();
+        assert!(matches!(finished.outcome, Outcome::Recorded { success: false, .. }), "port 9 refuses");
+        a.finished(finished);
+        let events = read(position).await;
+        position = events.last().unwrap().0.global_position;
+        catch_up([&mut a, &mut b], &events);
+
+        // The holder stops and hands the lane over; the other takes it and attempts next.
+        a.release_leases().await;
+        tokio::time::sleep_until(b.lanes.values().next().unwrap().ask_after).await;
+        b.start_due();
+        b.leased(leased.recv().await.unwrap());
+        b.start_due();
+        assert_eq!(b.in_flight_total, 1);
+        b.finished(done.recv().await.unwrap());
+        catch_up([&mut a, &mut b], &read(position).await);
+
+        let events = engine.run_events("t", &run_id).await;
+        let attempts: Vec<(u32, Option<&str>)> = events
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::RunAttemptFailed(f) => Some((f.attempt, f.worker_id.as_deref())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attempts, [(1, Some("w1")), (2, Some("w2"))], "{events:?}");
+        assert!(!events.iter().any(|e| matches!(e, RunEvent::RunStarted(_))), "one append per attempt: {events:?}");
+    }
+
     /// A slow vault cannot stretch an attempt past its lease: preparing and sending share it.
     #[tokio::test]
     async fn preparing_an_attempt_is_bounded_by_its_lease() {
@@ -1180,7 +1397,7 @@ mod tests {
         engine.follow(None).await;
         let run_id = engine.fan_out("t", "sub-1", &source).await;
         let message = super::message_of(&source, &engine.shared.directory).unwrap();
-        let task = engine.task("t", "sub-1", &run_id, run_input("sub-1", &message, &source));
+        let task = engine.task("t", "sub-1", &run_id, run_input("sub-1", &message, &source)).await;
         let began = Instant::now();
         let outcome = task.attempt(None).await;
         assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());

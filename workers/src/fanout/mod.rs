@@ -13,8 +13,9 @@
 //!   its next attempt is due (the due time is in the events: `RunAttemptFailed.nextAttemptAt`,
 //!   a lease's expiry, a redelivery), rebuilt from the store on start. Each subscription has its
 //!   own lane (max in flight, rate limit, backoff when the endpoint is overloaded, optional
-//!   strict order), so a slow endpoint only ever waits on itself. Each attempt is taken under
-//!   the run's lease (`RunStarted`), so two workers never send one attempt at once.
+//!   strict order), so a slow endpoint only ever waits on itself. A lane's attempts are made by
+//!   the worker holding the lane's lease (the `Leases` port), so two workers never send to one
+//!   subscription at once, and each attempt is one append: its outcome.
 //!
 //! [`Directory`] is what both share: the subscriptions (with the positions at which they were
 //! created and deactivated) and the connections' projects, followed from the store.
@@ -90,6 +91,17 @@ impl WebhookSettings {
             allow: Arc::new(EgressAllowList::default()),
             max_in_flight_total: 1024,
         }
+    }
+
+    /// The most one attempt may take, sent and recorded: the attempt timeout and the grace.
+    pub fn attempt_budget(&self) -> Duration {
+        self.attempt_timeout + self.lease_grace
+    }
+
+    /// How long a lane's lease is taken for: twice an attempt's budget, renewed while the lane
+    /// has work once a quarter of it has passed, so attempts keep starting under it.
+    pub fn lane_lease(&self) -> Duration {
+        self.attempt_budget() * 2
     }
 
     /// Attempts per message before it is dead-lettered.
