@@ -118,14 +118,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let kafka = args.kafka.settings();
     let roles = crate::worker::Roles { relay: kafka.is_some(), consumers: !args.no_workers };
-    let mut workers = crate::worker::start(
-        &stores,
-        dir,
-        kafka.as_ref(),
-        &args.runs,
-        roles,
-    )
-    .await?;
+    let mut workers = crate::worker::start(&stores, dir, kafka.as_ref(), &args.runs, roles).await?;
 
     let metrics = crate::telemetry::ServeExposition {
         handle: crate::telemetry::install_prometheus()?,

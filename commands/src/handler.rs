@@ -131,12 +131,24 @@ impl Commands {
 
     /// Loads the stream's state, decides, and appends at the version it was folded to; on a
     /// concurrent write it decides again against the new state.
+    ///
+    /// A state this process cached is usually the stream's current one: the command is first
+    /// decided on it without reading the stream, and the append's expected version tells
+    /// whether anything was appended since. Only an append the store accepted settles it; a
+    /// conflict, a refusal or a no-op on the cached state may be stale, so those are decided
+    /// again on the stream as the store has it.
     pub async fn execute<D: Aggregate>(
         &self,
         ctx: &CommandContext,
         stream_id: &str,
         command: &D::Command,
     ) -> Result<Executed<D>, CommandError> {
+        if let Some(cached) = self.states.get::<D::State>(stream_id)
+            && let Ok(Some(executed)) = self.decide_and_append::<D>(ctx, stream_id, &cached, command).await
+            && !executed.new_events.is_empty()
+        {
+            return Ok(executed);
+        }
         for _ in 0..MAX_CONFLICT_RETRIES {
             let folded = self.load_state::<D>(stream_id).await?;
             if let Some(executed) = self.decide_and_append::<D>(ctx, stream_id, &folded, command).await? {

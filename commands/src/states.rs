@@ -1,8 +1,9 @@
 //! Aggregate states by stream, each folded up to a stream version, so a command reads and
 //! decodes only the events its cached state has not seen (usually none) instead of its whole
-//! stream. The store stays the truth: every load asks it for the events after the cached
-//! version, and every append checks the expected version, so a state cached by this process
-//! while another process wrote to the stream is only older, never wrong.
+//! stream. The store stays the truth: every append checks the expected version, so a decision
+//! on a state that another process's writes made older is refused and taken again on the
+//! stream as the store has it (`Commands::execute`); loads ask the store for the events after
+//! the cached version.
 
 use std::any::Any;
 use std::sync::Arc;

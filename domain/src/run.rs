@@ -853,18 +853,26 @@ mod tests {
     fn an_attempt_recorded_whole_is_one_event_counted_like_a_started_one() {
         let first = given_when(&[request()], &recorded(1, 1, failed_then(Some(10)))).unwrap();
         let [RunEvent::RunAttemptFailed(failed)] = first.as_slice() else { panic!("{first:?}") };
-        assert_eq!((failed.attempt, failed.started_at, failed.worker_id.as_deref()), (1, Some(t(1)), Some("lane-holder")));
+        assert_eq!(
+            (failed.attempt, failed.started_at, failed.worker_id.as_deref()),
+            (1, Some(t(1)), Some("lane-holder"))
+        );
 
         let given = [request(), recorded(1, 1, failed_then(Some(10)))];
         let early = given_when(&given, &recorded(2, 9, AttemptOutcome::Succeeded { output: json!({}) }));
         assert!(early.is_err(), "not before the next attempt is due");
         let stale = given_when(&given, &recorded(1, 10, AttemptOutcome::Succeeded { output: json!({}) }));
         assert!(stale.is_err(), "attempt 1 is recorded already (another worker's late answer)");
-        let done = given_when(&given, &recorded(2, 10, AttemptOutcome::Succeeded { output: json!({"ok": 1}) })).unwrap();
+        let done =
+            given_when(&given, &recorded(2, 10, AttemptOutcome::Succeeded { output: json!({"ok": 1}) })).unwrap();
         let [RunEvent::RunCompleted(completed)] = done.as_slice() else { panic!("{done:?}") };
         assert_eq!((completed.attempt, completed.started_at), (Some(2), Some(t(10))));
 
-        let state = given_state(&[request(), recorded(1, 1, failed_then(Some(10))), recorded(2, 10, AttemptOutcome::Succeeded { output: json!({}) })]);
+        let state = given_state(&[
+            request(),
+            recorded(1, 1, failed_then(Some(10))),
+            recorded(2, 10, AttemptOutcome::Succeeded { output: json!({}) }),
+        ]);
         assert!(matches!(state, RunState::Exists { status: RunStatus::Completed, attempts: 2, .. }), "{state:?}");
 
         let last = given_when(&given, &recorded(2, 10, failed_then(None))).unwrap();

@@ -187,6 +187,7 @@ async fn contention_is_returned_only_when_every_attempt_lost_a_race() {
 struct CountingReads {
     store: Arc<SqliteEventStore>,
     events_read: AtomicUsize,
+    reads: AtomicUsize,
 }
 
 #[async_trait]
@@ -209,6 +210,7 @@ impl EventStore for CountingReads {
     async fn read_stream_after(&self, stream_id: &str, after: u64) -> Result<Vec<EventEnvelope>, StoreError> {
         let events = self.store.read_stream_after(stream_id, after).await?;
         self.events_read.fetch_add(events.len(), Ordering::SeqCst);
+        self.reads.fetch_add(1, Ordering::SeqCst);
         Ok(events)
     }
 
@@ -230,15 +232,21 @@ async fn a_command_reads_only_the_events_its_cached_state_has_not_seen() {
     let engine = spawn_engine();
     let ctx = ctx(TENANT);
     engine.establish(&ctx, "conn-1", None).await;
-    let counting = Arc::new(CountingReads { store: engine.store.clone(), events_read: AtomicUsize::new(0) });
+    let counting = Arc::new(CountingReads {
+        store: engine.store.clone(),
+        events_read: AtomicUsize::new(0),
+        reads: AtomicUsize::new(0),
+    });
     let commands = Commands::new(counting.clone(), engine.vault.clone(), Arc::new(FixedClock(t0())));
 
     for n in 0..20 {
         commands.record_health_check(&ctx, "conn-1", &format!("run-{n}"), true).await.unwrap();
     }
     // The stream was read once (its one event); after that, each command's own append kept the
-    // cached state current, so the other 19 read nothing, however long the stream grew.
+    // cached state current, so the other 19 were decided on it without a read, however long
+    // the stream grew.
     assert_eq!(counting.events_read.load(Ordering::SeqCst), 1);
+    assert_eq!(counting.reads.load(Ordering::SeqCst), 1);
 
     // Another writer (its own cache, like another process) appends: the next command reads that
     // one event, and decides on it (a redelivered outcome of the other writer's run is a no-op).

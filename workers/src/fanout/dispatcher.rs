@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::message_of;
+use super::handler::{is_publishable, message_of};
 use super::{Directory, WebhookSettings};
 
 /// The longest the scheduler sleeps without looking again.
@@ -51,6 +51,9 @@ const MAX_SLOW_DOWN: Duration = Duration::from_secs(60);
 const MAX_RECORD_MARGIN: Duration = Duration::from_secs(5);
 /// The shortest send worth trying (or a quarter of the attempt timeout when that is shorter).
 const MIN_SEND: Duration = Duration::from_secs(1);
+/// Message events kept from following the store, so an attempt finds its message without
+/// reading it back (a backlog larger than this reads the rest from the store).
+const RECENT_MESSAGES: usize = 8_192;
 /// The shortest wait before asking again for a lane's lease another worker holds.
 const MIN_LEASE_RETRY: Duration = Duration::from_millis(100);
 
@@ -79,6 +82,8 @@ struct Shared {
     client: reqwest::Client,
     settings: WebhookSettings,
     directory: Arc<Directory>,
+    /// The latest message events the follower saw, by event id.
+    recent_messages: quick_cache::sync::Cache<uuid::Uuid, EventEnvelope>,
 }
 
 /// The webhook dispatcher. [`Dispatcher::run`] until shutdown.
@@ -98,7 +103,9 @@ impl Dispatcher {
     ) -> Result<Self, EgressError> {
         let client = webhook_client(settings.allow.clone(), settings.attempt_timeout)?;
         let directory = Directory::new();
-        Ok(Self { shared: Arc::new(Shared { store, leases, commands, vault, client, settings, directory }) })
+        let recent_messages = quick_cache::sync::Cache::new(RECENT_MESSAGES);
+        let shared = Shared { store, leases, commands, vault, client, settings, directory, recent_messages };
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// The subscription directory this dispatcher keeps current, for the [`super::FanOut`].
@@ -189,6 +196,9 @@ async fn follow(shared: Arc<Shared>, out: mpsc::Sender<Followed>, shutdown: Canc
                     continue;
                 };
                 shared.directory.apply(&event, &decoded);
+                if is_publishable(&event.event_type) {
+                    shared.recent_messages.insert(event.event_id, event.clone());
+                }
                 if let AnyEvent::Run(RunEvent::RunRedeliveryRequested(_)) = &decoded {
                     if !relevant.is_empty() && out.send(Followed::Events(std::mem::take(&mut relevant))).await.is_err()
                     {
@@ -904,7 +914,8 @@ impl AttemptTask {
     async fn fail_unsent(&self, attempt: &Attempt, counted: u32, NotSendable { error, retry }: NotSendable) -> Outcome {
         let next = retry.then(|| self.shared.settings.next_delay(counted, None)).flatten();
         let failed_at = Utc::now();
-        let failed = AttemptOutcome::Failed { error, next_attempt_at: next.map(|d| failed_at + delta(d)), response: None };
+        let failed =
+            AttemptOutcome::Failed { error, next_attempt_at: next.map(|d| failed_at + delta(d)), response: None };
         self.record(&self.recorded(attempt, failed_at, failed), false, None).await
     }
 
@@ -948,16 +959,23 @@ impl AttemptTask {
         if !source_stream.strip_prefix(&self.tenant_id).is_some_and(|rest| rest.starts_with('/')) {
             return Err(foreign(&format!("stream {source_stream}")));
         }
-        let events = self
-            .shared
-            .store
-            .read_stream(source_stream)
-            .await
-            .map_err(|e| retry(format!("reading the message: {e}")))?;
-        let event = events
-            .iter()
-            .find(|e| e.event_id.to_string() == source_event)
-            .ok_or_else(|| permanent(format!("the message's event {source_event} is not in {source_stream}")))?;
+        let recent = uuid::Uuid::parse_str(source_event)
+            .ok()
+            .and_then(|id| self.shared.recent_messages.get(&id))
+            .filter(|event| event.stream_id == source_stream);
+        let event = match recent {
+            Some(event) => event,
+            None => self
+                .shared
+                .store
+                .read_stream(source_stream)
+                .await
+                .map_err(|e| retry(format!("reading the message: {e}")))?
+                .into_iter()
+                .find(|e| e.event_id.to_string() == source_event)
+                .ok_or_else(|| permanent(format!("the message's event {source_event} is not in {source_stream}")))?,
+        };
+        let event = &event;
         if event.tenant_id != self.tenant_id {
             return Err(foreign(&format!("event {source_event}")));
         }
@@ -1233,7 +1251,8 @@ mod tests {
 
         // Even under the id the fan-out would use, the source must be the run's tenant's.
         let run_id = webhook_run_id("attacker", "sub-a", "msg-secret");
-        let refused = engine.task("attacker", "sub-a", &run_id, input.clone()).await.prepare(Utc::now()).await.err().unwrap();
+        let refused =
+            engine.task("attacker", "sub-a", &run_id, input.clone()).await.prepare(Utc::now()).await.err().unwrap();
         assert!(!refused.retry);
         assert!(refused.error.contains("is not a message of tenant attacker"), "{}", refused.error);
         // Another tenant's stream whose name merely starts with the tenant's.
@@ -1248,7 +1267,8 @@ mod tests {
         let message = super::message_of(&own, &engine.shared.directory).unwrap();
         let own_input = run_input("sub-a", &message, &own);
         let run_id = webhook_run_id("attacker", "sub-a", "msg-own");
-        let request = engine.task("attacker", "sub-a", &run_id, own_input).await.prepare(Utc::now()).await.ok().unwrap();
+        let request =
+            engine.task("attacker", "sub-a", &run_id, own_input).await.prepare(Utc::now()).await.ok().unwrap();
         assert_eq!(request.webhook_id, "msg-own");
     }
 
@@ -1315,6 +1335,7 @@ mod tests {
             client: first.client.clone(),
             settings: WebhookSettings { worker_id: "w2".into(), ..first.settings.clone() },
             directory: first.directory.clone(),
+            recent_messages: quick_cache::sync::Cache::new(16),
         });
         engine.subscribe("t", "sub-1").await;
         let source = engine.publish("t", "msg-1", json!({})).await;
