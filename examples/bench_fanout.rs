@@ -192,7 +192,8 @@ async fn run_mode(
     let fan_out = FanOut::new(commands.clone(), dispatcher.directory(), shutdown.child_token());
     tokio::spawn(dispatcher.run(shutdown.child_token()));
     let checkpoints = SqliteCheckpoints::open(dir.path().join("workers.db")).await?;
-    let options = ConsumerOptions { batch_size: 100, ..ConsumerOptions::default() };
+    // As `serve` runs it (src/webhooks.rs).
+    let options = ConsumerOptions { batch_size: 256, concurrency: 64, ..ConsumerOptions::default() };
     let producer = match &kafka {
         None => {
             let feed = EmbeddedFeed::open(store.clone(), checkpoints, FANOUT_CONSUMER).await?;

@@ -97,7 +97,10 @@ pub async fn start(
     let fan_out = FanOut::new(commands, dispatcher.directory(), shutdown.child_token());
     let token = shutdown.child_token();
     tasks.push(("webhook-dispatcher", tokio::spawn(async move { Ok(dispatcher.run(token).await?) })));
-    let options = ConsumerOptions { batch_size: 100, ..ConsumerOptions::default() };
+    // Messages are streams of their own: a batch's messages are fanned out at once, so their
+    // runs share commits (a strict lane still delivers in publication order: the dispatcher
+    // orders runs by their message's position).
+    let options = ConsumerOptions { batch_size: 256, concurrency: 64, ..ConsumerOptions::default() };
     feeds.spawn(FANOUT_CONSUMER, fan_out, options, shutdown.child_token(), tasks).await
 }
 

@@ -65,8 +65,8 @@ pub enum DispatcherError {
 
 /// What the follower hands the scheduler.
 enum Followed {
-    /// Run and subscription events of webhook interest, in store order.
-    Events(Vec<(EventEnvelope, AnyEvent)>),
+    /// What the scheduler must know of the events read, in store order.
+    Events(Vec<Seen>),
     /// A run that had ended was redelivered: its history up to the redelivery.
     Redelivered(Vec<(EventEnvelope, RunEvent)>),
     /// Everything the store held at start has been read.
@@ -130,7 +130,7 @@ impl Dispatcher {
                 Some(done) = done_rx.recv() => schedule.finished(done),
                 Some(answer) = leased_rx.recv() => schedule.leased(answer),
                 followed = followed_rx.recv() => match followed {
-                    Some(Followed::Events(events)) => events.iter().for_each(|(e, d)| schedule.apply(e, d)),
+                    Some(Followed::Events(seen)) => seen.into_iter().for_each(|seen| schedule.take(seen)),
                     Some(Followed::Redelivered(history)) => schedule.restore(&history),
                     Some(Followed::CaughtUp) => {
                         tracing::info!(pending = schedule.runs.len(), "webhook dispatcher caught up with the store");
@@ -196,9 +196,6 @@ async fn follow(shared: Arc<Shared>, out: mpsc::Sender<Followed>, shutdown: Canc
                     continue;
                 };
                 shared.directory.apply(&event, &decoded);
-                if is_publishable(&event.event_type) {
-                    shared.recent_messages.insert(event.event_id, event.clone());
-                }
                 if let AnyEvent::Run(RunEvent::RunRedeliveryRequested(_)) = &decoded {
                     if !relevant.is_empty() && out.send(Followed::Events(std::mem::take(&mut relevant))).await.is_err()
                     {
@@ -210,13 +207,11 @@ async fn follow(shared: Arc<Shared>, out: mpsc::Sender<Followed>, shutdown: Canc
                                 return;
                             }
                         }
-                        None => relevant.push((event, decoded)),
+                        None => relevant.push(Seen::Event(event, decoded)),
                     }
                     continue;
                 }
-                if matches!(decoded, AnyEvent::Run(_) | AnyEvent::Subscription(_)) {
-                    relevant.push((event, decoded));
-                }
+                relevant.extend(seen(&shared, event, decoded));
             }
             shared.directory.advance(position);
             if !relevant.is_empty() && out.send(Followed::Events(relevant)).await.is_err() {
@@ -238,6 +233,49 @@ async fn follow(shared: Arc<Shared>, out: mpsc::Sender<Followed>, shutdown: Canc
             changed = head.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// One event as the scheduler needs it.
+enum Seen {
+    /// A run or subscription event.
+    Event(EventEnvelope, AnyEvent),
+    /// A message that lanes with strict ordering get runs for: its place in their order, held
+    /// before the fan-out's runs exist ([`Schedule::expect`]).
+    Message { position: u64, runs: Vec<(LaneKey, String)> },
+}
+
+/// What the scheduler must know of an event the directory has taken in: run and subscription
+/// events, and the messages some subscription matches. Those are also kept in memory for the
+/// attempts that will deliver them.
+fn seen(shared: &Shared, event: EventEnvelope, decoded: AnyEvent) -> Option<Seen> {
+    if matches!(decoded, AnyEvent::Run(_) | AnyEvent::Subscription(_)) {
+        return Some(Seen::Event(event, decoded));
+    }
+    if !is_publishable(&event.event_type) {
+        return None;
+    }
+    let message = message_of(&event, &shared.directory)?;
+    // What the fan-out matches for this message, by the same rule at the same position.
+    let matched = shared.directory.matching(
+        event.global_position,
+        &message.tenant_id,
+        message.project_id.as_deref(),
+        &message.event_type,
+    );
+    if matched.is_empty() {
+        return None;
+    }
+    let position = event.global_position;
+    shared.recent_messages.insert(event.event_id, event);
+    let runs: Vec<(LaneKey, String)> = matched
+        .iter()
+        .filter(|subscription| subscription.delivery.strict_ordering)
+        .map(|subscription| {
+            let run_id = super::webhook_run_id(&message.tenant_id, &subscription.subscription_id, &message.message_id);
+            ((message.tenant_id.clone(), subscription.subscription_id.clone()), run_id)
+        })
+        .collect();
+    (!runs.is_empty()).then_some(Seen::Message { position, runs })
 }
 
 /// The events of a redelivered run's stream up to its redelivery (a webhook run only).
@@ -265,7 +303,8 @@ type LaneKey = (String, String);
 struct RunEntry {
     tenant_id: String,
     lane: LaneKey,
-    /// The position of its `RunRequested`: publication order within the lane.
+    /// The position of its message in the store (of its `RunRequested` for runs requested
+    /// before inputs carried it): publication order within the lane.
     position: u64,
     trace_id: String,
     input: Value,
@@ -396,6 +435,25 @@ impl Schedule {
         }
     }
 
+    fn take(&mut self, seen: Seen) {
+        match seen {
+            Seen::Event(event, decoded) => self.apply(&event, &decoded),
+            Seen::Message { position, runs } => self.expect(position, runs),
+        }
+    }
+
+    /// Holds the places of a message's runs in strict lanes: the fan-out requests several
+    /// messages' runs at once, so a later message's run may be seen before an earlier one's,
+    /// and a strict lane must not send it first. A place is taken by the run once requested
+    /// (same position, same id).
+    fn expect(&mut self, position: u64, runs: Vec<(LaneKey, String)>) {
+        for (lane, run_id) in runs {
+            if !self.runs.contains_key(&run_id) {
+                self.lanes.entry(lane).or_insert_with(Lane::new).pending.insert((position, run_id));
+            }
+        }
+    }
+
     fn apply(&mut self, event: &EventEnvelope, decoded: &AnyEvent) {
         match decoded {
             AnyEvent::Run(RunEvent::RunRequested(requested)) => {
@@ -417,7 +475,11 @@ impl Schedule {
                 let entry = RunEntry {
                     tenant_id: event.tenant_id.clone(),
                     lane: lane.clone(),
-                    position: event.global_position,
+                    position: requested
+                        .input
+                        .pointer("/source/position")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(event.global_position),
                     trace_id: requested.trace_id.clone(),
                     input: requested.input.clone(),
                     state: Run::evolve(RunState::None, &RunEvent::RunRequested(requested.clone())),
@@ -1162,14 +1224,20 @@ mod tests {
                 self.position = event.global_position;
                 let decoded = AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()).unwrap();
                 self.shared.directory.apply(&event, &decoded);
-                if let Some(schedule) = schedule.as_deref_mut() {
-                    schedule.apply(&event, &decoded);
+                if let Some(schedule) = schedule.as_deref_mut()
+                    && let Some(seen) = seen(&self.shared, event, decoded)
+                {
+                    schedule.take(seen);
                 }
             }
             self.shared.directory.advance(self.position);
         }
 
         async fn subscribe(&self, tenant: &str, subscription_id: &str) {
+            self.subscribe_with(tenant, subscription_id, DeliverySettings::default()).await;
+        }
+
+        async fn subscribe_with(&self, tenant: &str, subscription_id: &str, delivery: DeliverySettings) {
             let command = CreateWebhookSubscription {
                 subscription_id: subscription_id.into(),
                 tenant_id: tenant.into(),
@@ -1179,7 +1247,7 @@ mod tests {
                 signing_secret_ref: SIGNING_SECRET.into(),
                 active: true,
                 created_at: Utc::now(),
-                delivery: DeliverySettings::default(),
+                delivery,
             };
             self.shared.commands.create_subscription(&ctx(tenant), command).await.unwrap();
         }
@@ -1402,6 +1470,40 @@ mod tests {
             .collect();
         assert_eq!(attempts, [(1, Some("w1")), (2, Some("w2"))], "{events:?}");
         assert!(!events.iter().any(|e| matches!(e, RunEvent::RunStarted(_))), "one append per attempt: {events:?}");
+    }
+
+    /// The fan-out requests several messages' runs at once, so a strict lane may see a later
+    /// message's run first: it waits for the earlier message's run, whose place the message
+    /// itself held.
+    #[tokio::test]
+    async fn a_strict_lane_keeps_publication_order_when_runs_are_requested_out_of_order() {
+        let mut engine = engine(WebhookSettings::new("w"), Duration::ZERO).await;
+        let strict = DeliverySettings { strict_ordering: true, ..DeliverySettings::default() };
+        engine.subscribe_with("t", "sub-1", strict).await;
+        let first = engine.publish("t", "msg-1", json!({"n": 1})).await;
+        let second = engine.publish("t", "msg-2", json!({"n": 2})).await;
+        let (mut schedule, _done, _leased) = engine.schedule();
+        engine.follow(Some(&mut schedule)).await;
+        let second_run = engine.fan_out("t", "sub-1", &second).await;
+        engine.follow(Some(&mut schedule)).await;
+
+        let lane = &schedule.lanes[&("t".to_owned(), "sub-1".to_owned())];
+        let (head_position, head_run) = lane.pending.first().unwrap();
+        assert_eq!(*head_position, first.global_position, "the first message holds the head of the lane");
+        assert!(!schedule.runs.contains_key(head_run), "its run is not requested yet");
+        assert_eq!(schedule.runs[&second_run].position, second.global_position);
+        let lane = schedule.lanes.get_mut(&("t".to_owned(), "sub-1".to_owned())).unwrap();
+        lane.held_until = Some(Utc::now() + TimeDelta::hours(1));
+        schedule.start_due();
+        assert_eq!(schedule.in_flight_total, 0, "the second message does not go first");
+
+        let first_run = engine.fan_out("t", "sub-1", &first).await;
+        engine.follow(Some(&mut schedule)).await;
+        let lane = &schedule.lanes[&("t".to_owned(), "sub-1".to_owned())];
+        assert_eq!(lane.pending.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>(), [first_run.clone(), second_run]);
+        schedule.start_due();
+        assert_eq!(schedule.in_flight_total, 1);
+        assert!(schedule.runs[&first_run].in_flight, "the first message goes first");
     }
 
     /// A slow vault cannot stretch an attempt past its lease: preparing and sending share it.

@@ -64,14 +64,15 @@ pub fn message_of(event: &EventEnvelope, directory: &Directory) -> Option<Messag
 }
 
 /// The input of a `DeliverWebhook` run: which subscription, which message, and where the
-/// message's event is (its data is read from there, not copied into every run).
+/// message's event is (its data is read from there, not copied into every run; its position
+/// is the run's place in a lane's publication order).
 pub fn run_input(subscription_id: &str, message: &Message, source: &EventEnvelope) -> Value {
     json!({
         "subscriptionId": subscription_id,
         "messageId": message.message_id,
         "eventType": message.event_type,
         "projectId": message.project_id,
-        "source": {"streamId": source.stream_id, "eventId": source.event_id},
+        "source": {"streamId": source.stream_id, "eventId": source.event_id, "position": source.global_position},
     })
 }
 
