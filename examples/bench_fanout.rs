@@ -16,7 +16,10 @@
 //! cargo run --release --example bench_fanout -- [OUT_FILE] [MESSAGES] [SUBSCRIPTIONS]
 //!
 //! `BENCH_MODES=kafka` (or `embedded`) runs one mode only; `BENCH_KAFKA_FETCH_WAIT_MS` overrides
-//! the consumers' fetch wait (`--kafka-fetch-wait-ms`), to compare settings.
+//! the consumers' fetch wait (`--kafka-fetch-wait-ms`), to compare settings;
+//! `BENCH_FANOUT_CONCURRENCY` the messages the fan-out handles at once (64, as `serve`);
+//! `BENCH_DRAIN_SECONDS` how long a run may take to deliver everything (300) before it is
+//! reported as not drained.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -268,7 +271,8 @@ async fn run_mode(
     }
     let published_in = started.elapsed();
     let expected = messages * subscriptions;
-    let deadline = Instant::now() + Duration::from_secs(std::env::var("BENCH_DRAIN_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300));
+    let deadline = Instant::now()
+        + Duration::from_secs(std::env::var("BENCH_DRAIN_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300));
     while arrivals.lock().unwrap().len() < expected {
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -353,7 +357,9 @@ async fn main() -> anyhow::Result<()> {
                     Err(error) => {
                         eprintln!("{error:#}");
                         let error = format!("{error:#}");
-                        results.push(json!({"mode": "kafka", "messages": count, "publishRatePerSecond": rate, "error": error}));
+                        results.push(
+                            json!({"mode": "kafka", "messages": count, "publishRatePerSecond": rate, "error": error}),
+                        );
                     }
                 }
             }
