@@ -236,6 +236,7 @@ async fn follow(shared: Arc<Shared>, out: mpsc::Sender<Followed>, shutdown: Canc
 }
 
 /// One event as the scheduler needs it.
+#[expect(clippy::large_enum_variant, reason = "nearly every item is an event; boxing would allocate for each")]
 enum Seen {
     /// A run or subscription event.
     Event(EventEnvelope, AnyEvent),
