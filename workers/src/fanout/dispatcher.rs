@@ -12,6 +12,10 @@
 //! and an attempt costs one append, its outcome (`RecordAttempt`), instead of a start and an
 //! outcome. An attempt only starts while the lease outlasts its whole budget (send and record),
 //! so a lease taken over after its holder died never overlaps an attempt of the holder.
+//!
+//! Times that are recorded or compared with recorded ones (due times, lease expiries, an
+//! attempt's start and end) come from the `Clock` port, the commands' clock; waiting uses
+//! tokio's monotonic clock.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -611,14 +615,14 @@ impl Schedule {
                 entry.awaiting_position = position.unwrap_or(0);
                 entry.not_before = None;
             }
-            Outcome::Recheck => entry.not_before = Some(Utc::now() + delta(RECHECK)),
+            Outcome::Recheck => entry.not_before = Some(self.shared.commands.now() + delta(RECHECK)),
         }
         self.requeue(&done.run_id);
     }
 
     /// Starts every attempt that is due and allowed by its lane's limits.
     fn start_due(&mut self) {
-        let now = Utc::now();
+        let now = self.shared.commands.now();
         let instant = Instant::now();
         let keys: Vec<LaneKey> = self.lanes.keys().cloned().collect();
         for key in keys {
@@ -725,7 +729,7 @@ impl Schedule {
             Ok(lease) => {
                 // Another worker delivers this lane; ask again once its lease may have expired.
                 lane_state.held_until = None;
-                let left = (lease.expires_at - Utc::now()).to_std().unwrap_or_default();
+                let left = (lease.expires_at - self.shared.commands.now()).to_std().unwrap_or_default();
                 lane_state.ask_after = asked_at + left.clamp(MIN_LEASE_RETRY, self.shared.settings.lane_lease());
                 tracing::debug!(subscription_id = %lane.1, holder = %lease.holder, "webhook lane held by another worker");
             }
@@ -786,7 +790,7 @@ impl Schedule {
     /// When the scheduler must look again: the earliest due run, lane pause or token refill.
     fn next_wake(&self) -> Instant {
         let now = Instant::now();
-        let utc_now = Utc::now();
+        let utc_now = self.shared.commands.now();
         let mut wake = now + MAX_IDLE;
         for lane in self.lanes.values() {
             let front = if lane.strict {
@@ -861,7 +865,7 @@ impl AttemptTask {
     async fn run(self, job: Job) -> Outcome {
         match job {
             Job::Cancel(reason) => {
-                let fail = RunCommand::Fail { run_id: self.run_id.clone(), error: reason, failed_at: Utc::now() };
+                let fail = RunCommand::Fail { run_id: self.run_id.clone(), error: reason, failed_at: self.shared.commands.now() };
                 self.record(&fail, false, None).await
             }
             Job::Attempt { failing_since } => self.attempt(failing_since).await,
@@ -884,7 +888,7 @@ impl AttemptTask {
 
     async fn attempt(&self, failing_since: Option<DateTime<Utc>>) -> Outcome {
         let settings = &self.shared.settings;
-        let started_at = Utc::now();
+        let started_at = self.shared.commands.now();
         let budget = settings.attempt_budget();
         // Everything of the attempt (preparing it, sending it) ends by this, leaving time to
         // record the outcome while the lane's lease still holds: past it, another worker may
@@ -920,7 +924,7 @@ impl AttemptTask {
             return self.fail_unsent(&attempt, counted, NotSendable { error, retry: true }).await;
         };
         let result = outbound_webhooks::send(&self.shared.client, &request, timeout).await;
-        let finished_at = Utc::now();
+        let finished_at = self.shared.commands.now();
         let response = AttemptResponse {
             status_code: result.status,
             latency_ms: u64::try_from(result.latency.as_millis()).unwrap_or(u64::MAX),
@@ -976,7 +980,7 @@ impl AttemptTask {
     /// left.
     async fn fail_unsent(&self, attempt: &Attempt, counted: u32, NotSendable { error, retry }: NotSendable) -> Outcome {
         let next = retry.then(|| self.shared.settings.next_delay(counted, None)).flatten();
-        let failed_at = Utc::now();
+        let failed_at = self.shared.commands.now();
         let failed =
             AttemptOutcome::Failed { error, next_attempt_at: next.map(|d| failed_at + delta(d)), response: None };
         self.record(&self.recorded(attempt, failed_at, failed), false, None).await
