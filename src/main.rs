@@ -18,6 +18,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// jemalloc with background threads: after a burst, the pages it freed go back to the OS within
+/// seconds (its decay), where glibc's arenas kept them (docs/performance.md, RSS).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "integration-engine", version, about = "Event-sourced CQRS integration engine")]
 struct Cli {
