@@ -865,7 +865,11 @@ impl AttemptTask {
     async fn run(self, job: Job) -> Outcome {
         match job {
             Job::Cancel(reason) => {
-                let fail = RunCommand::Fail { run_id: self.run_id.clone(), error: reason, failed_at: self.shared.commands.now() };
+                let fail = RunCommand::Fail {
+                    run_id: self.run_id.clone(),
+                    error: reason,
+                    failed_at: self.shared.commands.now(),
+                };
                 self.record(&fail, false, None).await
             }
             Job::Attempt { failing_since } => self.attempt(failing_since).await,
