@@ -456,45 +456,8 @@ fn start_attempt(
     lease: Option<&Lease>,
     next_attempt_at: Option<DateTime<Utc>>,
 ) -> Result<Vec<RunEvent>, DomainError> {
-    let mut events = Vec::new();
-    if let Some(lease) = lease {
-        if c.started_at < lease.expires_at {
-            return Err(DomainError::InvalidTransition {
-                kind: "run",
-                state: format!(
-                    "leased to worker {} for attempt {} until {}",
-                    lease.worker_id,
-                    lease.attempt,
-                    lease.expires_at.to_rfc3339()
-                ),
-                command: "start",
-            });
-        }
-        // The holder stopped (crashed, or cut off from the store) without recording an outcome.
-        events.push(RunEvent::RunAttemptFailed(RunAttemptFailed {
-            run_id: c.run_id.clone(),
-            attempt: lease.attempt,
-            error: format!(
-                "attempt {} abandoned: worker {} did not finish it before its lease expired at {}",
-                lease.attempt,
-                lease.worker_id,
-                lease.expires_at.to_rfc3339()
-            ),
-            failed_at: c.started_at,
-            next_attempt_at: Some(c.started_at),
-            response: None,
-            started_at: None,
-            worker_id: None,
-        }));
-    } else if let Some(due) = next_attempt_at
-        && c.started_at < due
-    {
-        return Err(DomainError::InvalidTransition {
-            kind: "run",
-            state: format!("waiting for its next attempt, due at {}", due.to_rfc3339()),
-            command: "start",
-        });
-    }
+    let mut events: Vec<RunEvent> =
+        next_attempt_may_start(&c.run_id, c.started_at, lease, next_attempt_at, "start")?.into_iter().collect();
     let counted = attempts.saturating_sub(attempts_before_redelivery);
     if counted >= c.max_attempts {
         events.push(RunEvent::RunFailed(RunFailed {
@@ -521,7 +484,7 @@ fn fail_attempt(
     lease: Option<&Lease>,
 ) -> Result<Vec<RunEvent>, DomainError> {
     holding_lease(lease, c.attempt, "fail")?;
-    let mut events = vec![RunEvent::RunAttemptFailed(RunAttemptFailed {
+    Ok(attempt_failed(RunAttemptFailed {
         run_id: c.run_id.clone(),
         attempt: c.attempt,
         error: c.error.clone(),
@@ -530,15 +493,62 @@ fn fail_attempt(
         response: response.cloned(),
         started_at: None,
         worker_id: None,
-    })];
-    if c.next_attempt_at.is_none() {
-        events.push(RunEvent::RunFailed(RunFailed {
-            run_id: c.run_id.clone(),
-            error: c.error.clone(),
-            failed_at: c.failed_at,
-        }));
+    }))
+}
+
+/// A failed attempt, and `RunFailed` after it when no attempt follows.
+fn attempt_failed(failed: RunAttemptFailed) -> Vec<RunEvent> {
+    let ended = failed.next_attempt_at.is_none().then(|| {
+        RunEvent::RunFailed(RunFailed {
+            run_id: failed.run_id.clone(),
+            error: failed.error.clone(),
+            failed_at: failed.failed_at,
+        })
+    });
+    std::iter::once(RunEvent::RunAttemptFailed(failed)).chain(ended).collect()
+}
+
+/// Whether the run's next attempt may start at `at`: not while a worker's lease on the run
+/// holds, nor before it is due. A lease that expired is that attempt abandoned (its holder
+/// crashed, or was cut off from the store, without recording an outcome): the event recording
+/// it is returned, to be appended before the new attempt.
+fn next_attempt_may_start(
+    run_id: &str,
+    at: DateTime<Utc>,
+    lease: Option<&Lease>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    command: &'static str,
+) -> Result<Option<RunEvent>, DomainError> {
+    let refused = |state: String| DomainError::InvalidTransition { kind: "run", state, command };
+    if let Some(lease) = lease {
+        if at < lease.expires_at {
+            return Err(refused(format!(
+                "leased to worker {} for attempt {} until {}",
+                lease.worker_id,
+                lease.attempt,
+                lease.expires_at.to_rfc3339()
+            )));
+        }
+        return Ok(Some(RunEvent::RunAttemptFailed(RunAttemptFailed {
+            run_id: run_id.to_owned(),
+            attempt: lease.attempt,
+            error: format!(
+                "attempt {} abandoned: worker {} did not finish it before its lease expired at {}",
+                lease.attempt,
+                lease.worker_id,
+                lease.expires_at.to_rfc3339()
+            ),
+            failed_at: at,
+            next_attempt_at: Some(at),
+            response: None,
+            started_at: None,
+            worker_id: None,
+        })));
     }
-    Ok(events)
+    match next_attempt_at {
+        Some(due) if at < due => Err(refused(format!("waiting for its next attempt, due at {}", due.to_rfc3339()))),
+        _ => Ok(None),
+    }
 }
 
 /// An attempt recorded whole: only the run's next one, once it was due, and never while a
@@ -549,33 +559,16 @@ fn record_attempt(
     lease: Option<&Lease>,
     next_attempt_at: Option<DateTime<Utc>>,
 ) -> Result<Vec<RunEvent>, DomainError> {
-    let refused = |state: String| DomainError::InvalidTransition { kind: "run", state, command: "record attempt" };
-    let mut events = Vec::new();
-    if let Some(lease) = lease {
-        if c.started_at < lease.expires_at {
-            return Err(refused(format!("leased to worker {} for attempt {}", lease.worker_id, lease.attempt)));
-        }
-        // Its holder stopped without recording an outcome: that attempt was abandoned.
-        events.push(RunEvent::RunAttemptFailed(RunAttemptFailed {
-            run_id: c.run_id.clone(),
-            attempt: lease.attempt,
-            error: format!(
-                "attempt {} abandoned: worker {} did not finish it before its lease expired at {}",
-                lease.attempt,
-                lease.worker_id,
-                lease.expires_at.to_rfc3339()
-            ),
-            failed_at: c.started_at,
-            next_attempt_at: Some(c.started_at),
-            response: None,
-            started_at: None,
-            worker_id: None,
-        }));
-    } else if let Some(due) = next_attempt_at.filter(|due| c.started_at < *due) {
-        return Err(refused(format!("waiting for its next attempt, due at {}", due.to_rfc3339())));
-    }
+    let mut events: Vec<RunEvent> =
+        next_attempt_may_start(&c.run_id, c.started_at, lease, next_attempt_at, "record attempt")?
+            .into_iter()
+            .collect();
     if c.attempt != attempts + 1 {
-        return Err(refused(format!("{attempts} attempts recorded (attempt {} is not the next)", c.attempt)));
+        return Err(DomainError::InvalidTransition {
+            kind: "run",
+            state: format!("{attempts} attempts recorded (attempt {} is not the next)", c.attempt),
+            command: "record attempt",
+        });
     }
     let (started_at, worker_id) = (Some(c.started_at), Some(c.worker_id.clone()));
     events.extend(match &c.outcome {
@@ -587,26 +580,16 @@ fn record_attempt(
             started_at,
             worker_id,
         })],
-        AttemptOutcome::Failed { error, next_attempt_at, response } => {
-            let mut events = vec![RunEvent::RunAttemptFailed(RunAttemptFailed {
-                run_id: c.run_id.clone(),
-                attempt: c.attempt,
-                error: error.clone(),
-                failed_at: c.finished_at,
-                next_attempt_at: *next_attempt_at,
-                response: response.clone(),
-                started_at,
-                worker_id,
-            })];
-            if next_attempt_at.is_none() {
-                events.push(RunEvent::RunFailed(RunFailed {
-                    run_id: c.run_id.clone(),
-                    error: error.clone(),
-                    failed_at: c.finished_at,
-                }));
-            }
-            events
-        }
+        AttemptOutcome::Failed { error, next_attempt_at, response } => attempt_failed(RunAttemptFailed {
+            run_id: c.run_id.clone(),
+            attempt: c.attempt,
+            error: error.clone(),
+            failed_at: c.finished_at,
+            next_attempt_at: *next_attempt_at,
+            response: response.clone(),
+            started_at,
+            worker_id,
+        }),
     });
     Ok(events)
 }
