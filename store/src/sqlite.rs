@@ -610,6 +610,42 @@ pub(crate) enum OpenError {
 ///
 /// WAL lets readers run while the writer commits; `synchronous = FULL` syncs the WAL on every
 /// commit, so an acknowledged write survives a crash of the process or of the machine.
+/// A connection of its own to one of the engine's SQLite files, for a component that writes
+/// beside the event store (idempotency keys, leases): statements run in a blocking task, one at
+/// a time. The busy timeout makes them wait for the event store's writer instead of failing
+/// while a batch commits.
+pub(crate) struct OwnConnection {
+    conn: Arc<Mutex<Connection>>,
+    /// The component's name, in errors.
+    component: &'static str,
+}
+
+impl OwnConnection {
+    /// Opens `path` for `component`, applying its migrations. Blocks on file I/O.
+    pub(crate) fn open(path: &Path, component: &'static str, migrations: &[&str]) -> Result<Self, StoreError> {
+        let conn = open_database(path, component, migrations)
+            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), component })
+    }
+
+    /// Runs `work` on the connection in a blocking task.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // Statements run to completion under the lock, so a poisoned lock holds a usable
+            // connection.
+            let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("{} task failed: {e}", self.component)))?
+        .map_err(|e| StoreError::Backend(e.to_string()))
+    }
+}
+
 pub(crate) fn open_database(path: &Path, component: &str, migrations: &[&str]) -> Result<Connection, OpenError> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;

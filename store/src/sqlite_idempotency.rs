@@ -1,15 +1,14 @@
 //! The SQLite [`IdempotencyStore`]: a table in the event store's database file.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::params;
 
 use crate::idempotency::{DEFAULT_IDEMPOTENCY_RETENTION, ExpiryCutoffs};
-use crate::sqlite::open_database;
+use crate::sqlite::OwnConnection;
 use crate::{IdempotencyStore, Reservation, StoreError, StoredResponse};
 
 const IDEMPOTENCY_MIGRATIONS: &[&str] = &[
@@ -43,38 +42,21 @@ fn timestamp(at: DateTime<Utc>) -> String {
 /// It writes through a connection of its own; the busy timeout makes it wait for the event
 /// store's writer instead of failing while a batch commits.
 pub struct SqliteIdempotencyStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: OwnConnection,
     retention: Duration,
 }
 
 impl SqliteIdempotencyStore {
     /// Opens the store at `path`, creating the file and the table if absent. Blocks on file I/O.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = open_database(path, "idempotency", IDEMPOTENCY_MIGRATIONS)
-            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), retention: DEFAULT_IDEMPOTENCY_RETENTION })
+        let conn = OwnConnection::open(path, "idempotency", IDEMPOTENCY_MIGRATIONS)?;
+        Ok(Self { conn, retention: DEFAULT_IDEMPOTENCY_RETENTION })
     }
 
     /// Keeps completed reservations for `retention` instead of the default 24 hours.
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
         self
-    }
-
-    async fn with_connection<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // Statements run to completion under the lock, so a poisoned lock holds a usable
-            // connection.
-            let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            work(&conn)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("idempotency task failed: {e}")))?
-        .map_err(|e| StoreError::Backend(e.to_string()))
     }
 }
 
@@ -91,54 +73,55 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         let (tenant_id, operation, key) = (tenant_id.to_owned(), operation.to_owned(), key.to_owned());
         let (request_hash, resource_id) = (request_hash.to_owned(), resource_id.to_owned());
         let retention = self.retention;
-        self.with_connection(move |conn| {
-            let now = Utc::now();
-            let expiry = ExpiryCutoffs::at(now, retention);
-            // A key whose reservation expired is free, whether or not the sweep has deleted the
-            // row yet: the upsert takes it over (fresh hash, id and time, no response) in the
-            // same statement, so two concurrent retries still make only one `New`.
-            let inserted = conn.execute(
-                "INSERT INTO idempotency_keys (tenant_id, operation, key, request_hash, resource_id, created_at)
+        self.conn
+            .run(move |conn| {
+                let now = Utc::now();
+                let expiry = ExpiryCutoffs::at(now, retention);
+                // A key whose reservation expired is free, whether or not the sweep has deleted the
+                // row yet: the upsert takes it over (fresh hash, id and time, no response) in the
+                // same statement, so two concurrent retries still make only one `New`.
+                let inserted = conn.execute(
+                    "INSERT INTO idempotency_keys (tenant_id, operation, key, request_hash, resource_id, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (tenant_id, operation, key) DO UPDATE SET
                      request_hash = excluded.request_hash, resource_id = excluded.resource_id,
                      status = NULL, location = NULL, body = NULL, created_at = excluded.created_at
                  WHERE (idempotency_keys.status IS NOT NULL AND idempotency_keys.created_at < ?7)
                     OR (idempotency_keys.status IS NULL AND idempotency_keys.created_at < ?8)",
-                params![
-                    tenant_id,
-                    operation,
-                    key,
-                    request_hash,
-                    resource_id,
-                    timestamp(now),
-                    timestamp(expiry.completed_before),
-                    timestamp(expiry.in_progress_before)
-                ],
-            )?;
-            if inserted == 1 {
-                return Ok(Reservation::New);
-            }
-            // The row that won the conflict has not expired, so the sweep leaves it alone.
-            conn.query_row(
-                "SELECT request_hash, resource_id, status, location, body FROM idempotency_keys
+                    params![
+                        tenant_id,
+                        operation,
+                        key,
+                        request_hash,
+                        resource_id,
+                        timestamp(now),
+                        timestamp(expiry.completed_before),
+                        timestamp(expiry.in_progress_before)
+                    ],
+                )?;
+                if inserted == 1 {
+                    return Ok(Reservation::New);
+                }
+                // The row that won the conflict has not expired, so the sweep leaves it alone.
+                conn.query_row(
+                    "SELECT request_hash, resource_id, status, location, body FROM idempotency_keys
                  WHERE tenant_id = ?1 AND operation = ?2 AND key = ?3",
-                params![tenant_id, operation, key],
-                |row| {
-                    let status: Option<u16> = row.get(2)?;
-                    let response = match status {
-                        Some(status) => Some(StoredResponse {
-                            status,
-                            location: row.get(3)?,
-                            body: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
-                        }),
-                        None => None,
-                    };
-                    Ok(Reservation::Existing { request_hash: row.get(0)?, resource_id: row.get(1)?, response })
-                },
-            )
-        })
-        .await
+                    params![tenant_id, operation, key],
+                    |row| {
+                        let status: Option<u16> = row.get(2)?;
+                        let response = match status {
+                            Some(status) => Some(StoredResponse {
+                                status,
+                                location: row.get(3)?,
+                                body: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                            }),
+                            None => None,
+                        };
+                        Ok(Reservation::Existing { request_hash: row.get(0)?, resource_id: row.get(1)?, response })
+                    },
+                )
+            })
+            .await
     }
 
     /// Records the response; once a key has one, later completions keep it (retries replay the
@@ -153,7 +136,7 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         let (tenant_id, operation, key) = (tenant_id.to_owned(), operation.to_owned(), key.to_owned());
         let response = response.clone();
         let reserved = self
-            .with_connection(move |conn| {
+            .conn.run(move |conn| {
                 let updated = conn.execute(
                     "UPDATE idempotency_keys SET status = ?4, location = ?5, body = ?6
                      WHERE tenant_id = ?1 AND operation = ?2 AND key = ?3 AND status IS NULL",
@@ -179,17 +162,18 @@ impl IdempotencyStore for SqliteIdempotencyStore {
     async fn sweep_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
         let expiry = ExpiryCutoffs::at(now, self.retention);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with_connection(move |conn| {
-            // One bounded DELETE is one short write transaction (autocommit), found through the
-            // index on `created_at`.
-            conn.execute(
-                "DELETE FROM idempotency_keys WHERE (tenant_id, operation, key) IN (
+        self.conn
+            .run(move |conn| {
+                // One bounded DELETE is one short write transaction (autocommit), found through the
+                // index on `created_at`.
+                conn.execute(
+                    "DELETE FROM idempotency_keys WHERE (tenant_id, operation, key) IN (
                      SELECT tenant_id, operation, key FROM idempotency_keys
                      WHERE created_at < ?1 AND (status IS NOT NULL OR created_at < ?2)
                      LIMIT ?3)",
-                params![timestamp(expiry.completed_before), timestamp(expiry.in_progress_before), limit],
-            )
-        })
-        .await
+                    params![timestamp(expiry.completed_before), timestamp(expiry.in_progress_before), limit],
+                )
+            })
+            .await
     }
 }

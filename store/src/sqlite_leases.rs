@@ -2,15 +2,14 @@
 //! shares the store shares the leases.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::params;
 
 use crate::StoreError;
 use crate::leases::{Lease, Leases};
-use crate::sqlite::open_database;
+use crate::sqlite::OwnConnection;
 
 const LEASE_MIGRATIONS: &[&str] = &["
     CREATE TABLE leases (
@@ -24,31 +23,13 @@ const LEASE_MIGRATIONS: &[&str] = &["
 /// Leases in an SQLite file, usually the one [`crate::SqliteEventStore`] uses; written through
 /// a connection of their own (the busy timeout waits for the event store's writer).
 pub struct SqliteLeases {
-    conn: Arc<Mutex<Connection>>,
+    conn: OwnConnection,
 }
 
 impl SqliteLeases {
     /// Opens the leases at `path`, creating the file and the table if absent. Blocks on file I/O.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = open_database(path, "leases", LEASE_MIGRATIONS)
-            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
-    }
-
-    async fn with_connection<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // Statements run to completion under the lock, so a poisoned lock holds a usable
-            // connection.
-            let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            work(&conn)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("leases task failed: {e}")))?
-        .map_err(|e| StoreError::Backend(e.to_string()))
+        Ok(Self { conn: OwnConnection::open(path, "leases", LEASE_MIGRATIONS)? })
     }
 }
 
@@ -64,7 +45,8 @@ impl Leases for SqliteLeases {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         let (now, expires_at) = (now.timestamp_millis(), expires_at.timestamp_millis());
         let (holder, expires_at) = self
-            .with_connection(move |conn| {
+            .conn
+            .run(move |conn| {
                 // One statement decides and writes, so two workers racing for a free lease
                 // cannot both win; the read after it sees what won.
                 conn.execute(
@@ -85,9 +67,10 @@ impl Leases for SqliteLeases {
 
     async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
-        self.with_connection(move |conn| {
-            conn.execute("DELETE FROM leases WHERE name = ?1 AND holder = ?2", params![name, holder]).map(|_| ())
-        })
-        .await
+        self.conn
+            .run(move |conn| {
+                conn.execute("DELETE FROM leases WHERE name = ?1 AND holder = ?2", params![name, holder]).map(|_| ())
+            })
+            .await
     }
 }
