@@ -78,12 +78,6 @@ const INSERT_EVENT: &str = "
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
 /// The columns [`envelope_from_row`] reads, in its order.
-/// `LIMIT ?2`, written so that binding a new value keeps the prepared statement. A bare
-/// parameter as the limit lets the planner use its value (the bundled SQLite is built with
-/// STAT4), so every new value expired the statement and it was compiled again on each read
-/// (found in a profile: 7% of the fan-out's CPU); an expression is not looked into.
-const LIMIT_2: &str = "?2 + 0";
-
 const SELECT_EVENTS: &str = "
     SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, tenant_id,
            occurred_at, trace_id, correlation_id, causation_id, actor, data, prev_hash, hash
@@ -237,9 +231,7 @@ impl EventStore for SqliteEventStore {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.read(move |conn| {
-            let mut query = conn.prepare_cached(&format!(
-                "{SELECT_EVENTS} WHERE global_position > ?1 ORDER BY global_position LIMIT {LIMIT_2}"
-            ))?;
+            let mut query = conn.prepare_cached(&page_query())?;
             query.query_map([after, max], envelope_from_row)?.collect()
         })
         .await
@@ -510,6 +502,7 @@ fn filtered_query(filter: &EventFilter, after: u64, max: usize) -> (String, Vec<
         values.push(Sql::Text(canonical_time(before)));
     }
     values.push(Sql::Integer(i64::try_from(max).unwrap_or(i64::MAX)));
+    // `+ 0`: see `page_query`.
     let sql = format!("{SELECT_EVENTS} WHERE {} ORDER BY global_position LIMIT ? + 0", conditions.join(" AND "));
     (sql, values)
 }
@@ -610,6 +603,16 @@ pub(crate) enum OpenError {
 ///
 /// WAL lets readers run while the writer commits; `synchronous = FULL` syncs the WAL on every
 /// commit, so an acknowledged write survives a crash of the process or of the machine.
+/// A page of the global order: events after position `?1`, at most `?2`.
+///
+/// The limit is written `?2 + 0` so that binding a new value keeps the prepared statement: a
+/// bare parameter as the limit lets the planner use its value (the bundled SQLite is built with
+/// STAT4), so every new value expired the statement and it was compiled again on each read
+/// (found in a profile: 7% of the fan-out's CPU); an expression is not looked into.
+fn page_query() -> String {
+    format!("{SELECT_EVENTS} WHERE global_position > ?1 ORDER BY global_position LIMIT ?2 + 0")
+}
+
 /// A connection of its own to one of the engine's SQLite files, for a component that writes
 /// beside the event store (idempotency keys, leases): statements run in a blocking task, one at
 /// a time. The busy timeout makes them wait for the event store's writer instead of failing
@@ -713,9 +716,8 @@ mod tests {
         let path = dir.path().join("events.db");
         drop(SqliteEventStore::open(&path).unwrap());
         let conn = Connection::open(&path).unwrap();
-        let sql = format!("{SELECT_EVENTS} WHERE global_position > ?1 ORDER BY global_position LIMIT {LIMIT_2}");
         for page in 0..5_i64 {
-            let mut query = conn.prepare_cached(&sql).unwrap();
+            let mut query = conn.prepare_cached(&page_query()).unwrap();
             let read: Vec<EventEnvelope> =
                 query.query_map([page * 10, 10 + page], envelope_from_row).unwrap().map(Result::unwrap).collect();
             assert!(read.is_empty());
