@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{is_publishable, message_of};
+use super::handler::{is_publishable, matched_message, message_of};
 use super::{Directory, WebhookSettings};
 
 /// The longest the scheduler sleeps without looking again.
@@ -259,14 +259,8 @@ fn seen(shared: &Shared, event: EventEnvelope, decoded: AnyEvent) -> Option<Seen
     if !is_publishable(&event.event_type) {
         return None;
     }
-    let message = message_of(&event, &shared.directory)?;
-    // What the fan-out matches for this message, by the same rule at the same position.
-    let matched = shared.directory.matching(
-        event.global_position,
-        &message.tenant_id,
-        message.project_id.as_deref(),
-        &message.event_type,
-    );
+    // What the fan-out matches for this message, by the same rule.
+    let (message, matched) = matched_message(&event, &shared.directory)?;
     if matched.is_empty() {
         return None;
     }
@@ -673,8 +667,7 @@ impl Schedule {
                 if lane.paused_until.is_some_and(|until| until > instant) || !lane.may_start(now, attempt_budget) {
                     break;
                 }
-                let limit = if settings.strict_ordering { 1 } else { settings.max_in_flight };
-                if lane.in_flight >= limit {
+                if lane.in_flight >= lane.limit {
                     break;
                 }
                 let next = if settings.strict_ordering {
@@ -714,13 +707,8 @@ impl Schedule {
     }
 
     fn leased(&mut self, Leased { lane, asked_at, answer }: Leased) {
-        let Some(lane_state) = self.lanes.get_mut(&lane) else {
-            // Dropped while asking (cannot happen: an asking lane is kept); give it back.
-            if answer.is_ok_and(|lease| lease.holder == self.shared.settings.worker_id) {
-                self.release(&lane);
-            }
-            return;
-        };
+        // An asking lane is never dropped as idle, so it is still there.
+        let Some(lane_state) = self.lanes.get_mut(&lane) else { return };
         lane_state.asking = false;
         match answer {
             Ok(lease) if lease.holder == self.shared.settings.worker_id => {

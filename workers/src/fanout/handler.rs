@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use commands::{CommandContext, CommandError, Commands};
 use domain::delivery::{NORMALIZED_EVENT_TYPES, NormalizedIntegrationEvent};
 use domain::outbound::{DELIVER_WEBHOOK_OPERATION, OutboundMessageEvent};
+use domain::subscription::WebhookSubscriptionCreated;
 use domain::{Actor, AggregateEvent, EventEnvelope};
 use serde_json::{Value, json};
 use thiserror::Error;
@@ -63,6 +64,24 @@ pub fn message_of(event: &EventEnvelope, directory: &Directory) -> Option<Messag
     None
 }
 
+/// The message an event carries and the subscriptions it goes to: same tenant, matching type
+/// and project, active at the event's position (the directory must have taken in everything up
+/// to it). The same answer each time, so the fan-out and the dispatcher agree on it. `None` for
+/// other events and unreadable ones.
+pub fn matched_message(
+    event: &EventEnvelope,
+    directory: &Directory,
+) -> Option<(Message, Vec<WebhookSubscriptionCreated>)> {
+    let message = message_of(event, directory)?;
+    let subscriptions = directory.matching(
+        event.global_position,
+        &message.tenant_id,
+        message.project_id.as_deref(),
+        &message.event_type,
+    );
+    Some((message, subscriptions))
+}
+
 /// The input of a `DeliverWebhook` run: which subscription, which message, and where the
 /// message's event is (its data is read from there, not copied into every run; its position
 /// is the run's place in a lane's publication order).
@@ -110,16 +129,10 @@ impl EventHandler for FanOut {
         if !self.directory.wait_for(event.global_position, &self.shutdown).await {
             return Err(FanOutError::ShuttingDown);
         }
-        let Some(message) = message_of(event, &self.directory) else {
+        let Some((message, subscriptions)) = matched_message(event, &self.directory) else {
             tracing::error!(event_id = %event.event_id, event_type = %event.event_type, "skipping an unreadable message event");
             return Ok(());
         };
-        let subscriptions = self.directory.matching(
-            event.global_position,
-            &message.tenant_id,
-            message.project_id.as_deref(),
-            &message.event_type,
-        );
         if subscriptions.is_empty() {
             return Ok(());
         }
