@@ -13,6 +13,7 @@ use connectors::egress::EgressAllowList;
 use domain::outbound::DELIVER_WEBHOOK_OPERATION;
 use domain::run::{Run, RunEvent, RunState, RunStatus};
 use domain::{Actor, AggregateEvent, Decider};
+use store::Leases;
 use tokio_util::sync::CancellationToken;
 use workers::ConsumerOptions;
 use workers::fanout::{Dispatcher, FANOUT_CONSUMER, FanOut, WebhookSettings, parse_duration, parse_schedule};
@@ -80,6 +81,7 @@ impl WebhookArgs {
 /// Starts the webhook dispatcher and the fan-out (a consumer of `feeds`).
 pub async fn start(
     feeds: &Feeds<'_>,
+    leases: Arc<dyn Leases>,
     args: &WebhookArgs,
     worker_id: String,
     shutdown: &CancellationToken,
@@ -89,7 +91,7 @@ pub async fn start(
     let commands = stores.commands();
     let dispatcher = Dispatcher::new(
         stores.store.clone(),
-        stores.leases.clone(),
+        leases,
         commands.clone(),
         stores.vault.clone(),
         args.settings(worker_id)?,

@@ -16,7 +16,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use store::cached_vault::CachedSecretStore;
 use store::sqlite::SqliteEventStore;
-use store::{EventStore, Leases, SecretStore, SqliteLeases};
+use store::{EventStore, SecretStore, SqliteLeases};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use workers::executor::RUN_EXECUTOR_CONSUMER;
@@ -150,8 +150,6 @@ pub struct WorkerArgs {
 pub struct Stores {
     pub store: Arc<dyn EventStore>,
     pub vault: Arc<dyn SecretStore>,
-    /// Leases shared by every process on the data dir (webhook lanes).
-    pub leases: Arc<dyn Leases>,
 }
 
 impl Stores {
@@ -163,8 +161,7 @@ impl Stores {
         let store: Arc<dyn EventStore> = Arc::new(SharedStore::new(sqlite, SHARED_STORE_POLL));
         let vault: Arc<dyn SecretStore> =
             Arc::new(CachedSecretStore::new(Arc::new(crate::secrets::open_vault(data)?), SECRET_CACHE_TTL));
-        let leases: Arc<dyn Leases> = Arc::new(SqliteLeases::open(&dir.join(EVENTS_DB))?);
-        Ok(Self { store, vault, leases })
+        Ok(Self { store, vault })
     }
 
     pub(crate) fn commands(&self) -> Commands {
@@ -277,7 +274,9 @@ pub async fn start(
         }
         start_credential_and_health_workers(&feeds, runs, &shutdown, &mut tasks).await?;
         let worker_id = runs.executor_settings().worker_id;
-        crate::webhooks::start(&feeds, &runs.webhooks, worker_id, &shutdown, &mut tasks).await?;
+        // Every process on the data dir shares the webhook lanes' leases (in the events file).
+        let leases = Arc::new(SqliteLeases::open(&data_dir.join(EVENTS_DB))?);
+        crate::webhooks::start(&feeds, leases, &runs.webhooks, worker_id, &shutdown, &mut tasks).await?;
     }
     Ok(Workers { shutdown, tasks })
 }
