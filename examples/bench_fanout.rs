@@ -327,6 +327,10 @@ async fn run_mode(
     Ok(result)
 }
 
+/// The binary's allocator (`src/main.rs`), so the engine's code runs here as it runs there.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

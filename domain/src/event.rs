@@ -1,3 +1,4 @@
+use serde::de::value::MapDeserializer;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use thiserror::Error;
@@ -115,10 +116,11 @@ pub trait AggregateEvent: Serialize + DeserializeOwned + Sized {
             return Err(DecodeError::UnknownType(event_type.into()));
         }
         let data = upcast(event_type, schema_version, data)?;
-        serde_json::from_value(json!({ "type": event_type, "data": data })).map_err(|e| DecodeError::Malformed {
-            event_type: event_type.into(),
-            version: schema_version,
-            reason: e.to_string(),
+        // The tag before the content: serde then reads the content straight into its variant,
+        // where a JSON object (keys sorted, "data" first) would have it buffered and read twice.
+        let tagged = [("type", Value::String(event_type.into())), ("data", data)];
+        Self::deserialize(MapDeserializer::<_, serde_json::Error>::new(tagged.into_iter())).map_err(|e| {
+            DecodeError::Malformed { event_type: event_type.into(), version: schema_version, reason: e.to_string() }
         })
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`read_models`]: the read-model database ([`ReadModels`]) and its queries.
 //! - [`views`]: the documents it holds, one per resource, as the API's GETs serve them.
-//! - [`projectors`]: one projector per read model, each a function of (row, event).
+//! - [`projectors`]: one projector per read model, each a function of (document, event).
+//! - [`documents`]: a batch's documents, cached so each is loaded and written once a batch.
 //! - [`runner`]: [`Projections`], which follows the store and applies batches with their
 //!   checkpoints in one transaction (exactly once), and [`rebuild_into`].
 //! - [`rebuild`]: rebuilding read models beside the live ones while they serve, and switching
@@ -11,6 +12,7 @@
 //! - [`error`]: the one error type, [`ProjectionError`], and which of its cases are permanent.
 #![forbid(unsafe_code)]
 
+pub mod documents;
 pub mod error;
 pub mod integrity;
 pub mod projectors;

@@ -253,26 +253,43 @@ pub(crate) fn load_doc<T: DeserializeOwned>(
     Ok(doc.map(|doc| serde_json::from_str(&doc)).transpose()?)
 }
 
-/// Inserts or replaces the document `id` of `tenant_id` in `table`.
+/// What the writer of a document knows of its row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Row {
+    /// It was read in this transaction: there is one.
+    Present,
+    /// It was looked for in this transaction: there is none.
+    Absent,
+    /// Not looked for.
+    Unknown,
+}
+
+/// Inserts or replaces the document `id` of `tenant_id` in `table`. Knowing whether its `row`
+/// exists saves a statement.
 pub(crate) fn store_doc<T: Serialize>(
     conn: &Connection,
     table: &str,
     tenant_id: &str,
     id: &str,
     doc: &T,
+    row: Row,
 ) -> Result<(), ProjectionError> {
     let doc = serde_json::to_string(doc)?;
     // Not an UPSERT: during a rebuild `table` is a view standing for the new generation (see
     // `rebuild`), and SQLite refuses UPSERT on views. An UPDATE through a view reports no
     // changed rows, so the INSERT checks for the row itself.
-    let mut update = conn.prepare_cached(&format!("UPDATE {table} SET doc = ?3 WHERE tenant_id = ?1 AND id = ?2"))?;
-    if update.execute(params![tenant_id, id, doc])? == 0 {
-        let mut insert = conn.prepare_cached(&format!(
-            "INSERT INTO {table} (tenant_id, id, doc) SELECT ?1, ?2, ?3 \
-             WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE tenant_id = ?1 AND id = ?2)"
-        ))?;
-        insert.execute(params![tenant_id, id, doc])?;
+    if row != Row::Absent {
+        let mut update =
+            conn.prepare_cached(&format!("UPDATE {table} SET doc = ?3 WHERE tenant_id = ?1 AND id = ?2"))?;
+        if update.execute(params![tenant_id, id, doc])? > 0 || row == Row::Present {
+            return Ok(());
+        }
     }
+    let mut insert = conn.prepare_cached(&format!(
+        "INSERT INTO {table} (tenant_id, id, doc) SELECT ?1, ?2, ?3 \
+         WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE tenant_id = ?1 AND id = ?2)"
+    ))?;
+    insert.execute(params![tenant_id, id, doc])?;
     Ok(())
 }
 

@@ -38,7 +38,7 @@ use tokio::runtime::Handle;
 
 use crate::projectors::{ALL, Projection};
 use crate::read_models::{open_writer, read_checkpoints, write_checkpoint};
-use crate::runner::{BATCH, apply_events};
+use crate::runner::{BATCH, apply_events, read_ahead};
 use crate::{ProjectionError, ReadModels};
 
 /// A rebuild whose heartbeat is older than this is taken for dead (killed, or its machine
@@ -191,17 +191,17 @@ async fn catch_up(
         }
         // Each pass stops at the head it started from; what was appended meanwhile is the next
         // pass's, or the switch's when it is little.
-        while position < head {
-            let mut page = store.read_all(position, BATCH).await?;
-            page.retain(|e| e.global_position <= head);
-            if page.is_empty() {
-                // Nothing after `position` after all: the switch reads what the live runner has.
-                return Ok(position);
-            }
+        let mut pages = read_ahead(store.clone(), position, head);
+        while let Some(page) = pages.recv().await {
+            let page = page?;
             *events += page.len() as u64;
             let claims = claims.clone();
             position = blocking(conn, move |conn| apply_rebuild_batch(conn, &claims, &page)).await?;
             progress(RebuildProgress { position, head: head.max(position) });
+        }
+        if position < head {
+            // Nothing after `position` after all: the switch reads what the live runner has.
+            return Ok(position);
         }
     }
 }
@@ -653,9 +653,12 @@ mod tests {
         }
         redirect(&conn, std::slice::from_ref(&claim)).unwrap();
         let tx = conn.transaction().unwrap();
-        crate::read_models::store_doc(&tx, "connections", "t", "a", &"first").unwrap();
-        crate::read_models::store_doc(&tx, "connections", "t", "a", &"second").unwrap();
-        crate::read_models::store_doc(&tx, "connections", "t", "b", &"other").unwrap();
+        crate::read_models::store_doc(&tx, "connections", "t", "a", &"first", crate::read_models::Row::Unknown)
+            .unwrap();
+        crate::read_models::store_doc(&tx, "connections", "t", "a", &"second", crate::read_models::Row::Unknown)
+            .unwrap();
+        crate::read_models::store_doc(&tx, "connections", "t", "b", &"other", crate::read_models::Row::Unknown)
+            .unwrap();
         tx.execute("DELETE FROM connections WHERE id = 'b'", []).unwrap();
         assert_eq!(
             crate::read_models::load_doc::<String>(&tx, "connections", "t", "a").unwrap().as_deref(),

@@ -11,8 +11,9 @@ use domain::{AnyEvent, DecodeError, EventEnvelope};
 use futures::StreamExt;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use store::{EventStore, StoreError, subscribe};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::documents::Documents;
 use crate::projectors::{self, ALL, Projection};
 use crate::read_models::{read_checkpoints, write_checkpoint};
 use crate::{ProjectionError, ReadModels};
@@ -199,15 +200,42 @@ pub async fn rebuild_into(store: Arc<dyn EventStore>, path: &Path) -> Result<Rea
     let target = path.to_path_buf();
     let read_models = tokio::task::spawn_blocking(move || ReadModels::open(target)).await??;
     let head = store.head_position().await?;
-    let mut after = 0;
-    while after < head {
-        let mut page = store.read_all(after, BATCH).await?;
-        page.retain(|e| e.global_position <= head);
-        let Some(last) = page.last() else { break };
-        after = last.global_position;
-        apply_on_writer(&read_models, page).await?;
+    let mut pages = read_ahead(store, 0, head);
+    while let Some(page) = pages.recv().await {
+        apply_on_writer(&read_models, page?).await?;
     }
     Ok(read_models)
+}
+
+/// The store's events after `after` up to `head`, a page at a time, read a page ahead of the
+/// receiver: the store is read while the receiver applies the page before. Ends early, after
+/// the error, if a read fails, and at the first empty page.
+pub(crate) fn read_ahead(
+    store: Arc<dyn EventStore>,
+    mut after: u64,
+    head: u64,
+) -> mpsc::Receiver<Result<Vec<EventEnvelope>, StoreError>> {
+    let (pages, receiver) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while after < head {
+            let page = store.read_all(after, BATCH).await.map(|mut page| {
+                page.retain(|e| e.global_position <= head);
+                page
+            });
+            match &page {
+                Ok(events) => match events.last() {
+                    Some(last) => after = last.global_position,
+                    None => return,
+                },
+                Err(_) => after = head,
+            }
+            // The receiver is gone: nobody wants the rest.
+            if pages.send(page).await.is_err() {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 async fn apply_on_writer(read_models: &ReadModels, events: Vec<EventEnvelope>) -> Result<u64, ProjectionError> {
@@ -248,6 +276,7 @@ pub(crate) fn apply_events(
     positions: &mut [u64],
     events: &[EventEnvelope],
 ) -> Result<(), ProjectionError> {
+    let mut documents = Documents::new(tx);
     for event in events {
         let position = event.global_position;
         if positions.iter().all(|&seen| seen >= position) {
@@ -256,7 +285,7 @@ pub(crate) fn apply_events(
         if let Some(decoded) = decode(event)? {
             for (projection, &seen) in projections.iter().zip(positions.iter()) {
                 if position > seen {
-                    (projection.apply)(tx, event, &decoded)?;
+                    (projection.apply)(&mut documents, event, &decoded)?;
                 }
             }
         }
@@ -264,7 +293,7 @@ pub(crate) fn apply_events(
             *seen = (*seen).max(position);
         }
     }
-    Ok(())
+    documents.flush()
 }
 
 /// The decoded event, or `None` for a type this build does not know: a newer build may have

@@ -546,8 +546,9 @@ fn parse_column<T, E>(row: &Row<'_>, index: usize, parse: impl FnOnce(&str) -> R
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    let text: String = row.get(index)?;
-    parse(&text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
+    // Parsed where SQLite holds it: no copy of the text first.
+    let text = row.get_ref(index)?.as_str()?;
+    parse(text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
 }
 
 /// Read-only connections, reused between reads.

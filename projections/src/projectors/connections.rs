@@ -1,16 +1,16 @@
+use crate::documents::Documents;
 use domain::connection::ConnectionEvent;
 use domain::run::RunEvent;
 use domain::{AnyEvent, EventEnvelope};
-use rusqlite::Transaction;
 
 use super::update_doc;
 use crate::ProjectionError;
-use crate::read_models::{CONNECTIONS, load_doc, store_doc};
+use crate::read_models::CONNECTIONS;
 use crate::views::ConnectionView;
 
 pub const NAME: &str = CONNECTIONS;
 
-pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
+pub fn apply(docs: &mut Documents<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
     let tenant_id = &event.tenant_id;
     match decoded {
         AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(e)) => {
@@ -29,10 +29,11 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
                 configuration: e.configuration.clone(),
                 established_at: e.established_at,
             };
-            store_doc(tx, NAME, tenant_id, &e.connection_id, &view)
+            docs.put(NAME, tenant_id, &e.connection_id, view);
+            Ok(())
         }
         AnyEvent::Connection(ConnectionEvent::ConnectionHealthChecked(e)) => {
-            update_doc(tx, NAME, event, &e.connection_id, |view: &mut ConnectionView| {
+            update_doc(docs, NAME, event, &e.connection_id, |view: &mut ConnectionView| {
                 view.health = e.health;
                 view.last_checked_at = Some(e.checked_at);
             })
@@ -41,13 +42,10 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
             // A run may name a connection that does not exist (the write side does not check
             // it, and a credential without connections verifies against none), so a missing
             // document is not an inconsistency here. Looked up in the run's tenant only.
-            match load_doc::<ConnectionView>(tx, NAME, tenant_id, &run.connection_id)? {
-                Some(mut view) => {
-                    view.last_run_id = Some(run.run_id.clone());
-                    store_doc(tx, NAME, tenant_id, &run.connection_id, &view)
-                }
-                None => Ok(()),
-            }
+            docs.update(NAME, tenant_id, &run.connection_id, |view: &mut ConnectionView| {
+                view.last_run_id = Some(run.run_id.clone());
+            })?;
+            Ok(())
         }
         AnyEvent::Run(
             RunEvent::RunStarted(_)

@@ -1,18 +1,18 @@
+use crate::documents::Documents;
 use domain::credential::CredentialEvent;
 use domain::secret_ref::SecretRef;
 use domain::{AnyEvent, EventEnvelope};
-use rusqlite::Transaction;
 
 use super::update_doc;
 use crate::ProjectionError;
-use crate::read_models::{CREDENTIALS, load_doc, store_doc};
+use crate::read_models::CREDENTIALS;
 use crate::views::CredentialView;
 
 pub const NAME: &str = CREDENTIALS;
 
-pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
+pub fn apply(docs: &mut Documents<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
     match decoded {
-        AnyEvent::Credential(credential_event) => apply_credential_event(tx, event, credential_event),
+        AnyEvent::Credential(credential_event) => apply_credential_event(docs, event, credential_event),
         AnyEvent::Connection(_)
         | AnyEvent::Provider(_)
         | AnyEvent::Subscription(_)
@@ -23,7 +23,7 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
 }
 
 fn apply_credential_event(
-    tx: &Transaction<'_>,
+    docs: &mut Documents<'_>,
     event: &EventEnvelope,
     credential_event: &CredentialEvent,
 ) -> Result<(), ProjectionError> {
@@ -31,24 +31,26 @@ fn apply_credential_event(
         CredentialEvent::CredentialRegistered(e) => {
             let view = registered(event, &e.credential_id, &e.secret_ref, e.current_version);
             let view = CredentialView { first_connection: Some(e.connection_id.clone()), ..view };
-            store_doc(tx, NAME, &event.tenant_id, &e.credential_id, &view)
+            docs.put(NAME, &event.tenant_id, &e.credential_id, view);
+            Ok(())
         }
         CredentialEvent::CredentialLinked(e) => {
-            update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
+            update_doc(docs, NAME, event, &e.credential_id, |view: &mut CredentialView| {
                 view.first_connection.get_or_insert_with(|| e.connection_id.clone());
             })
         }
         CredentialEvent::CredentialSubscriptionLinked(e) => {
             // The first subscription registers the credential; the view names only a connection,
             // so a later link changes nothing in it.
-            if load_doc::<CredentialView>(tx, NAME, &event.tenant_id, &e.credential_id)?.is_some() {
+            if docs.exists::<CredentialView>(NAME, &event.tenant_id, &e.credential_id)? {
                 return Ok(());
             }
             let view = registered(event, &e.credential_id, &e.secret_ref, e.current_version);
-            store_doc(tx, NAME, &event.tenant_id, &e.credential_id, &view)
+            docs.put(NAME, &event.tenant_id, &e.credential_id, view);
+            Ok(())
         }
         CredentialEvent::CredentialRotationStarted(e) => {
-            update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
+            update_doc(docs, NAME, event, &e.credential_id, |view: &mut CredentialView| {
                 view.status = "Rotating".into();
                 view.pending_version = Some(e.new_version);
                 view.pending_version_ref = Some(e.new_version_ref.clone());
@@ -57,7 +59,7 @@ fn apply_credential_event(
             })
         }
         CredentialEvent::CredentialRotated(e) => {
-            update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
+            update_doc(docs, NAME, event, &e.credential_id, |view: &mut CredentialView| {
                 view.status = "Active".into();
                 view.current_version = e.version;
                 view.previous_version = Some(e.previous_version);
@@ -68,7 +70,7 @@ fn apply_credential_event(
             })
         }
         CredentialEvent::CredentialRotationFailed(e) => {
-            update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
+            update_doc(docs, NAME, event, &e.credential_id, |view: &mut CredentialView| {
                 // The current version stays in use; the failed one is dropped.
                 view.status = "Active".into();
                 view.pending_version = None;
@@ -77,7 +79,7 @@ fn apply_credential_event(
             })
         }
         CredentialEvent::CredentialVersionRetired(e) => {
-            update_doc(tx, NAME, event, &e.credential_id, |view: &mut CredentialView| {
+            update_doc(docs, NAME, event, &e.credential_id, |view: &mut CredentialView| {
                 if view.previous_version == Some(e.version) {
                     view.previous_version = None;
                 }

@@ -1,13 +1,13 @@
+use crate::documents::Documents;
 use domain::{AnyEvent, EventEnvelope};
-use rusqlite::Transaction;
 
 use crate::ProjectionError;
-use crate::read_models::{DELIVERIES, store_doc};
+use crate::read_models::DELIVERIES;
 use crate::views::DeliveryView;
 
 pub const NAME: &str = DELIVERIES;
 
-pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
+pub fn apply(docs: &mut Documents<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
     match decoded {
         // The normalized event that follows an acceptance is for subscribers; the view already
         // names its type.
@@ -25,7 +25,8 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
                     status: "Accepted".into(),
                     received_at: e.received_at,
                 };
-                store_doc(tx, NAME, &event.tenant_id, &e.delivery_id, &view)
+                docs.put(NAME, &event.tenant_id, &e.delivery_id, view);
+                Ok(())
             }
             None => Ok(()),
         },

@@ -3,12 +3,11 @@
 //! until every projection has decided what it means, and ignores the other aggregates.
 
 use domain::{AnyEvent, EventEnvelope};
-use rusqlite::Transaction;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::ProjectionError;
-use crate::read_models::{load_doc, store_doc};
+use crate::documents::Documents;
 
 pub mod connections;
 pub mod credentials;
@@ -17,8 +16,8 @@ pub mod providers;
 pub mod runs;
 pub mod subscriptions;
 
-/// Applies one decoded event to a projection's table inside the batch's transaction.
-pub type Apply = fn(&Transaction<'_>, &EventEnvelope, &AnyEvent) -> Result<(), ProjectionError>;
+/// Applies one decoded event to a projection's documents, which the batch writes when it ends.
+pub type Apply = fn(&mut Documents<'_>, &EventEnvelope, &AnyEvent) -> Result<(), ProjectionError>;
 
 /// A projection: the name of its checkpoint (and of its table) and its projector.
 #[derive(Clone, Copy, Debug)]
@@ -42,23 +41,19 @@ pub const ALL: [Projection; 6] = [
 ///
 /// The event stream guarantees the creating event came first, so a missing document means the
 /// database was altered outside the projector; carrying on would hide that.
-fn update_doc<T: Serialize + DeserializeOwned>(
-    tx: &Transaction<'_>,
+fn update_doc<T: Serialize + DeserializeOwned + 'static>(
+    docs: &mut Documents<'_>,
     projection: &'static str,
     event: &EventEnvelope,
     id: &str,
     change: impl FnOnce(&mut T),
 ) -> Result<(), ProjectionError> {
-    let Some(mut doc) = load_doc::<T>(tx, projection, &event.tenant_id, id)? else {
-        return Err(ProjectionError::Inconsistent {
-            projection,
-            global_position: event.global_position,
-            reason: format!(
-                "{} of {id} in tenant {} has no document to apply it to",
-                event.event_type, event.tenant_id
-            ),
-        });
-    };
-    change(&mut doc);
-    store_doc(tx, projection, &event.tenant_id, id, &doc)
+    if docs.update(projection, &event.tenant_id, id, change)? {
+        return Ok(());
+    }
+    Err(ProjectionError::Inconsistent {
+        projection,
+        global_position: event.global_position,
+        reason: format!("{} of {id} in tenant {} has no document to apply it to", event.event_type, event.tenant_id),
+    })
 }

@@ -1,14 +1,14 @@
+use crate::documents::Documents;
 use domain::provider::ProviderEvent;
 use domain::{AnyEvent, EventEnvelope};
-use rusqlite::Transaction;
 
 use crate::ProjectionError;
-use crate::read_models::{PROVIDERS, store_doc};
+use crate::read_models::PROVIDERS;
 use crate::views::ProviderView;
 
 pub const NAME: &str = PROVIDERS;
 
-pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
+pub fn apply(docs: &mut Documents<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
     match decoded {
         AnyEvent::Provider(ProviderEvent::ProviderRegistered(e)) => {
             let view = ProviderView {
@@ -25,7 +25,8 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
                 status: "Registered".into(),
                 registered_at: e.registered_at,
             };
-            store_doc(tx, NAME, &event.tenant_id, &e.provider_id, &view)
+            docs.put(NAME, &event.tenant_id, &e.provider_id, view);
+            Ok(())
         }
         AnyEvent::Connection(_)
         | AnyEvent::Subscription(_)

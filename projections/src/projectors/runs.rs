@@ -1,17 +1,17 @@
+use crate::documents::Documents;
 use domain::run::{RunEvent, RunStatus};
 use domain::{AnyEvent, EventEnvelope};
-use rusqlite::Transaction;
 
 use super::update_doc;
 use crate::ProjectionError;
-use crate::read_models::{RUNS, store_doc};
+use crate::read_models::RUNS;
 use crate::views::{AttemptView, RunView};
 
 pub const NAME: &str = RUNS;
 
-pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
+pub fn apply(docs: &mut Documents<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
     match decoded {
-        AnyEvent::Run(run_event) => apply_run_event(tx, event, run_event),
+        AnyEvent::Run(run_event) => apply_run_event(docs, event, run_event),
         AnyEvent::Connection(_)
         | AnyEvent::Provider(_)
         | AnyEvent::Subscription(_)
@@ -21,7 +21,11 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
     }
 }
 
-fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunEvent) -> Result<(), ProjectionError> {
+fn apply_run_event(
+    docs: &mut Documents<'_>,
+    event: &EventEnvelope,
+    run_event: &RunEvent,
+) -> Result<(), ProjectionError> {
     match run_event {
         RunEvent::RunRequested(e) => {
             let view = RunView {
@@ -40,9 +44,10 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
                 attempt_log: Vec::new(),
                 output: None,
             };
-            store_doc(tx, NAME, &event.tenant_id, &e.run_id, &view)
+            docs.put(NAME, &event.tenant_id, &e.run_id, view);
+            Ok(())
         }
-        RunEvent::RunStarted(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
+        RunEvent::RunStarted(e) => update_doc(docs, NAME, event, &e.run_id, |view: &mut RunView| {
             view.status = RunStatus::Running;
             // As the decider counts: the attempt number, never going back.
             view.attempts = view.attempts.max(e.attempt);
@@ -50,7 +55,7 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
             view.next_attempt_at = None;
             view.attempt_log.push(AttemptView::running(e.attempt, e.started_at));
         }),
-        RunEvent::RunAttemptFailed(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
+        RunEvent::RunAttemptFailed(e) => update_doc(docs, NAME, event, &e.run_id, |view: &mut RunView| {
             // Still running: the next attempt is scheduled (or a RunFailed follows).
             view.status = RunStatus::Running;
             view.attempts = view.attempts.max(e.attempt);
@@ -72,7 +77,7 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
                 }
             }
         }),
-        RunEvent::RunCompleted(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
+        RunEvent::RunCompleted(e) => update_doc(docs, NAME, event, &e.run_id, |view: &mut RunView| {
             view.status = RunStatus::Completed;
             view.completed_at = Some(e.completed_at);
             view.next_attempt_at = None;
@@ -97,13 +102,13 @@ fn apply_run_event(tx: &Transaction<'_>, event: &EventEnvelope, run_event: &RunE
                 entry.response_body = e.output.get("responseBody").and_then(|v| v.as_str()).map(str::to_owned);
             }
         }),
-        RunEvent::RunFailed(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
+        RunEvent::RunFailed(e) => update_doc(docs, NAME, event, &e.run_id, |view: &mut RunView| {
             view.status = RunStatus::Failed;
             view.completed_at = Some(e.failed_at);
             view.last_error = Some(e.error.clone());
             view.next_attempt_at = None;
         }),
-        RunEvent::RunRedeliveryRequested(e) => update_doc(tx, NAME, event, &e.run_id, |view: &mut RunView| {
+        RunEvent::RunRedeliveryRequested(e) => update_doc(docs, NAME, event, &e.run_id, |view: &mut RunView| {
             view.status = RunStatus::Running;
             view.completed_at = None;
             view.next_attempt_at = Some(e.requested_at);

@@ -1,15 +1,15 @@
+use crate::documents::Documents;
 use domain::subscription::SubscriptionEvent;
 use domain::{AnyEvent, EventEnvelope};
-use rusqlite::Transaction;
 
 use super::update_doc;
 use crate::ProjectionError;
-use crate::read_models::{SUBSCRIPTIONS, store_doc};
+use crate::read_models::SUBSCRIPTIONS;
 use crate::views::SubscriptionView;
 
 pub const NAME: &str = SUBSCRIPTIONS;
 
-pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
+pub fn apply(docs: &mut Documents<'_>, event: &EventEnvelope, decoded: &AnyEvent) -> Result<(), ProjectionError> {
     match decoded {
         AnyEvent::Subscription(SubscriptionEvent::WebhookSubscriptionCreated(e)) => {
             let view = SubscriptionView {
@@ -26,10 +26,11 @@ pub fn apply(tx: &Transaction<'_>, event: &EventEnvelope, decoded: &AnyEvent) ->
                 deactivation_reason: None,
                 deactivated_at: None,
             };
-            store_doc(tx, NAME, &event.tenant_id, &e.subscription_id, &view)
+            docs.put(NAME, &event.tenant_id, &e.subscription_id, view);
+            Ok(())
         }
         AnyEvent::Subscription(SubscriptionEvent::WebhookSubscriptionDeactivated(e)) => {
-            update_doc(tx, NAME, event, &e.subscription_id, |view: &mut SubscriptionView| {
+            update_doc(docs, NAME, event, &e.subscription_id, |view: &mut SubscriptionView| {
                 view.active = false;
                 view.status = "Inactive".into();
                 view.deactivation_reason = Some(e.reason.clone());
