@@ -176,7 +176,11 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::var_os("BENCH_REPLAY_DIR").map_or_else(|| temporary.path().to_path_buf(), Into::into);
     let path = dir.join("events.db");
     let built_before = path.exists();
-    let _ = std::fs::remove_file(dir.join("readmodels.db"));
+    // The read models of an earlier run, with their WAL: a WAL left beside a new file would be
+    // taken for the new file's.
+    for file in ["readmodels.db", "readmodels.db-wal", "readmodels.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
 
     let store = Arc::new(SqliteEventStore::open(&path)?);
     let started = Instant::now();

@@ -218,19 +218,18 @@ pub(crate) fn read_ahead(
     let (pages, receiver) = mpsc::channel(1);
     tokio::spawn(async move {
         while after < head {
-            let page = store.read_all(after, BATCH).await.map(|mut page| {
-                page.retain(|e| e.global_position <= head);
-                page
-            });
-            match &page {
-                Ok(events) => match events.last() {
-                    Some(last) => after = last.global_position,
-                    None => return,
-                },
-                Err(_) => after = head,
-            }
+            let mut page = match store.read_all(after, BATCH).await {
+                Ok(page) => page,
+                Err(error) => {
+                    let _ = pages.send(Err(error)).await;
+                    return;
+                }
+            };
+            page.retain(|e| e.global_position <= head);
+            let Some(last) = page.last() else { return };
+            after = last.global_position;
             // The receiver is gone: nobody wants the rest.
-            if pages.send(page).await.is_err() {
+            if pages.send(Ok(page)).await.is_err() {
                 return;
             }
         }

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -82,6 +82,16 @@ const SELECT_EVENTS: &str = "
     SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, tenant_id,
            occurred_at, trace_id, correlation_id, causation_id, actor, data, prev_hash, hash
     FROM events";
+
+/// A page of the global order: events after position `?1`, at most `?2`. Built once: every
+/// follower reads pages of it.
+///
+/// The limit is written `?2 + 0` so that binding a new value keeps the prepared statement: a
+/// bare parameter as the limit lets the planner use its value (the bundled SQLite is built with
+/// STAT4), so every new value expired the statement and it was compiled again on each read
+/// (found in a profile: 7% of the fan-out's CPU); an expression is not looked into.
+static PAGE_QUERY: LazyLock<String> =
+    LazyLock::new(|| format!("{SELECT_EVENTS} WHERE global_position > ?1 ORDER BY global_position LIMIT ?2 + 0"));
 
 /// The counter of appended events in the `metrics` facade (exported at `/metrics`).
 pub const EVENTS_APPENDED: &str = "events_appended_total";
@@ -231,7 +241,7 @@ impl EventStore for SqliteEventStore {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.read(move |conn| {
-            let mut query = conn.prepare_cached(&page_query())?;
+            let mut query = conn.prepare_cached(&PAGE_QUERY)?;
             query.query_map([after, max], envelope_from_row)?.collect()
         })
         .await
@@ -502,7 +512,7 @@ fn filtered_query(filter: &EventFilter, after: u64, max: usize) -> (String, Vec<
         values.push(Sql::Text(canonical_time(before)));
     }
     values.push(Sql::Integer(i64::try_from(max).unwrap_or(i64::MAX)));
-    // `+ 0`: see `page_query`.
+    // `+ 0`: see `PAGE_QUERY`.
     let sql = format!("{SELECT_EVENTS} WHERE {} ORDER BY global_position LIMIT ? + 0", conditions.join(" AND "));
     (sql, values)
 }
@@ -599,21 +609,6 @@ pub(crate) enum OpenError {
     NewerSchema { component: String, found: usize, known: usize },
 }
 
-/// Opens (creating if absent) a read-write connection to `path` and brings `component`'s
-/// schema up to date.
-///
-/// WAL lets readers run while the writer commits; `synchronous = FULL` syncs the WAL on every
-/// commit, so an acknowledged write survives a crash of the process or of the machine.
-/// A page of the global order: events after position `?1`, at most `?2`.
-///
-/// The limit is written `?2 + 0` so that binding a new value keeps the prepared statement: a
-/// bare parameter as the limit lets the planner use its value (the bundled SQLite is built with
-/// STAT4), so every new value expired the statement and it was compiled again on each read
-/// (found in a profile: 7% of the fan-out's CPU); an expression is not looked into.
-fn page_query() -> String {
-    format!("{SELECT_EVENTS} WHERE global_position > ?1 ORDER BY global_position LIMIT ?2 + 0")
-}
-
 /// A connection of its own to one of the engine's SQLite files, for a component that writes
 /// beside the event store (idempotency keys, leases): statements run in a blocking task, one at
 /// a time. The busy timeout makes them wait for the event store's writer instead of failing
@@ -650,6 +645,11 @@ impl OwnConnection {
     }
 }
 
+/// Opens (creating if absent) a read-write connection to `path` and brings `component`'s
+/// schema up to date.
+///
+/// WAL lets readers run while the writer commits; `synchronous = FULL` syncs the WAL on every
+/// commit, so an acknowledged write survives a crash of the process or of the machine.
 pub(crate) fn open_database(path: &Path, component: &str, migrations: &[&str]) -> Result<Connection, OpenError> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -718,7 +718,7 @@ mod tests {
         drop(SqliteEventStore::open(&path).unwrap());
         let conn = Connection::open(&path).unwrap();
         for page in 0..5_i64 {
-            let mut query = conn.prepare_cached(&page_query()).unwrap();
+            let mut query = conn.prepare_cached(&PAGE_QUERY).unwrap();
             let read: Vec<EventEnvelope> =
                 query.query_map([page * 10, 10 + page], envelope_from_row).unwrap().map(Result::unwrap).collect();
             assert!(read.is_empty());
