@@ -17,7 +17,10 @@
 //!   connection, measured once per level of `BENCH_SHARED_PREFILL` (a credential per level), after
 //!   that many connections naming it were established through a plain client (not measured);
 //! - `rss`: the engine's VmRSS idle after start, its peak, at the end of the load and
-//!   `BENCH_RSS_WAIT_SECONDS` after it (sampled every 250 ms).
+//!   `BENCH_RSS_WAIT_SECONDS` after it (sampled every 250 ms);
+//! - `healthChecks`: a second engine, on a data dir of its own, finds `BENCH_HEALTH_CHECKS`
+//!   connections whose first health check is due at once (see [`health_checks`]) and checks them
+//!   against a local stand-in for GitHub, while `POST` and `GET` connections are measured again.
 //!
 //! Each figure has req/s, latency p50/p90/p99/max, non-2xx answers by status, socket errors, and
 //! the engine's CPU per request (utime + stime of the process over the wrk run, so it includes
@@ -30,7 +33,8 @@
 //! deliveries, default 20,000 per second of `BENCH_SECONDS`), `BENCH_GET_CONNECTIONS` (1,000),
 //! `BENCH_RSS_WAIT_SECONDS` (60), `BENCH_SETTLE_MAX_SECONDS` (the longest pause before a figure
 //! waiting for the engine's background work to fall under 0.1 core; 2, the shortest pause),
-//! `WRK` (the wrk binary).
+//! `BENCH_HEALTH_CHECKS` (connections whose first health check is due at once, 20,000; 0 skips
+//! the figure), `BENCH_HEALTH_MAX_SECONDS` (the longest wait for them, 600), `WRK` (the wrk binary).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -46,7 +50,10 @@ use serde_json::{Value, json};
 
 #[path = "support/cpu.rs"]
 mod cpu;
+#[path = "support/github_standin.rs"]
+mod github_standin;
 use cpu::{clock_ticks_per_second, cpu_time};
+use github_standin::GitHubStandIn;
 
 const TENANT: &str = "bench";
 const SCOPES: &str = "integration.connections.write integration.connections.read integration.providers.write \
@@ -70,6 +77,8 @@ struct Settings {
     get_connections: usize,
     rss_wait_seconds: u64,
     settle_max_seconds: u64,
+    health_checks: usize,
+    health_max_seconds: u64,
     wrk: String,
 }
 
@@ -102,6 +111,8 @@ impl Settings {
             get_connections: env_or("BENCH_GET_CONNECTIONS", 1_000)?,
             rss_wait_seconds: env_or("BENCH_RSS_WAIT_SECONDS", 60)?,
             settle_max_seconds: env_or("BENCH_SETTLE_MAX_SECONDS", 2)?,
+            health_checks: env_or("BENCH_HEALTH_CHECKS", 20_000)?,
+            health_max_seconds: env_or("BENCH_HEALTH_MAX_SECONDS", 600)?,
             wrk: std::env::var("WRK").unwrap_or_else(|_| "wrk".into()),
         };
         ensure!(settings.seconds > 0 && settings.threads > 0, "BENCH_SECONDS and BENCH_THREADS must be positive");
@@ -123,6 +134,8 @@ impl Settings {
             "rssWaitSeconds": self.rss_wait_seconds,
             "rssSampleMs": 250,
             "settleMaxSeconds": self.settle_max_seconds,
+            "healthChecks": self.health_checks,
+            "healthMaxSeconds": self.health_max_seconds,
             "engine": "integration-engine serve, embedded default (SQLite, in-process workers), development tokens, IE_LOG=warn",
         })
     }
@@ -377,6 +390,19 @@ fn token(engine: &Path, data_dir: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
+/// Registers the GitHub provider (`prov-github`, the provider of [`connection_body`]) with its
+/// REST API at `api_url`.
+async fn register_github(client: &reqwest::Client, base: &str, token: &str, api_url: &str) -> anyhow::Result<()> {
+    let provider = json!({"tenantId": TENANT, "key": "github", "displayName": "GitHub",
+        "category": "SourceControl", "authModel": "OAuth2ClientCredentials",
+        "apiClient": "ConnectSoft.SourceControl.Providers.GitHub", "capabilities": ["repos.pulls.create"],
+        "baseUrl": api_url});
+    let response =
+        client.post(format!("{base}/integrations/providers")).bearer_auth(token).json(&provider).send().await?;
+    ensure!(response.status() == 201, "registering the provider: {} {}", response.status(), response.text().await?);
+    Ok(())
+}
+
 /// Establishes connections through a plain client, `SETUP_CLIENTS` at a time, until `count` were
 /// created or `deadline` passed; returns the ids created and the number of failed requests.
 async fn establish(
@@ -423,6 +449,158 @@ async fn establish(
         ids.extend(task.await?);
     }
     Ok((ids, failures.load(Ordering::Relaxed)))
+}
+
+/// The secret of the health-check figure's connections: the stand-in's token.
+const HEALTH_SECRET_REF: &str = "kv://bench/github-token";
+
+/// What the health-check figure needs from the rest of the run.
+struct HealthPhase<'a> {
+    settings: &'a Settings,
+    engine_bin: &'a Path,
+    dir: &'a Path,
+    ticks: f64,
+    runtime: &'a tokio::runtime::Runtime,
+    client: &'a reqwest::Client,
+    /// The body of the `POST` measured during the checks (a new, unstaged `credentialRef` each
+    /// time, as in `connectionsUnique`: its own first check fails at the vault, with no call).
+    unique_body: &'a Path,
+    /// The same figures measured earlier without the checks, and the ceiling, in req/s.
+    post_before: f64,
+    get_before: f64,
+    ceiling: f64,
+}
+
+/// The health-check figure: `BENCH_HEALTH_CHECKS` connections whose first health check is due at
+/// once, all checked against a local stand-in for GitHub ([`github_standin`]), while the API is
+/// measured again (`POST`, then `GET` connections, each `BENCH_SECONDS`) and compared with its
+/// figures without the checks.
+///
+/// The connections are established on an engine started with `--no-workers`, which projects them
+/// but checks nothing, and that engine is killed. A second engine over the same data dir (with its
+/// workers, and `--allow-private-egress` for the loopback stand-in) then owes every first check at
+/// once. The rate is counted from the moment it listens to the last check the stand-in answered;
+/// "all checked" is read back from the read model (`health: Healthy`) of every connection.
+fn health_checks(phase: &HealthPhase) -> anyhow::Result<(Value, Vec<Row>)> {
+    let (settings, engine_bin, runtime, client) = (phase.settings, phase.engine_bin, phase.runtime, phase.client);
+    let count = settings.health_checks;
+    let standin = GitHubStandIn::start()?;
+    let data_dir = phase.dir.join("health-data");
+    std::fs::create_dir_all(&data_dir)?;
+    put_secret(engine_bin, &data_dir, HEALTH_SECRET_REF, github_standin::TOKEN)?;
+    let log = |name: &str| std::fs::File::create(phase.dir.join(name));
+
+    eprintln!("establishing {count} connections with no workers to check them");
+    let mut quiet = engine_command(engine_bin, &["serve", "--listen", "127.0.0.1:0", "--no-workers"], &data_dir);
+    quiet.env("IE_LOG", "warn").stderr(log("engine-no-workers.log")?);
+    let (quiet, base) = spawn_listening(quiet, "integration-engine serve --no-workers")?;
+    // The first `serve` of a data dir creates its development signing key.
+    let token = token(engine_bin, &data_dir)?;
+    let prefill_started = Instant::now();
+    let deadline = prefill_started + Duration::from_secs(settings.prefill_max_seconds);
+    let (ids, failed) = runtime.block_on(async {
+        register_github(client, &base, &token, &standin.url).await?;
+        establish(client, &base, &token, count, |_| connection_body(HEALTH_SECRET_REF), deadline).await
+    })?;
+    let prefill_seconds = prefill_started.elapsed().as_secs_f64();
+    drop(quiet);
+    ensure!(standin.count() == 0, "an engine with --no-workers checked {} connections", standin.count());
+
+    eprintln!("starting an engine that owes {} first health checks", ids.len());
+    let mut engine =
+        engine_command(engine_bin, &["serve", "--listen", "127.0.0.1:0", "--allow-private-egress"], &data_dir);
+    engine.env("IE_LOG", "warn").stderr(log("engine-health.log")?);
+    let (engine, base) = spawn_listening(engine, "integration-engine serve")?;
+    let due_at = Instant::now();
+    let cpu_at_start = cpu_time(engine.pid(), phase.ticks)?;
+
+    let connections_url = format!("{base}/integrations/connections");
+    let get_paths = phase.dir.join("health-get-paths.txt");
+    std::fs::write(&get_paths, ids.iter().map(|id| format!("/integrations/connections/{id}\n")).collect::<String>())?;
+    let mut rows = Vec::new();
+    let mut api = serde_json::Map::new();
+    let loads = [
+        ("connectionsUnique", "POST connections during checks", "body", phase.unique_body, phase.post_before),
+        ("connectionsGet", "GET connections during checks", "paths", get_paths.as_path(), phase.get_before),
+    ];
+    for (key, figure, mode, file, before) in loads {
+        eprintln!("measuring {figure} for {} s", settings.seconds);
+        let checks_before = standin.count();
+        let load = Load { url: connections_url.clone(), mode, file, pid: engine.pid() };
+        let measured = run_wrk(settings, &token, phase.ticks, &load, &format!("h{}", rows.len()))?;
+        let mut json = measured.json.clone();
+        json["checksDuring"] = json!(standin.count() - checks_before);
+        json["shareOfCeiling"] = json!(round(measured.requests_per_second / phase.ceiling, 4));
+        json["shareOfFigureWithoutChecks"] = json!(round(measured.requests_per_second / before, 4));
+        api.insert(key.to_owned(), json);
+        rows.push(Row {
+            figure: figure.to_owned(),
+            share: Some(measured.requests_per_second / phase.ceiling),
+            measured,
+        });
+    }
+
+    let deadline = due_at + Duration::from_secs(settings.health_max_seconds);
+    while standin.count() < ids.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let times = standin.times();
+    let cpu = cpu_time(engine.pid(), phase.ticks)?.saturating_sub(cpu_at_start).as_secs_f64();
+    // The last checks answered are recorded and projected a moment later.
+    let mut healthy = 0;
+    for _ in 0..20 {
+        healthy = runtime.block_on(count_healthy(client, &base, &token, &ids))?;
+        if healthy == ids.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(engine);
+
+    let seconds_to = |n: usize| times.get(n.saturating_sub(1)).map(|t| t.duration_since(due_at).as_secs_f64());
+    let all = seconds_to(ids.len()).filter(|_| times.len() >= ids.len());
+    let json = json!({
+        "connections": ids.len(),
+        "prefill": {"failedRequests": failed, "seconds": round(prefill_seconds, 1)},
+        "checksAnswered": times.len(),
+        "connectionsHealthy": healthy,
+        "allChecked": healthy == ids.len(),
+        "secondsToFirstCheck": seconds_to(1).map(|s| round(s, 3)),
+        "secondsToHalf": seconds_to(ids.len() / 2).map(|s| round(s, 2)),
+        "secondsToAll": all.map(|s| round(s, 2)),
+        "checksPerSecond": all.map(|s| round(ids.len() as f64 / s, 1)),
+        "engineCpuMsPerCheck": all.map(|_| round(cpu * 1000.0 / ids.len() as f64, 3)),
+        "api": Value::Object(api),
+        "note": "the rate counts from the moment the engine that owes the checks listens to the last check the \
+                 stand-in answered; the API figures were measured while the checks ran (checksDuring) and are \
+                 compared with the same figures measured earlier in this run without them",
+    });
+    Ok((json, rows))
+}
+
+/// How many of `ids` the read model shows `Healthy`.
+async fn count_healthy(client: &reqwest::Client, base: &str, token: &str, ids: &[String]) -> anyhow::Result<usize> {
+    let ids = Arc::new(ids.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..SETUP_CLIENTS {
+        let (client, base, token, ids, next) =
+            (client.clone(), base.to_owned(), token.to_owned(), ids.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut healthy = 0;
+            while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let url = format!("{base}/integrations/connections/{id}");
+                let view: Value = client.get(url).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
+                healthy += usize::from(view["health"] == "Healthy");
+            }
+            anyhow::Ok(healthy)
+        }));
+    }
+    let mut healthy = 0;
+    for task in tasks {
+        healthy += task.await??;
+    }
+    Ok(healthy)
 }
 
 /// The engine's log (stderr, `IE_LOG=warn`): how many lines, counted by level and target, and
@@ -626,13 +804,7 @@ fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let far = Instant::now() + Duration::from_secs(3600);
     let (webhook_connection, get_ids) = runtime.block_on(async {
-        let provider = json!({"tenantId": TENANT, "key": "github", "displayName": "GitHub",
-            "category": "SourceControl", "authModel": "OAuth2ClientCredentials",
-            "apiClient": "ConnectSoft.SourceControl.Providers.GitHub", "capabilities": ["repos.pulls.create"],
-            "baseUrl": "https://api.github.com"});
-        let response =
-            client.post(format!("{base}/integrations/providers")).bearer_auth(&token).json(&provider).send().await?;
-        ensure!(response.status() == 201, "registering the provider: {} {}", response.status(), response.text().await?);
+        register_github(&client, &base, &token, "https://api.github.com").await?;
         let (webhook, _) = establish(&client, &base, &token, 1, |_| connection_body("kv://bench/webhook"), far).await?;
         let (ids, failed) = establish(
             &client,
@@ -738,7 +910,7 @@ fn main() -> anyhow::Result<()> {
         bench.measure("ceilingAtEnd", "ceiling again, at the end", &ceiling, extra)?;
     }
     std::thread::sleep(Duration::from_secs(settings.rss_wait_seconds).saturating_sub(load_ended.elapsed()));
-    let Bench { rows, figures, .. } = bench;
+    let Bench { mut rows, mut figures, .. } = bench;
     let rss_after = rss_kib(engine_pid).context("engine's VmRSS")?;
     let cpu_during_wait = cpu_time(engine_pid, ticks)?.saturating_sub(cpu_at_end).as_secs_f64();
     let rss_peak = rss.peak_between(engine_started, Instant::now());
@@ -755,6 +927,24 @@ fn main() -> anyhow::Result<()> {
     });
     drop(rss);
     drop(engine);
+    if settings.health_checks > 0 {
+        let figure = |key: &str| figures.get(key).and_then(|f| f["requestsPerSecond"].as_f64()).unwrap_or(f64::NAN);
+        let phase = HealthPhase {
+            settings: &settings,
+            engine_bin: &engine_bin,
+            dir: temp.path(),
+            ticks,
+            runtime: &runtime,
+            client: &client,
+            unique_body: &unique_body,
+            post_before: figure("connectionsUnique"),
+            get_before: figure("connectionsGet"),
+            ceiling: rows[0].measured.requests_per_second,
+        };
+        let (json, health_rows) = health_checks(&phase)?;
+        figures.insert("healthChecks".into(), json);
+        rows.extend(health_rows);
+    }
     drop(echo);
 
     let date = started_at.format("%Y-%m-%d").to_string();
@@ -797,6 +987,12 @@ fn main() -> anyhow::Result<()> {
         settings.rss_wait_seconds
     );
     println!("{summary}");
+    if let Some(health) = result["figures"].get("healthChecks") {
+        println!(
+            "health checks due at once: {} connections, {} healthy, all answered in {} s ({} checks/s)",
+            health["connections"], health["connectionsHealthy"], health["secondsToAll"], health["checksPerSecond"]
+        );
+    }
     for path in &written {
         println!("wrote {}", path.display());
     }

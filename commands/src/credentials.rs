@@ -304,10 +304,9 @@ impl Commands {
         connection_id: Option<&String>,
     ) -> Result<bool, CommandError> {
         let Some(connection_id) = connection_id else { return Ok(false) };
-        let loaded = self.load::<ConnectionEvent>(&stream_id(&ctx.tenant_id, connection_id)).await?;
-        Ok(loaded.events.iter().any(|e| {
-            matches!(e, ConnectionEvent::ConnectionEstablished(c) if c.configuration.contains_key(KEY_ISSUER_CREDENTIAL_REF))
-        }))
+        let first = self.load_first::<ConnectionEvent>(&stream_id(&ctx.tenant_id, connection_id)).await?;
+        Ok(matches!(first,
+            Some(ConnectionEvent::ConnectionEstablished(c)) if c.configuration.contains_key(KEY_ISSUER_CREDENTIAL_REF)))
     }
 
     /// The version to rotate to: one an operator staged (labelled pending in the vault), else,

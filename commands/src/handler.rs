@@ -88,6 +88,16 @@ impl Commands {
         Ok(Loaded { events, version, last_position })
     }
 
+    /// The event that created a stream, decoded as `E`; `None` for a stream that does not exist.
+    /// What a resource was created with never changes, so it is read alone, at the same cost
+    /// however many events (health checks, rotations) the stream has gathered since.
+    pub async fn load_first<E: AggregateEvent>(&self, stream_id: &str) -> Result<Option<E>, CommandError> {
+        let Some(first) = self.store.read_stream_first(stream_id).await? else { return Ok(None) };
+        E::decode(&first.event_type, first.schema_version, first.data)
+            .map(Some)
+            .map_err(|source| CommandError::Corrupt { stream_id: stream_id.into(), source })
+    }
+
     /// Executes a creation command. When the stream already exists because this same request
     /// ran before (an `Idempotency-Key` retry re-uses the id reserved the first time), the
     /// events it created then are returned instead of a rejection.

@@ -37,8 +37,9 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The read-model database. Cloning is cheap and shares the connections.
 ///
-/// Reads run on the blocking pool over a few read-only connections (WAL lets them proceed while
-/// the projector writes); all writes go through the one writer connection the runner uses.
+/// Reads go through a few read-only connections (WAL lets them proceed while the projector
+/// writes): a point read runs on the calling task when one is idle, anything else on the blocking
+/// pool. All writes go through the one writer connection the runner uses.
 #[derive(Clone)]
 pub struct ReadModels {
     inner: Arc<Inner>,
@@ -88,7 +89,7 @@ impl ReadModels {
     /// more than one tenant, so a delivery is never routed to a tenant by a guess.
     pub async fn connection_by_id(&self, id: &str) -> Result<Option<ConnectionView>, ProjectionError> {
         let id = id.to_owned();
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             let mut stmt = conn.prepare_cached("SELECT doc FROM connections WHERE id = ?1 LIMIT 2")?;
             let docs = stmt.query_map([&id], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
             match docs.as_slice() {
@@ -157,7 +158,26 @@ impl ReadModels {
         T: DeserializeOwned + Send + 'static,
     {
         let (tenant_id, id) = (tenant_id.to_owned(), id.to_owned());
-        self.read(move |conn| load_doc(conn, table, &tenant_id, &id)).await
+        self.read_point(move |conn| load_doc(conn, table, &tenant_id, &id)).await
+    }
+
+    /// Runs a point read (a row by its key) on the calling task when a reader connection is idle,
+    /// else as [`Self::read`] does. Reading one row by key takes microseconds; handing it to the
+    /// blocking pool and back costs two thread wake-ups, more than the read itself.
+    async fn read_point<T, F>(&self, query: F) -> Result<T, ProjectionError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, ProjectionError> + Send + 'static,
+    {
+        let idle = self.inner.reader_permits.try_acquire().ok().and_then(|permit| {
+            let conn = self.inner.idle_readers.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
+            Some((permit, conn))
+        });
+        // Every reader busy, or none opened yet (opening one is file I/O): the blocking pool.
+        let Some((_permit, conn)) = idle else { return self.read(query).await };
+        let result = query(&conn);
+        self.inner.idle_readers.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+        result
     }
 
     /// Runs `query` on a reader connection on the blocking pool.

@@ -42,6 +42,7 @@ pub async fn run_all(store: Arc<dyn EventStore>) {
     an_empty_append_only_checks_the_expected_version(store.clone()).await;
     read_stream_returns_the_stored_events_in_version_order(store.clone()).await;
     read_stream_after_returns_only_the_later_versions(store.clone()).await;
+    read_stream_first_returns_the_event_that_created_the_stream(store.clone()).await;
     read_all_pages_from_a_position(store.clone()).await;
     global_positions_stay_gap_free_under_concurrent_appends(store.clone()).await;
     each_stream_is_hash_chained(store.clone()).await;
@@ -171,6 +172,18 @@ pub async fn read_stream_after_returns_only_the_later_versions(store: Arc<dyn Ev
     }
     assert!(store.read_stream_after(&stream, 9).await.expect("read past the end").is_empty());
     assert!(store.read_stream_after(&unique_stream("unknown"), 0).await.expect("read unknown").is_empty());
+}
+
+/// `read_stream_first(stream)` is the stream's version 1 as `read_stream` returns it, however
+/// many events came after; `None` for a stream that does not exist.
+pub async fn read_stream_first_returns_the_event_that_created_the_stream(store: Arc<dyn EventStore>) {
+    let stream = unique_stream("first");
+    store.append(&unique_stream("other"), ExpectedVersion::Any, sample_events(2)).await.expect("append other");
+    store.append(&stream, ExpectedVersion::NoStream, sample_events(2)).await.expect("append");
+    let created = store.read_stream(&stream).await.expect("read stream").remove(0);
+    store.append(&stream, ExpectedVersion::Exact(2), sample_events(3)).await.expect("append more");
+    assert_eq!(store.read_stream_first(&stream).await.expect("read first"), Some(created));
+    assert_eq!(store.read_stream_first(&unique_stream("unknown")).await.expect("read unknown"), None);
 }
 
 /// `read_all(after, max)` returns at most `max` events after `after`, in global order.

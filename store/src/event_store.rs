@@ -61,6 +61,14 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(events)
     }
 
+    /// The first event of a stream, the one that created it; `None` for a stream that does not
+    /// exist. Events never change, so what a stream was created with can be read alone, at the
+    /// same cost however long the stream grew. The default reads the whole stream; adapters
+    /// read the one event.
+    async fn read_stream_first(&self, stream_id: &str) -> Result<Option<EventEnvelope>, StoreError> {
+        Ok(self.read_stream(stream_id).await?.into_iter().next())
+    }
+
     /// Up to `max` events with a global position greater than `after`, in global order: what the
     /// followers of the store read. An adapter may answer the latest commits from the memory of
     /// the process that made them; [`EventStore::read_filtered`] reads what storage holds.

@@ -93,6 +93,14 @@ const SELECT_EVENTS: &str = "
 static PAGE_QUERY: LazyLock<String> =
     LazyLock::new(|| format!("{SELECT_EVENTS} WHERE global_position > ?1 ORDER BY global_position LIMIT ?2 + 0"));
 
+/// A stream's events after version `?2`, in order. Built once, like [`PAGE_QUERY`].
+static STREAM_QUERY: LazyLock<String> =
+    LazyLock::new(|| format!("{SELECT_EVENTS} WHERE stream_id = ?1 AND stream_version > ?2 ORDER BY stream_version"));
+
+/// A stream's first event.
+static FIRST_OF_STREAM_QUERY: LazyLock<String> =
+    LazyLock::new(|| format!("{SELECT_EVENTS} WHERE stream_id = ?1 AND stream_version = 1"));
+
 /// The counter of appended events in the `metrics` facade (exported at `/metrics`).
 pub const EVENTS_APPENDED: &str = "events_appended_total";
 
@@ -178,6 +186,24 @@ impl SqliteEventStore {
         .await
         .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
     }
+
+    /// Runs a point read (a stream's events after a version the caller has, usually none; the
+    /// head) on the calling task when a reader connection is idle, else as [`Self::read`] does.
+    /// Such a read takes microseconds; handing it to the blocking pool and back costs two thread
+    /// wake-ups, more than the read itself.
+    async fn read_point<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        match self.readers.try_idle() {
+            Some((_permit, conn)) => {
+                let result = query(&conn).map_err(backend);
+                self.readers.put_back(conn);
+                result
+            }
+            None => self.read(query).await,
+        }
+    }
 }
 
 impl Drop for SqliteEventStore {
@@ -217,11 +243,18 @@ impl EventStore for SqliteEventStore {
         let stream_id = stream_id.to_owned();
         // Versions never exceed i64::MAX, so clamping keeps the meaning of the bound.
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        self.read(move |conn| {
-            let mut query = conn.prepare_cached(&format!(
-                "{SELECT_EVENTS} WHERE stream_id = ?1 AND stream_version > ?2 ORDER BY stream_version"
-            ))?;
+        self.read_point(move |conn| {
+            let mut query = conn.prepare_cached(&STREAM_QUERY)?;
             query.query_map(params![stream_id, after], envelope_from_row)?.collect()
+        })
+        .await
+    }
+
+    async fn read_stream_first(&self, stream_id: &str) -> Result<Option<EventEnvelope>, StoreError> {
+        let stream_id = stream_id.to_owned();
+        self.read_point(move |conn| {
+            let mut query = conn.prepare_cached(&FIRST_OF_STREAM_QUERY)?;
+            query.query_row(params![stream_id], envelope_from_row).optional()
         })
         .await
     }
@@ -265,7 +298,7 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
-        self.read(last_position).await
+        self.read_point(last_position).await
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {
@@ -570,6 +603,17 @@ struct ReadConnections {
 }
 
 impl ReadConnections {
+    /// An idle connection with its permit, if one is at hand without waiting.
+    fn try_idle(&self) -> Option<(tokio::sync::SemaphorePermit<'_>, Connection)> {
+        let permit = self.permits.try_acquire().ok()?;
+        let conn = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
+        Some((permit, conn))
+    }
+
+    fn put_back(&self, conn: Connection) {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+    }
+
     /// Runs `read` on an idle connection (or a new one). Blocks: call from a blocking task.
     fn with_connection<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         // A panic while the lock was held cannot leave the list half-updated, so a poisoned lock

@@ -30,6 +30,8 @@ contract_tests!(
     a_rejected_batch_leaves_nothing,
     an_empty_append_only_checks_the_expected_version,
     read_stream_returns_the_stored_events_in_version_order,
+    read_stream_after_returns_only_the_later_versions,
+    read_stream_first_returns_the_event_that_created_the_stream,
     read_all_pages_from_a_position,
     global_positions_stay_gap_free_under_concurrent_appends,
     each_stream_is_hash_chained,
@@ -38,12 +40,13 @@ contract_tests!(
     read_filtered_returns_what_the_filter_matches_in_global_order,
 );
 
-/// The SQLite store with the port's default `read_filtered` (a filtered walk of `read_all`), so
-/// the contract checks the default other adapters inherit as well as SQLite's own query.
-struct WithDefaultReadFiltered(SqliteEventStore);
+/// The SQLite store with the port's defaults of `read_filtered` (a filtered walk of `read_all`)
+/// and `read_stream_first` (the whole stream read), so the contract checks the defaults other
+/// adapters inherit as well as SQLite's own queries.
+struct WithDefaultReads(SqliteEventStore);
 
 #[async_trait::async_trait]
-impl EventStore for WithDefaultReadFiltered {
+impl EventStore for WithDefaultReads {
     async fn append(
         &self,
         stream_id: &str,
@@ -70,8 +73,14 @@ impl EventStore for WithDefaultReadFiltered {
 async fn the_default_read_filtered_keeps_the_contract() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteEventStore::open(&dir.path().join("events.db")).expect("open store");
-    contract::read_filtered_returns_what_the_filter_matches_in_global_order(Arc::new(WithDefaultReadFiltered(store)))
-        .await;
+    contract::read_filtered_returns_what_the_filter_matches_in_global_order(Arc::new(WithDefaultReads(store))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_default_read_stream_first_keeps_the_contract() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteEventStore::open(&dir.path().join("events.db")).expect("open store");
+    contract::read_stream_first_returns_the_event_that_created_the_stream(Arc::new(WithDefaultReads(store))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

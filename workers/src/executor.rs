@@ -517,12 +517,13 @@ impl RunExecutor {
         if domain::ids::has_prefix(connection_id, domain::ids::SUBSCRIPTION) {
             return self.subscription_target(tenant, connection_id).await;
         }
-        let connection = self.commands.load::<ConnectionEvent>(&stream_id(tenant, connection_id)).await?;
-        let Some(ConnectionEvent::ConnectionEstablished(established)) = connection.events.into_iter().next() else {
+        // Only what the connection and provider were created with: their first events.
+        let connection = self.commands.load_first::<ConnectionEvent>(&stream_id(tenant, connection_id)).await?;
+        let Some(ConnectionEvent::ConnectionEstablished(established)) = connection else {
             return Ok(Err(format!("connection {connection_id} does not exist in tenant {tenant}")));
         };
-        let provider = self.commands.load::<ProviderEvent>(&stream_id(tenant, &established.provider_id)).await?;
-        let Some(ProviderEvent::ProviderRegistered(registered)) = provider.events.into_iter().next() else {
+        let provider = self.commands.load_first::<ProviderEvent>(&stream_id(tenant, &established.provider_id)).await?;
+        let Some(ProviderEvent::ProviderRegistered(registered)) = provider else {
             return Ok(Err(format!("provider {} is not registered in tenant {tenant}", established.provider_id)));
         };
         let credential_ref = match established.credential_ref.as_deref().map(SecretRef::parse).transpose() {
@@ -557,9 +558,8 @@ impl RunExecutor {
         tenant: &str,
         subscription_id: &str,
     ) -> Result<Result<RunTarget, String>, ExecutorError> {
-        let subscription = self.commands.load::<SubscriptionEvent>(&stream_id(tenant, subscription_id)).await?;
-        let Some(SubscriptionEvent::WebhookSubscriptionCreated(created)) = subscription.events.into_iter().next()
-        else {
+        let subscription = self.commands.load_first::<SubscriptionEvent>(&stream_id(tenant, subscription_id)).await?;
+        let Some(SubscriptionEvent::WebhookSubscriptionCreated(created)) = subscription else {
             return Ok(Err(format!("subscription {subscription_id} does not exist in tenant {tenant}")));
         };
         let secret = match SecretRef::parse(&created.signing_secret_ref) {

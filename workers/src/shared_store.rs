@@ -84,6 +84,10 @@ impl EventStore for SharedStore {
         self.inner.read_stream_after(stream_id, after).await
     }
 
+    async fn read_stream_first(&self, stream_id: &str) -> Result<Option<EventEnvelope>, StoreError> {
+        self.inner.read_stream_first(stream_id).await
+    }
+
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<EventEnvelope>, StoreError> {
         self.inner.read_all(after, max).await
     }

@@ -140,8 +140,8 @@ impl StartRunHandler {
     pub async fn handle(&self, start: &StartRun, trace_id: &str) -> Result<RunStartRequested, StartRunError> {
         validate(start)?;
         let connection =
-            self.commands.load::<ConnectionEvent>(&stream_id(&start.tenant_id, &start.connection_id)).await?;
-        if connection.events.is_empty() {
+            self.commands.load_first::<ConnectionEvent>(&stream_id(&start.tenant_id, &start.connection_id)).await?;
+        if connection.is_none() {
             // Also what another tenant's connection looks like: streams are per tenant.
             return Err(Rejection::Unauthorised(format!(
                 "connection {} is not a connection of tenant {}",
