@@ -45,7 +45,7 @@ use domain::provider::ProviderEvent;
 use domain::run::{FailAttempt, Run, RunCommand, RunEvent, RunRequested, RunState, StartAttempt};
 use domain::secret_ref::SecretRef;
 use domain::subscription::SubscriptionEvent;
-use domain::{Actor, AggregateEvent, Decider, DomainError, EventEnvelope};
+use domain::{Actor, AggregateEvent, DomainError, EventEnvelope};
 use store::{SecretStore, Stage, VaultError};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -133,16 +133,18 @@ impl RunExecutor {
     }
 
     /// Drives the run of `requested` to its end.
-    async fn drive(&self, event: &EventEnvelope, requested: &RunRequested) -> Result<(), ExecutorError> {
+    /// Drives the run to its end; returns how it ended when this call saw it end, `None` when it
+    /// had ended before, or another worker holds it.
+    async fn drive(&self, event: &EventEnvelope, requested: &RunRequested) -> Result<Option<Outcome>, ExecutorError> {
         // Webhook deliveries are the webhook dispatcher's (workers::fanout), on their own schedule.
         if requested.operation == domain::outbound::DELIVER_WEBHOOK_OPERATION {
-            return Ok(());
+            return Ok(None);
         }
         let tenant = &event.tenant_id;
         let stream = stream_id(tenant, &requested.run_id);
         let ctx = self.context(event, requested);
         if self.state(&stream).await?.is_finished() {
-            return Ok(());
+            return Ok(None);
         }
         let mut target = match self.target(tenant, &requested.connection_id).await? {
             Ok(target) => target,
@@ -197,9 +199,9 @@ impl RunExecutor {
         };
         loop {
             let state = self.state(&stream).await?;
-            let RunState::Exists { lease, next_attempt_at, .. } = &state else { return Ok(()) };
+            let RunState::Exists { lease, next_attempt_at, .. } = &state else { return Ok(None) };
             if state.is_finished() {
-                return Ok(());
+                return Ok(None);
             }
             let now = self.commands.now();
             // Another worker (or this process before a restart) holds the run: wait it out.
@@ -227,10 +229,10 @@ impl RunExecutor {
                 Err(CommandError::Rejected(DomainError::InvalidTransition { .. })) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let RunState::Exists { attempts: attempt, .. } = started.state else { return Ok(()) };
+            let RunState::Exists { attempts: attempt, .. } = started.state else { return Ok(None) };
             if started.state.is_finished() {
                 tracing::warn!(run_id = %requested.run_id, attempt, "run failed: no attempt left");
-                return Ok(());
+                return Ok(outcome_of(&started.new_events));
             }
             tracing::info!(run_id = %requested.run_id, attempt, operation = %requested.operation, "attempt started");
             let outcome = self.attempt(&operation, &target, policy.attempt_timeout, &requested.run_id, tenant).await?;
@@ -243,7 +245,7 @@ impl RunExecutor {
                         output,
                         completed_at: self.commands.now(),
                     };
-                    self.commands.execute::<Run>(&ctx, &stream, &complete).await.map(|_| true)
+                    self.commands.execute::<Run>(&ctx, &stream, &complete).await
                 }
                 Err(error) => {
                     let failed_at = self.commands.now();
@@ -257,23 +259,24 @@ impl RunExecutor {
                         failed_at,
                         next_attempt_at,
                     });
-                    self.commands.execute::<Run>(&ctx, &stream, &fail).await.map(|_| next_attempt_at.is_none())
+                    self.commands.execute::<Run>(&ctx, &stream, &fail).await
                 }
             };
             if recorded.is_ok() {
                 metrics::counter!(RUN_ATTEMPTS, "outcome" => outcome_label).increment(1);
             }
-            match recorded {
+            match recorded.map(|executed| outcome_of(&executed.new_events)) {
                 // Finished: the run's outcome is its last attempt's.
-                Ok(true) => {
+                Ok(Some(outcome)) => {
                     metrics::counter!(RUNS_FINISHED, "outcome" => outcome_label).increment(1);
-                    return Ok(());
+                    return Ok(Some(outcome));
                 }
-                Ok(false) => {}
+                // A retry is due (or the outcome was already recorded: the next look says so).
+                Ok(None) => {}
                 Err(CommandError::Rejected(error)) => {
                     // Our lease expired and another worker took the run over: it is theirs now.
                     tracing::warn!(run_id = %requested.run_id, attempt, %error, "outcome refused: the run was taken over");
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -454,17 +457,25 @@ impl RunExecutor {
     /// Settles the outcome of an ended run where it matters: a verification run finishes its
     /// rotation, a health check records the connection's health. Idempotent; nothing happens
     /// for a run still in progress (its executor settles it) or of another operation.
-    async fn settle(&self, event: &EventEnvelope, requested: &RunRequested) -> Result<(), ExecutorError> {
+    ///
+    /// `ended` is the outcome when the caller saw the run end; else it is read from the run.
+    async fn settle(
+        &self,
+        event: &EventEnvelope,
+        requested: &RunRequested,
+        ended: Option<Outcome>,
+    ) -> Result<(), ExecutorError> {
         let is_verification = requested.operation == VERIFY_CREDENTIAL_OPERATION;
         if !is_verification && requested.operation != CHECK_HEALTH {
             return Ok(());
         }
-        let events = self.commands.load::<RunEvent>(&stream_id(&event.tenant_id, &requested.run_id)).await?.events;
-        let outcome = events.iter().rev().find_map(|e| match e {
-            RunEvent::RunCompleted(_) => Some(None),
-            RunEvent::RunFailed(f) => Some(Some(f.error.clone())),
-            _ => None,
-        });
+        let outcome = match ended {
+            Some(outcome) => Some(outcome),
+            None => {
+                let run = self.commands.load::<RunEvent>(&stream_id(&event.tenant_id, &requested.run_id)).await?;
+                outcome_of(&run.events)
+            }
+        };
         let Some(failure) = outcome else { return Ok(()) };
         let ctx = self.context(event, requested);
         let settled = if is_verification {
@@ -506,8 +517,9 @@ impl RunExecutor {
         }
     }
 
+    /// The run's state: the cached one, brought up to date with what was appended since.
     async fn state(&self, stream: &str) -> Result<RunState, ExecutorError> {
-        Ok(Run::fold(&self.commands.load::<RunEvent>(stream).await?.events))
+        Ok(self.commands.load_state::<Run>(stream).await?.state.clone())
     }
 
     /// The connection's provider and credential; `Err(reason)` when the run cannot target it.
@@ -590,15 +602,15 @@ impl RunExecutor {
         stream: &str,
         requested: &RunRequested,
         error: String,
-    ) -> Result<(), ExecutorError> {
+    ) -> Result<Option<Outcome>, ExecutorError> {
         tracing::warn!(run_id = %requested.run_id, %error, "run failed without an attempt");
         let fail = RunCommand::Fail { run_id: requested.run_id.clone(), error, failed_at: self.commands.now() };
         match self.commands.execute::<Run>(ctx, stream, &fail).await {
-            Ok(_) => {
+            Ok(executed) => {
                 metrics::counter!(RUNS_FINISHED, "outcome" => "failed").increment(1);
-                Ok(())
+                Ok(outcome_of(&executed.new_events))
             }
-            Err(CommandError::Rejected(_)) => Ok(()),
+            Err(CommandError::Rejected(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -665,8 +677,8 @@ impl EventHandler for RunExecutor {
         }
         match RunEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
             Ok(RunEvent::RunRequested(requested)) => {
-                self.drive(event, &requested).await?;
-                self.settle(event, &requested).await
+                let ended = self.drive(event, &requested).await?;
+                self.settle(event, &requested, ended).await
             }
             Ok(_) => Ok(()),
             Err(error) => {
@@ -675,6 +687,18 @@ impl EventHandler for RunExecutor {
             }
         }
     }
+}
+
+/// How a run ended: `None` completed, `Some(error)` failed.
+type Outcome = Option<String>;
+
+/// The outcome among a run's events (its last `RunCompleted` or `RunFailed`), if it ended.
+fn outcome_of(events: &[RunEvent]) -> Option<Outcome> {
+    events.iter().rev().find_map(|e| match e {
+        RunEvent::RunCompleted(_) => Some(None),
+        RunEvent::RunFailed(failed) => Some(Some(failed.error.clone())),
+        _ => None,
+    })
 }
 
 /// The wait before attempt `failed_attempt + 1`: `first_backoff × 2^(failed_attempt-1)` capped
