@@ -187,8 +187,8 @@ impl SqliteEventStore {
         .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
     }
 
-    /// Runs a point read (a stream's events after a version the caller has, usually none; the
-    /// head) on the calling task when a reader connection is idle, else as [`Self::read`] does.
+    /// Runs a point read (a stream's events after a version the caller has, usually none; its
+    /// first event; the head), whose cost does not grow with history, on the calling task when a reader connection is idle, else as [`Self::read`] does.
     /// Such a read takes microseconds; handing it to the blocking pool and back costs two thread
     /// wake-ups, more than the read itself.
     async fn read_point<T: Send + 'static>(
@@ -241,13 +241,15 @@ impl EventStore for SqliteEventStore {
 
     async fn read_stream_after(&self, stream_id: &str, after: u64) -> Result<Vec<EventEnvelope>, StoreError> {
         let stream_id = stream_id.to_owned();
-        // Versions never exceed i64::MAX, so clamping keeps the meaning of the bound.
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        self.read_point(move |conn| {
+        let read = move |conn: &Connection| {
+            // Versions never exceed i64::MAX, so clamping keeps the meaning of the bound.
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
             let mut query = conn.prepare_cached(&STREAM_QUERY)?;
             query.query_map(params![stream_id, after], envelope_from_row)?.collect()
-        })
-        .await
+        };
+        // After a version the caller holds, what is new is usually nothing or a few events: a
+        // point read. A whole stream may be long (a connection's health checks): the pool's.
+        if after > 0 { self.read_point(read).await } else { self.read(read).await }
     }
 
     async fn read_stream_first(&self, stream_id: &str) -> Result<Option<EventEnvelope>, StoreError> {
