@@ -187,10 +187,11 @@ impl SqliteEventStore {
         .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
     }
 
-    /// Runs a point read (a stream's events after a version the caller has, usually none; its
-    /// first event; the head), whose cost does not grow with history, on the calling task when a reader connection is idle, else as [`Self::read`] does.
-    /// Such a read takes microseconds; handing it to the blocking pool and back costs two thread
-    /// wake-ups, more than the read itself.
+    /// Runs a point read on the calling task when a reader connection is idle, else as
+    /// [`Self::read`] does. A point read's cost does not grow with history: a stream's events
+    /// after a version the caller holds (usually none), its first event, the head. It takes
+    /// microseconds; handing it to the blocking pool and back costs two thread wake-ups, more
+    /// than the read itself.
     async fn read_point<T: Send + 'static>(
         &self,
         query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,

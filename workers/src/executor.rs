@@ -132,9 +132,8 @@ impl RunExecutor {
         Self { commands, vault, clients, settings, shutdown }
     }
 
-    /// Drives the run of `requested` to its end.
-    /// Drives the run to its end; returns how it ended when this call saw it end, `None` when it
-    /// had ended before, or another worker holds it.
+    /// Drives the run of `requested` to its end; returns how it ended when this call saw it end,
+    /// `None` when it had ended before, or another worker holds it.
     async fn drive(&self, event: &EventEnvelope, requested: &RunRequested) -> Result<Option<Outcome>, ExecutorError> {
         // Webhook deliveries are the webhook dispatcher's (workers::fanout), on their own schedule.
         if requested.operation == domain::outbound::DELIVER_WEBHOOK_OPERATION {
