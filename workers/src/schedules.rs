@@ -19,11 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use commands::{CommandError, Commands};
+use commands::{CommandContext, CommandError, Commands};
 use connectors::operations::CHECK_HEALTH;
 use domain::connection::ConnectionEvent;
 use domain::credential::CredentialEvent;
-use domain::ids::stream_id;
 use domain::{AnyEvent, EventEnvelope};
 use futures::StreamExt;
 use serde_json::json;
@@ -46,10 +45,11 @@ pub struct ScheduleSettings {
     pub credential_overlap: Duration,
 }
 
-/// A connection checked periodically: its offset in the interval and the last slot checked.
-/// Nothing else is kept per connection (every connection is here, so each byte counts): the
-/// event that established it, which causes its checks, is read again when one falls due.
+/// A connection checked periodically: the context of the commands issued for it (caused by
+/// the event that established it; not the event itself, which would keep every connection's
+/// whole configuration in memory), its offset in the interval and the last slot checked.
 struct Checked {
+    cause: CommandContext,
     offset_ms: i64,
     last_slot: i64,
 }
@@ -64,7 +64,14 @@ struct HealthChecks {
 }
 
 impl HealthChecks {
-    fn track(&mut self, tenant: String, connection_id: String, at: DateTime<Utc>, interval_ms: i64) {
+    fn track(
+        &mut self,
+        tenant: String,
+        connection_id: String,
+        established: &EventEnvelope,
+        at: DateTime<Utc>,
+        interval_ms: i64,
+    ) {
         let offset_ms = offset_ms(&tenant, &connection_id, interval_ms);
         // Established within a slot: the check at establishment covers that slot.
         let last_slot = slot(offset_ms, interval_ms, at);
@@ -73,7 +80,8 @@ impl HealthChecks {
             tenant.clone(),
             connection_id.clone(),
         )));
-        self.connections.insert((tenant, connection_id), Checked { offset_ms, last_slot });
+        let cause = caused_by(established, SCHEDULER);
+        self.connections.insert((tenant, connection_id), Checked { cause, offset_ms, last_slot });
     }
 }
 
@@ -96,7 +104,7 @@ pub async fn run_schedules(
     settings: ScheduleSettings,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let mut events = Box::pin(store::subscribe(store.clone(), 0));
+    let mut events = Box::pin(store::subscribe(store, 0));
     let mut checked = HealthChecks::default();
     let mut retirements: Retirements = BTreeMap::new();
     let mut tick = tokio::time::interval(TICK);
@@ -111,7 +119,7 @@ pub async fn run_schedules(
             _ = tick.tick() => {
                 let now = commands.now();
                 if let Some(interval) = settings.health_check_interval {
-                    check_due_connections(store.as_ref(), &commands, interval, now, &mut checked).await;
+                    check_due_connections(&commands, interval, now, &mut checked).await;
                 }
                 retire_due_versions(&commands, now, &mut retirements).await;
             }
@@ -129,7 +137,7 @@ fn track(event: EventEnvelope, settings: &ScheduleSettings, checked: &mut Health
     match decoded {
         AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(e)) => {
             if let Some(interval) = settings.health_check_interval {
-                checked.track(tenant, e.connection_id, e.established_at, interval_ms(interval));
+                checked.track(tenant, e.connection_id, &event, e.established_at, interval_ms(interval));
             }
         }
         AnyEvent::Credential(CredentialEvent::CredentialRotated(e)) => {
@@ -169,13 +177,7 @@ fn offset_ms(tenant: &str, connection_id: &str, interval_ms: i64) -> i64 {
 }
 
 /// Requests the check of every connection whose next slot has started.
-async fn check_due_connections(
-    store: &dyn EventStore,
-    commands: &Commands,
-    interval: Duration,
-    now: DateTime<Utc>,
-    checks: &mut HealthChecks,
-) {
+async fn check_due_connections(commands: &Commands, interval: Duration, now: DateTime<Utc>, checks: &mut HealthChecks) {
     let interval_ms = interval_ms(interval);
     let now_ms = now.timestamp_millis();
     let mut retry = Vec::new();
@@ -189,22 +191,9 @@ async fn check_due_connections(
             // Checked in this slot already: a second entry of the connection's.
             continue;
         }
-        // The check is caused by the event that established the connection.
-        let established = match store.read_stream_first(&stream_id(&tenant, &connection_id)).await {
-            Ok(Some(established)) => established,
-            Ok(None) => {
-                tracing::warn!(%connection_id, "a tracked connection has no stream: no longer checked");
-                continue;
-            }
-            Err(error) => {
-                tracing::warn!(%connection_id, %error, "cannot read the connection to check it");
-                retry.push(Reverse((due_ms_after_tick(now_ms), tenant, connection_id)));
-                continue;
-            }
-        };
-        let ctx = caused_by(&established, SCHEDULER);
+        let ctx = &connection.cause;
         let run_id = health_check_run_id(&tenant, &connection_id, &current.to_string());
-        match commands.request_run(&ctx, &run_id, &connection_id, CHECK_HEALTH, json!({})).await {
+        match commands.request_run(ctx, &run_id, &connection_id, CHECK_HEALTH, json!({})).await {
             Ok(_) => {
                 tracing::debug!(%connection_id, %run_id, "periodic health check requested");
                 connection.last_slot = current;
