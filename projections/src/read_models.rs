@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use store::sqlite_readers::Readers;
 
 use crate::ProjectionError;
 use crate::views::{ConnectionView, CredentialView, DeliveryView, ProviderView, RunView, SubscriptionView};
@@ -48,10 +48,7 @@ pub struct ReadModels {
 struct Inner {
     path: std::path::PathBuf,
     writer: Arc<Mutex<Connection>>,
-    /// Idle reader connections; a query takes one (or opens one) and puts it back.
-    idle_readers: Mutex<Vec<Connection>>,
-    /// Bounds the readers in use, so a burst of GETs waits instead of opening connections.
-    reader_permits: Arc<Semaphore>,
+    readers: Arc<Readers>,
 }
 
 impl ReadModels {
@@ -62,10 +59,9 @@ impl ReadModels {
         create_schema(&mut writer)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                readers: Readers::new(&path, READERS),
                 path,
                 writer: Arc::new(Mutex::new(writer)),
-                idle_readers: Mutex::new(Vec::with_capacity(READERS)),
-                reader_permits: Arc::new(Semaphore::new(READERS)),
             }),
         })
     }
@@ -161,23 +157,14 @@ impl ReadModels {
         self.read_point(move |conn| load_doc(conn, table, &tenant_id, &id)).await
     }
 
-    /// Runs a point read (a row by its key) on the calling task when a reader connection is idle,
-    /// else as [`Self::read`] does. Reading one row by key takes microseconds; handing it to the
-    /// blocking pool and back costs two thread wake-ups, more than the read itself.
+    /// Runs a point read (a row by its key) on the calling task when a reader is idle; see
+    /// [`Readers`].
     async fn read_point<T, F>(&self, query: F) -> Result<T, ProjectionError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, ProjectionError> + Send + 'static,
     {
-        let idle = self.inner.reader_permits.try_acquire().ok().and_then(|permit| {
-            let conn = self.inner.idle_readers.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
-            Some((permit, conn))
-        });
-        // Every reader busy, or none opened yet (opening one is file I/O): the blocking pool.
-        let Some((_permit, conn)) = idle else { return self.read(query).await };
-        let result = query(&conn);
-        self.inner.idle_readers.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
-        result
+        self.inner.readers.read_point(query).await
     }
 
     /// Runs `query` on a reader connection on the blocking pool.
@@ -186,21 +173,7 @@ impl ReadModels {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, ProjectionError> + Send + 'static,
     {
-        // The semaphore is never closed, so acquiring only waits.
-        let permit = self.inner.reader_permits.clone().acquire_owned().await.expect("reader semaphore is never closed");
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let idle = inner.idle_readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
-            let conn = match idle {
-                Some(conn) => conn,
-                None => open_reader(&inner.path)?,
-            };
-            let result = query(&conn);
-            inner.idle_readers.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
-            result
-        })
-        .await?
+        self.inner.readers.read(query).await
     }
 }
 
@@ -214,14 +187,6 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, ProjectionError> {
     // a lost tail is simply re-projected from the event store, which is the durable truth.
     writer.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(writer)
-}
-
-/// Readers are read-only so that nothing but the projector can change a read model.
-fn open_reader(path: &Path) -> Result<Connection, ProjectionError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    Ok(conn)
 }
 
 /// Creates what is missing. A document table is created with its indexes only when it does not

@@ -8,6 +8,8 @@
 //!   [`sqlite_idempotency`], its adapter in the event store's SQLite file.
 //! - [`leases`]: the `Leases` port (time-bound claims on named work, one holder at a time),
 //!   and [`sqlite_leases`], its adapter in the event store's SQLite file.
+//! - [`sqlite_readers`]: read-only connections to an SQLite file, kept and reused (the event
+//!   store's and the read models'); point reads run on the calling task when one is idle.
 //! - [`cached_vault`]: a read-through cache in front of any `SecretStore`.
 //! - [`vault`]: the `SecretStore` port (`kv://` refs), and [`sqlite_vault`], its adapter
 //!   encrypting every version under the master key in a SQLite file of its own.
@@ -23,6 +25,7 @@ pub mod leases;
 pub mod sqlite;
 pub mod sqlite_idempotency;
 pub mod sqlite_leases;
+pub mod sqlite_readers;
 pub mod sqlite_vault;
 pub mod vault;
 

@@ -12,7 +12,7 @@
 //! This module also opens the engine's other SQLite files (`open_database`): the pragmas and
 //! the per-component schema migrations are the same for all of them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -22,12 +22,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{Actor, EventEnvelope, NewEvent};
 use rusqlite::types::Type;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::hash_chain::{GENESIS, canonical_time, event_hash};
+use crate::sqlite_readers::Readers;
 use crate::{EventFilter, EventStore, ExpectedVersion, StoreError};
 
 /// How long a connection waits for another connection's lock before giving up.
@@ -127,7 +128,7 @@ pub struct SqliteEventStore {
     requests: Option<mpsc::Sender<AppendRequest>>,
     writer: Option<JoinHandle<()>>,
     head: watch::Receiver<u64>,
-    readers: Arc<ReadConnections>,
+    readers: Arc<Readers>,
     counters: Arc<WriteCounters>,
     tail: Arc<Mutex<Tail>>,
 }
@@ -154,11 +155,7 @@ impl SqliteEventStore {
             requests: Some(requests),
             writer: Some(thread),
             head: head_receiver,
-            readers: Arc::new(ReadConnections {
-                path: path.to_owned(),
-                idle: Mutex::new(Vec::with_capacity(READERS)),
-                permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
-            }),
+            readers: Readers::new(path, READERS),
             counters,
             tail,
         })
@@ -172,38 +169,22 @@ impl SqliteEventStore {
         }
     }
 
+    /// Runs `query` on a reader on the blocking pool.
     async fn read<T: Send + 'static>(
         &self,
         query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let permit = Arc::clone(&self.readers.permits).acquire_owned().await;
-        let permit = permit.map_err(|_| StoreError::Unavailable("the event store readers are closed".into()))?;
-        let readers = Arc::clone(&self.readers);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            readers.with_connection(query)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+        self.readers.read(move |conn| query(conn).map_err(StoreError::from)).await
     }
 
-    /// Runs a point read on the calling task when a reader connection is idle, else as
-    /// [`Self::read`] does. A point read's cost does not grow with history: a stream's events
-    /// after a version the caller holds (usually none), its first event, the head. It takes
-    /// microseconds; handing it to the blocking pool and back costs two thread wake-ups, more
-    /// than the read itself.
+    /// Runs a point read (a stream's events after a version the caller holds, its first event,
+    /// the head: nothing whose cost grows with history) on the calling task when a reader is
+    /// idle; see [`Readers`].
     async fn read_point<T: Send + 'static>(
         &self,
         query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        match self.readers.try_idle() {
-            Some((_permit, conn)) => {
-                let result = query(&conn).map_err(backend);
-                self.readers.put_back(conn);
-                result
-            }
-            None => self.read(query).await,
-        }
+        self.readers.read_point(move |conn| query(conn).map_err(StoreError::from)).await
     }
 }
 
@@ -597,52 +578,20 @@ where
     parse(text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
 }
 
-/// Read-only connections, reused between reads.
-struct ReadConnections {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-    /// One per connection: a read holds one while it runs.
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-impl ReadConnections {
-    /// An idle connection with its permit, if one is at hand without waiting.
-    fn try_idle(&self) -> Option<(tokio::sync::SemaphorePermit<'_>, Connection)> {
-        let permit = self.permits.try_acquire().ok()?;
-        let conn = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
-        Some((permit, conn))
-    }
-
-    fn put_back(&self, conn: Connection) {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
-    }
-
-    /// Runs `read` on an idle connection (or a new one). Blocks: call from a blocking task.
-    fn with_connection<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        // A panic while the lock was held cannot leave the list half-updated, so a poisoned lock
-        // is still usable.
-        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => open_reader(&self.path).map_err(backend)?,
-        };
-        let result = read(&conn).map_err(backend);
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
-        result
-    }
-}
-
-fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // Room for the statements every read kind uses, so none is ever parsed twice.
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
-}
-
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        backend(e)
+    }
+}
+
+impl From<tokio::task::JoinError> for StoreError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        StoreError::Backend(format!("read task failed: {e}"))
+    }
 }
 
 /// Why an SQLite file could not be opened for writing.
