@@ -1,6 +1,7 @@
 //! Benchmark of the auditor and operator paths over a large store: `replay` (the very code of
 //! `src/replay.rs`, writing JSON lines into a sink), a new read-model database (`rebuild_into`)
-//! and `projections rebuild --all` over it (`rebuild::rebuild`), in events per second. Writes its numbers to a JSON file; not a test.
+//! and `projections rebuild --all` over it (`rebuild::rebuild`), in events per second. Writes
+//! its numbers to a JSON file; not a test.
 //!
 //! cargo run --release --example bench_replay -- [OUT_FILE] [EVENTS]
 //!
