@@ -159,7 +159,8 @@ pub async fn read_stream_returns_the_stored_events_in_version_order(store: Arc<d
 }
 
 /// `read_stream_after(stream, v)` returns the stream's events after version `v`, as
-/// `read_stream` does, and nothing once `v` is the stream's version.
+/// `read_stream` does, and nothing once `v` is the stream's version; also for a stream longer
+/// than an adapter reads at once.
 pub async fn read_stream_after_returns_only_the_later_versions(store: Arc<dyn EventStore>) {
     let stream = unique_stream("after");
     store.append(&unique_stream("other"), ExpectedVersion::Any, sample_events(2)).await.expect("append other");
@@ -171,6 +172,12 @@ pub async fn read_stream_after_returns_only_the_later_versions(store: Arc<dyn Ev
         assert_eq!(later, whole[after as usize..], "after version {after}");
     }
     assert!(store.read_stream_after(&stream, 9).await.expect("read past the end").is_empty());
+    store.append(&stream, ExpectedVersion::Exact(5), sample_events(95)).await.expect("append a long tail");
+    let whole = store.read_stream(&stream).await.expect("read the long stream");
+    for after in [0, 1, 15, 16, 17, 50, 99, 100] {
+        let later = store.read_stream_after(&stream, after).await.expect("read after");
+        assert_eq!(later, whole[after as usize..], "after version {after} of 100");
+    }
     assert!(store.read_stream_after(&unique_stream("unknown"), 0).await.expect("read unknown").is_empty());
 }
 

@@ -94,9 +94,16 @@ const SELECT_EVENTS: &str = "
 static PAGE_QUERY: LazyLock<String> =
     LazyLock::new(|| format!("{SELECT_EVENTS} WHERE global_position > ?1 ORDER BY global_position LIMIT ?2 + 0"));
 
-/// A stream's events after version `?2`, in order. Built once, like [`PAGE_QUERY`].
-static STREAM_QUERY: LazyLock<String> =
-    LazyLock::new(|| format!("{SELECT_EVENTS} WHERE stream_id = ?1 AND stream_version > ?2 ORDER BY stream_version"));
+/// A stream's events after version `?2`, in order, at most `?3` (-1: all). Built once, and its
+/// limit an expression, like [`PAGE_QUERY`]'s.
+static STREAM_QUERY: LazyLock<String> = LazyLock::new(|| {
+    format!("{SELECT_EVENTS} WHERE stream_id = ?1 AND stream_version > ?2 ORDER BY stream_version LIMIT ?3 + 0")
+});
+
+/// The most events of a stream read on the calling task: a stream the caller has not seen is
+/// usually empty or short (a resource about to be created, a credential), and one that is longer
+/// continues on the blocking pool, so the calling task never does work that grows with history.
+const STREAM_POINT_READ: i64 = 16;
 
 /// A stream's first event.
 static FIRST_OF_STREAM_QUERY: LazyLock<String> =
@@ -177,8 +184,8 @@ impl SqliteEventStore {
         self.readers.read(move |conn| query(conn).map_err(StoreError::from)).await
     }
 
-    /// Runs a point read (a stream's events after a version the caller holds, its first event,
-    /// the head: nothing whose cost grows with history) on the calling task when a reader is
+    /// Runs a point read (a bounded page of a stream's events, its first event, the head:
+    /// nothing whose cost grows with history) on the calling task when a reader is
     /// idle; see [`Readers`].
     async fn read_point<T: Send + 'static>(
         &self,
@@ -222,16 +229,23 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn read_stream_after(&self, stream_id: &str, after: u64) -> Result<Vec<EventEnvelope>, StoreError> {
-        let stream_id = stream_id.to_owned();
-        let read = move |conn: &Connection| {
-            // Versions never exceed i64::MAX, so clamping keeps the meaning of the bound.
-            let after = i64::try_from(after).unwrap_or(i64::MAX);
-            let mut query = conn.prepare_cached(&STREAM_QUERY)?;
-            query.query_map(params![stream_id, after], envelope_from_row)?.collect()
+        // Versions never exceed i64::MAX, so clamping keeps the meaning of the bound.
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let page = |stream_id: String, after: i64, limit: i64| {
+            move |conn: &Connection| -> rusqlite::Result<Vec<EventEnvelope>> {
+                let mut query = conn.prepare_cached(&STREAM_QUERY)?;
+                query.query_map(params![stream_id, after, limit], envelope_from_row)?.collect()
+            }
         };
-        // After a version the caller holds, what is new is usually nothing or a few events: a
-        // point read. A whole stream may be long (a connection's health checks): the pool's.
-        if after > 0 { self.read_point(read).await } else { self.read(read).await }
+        // What is new after a version the caller holds, or a stream it has not seen, is usually
+        // nothing or a few events: a point read. The rest of a long stream (a connection's
+        // health checks) is the pool's.
+        let mut events = self.read_point(page(stream_id.to_owned(), after, STREAM_POINT_READ)).await?;
+        if events.len() == STREAM_POINT_READ as usize {
+            let last = i64::try_from(events[events.len() - 1].stream_version).unwrap_or(i64::MAX);
+            events.extend(self.read(page(stream_id.to_owned(), last, -1)).await?);
+        }
+        Ok(events)
     }
 
     async fn read_stream_first(&self, stream_id: &str) -> Result<Option<EventEnvelope>, StoreError> {
@@ -248,20 +262,27 @@ impl EventStore for SqliteEventStore {
             return Ok(Vec::new());
         }
         let from_memory = self.tail.lock().unwrap_or_else(PoisonError::into_inner).read(after, max);
-        if let Some(events) = from_memory {
-            // Answered without waiting on anything: a caller reading in a loop must still give
-            // the other tasks of its runtime their turn (tokio's cooperative budget).
-            tokio::task::consume_budget().await;
-            return Ok(events);
-        }
         // Positions never exceed i64::MAX, so clamping keeps the meaning of both bounds.
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let max = i64::try_from(max).unwrap_or(i64::MAX);
-        self.read(move |conn| {
-            let mut query = conn.prepare_cached(&PAGE_QUERY)?;
-            query.query_map([after, max], envelope_from_row)?.collect()
-        })
-        .await
+        let page = |after: u64, max: usize| {
+            let (after, max) = (i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(max).unwrap_or(i64::MAX));
+            move |conn: &Connection| -> rusqlite::Result<Vec<EventEnvelope>> {
+                let mut query = conn.prepare_cached(&PAGE_QUERY)?;
+                query.query_map([after, max], envelope_from_row)?.collect()
+            }
+        };
+        match from_memory {
+            TailRead::Events(events) => {
+                // Answered without waiting on anything: a caller reading in a loop must still
+                // give the other tasks of its runtime their turn (tokio's cooperative budget).
+                tokio::task::consume_budget().await;
+                Ok(events)
+            }
+            // A follower that has caught up with this process's commits: usually nothing more,
+            // unless another process appended since. A short page answers that, on the calling
+            // task; the follower reads on if it is full.
+            TailRead::AtEnd => self.read_point(page(after, max.min(STREAM_POINT_READ as usize))).await,
+            TailRead::Behind => self.read(page(after, max)).await,
+        }
     }
 
     async fn read_filtered(
@@ -384,14 +405,27 @@ impl Tail {
     }
 
     /// Up to `max` events after `after`, if the tail holds the one right after `after`.
-    fn read(&self, after: u64, max: usize) -> Option<Vec<EventEnvelope>> {
-        let first = self.events.front()?.global_position;
-        if after + 1 < first || after >= self.events.back()?.global_position {
-            return None;
+    fn read(&self, after: u64, max: usize) -> TailRead {
+        let (Some(first), Some(last)) = (self.events.front(), self.events.back()) else { return TailRead::Behind };
+        let (first, last) = (first.global_position, last.global_position);
+        if after >= last {
+            return TailRead::AtEnd;
         }
-        let skip = usize::try_from(after + 1 - first).ok()?;
-        Some(self.events.iter().skip(skip).take(max).cloned().collect())
+        let Some(skip) = after.checked_sub(first - 1).and_then(|skip| usize::try_from(skip).ok()) else {
+            return TailRead::Behind;
+        };
+        TailRead::Events(self.events.iter().skip(skip).take(max).cloned().collect())
     }
+}
+
+/// What the tail can answer of a page of the global order.
+enum TailRead {
+    /// The page, from memory.
+    Events(Vec<EventEnvelope>),
+    /// The reader has every event the tail holds; only another process's appends can follow.
+    AtEnd,
+    /// The page starts before the tail, or the tail is empty: SQLite has it.
+    Behind,
 }
 
 /// What one `append` call gets back.
