@@ -13,6 +13,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use store::StoreError;
+use store::sqlite_checkpointer::Checkpointer;
 use store::sqlite_readers::Readers;
 
 use crate::ProjectionError;
@@ -49,6 +51,8 @@ struct Inner {
     path: std::path::PathBuf,
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Readers>,
+    /// Copies the writer's WAL back into the file, off the projections' path.
+    checkpointer: Checkpointer,
 }
 
 impl ReadModels {
@@ -57,11 +61,16 @@ impl ReadModels {
         let path = path.as_ref().to_path_buf();
         let mut writer = open_writer(&path)?;
         create_schema(&mut writer)?;
+        writer.pragma_update(None, "wal_autocheckpoint", store::sqlite_checkpointer::BACKSTOP_PAGES)?;
+        let checkpointer = Checkpointer::start(&path, "read-models").map_err(|e| {
+            StoreError::Backend(format!("starting the read models' checkpointer for {}: {e}", path.display()))
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 readers: Readers::new(&path, READERS),
                 path,
                 writer: Arc::new(Mutex::new(writer)),
+                checkpointer,
             }),
         })
     }
@@ -74,6 +83,11 @@ impl ReadModels {
     /// The connection every projector write goes through.
     pub(crate) fn writer(&self) -> Arc<Mutex<Connection>> {
         self.inner.writer.clone()
+    }
+
+    /// To be called after each commit of the writer: its WAL has grown.
+    pub(crate) fn committed(&self) {
+        self.inner.checkpointer.nudge();
     }
 
     pub async fn connection(&self, tenant_id: &str, id: &str) -> Result<Option<ConnectionView>, ProjectionError> {

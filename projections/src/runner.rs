@@ -239,13 +239,15 @@ pub(crate) fn read_ahead(
 
 async fn apply_on_writer(read_models: &ReadModels, events: Vec<EventEnvelope>) -> Result<u64, ProjectionError> {
     let writer = read_models.writer();
-    tokio::task::spawn_blocking(move || {
+    let applied = tokio::task::spawn_blocking(move || {
         // A panic inside a batch drops its transaction, which rolls back: the connection behind
         // a poisoned lock is clean.
         let mut conn = writer.lock().unwrap_or_else(PoisonError::into_inner);
         apply_batch(&mut conn, &events)
     })
-    .await?
+    .await?;
+    read_models.committed();
+    applied
 }
 
 /// Applies `events` (in global order) to every projection that has not seen them, and moves

@@ -23,6 +23,7 @@ pub mod hash_chain;
 pub mod idempotency;
 pub mod leases;
 pub mod sqlite;
+pub mod sqlite_checkpointer;
 pub mod sqlite_idempotency;
 pub mod sqlite_leases;
 pub mod sqlite_readers;

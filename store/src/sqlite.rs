@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::hash_chain::{GENESIS, canonical_time, event_hash};
+use crate::sqlite_checkpointer::{self as checkpointer, Checkpointer};
 use crate::sqlite_readers::Readers;
 use crate::{EventFilter, EventStore, ExpectedVersion, StoreError};
 
@@ -148,12 +149,17 @@ impl SqliteEventStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = open_database(path, "event_store", EVENT_STORE_MIGRATIONS)
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        // The checkpointer copies the WAL back, off the writer's thread.
+        conn.pragma_update(None, "wal_autocheckpoint", checkpointer::BACKSTOP_PAGES).map_err(backend)?;
+        let checkpointer = Checkpointer::start(path, "event-store")
+            .map_err(|e| StoreError::Backend(format!("starting the event store's checkpointer: {e}")))?;
         let head = last_position(&conn).map_err(backend)?;
         let (head_sender, head_receiver) = watch::channel(head);
         let (requests, queue) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(WriteCounters::default());
         let tail = Arc::new(Mutex::new(Tail::default()));
-        let writer = Writer { conn, head: head_sender, counters: Arc::clone(&counters), tail: Arc::clone(&tail) };
+        let writer =
+            Writer { conn, head: head_sender, counters: Arc::clone(&counters), tail: Arc::clone(&tail), checkpointer };
         let thread = std::thread::Builder::new()
             .name("event-store-writer".into())
             .spawn(move || writer.run(queue))
@@ -329,6 +335,7 @@ struct Writer {
     head: watch::Sender<u64>,
     counters: Arc<WriteCounters>,
     tail: Arc<Mutex<Tail>>,
+    checkpointer: Checkpointer,
 }
 
 impl Writer {
@@ -367,6 +374,7 @@ impl Writer {
                     // The appender may have stopped waiting; its events are committed anyway.
                     let _ = reply.send(outcome);
                 }
+                self.checkpointer.nudge();
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = replies.len(), "event store batch not committed");
