@@ -9,7 +9,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{SecondsFormat, Utc};
@@ -19,8 +19,13 @@ use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::StoreError;
 use crate::sqlite::open_database;
+use crate::sqlite_readers::Readers;
 use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, Stage, VaultError, VersionMetadata};
+
+/// Read connections kept open: secrets are read once per request that names one, briefly.
+const READERS: usize = 4;
 
 const VAULT_MIGRATIONS: &[&str] = &[
     "
@@ -235,7 +240,9 @@ fn warn_if_readable_by_others(_path: &Path) {}
 
 /// Secrets encrypted under a [`MasterKey`] in their own SQLite file.
 pub struct SqliteVault {
+    /// The connection every write goes through.
     conn: Arc<Mutex<Connection>>,
+    readers: Arc<Readers>,
     cipher: Arc<VaultCipher>,
 }
 
@@ -253,7 +260,7 @@ impl SqliteVault {
         let key = UnboundKey::new(&AES_256_GCM, &master_key.bytes)
             .map_err(|_| VaultError::Backend("the master key is not a valid AES-256 key".into()))?;
         let cipher = VaultCipher { key: LessSafeKey::new(key), key_id: master_key.id, random: SystemRandom::new() };
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), cipher: Arc::new(cipher) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), readers: Readers::new(path, READERS), cipher: Arc::new(cipher) })
     }
 
     /// Re-encrypts every version under `new_key` (the master key rotation), in one transaction:
@@ -324,31 +331,15 @@ impl SqliteVault {
     }
 
     /// Runs a point read (a row or two by key, as every read here but `list` and `versions` is)
-    /// on the calling task when the connection is free: it takes microseconds, less than the
-    /// two thread wake-ups of a blocking task. While a write holds the connection, it waits on
-    /// the blocking pool instead.
+    /// on a reader: on the calling task when one is idle (it takes microseconds, less than the
+    /// two thread wake-ups of a blocking task), else on the blocking pool.
     async fn read_point<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection, &VaultCipher) -> Result<T, VaultError> + Send + 'static,
+        work: impl FnOnce(&Connection, &VaultCipher) -> Result<T, VaultError> + Send + 'static,
     ) -> Result<T, VaultError> {
-        match self.run_if_free(work) {
-            Ok(done) => done,
-            Err(work) => self.with_connection(work).await,
-        }
-    }
-
-    /// Runs `work` at once if the connection is free, else hands it back.
-    fn run_if_free<T, F>(&self, work: F) -> Result<Result<T, VaultError>, F>
-    where
-        F: FnOnce(&mut Connection, &VaultCipher) -> Result<T, VaultError>,
-    {
-        let mut conn = match self.conn.try_lock() {
-            Ok(conn) => conn,
-            // As in `with_connection`: a poisoned lock holds a usable connection.
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(work),
-        };
-        Ok(work(&mut conn, &self.cipher))
+        let cipher = Arc::clone(&self.cipher);
+        let read = self.readers.read_point(move |conn| Ok::<_, StoreError>(work(conn, &cipher))).await;
+        read.map_err(|e| VaultError::Backend(e.to_string()))?
     }
 
     /// Runs `work` on the connection in a blocking task.

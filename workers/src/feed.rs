@@ -17,7 +17,9 @@ use thiserror::Error;
 /// - Nothing is committed implicitly. [`commit`](EventFeed::commit) durably records that the
 ///   delivered event at `position`, and every event delivered before it, is handled. Events
 ///   delivered but not committed when the consumer stops or crashes are delivered again to the
-///   next feed of the same consumer.
+///   next feed of the same consumer. (A commit survives the process; the embedded feed does not
+///   sync each one to disk, so after a power cut an earlier checkpoint may come back and its
+///   later events come again: the same at-least-once delivery.)
 /// - An event can also come again without a crash (a Kafka rebalance hands a partition to
 ///   another member, which starts from the committed offset). Handlers must therefore be
 ///   idempotent: deterministic ids, so that doing an event twice is harmless.
