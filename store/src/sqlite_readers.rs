@@ -21,6 +21,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room for the statements every read kind uses, so none is ever parsed twice.
 const STATEMENT_CACHE: usize = 64;
 
+/// What a read's error must be able to hold: SQLite's errors, and a blocking task that failed.
+pub trait ReadError: From<rusqlite::Error> + From<tokio::task::JoinError> + Send + 'static {}
+
+impl<E: From<rusqlite::Error> + From<tokio::task::JoinError> + Send + 'static> ReadError for E {}
+
 /// The readers of one SQLite file. Share it in an `Arc`.
 pub struct Readers {
     path: PathBuf,
@@ -46,7 +51,7 @@ impl Readers {
     ) -> Result<T, E>
     where
         T: Send + 'static,
-        E: From<rusqlite::Error> + From<tokio::task::JoinError> + Send + 'static,
+        E: ReadError,
     {
         // The semaphore is never closed, so acquiring only waits.
         let permit = Arc::clone(&self.permits).acquire_owned().await.expect("the readers' semaphore is never closed");
@@ -72,7 +77,7 @@ impl Readers {
     ) -> Result<T, E>
     where
         T: Send + 'static,
-        E: From<rusqlite::Error> + From<tokio::task::JoinError> + Send + 'static,
+        E: ReadError,
     {
         // None idle, or none opened yet (opening one is file I/O): the blocking pool.
         let Some((_permit, conn)) = self.try_idle() else { return self.read(query).await };

@@ -683,7 +683,7 @@ impl SecretStore for SqliteVault {
             return Ok(None);
         }
         let secret = secret.clone();
-        self.with_connection(move |conn, cipher| {
+        self.read_point(move |conn, cipher| {
             let labelled: Option<(u32, String)> = conn
                 .query_row(
                     "SELECT version, moved_at FROM secret_labels WHERE vault = ?1 AND name = ?2 AND label = 'previous'",

@@ -5,17 +5,14 @@
 //! event store. So a commit here survives the process (`kill -9`) but is not synced to disk on
 //! its own (`synchronous = NORMAL`): after a power cut a consumer may resume from an earlier
 //! checkpoint and get some events again, which every consumer tolerates (delivery is at least
-//! once, handlers are idempotent). Without the sync a save is a few microseconds, so it runs on
-//! the calling task while the connection is free; the WAL is copied back by a checkpointer
-//! thread, never inside a save.
+//! once, handlers are idempotent). A save is then a write of a page or two, not an `fsync`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use store::sqlite_checkpointer::Checkpointer;
 
 use crate::FeedError;
 
@@ -36,7 +33,6 @@ const SCHEMA: &str = "
 pub struct SqliteCheckpoints {
     path: Arc<PathBuf>,
     conn: Arc<Mutex<Connection>>,
-    checkpointer: Arc<Checkpointer>,
 }
 
 impl fmt::Debug for SqliteCheckpoints {
@@ -54,9 +50,7 @@ impl SqliteCheckpoints {
             .await
             .map_err(|e| FeedError::Checkpoint(format!("opening task failed: {e}")))?
             .map_err(|e| FeedError::Checkpoint(format!("opening {}: {e}", path.display())))?;
-        let checkpointer = Checkpointer::start(&path, "workers")
-            .map_err(|e| FeedError::Checkpoint(format!("starting the checkpointer of {}: {e}", path.display())))?;
-        Ok(Self { path: Arc::new(path), conn: Arc::new(Mutex::new(conn)), checkpointer: Arc::new(checkpointer) })
+        Ok(Self { path: Arc::new(path), conn: Arc::new(Mutex::new(conn)) })
     }
 
     /// The position `consumer` has handled everything up to; 0 for a consumer that never
@@ -89,48 +83,15 @@ impl SqliteCheckpoints {
     /// consumer redo what it has done, whichever of two writers commits last.
     pub async fn save(&self, consumer: &str, position: u64) -> Result<(), FeedError> {
         let consumer = consumer.to_owned();
-        let saved = self
-            .write_point(move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO consumer_checkpoints (consumer, position) VALUES (?1, ?2)
+        self.with_connection(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO consumer_checkpoints (consumer, position) VALUES (?1, ?2)
                  ON CONFLICT (consumer) DO UPDATE SET position = max(position, excluded.position)",
-                )?
-                .execute(params![consumer, position])?;
-                Ok(())
-            })
-            .await;
-        self.checkpointer.nudge();
-        saved
-    }
-
-    /// Runs `work` (one small statement) on the calling task while the connection is free,
-    /// else on the blocking pool behind whoever holds it.
-    async fn write_point<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, FeedError> {
-        match self.run_if_free(work) {
-            Ok(done) => done,
-            Err(work) => self.with_connection(work).await,
-        }
-    }
-
-    /// Runs `work` at once if the connection is free, else hands it back.
-    fn run_if_free<T, W>(&self, work: W) -> Result<Result<T, FeedError>, W>
-    where
-        W: FnOnce(&Connection) -> rusqlite::Result<T>,
-    {
-        let conn = match self.conn.try_lock() {
-            Ok(conn) => conn,
-            // As in `with_connection`: the connection behind a poisoned lock is clean.
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(work),
-        };
-        Ok(work(&conn).map_err(|e| self.error(e)))
-    }
-
-    fn error(&self, e: rusqlite::Error) -> FeedError {
-        FeedError::Checkpoint(format!("{}: {e}", self.path.display()))
+            )?
+            .execute(params![consumer, position])?;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `work` on the connection, on the blocking pool.
@@ -146,7 +107,7 @@ impl SqliteCheckpoints {
         })
         .await
         .map_err(|e| FeedError::Checkpoint(format!("checkpoint task failed: {e}")))?;
-        result.map_err(|e| self.error(e))
+        result.map_err(|e| FeedError::Checkpoint(format!("{}: {e}", self.path.display())))
     }
 }
 
@@ -156,7 +117,6 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // Not synced per save: see the module's documentation.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "wal_autocheckpoint", store::sqlite_checkpointer::BACKSTOP_PAGES)?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
