@@ -259,6 +259,35 @@ async fn a_checked_connection_and_a_completed_run_answer_the_spec_examples_with_
     assert!(timestamp(&established["establishedAt"]) <= checked, "checked before it was established: {got}");
     assert!(checked <= started, "the first check, recorded before the POST answered, precedes the run: {got}");
     assert!(!got.to_string().contains(&github_token), "the connection shows the credential: {got}");
+
+    // The check only read, so its attempt was recorded once, whole, when it ended; the pull
+    // request (a write) was durably started before GitHub was called.
+    let check = run_events(dir.path(), "CheckHealth");
+    let types: Vec<&str> = check.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["RunRequested", "RunCompleted"], "{check:?}");
+    let completed = &check[1].1;
+    assert_eq!(completed["attempt"], 1, "{completed}");
+    assert!(completed["startedAt"].is_string() && completed["workerId"].is_string(), "{completed}");
+    let pull = run_events(dir.path(), "OpenPullRequest");
+    let types: Vec<&str> = pull.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["RunRequested", "RunStarted", "RunCompleted"], "{pull:?}");
+}
+
+/// The events (type, data) of the runs of `operation` in the data dir's store, in order.
+fn run_events(data_dir: &std::path::Path, operation: &str) -> Vec<(String, Value)> {
+    let conn = rusqlite::Connection::open(data_dir.join("events.db")).unwrap();
+    conn.prepare(
+        "SELECT event_type, data FROM events WHERE stream_id IN (SELECT stream_id FROM events
+         WHERE event_type = 'RunRequested' AND json_extract(data, '$.operation') = ?1) ORDER BY global_position",
+    )
+    .unwrap()
+    .query_map([operation], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+    .unwrap()
+    .map(|row| {
+        let (event_type, data) = row.unwrap();
+        (event_type, serde_json::from_str(&data).unwrap())
+    })
+    .collect()
 }
 
 /// A problem document with `status`, as every error is.

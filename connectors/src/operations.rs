@@ -163,6 +163,16 @@ pub enum HealthCheck {
 }
 
 impl ResolvedOperation {
+    /// Whether an attempt changes nothing at the provider (the checks, which only read), so
+    /// that one made twice, or cut off by a crash, has no effect to account for.
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            Self::CheckHealth(_) | Self::CheckSigningSecret => true,
+            // `http.request` may call anything; a pull request is a write.
+            Self::HttpRequest(_) | Self::OpenPullRequest(_) => false,
+        }
+    }
+
     /// The default retry policy of the operation.
     pub fn retry_policy(&self) -> RetryPolicy {
         match self {

@@ -17,7 +17,9 @@
 //! sent again (`RunRedeliveryRequested`), which gives it a fresh budget of attempts. Their
 //! attempts are taken under a lease on the whole subscription (its lane) instead of one per
 //! run, so each is recorded once, when it ended (`RecordAttempt`): a `RunCompleted` or a
-//! `RunAttemptFailed` that carries the attempt's start and worker, and no `RunStarted`.
+//! `RunAttemptFailed` that carries the attempt's start and worker, and no `RunStarted`. The
+//! run executor records read-only attempts (health checks) the same way, without a lease:
+//! they have no effect to fence.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;

@@ -7,6 +7,13 @@
 //! the operation's attempt limit → `RunFailed`. Permanent errors (4xx, unknown operation,
 //! missing connection or credential) fail the run at once.
 //!
+//! A read-only attempt (a health or signing-secret check) takes no lease and is recorded once,
+//! whole, when it ended (`RecordAttempt`: a `RunCompleted` or `RunAttemptFailed` carrying its
+//! start and worker). Nothing it did needs fencing or accounting for after a crash, so the
+//! durable `RunStarted` before the call is kept for attempts that change something at the
+//! provider. Should two workers make the same check at once (a Kafka rebalance mid-check),
+//! only the first outcome is recorded; the other is refused as the wrong next attempt.
+//!
 //! The handler returns only once the run has ended (or another worker holds it), so the
 //! consumer commits the `RunRequested` only then: a worker that dies mid-run leaves it
 //! uncommitted, and the next owner of the partition (or the restarted process) gets it again.
@@ -42,7 +49,9 @@ use domain::connection::ConnectionEvent;
 use domain::credential::{KEY_ISSUER_CREDENTIAL_REF, RotationSource};
 use domain::ids::stream_id;
 use domain::provider::ProviderEvent;
-use domain::run::{FailAttempt, Run, RunCommand, RunEvent, RunRequested, RunState, StartAttempt};
+use domain::run::{
+    AttemptOutcome, FailAttempt, RecordAttempt, Run, RunCommand, RunEvent, RunRequested, RunState, StartAttempt,
+};
 use domain::secret_ref::SecretRef;
 use domain::subscription::SubscriptionEvent;
 use domain::{Actor, AggregateEvent, DomainError, EventEnvelope};
@@ -196,9 +205,15 @@ impl RunExecutor {
         } else {
             self.settings.policy_for(&operation)
         };
+        // A read-only attempt (a check, with no version to issue and nothing to revoke) has no
+        // effect to fence or to account for after a crash: it is recorded once, whole, when it
+        // ended, with no `RunStarted` before it (one append per attempt instead of two).
+        let recorded_whole = operation.is_read_only() && target.issuance.is_none() && target.revocation.is_none();
         loop {
             let state = self.state(&stream).await?;
-            let RunState::Exists { lease, next_attempt_at, .. } = &state else { return Ok(None) };
+            let RunState::Exists { lease, next_attempt_at, attempts, attempts_before_redelivery, .. } = &state else {
+                return Ok(None);
+            };
             if state.is_finished() {
                 return Ok(None);
             }
@@ -215,52 +230,77 @@ impl RunExecutor {
                 continue;
             }
             let started_at = self.commands.now();
-            let start = RunCommand::StartAttempt(StartAttempt {
-                run_id: requested.run_id.clone(),
-                worker_id: self.settings.worker_id.clone(),
-                started_at,
-                lease_expires_at: started_at + delta(policy.attempt_timeout + self.settings.lease_grace),
-                max_attempts: policy.max_attempts,
-            });
-            let started = match self.commands.execute::<Run>(&ctx, &stream, &start).await {
-                Ok(started) => started,
-                // Someone moved the run between our read and our decision: look again.
-                Err(CommandError::Rejected(DomainError::InvalidTransition { .. })) => continue,
-                Err(e) => return Err(e.into()),
+            let attempt = if recorded_whole {
+                // An expired lease of an earlier executor's attempt counts as that attempt.
+                let made = lease.as_ref().map_or(*attempts, |lease| lease.attempt.max(*attempts));
+                let counted = made.saturating_sub(*attempts_before_redelivery);
+                if counted >= policy.max_attempts {
+                    let reason =
+                        format!("gave up after {counted} attempts (the operation allows {})", policy.max_attempts);
+                    return self.fail_run(&ctx, &stream, requested, reason).await;
+                }
+                made + 1
+            } else {
+                let start = RunCommand::StartAttempt(StartAttempt {
+                    run_id: requested.run_id.clone(),
+                    worker_id: self.settings.worker_id.clone(),
+                    started_at,
+                    lease_expires_at: started_at + delta(policy.attempt_timeout + self.settings.lease_grace),
+                    max_attempts: policy.max_attempts,
+                });
+                let started = match self.commands.execute::<Run>(&ctx, &stream, &start).await {
+                    Ok(started) => started,
+                    // Someone moved the run between our read and our decision: look again.
+                    Err(CommandError::Rejected(DomainError::InvalidTransition { .. })) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let RunState::Exists { attempts: attempt, .. } = started.state else { return Ok(None) };
+                if started.state.is_finished() {
+                    tracing::warn!(run_id = %requested.run_id, attempt, "run failed: no attempt left");
+                    return Ok(outcome_of(&started.new_events));
+                }
+                attempt
             };
-            let RunState::Exists { attempts: attempt, .. } = started.state else { return Ok(None) };
-            if started.state.is_finished() {
-                tracing::warn!(run_id = %requested.run_id, attempt, "run failed: no attempt left");
-                return Ok(outcome_of(&started.new_events));
-            }
             tracing::info!(run_id = %requested.run_id, attempt, operation = %requested.operation, "attempt started");
             let outcome = self.attempt(&operation, &target, policy.attempt_timeout, &requested.run_id, tenant).await?;
             let outcome_label = if outcome.is_ok() { "succeeded" } else { "failed" };
-            let recorded = match outcome {
-                Ok(output) => {
-                    let complete = RunCommand::Complete {
+            let finished_at = self.commands.now();
+            let outcome = match outcome {
+                Ok(output) => AttemptOutcome::Succeeded { output },
+                Err(error) => {
+                    let next_attempt_at = (error.is_retryable() && attempt < policy.max_attempts)
+                        .then(|| finished_at + delta(backoff_with_jitter(&policy, attempt)));
+                    tracing::warn!(run_id = %requested.run_id, attempt, %error, next_attempt_at = ?next_attempt_at, "attempt failed");
+                    AttemptOutcome::Failed { error: error.to_string(), next_attempt_at, response: None }
+                }
+            };
+            let record = if recorded_whole {
+                RunCommand::RecordAttempt(RecordAttempt {
+                    run_id: requested.run_id.clone(),
+                    attempt,
+                    worker_id: self.settings.worker_id.clone(),
+                    started_at,
+                    finished_at,
+                    outcome,
+                })
+            } else {
+                match outcome {
+                    AttemptOutcome::Succeeded { output } => RunCommand::Complete {
                         run_id: requested.run_id.clone(),
                         attempt,
                         output,
-                        completed_at: self.commands.now(),
-                    };
-                    self.commands.execute::<Run>(&ctx, &stream, &complete).await
-                }
-                Err(error) => {
-                    let failed_at = self.commands.now();
-                    let next_attempt_at = (error.is_retryable() && attempt < policy.max_attempts)
-                        .then(|| failed_at + delta(backoff_with_jitter(&policy, attempt)));
-                    tracing::warn!(run_id = %requested.run_id, attempt, %error, next_attempt_at = ?next_attempt_at, "attempt failed");
-                    let fail = RunCommand::FailAttempt(FailAttempt {
+                        completed_at: finished_at,
+                    },
+                    AttemptOutcome::Failed { error, next_attempt_at, .. } => RunCommand::FailAttempt(FailAttempt {
                         run_id: requested.run_id.clone(),
                         attempt,
-                        error: error.to_string(),
-                        failed_at,
+                        error,
+                        failed_at: finished_at,
                         next_attempt_at,
-                    });
-                    self.commands.execute::<Run>(&ctx, &stream, &fail).await
+                    }),
                 }
             };
+            let recorded = self.commands.execute::<Run>(&ctx, &stream, &record).await;
             if recorded.is_ok() {
                 metrics::counter!(RUN_ATTEMPTS, "outcome" => outcome_label).increment(1);
             }
@@ -273,7 +313,8 @@ impl RunExecutor {
                 // A retry is due (or the outcome was already recorded: the next look says so).
                 Ok(None) => {}
                 Err(CommandError::Rejected(error)) => {
-                    // Our lease expired and another worker took the run over: it is theirs now.
+                    // Our lease expired and another worker took the run over, or (an attempt
+                    // recorded whole) another worker recorded this attempt: it is theirs now.
                     tracing::warn!(run_id = %requested.run_id, attempt, %error, "outcome refused: the run was taken over");
                     return Ok(None);
                 }
