@@ -564,7 +564,9 @@ fn health_round(
     let file = if mode == "body" { phase.unique_body } else { get_paths.as_path() };
     eprintln!("measuring {figure} for {} s", settings.seconds);
     let load = Load { url: connections_url, mode, file, pid: engine.pid() };
-    let measured = run_wrk(settings, &token, phase.ticks, &load, &format!("h{key}"))?;
+    // The tag becomes part of each `credentialRef`: lower case, as secret names are.
+    let tag = if mode == "body" { "hp" } else { "hg" };
+    let measured = run_wrk(settings, &token, phase.ticks, &load, tag)?;
     let mut api = measured.json.clone();
     api["checksDuring"] = json!(standin.count());
     api["shareOfCeiling"] = json!(round(measured.requests_per_second / phase.ceiling, 4));
