@@ -257,7 +257,7 @@ fn write_line(
             // Move the data across rather than have `from_envelope` copy it.
             let data = std::mem::take(&mut event.data);
             let mut cloud_event = CloudEvent::from_envelope(&event);
-            cloud_event.data = data;
+            cloud_event.data = data.into_value();
             serde_json::to_writer(&mut *out, &cloud_event)?
         }
     }

@@ -293,7 +293,7 @@ fn fold_into<'a>(runs: &mut HashMap<String, DeliveryRun>, events: impl Iterator<
         if !RunEvent::TYPES.contains(&envelope.event_type.as_str()) {
             continue;
         }
-        let Ok(event) = RunEvent::decode(&envelope.event_type, envelope.schema_version, envelope.data.clone()) else {
+        let Ok(event) = RunEvent::decode(&envelope.event_type, envelope.schema_version, &envelope.data) else {
             continue;
         };
         match &event {

@@ -82,7 +82,7 @@ impl Commands {
         let last_position = stored.last().map(|e| e.global_position);
         let events = stored
             .into_iter()
-            .map(|e| E::decode(&e.event_type, e.schema_version, e.data))
+            .map(|e| E::decode(&e.event_type, e.schema_version, &e.data))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| CommandError::Corrupt { stream_id: stream_id.into(), source })?;
         Ok(Loaded { events, version, last_position })
@@ -93,7 +93,7 @@ impl Commands {
     /// however many events (health checks, rotations) the stream has gathered since.
     pub async fn load_first<E: AggregateEvent>(&self, stream_id: &str) -> Result<Option<E>, CommandError> {
         let Some(first) = self.store.read_stream_first(stream_id).await? else { return Ok(None) };
-        E::decode(&first.event_type, first.schema_version, first.data)
+        E::decode(&first.event_type, first.schema_version, &first.data)
             .map(Some)
             .map_err(|source| CommandError::Corrupt { stream_id: stream_id.into(), source })
     }
@@ -130,7 +130,7 @@ impl Commands {
         let (version, last_position) = (last.stream_version, Some(last.global_position));
         let mut state = cached.map_or_else(D::State::default, |folded| folded.state.clone());
         for stored in newer {
-            let event = D::Event::decode(&stored.event_type, stored.schema_version, stored.data)
+            let event = D::Event::decode(&stored.event_type, stored.schema_version, &stored.data)
                 .map_err(|source| CommandError::Corrupt { stream_id: stream_id.into(), source })?;
             state = D::evolve(state, &event);
         }

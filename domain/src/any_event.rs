@@ -40,7 +40,7 @@ pub fn all_event_types() -> impl Iterator<Item = &'static str> {
 
 impl AnyEvent {
     /// Decodes stored data by its event type, upcasting older schema versions.
-    pub fn decode(event_type: &str, schema_version: u32, data: Value) -> Result<Self, DecodeError> {
+    pub fn decode(event_type: &str, schema_version: u32, data: &Value) -> Result<Self, DecodeError> {
         fn is<E: AggregateEvent>(t: &str) -> bool {
             E::TYPES.contains(&t)
         }
@@ -81,7 +81,10 @@ mod tests {
         });
         let stored = e.encode();
         assert_eq!(stored.event_type, "RunStarted");
-        assert_eq!(AnyEvent::decode(&stored.event_type, stored.schema_version, stored.data).unwrap(), AnyEvent::Run(e));
+        assert_eq!(
+            AnyEvent::decode(&stored.event_type, stored.schema_version, &stored.data).unwrap(),
+            AnyEvent::Run(e)
+        );
         let mut types: Vec<_> = all_event_types().collect();
         let n = types.len();
         types.sort();
@@ -91,7 +94,7 @@ mod tests {
 
     #[test]
     fn unknown_types_and_future_versions_are_reported() {
-        assert_eq!(AnyEvent::decode("Nope", 1, Value::Null), Err(DecodeError::UnknownType("Nope".into())));
-        assert!(matches!(AnyEvent::decode("RunStarted", 9, Value::Null), Err(DecodeError::FutureVersion { .. })));
+        assert_eq!(AnyEvent::decode("Nope", 1, &Value::Null), Err(DecodeError::UnknownType("Nope".into())));
+        assert!(matches!(AnyEvent::decode("RunStarted", 9, &Value::Null), Err(DecodeError::FutureVersion { .. })));
     }
 }

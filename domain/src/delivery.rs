@@ -267,7 +267,7 @@ mod tests {
             let stored = events[1].encode();
             assert_eq!(stored.event_type, *t);
             assert_eq!(
-                DeliveryEvent::decode(&stored.event_type, stored.schema_version, stored.data).unwrap(),
+                DeliveryEvent::decode(&stored.event_type, stored.schema_version, &stored.data).unwrap(),
                 events[1]
             );
         }

@@ -1,6 +1,10 @@
+use std::ops::Deref;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// Who caused an event: the token's subject and, for service callers, its client id.
@@ -58,5 +62,52 @@ pub struct EventEnvelope {
     pub prev_hash: String,
     /// Hex SHA-256 over `prev_hash` and this event's canonical content.
     pub hash: String,
-    pub data: serde_json::Value,
+    #[schemars(with = "Value")]
+    pub data: EventData,
+}
+
+/// A stored event's data, shared: every follower of the store (projectors, workers, the relay)
+/// takes its own copy of each event, and a copy of the data costs a reference count instead of
+/// a copy of its JSON tree. Read it as a [`Value`] (it derefs to one); events never change, so
+/// nothing writes through it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventData(Arc<Value>);
+
+impl EventData {
+    /// The data as an owned value: moved out when this is its only holder, else copied.
+    pub fn into_value(self) -> Value {
+        Arc::unwrap_or_clone(self.0)
+    }
+}
+
+impl Deref for EventData {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.0
+    }
+}
+
+impl From<Value> for EventData {
+    fn from(value: Value) -> Self {
+        Self(Arc::new(value))
+    }
+}
+
+impl PartialEq<Value> for EventData {
+    fn eq(&self, other: &Value) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl Serialize for EventData {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventData {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Value::deserialize(deserializer).map(Self::from)
+    }
 }

@@ -85,9 +85,9 @@ pub fn upcast_envelope(event: &mut crate::EventEnvelope) -> Result<(), DecodeErr
     if event.schema_version == schema_version_of(&event.event_type) {
         return Ok(());
     }
-    let (version, data) = upcast_to_current(&event.event_type, event.schema_version, event.data.clone())?;
+    let (version, data) = upcast_to_current(&event.event_type, event.schema_version, (*event.data).clone())?;
     event.schema_version = version;
-    event.data = data;
+    event.data = data.into();
     Ok(())
 }
 
@@ -110,15 +110,24 @@ pub trait AggregateEvent: Serialize + DeserializeOwned + Sized {
         StoredEventData { event_type: event_type.into(), schema_version: schema_version_of(event_type), data }
     }
 
-    /// Reads stored data back, upcasting older schema versions first.
-    fn decode(event_type: &str, schema_version: u32, data: Value) -> Result<Self, DecodeError> {
+    /// Reads stored data back, upcasting older schema versions first. Read from a reference,
+    /// so the data (shared by every reader of the event) is not copied to be decoded; only
+    /// data of an older schema version is, to be upcast.
+    fn decode(event_type: &str, schema_version: u32, data: &Value) -> Result<Self, DecodeError> {
         if !Self::TYPES.contains(&event_type) {
             return Err(DecodeError::UnknownType(event_type.into()));
         }
-        let data = upcast(event_type, schema_version, data)?;
+        let upcast_data;
+        let data = if schema_version == schema_version_of(event_type) {
+            data
+        } else {
+            upcast_data = upcast(event_type, schema_version, data.clone())?;
+            &upcast_data
+        };
         // The tag before the content: serde then reads the content straight into its variant,
         // where a JSON object (keys sorted, "data" first) would have it buffered and read twice.
-        let tagged = [("type", Value::String(event_type.into())), ("data", data)];
+        let tag = Value::String(event_type.into());
+        let tagged = [("type", &tag), ("data", data)];
         Self::deserialize(MapDeserializer::<_, serde_json::Error>::new(tagged.into_iter())).map_err(|e| {
             DecodeError::Malformed { event_type: event_type.into(), version: schema_version, reason: e.to_string() }
         })

@@ -38,6 +38,6 @@ pub mod subscription;
 
 pub use any_event::AnyEvent;
 pub use decider::Decider;
-pub use envelope::{Actor, EventEnvelope, NewEvent};
+pub use envelope::{Actor, EventData, EventEnvelope, NewEvent};
 pub use error::DomainError;
 pub use event::{AggregateEvent, DecodeError, StoredEventData};

@@ -207,7 +207,7 @@ mod tests {
         };
         let v1_data = serde_json::to_value(&v1).unwrap();
         assert!(v1_data.get("apiClientVersion").is_none());
-        assert_eq!(ProviderEvent::decode("ProviderRegistered", 1, v1_data).unwrap(), events[0]);
+        assert_eq!(ProviderEvent::decode("ProviderRegistered", 1, &v1_data).unwrap(), events[0]);
     }
 
     #[test]
@@ -232,10 +232,10 @@ mod tests {
             let command = RegisterProvider { key, api_client: client, capabilities, ..register("x") };
             let events = Provider::decide(&command, &ProviderState::default()).unwrap();
             let stored = events[0].encode();
-            proptest::prop_assert_eq!(&ProviderEvent::decode(&stored.event_type, 2, stored.data.clone()).unwrap(), &events[0]);
+            proptest::prop_assert_eq!(&ProviderEvent::decode(&stored.event_type, 2, &stored.data).unwrap(), &events[0]);
             let mut v1 = stored.data;
             v1.as_object_mut().unwrap().remove("apiClientVersion");
-            proptest::prop_assert_eq!(&ProviderEvent::decode("ProviderRegistered", 1, v1).unwrap(), &events[0]);
+            proptest::prop_assert_eq!(&ProviderEvent::decode("ProviderRegistered", 1, &v1).unwrap(), &events[0]);
         }
     }
 

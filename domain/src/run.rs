@@ -877,7 +877,7 @@ mod tests {
     #[test]
     fn started_events_written_before_leases_still_decode() {
         let old = json!({"runId": "run-1", "attempt": 1, "startedAt": "2026-06-11T09:03:00Z"});
-        let decoded = RunEvent::decode("RunStarted", 1, old).unwrap();
+        let decoded = RunEvent::decode("RunStarted", 1, &old).unwrap();
         assert!(matches!(decoded, RunEvent::RunStarted(RunStarted { worker_id: None, lease_expires_at: None, .. })));
     }
 }

@@ -98,8 +98,8 @@ fn history<D: Decider>(commands: impl IntoIterator<Item = D::Command>) -> Vec<D:
 fn round_trips<E: AggregateEvent + PartialEq + std::fmt::Debug>(events: &[E]) {
     for e in events {
         let stored = e.encode();
-        assert_eq!(E::decode(&stored.event_type, stored.schema_version, stored.data.clone()).as_ref(), Ok(e));
-        assert!(AnyEvent::decode(&stored.event_type, stored.schema_version, stored.data).is_ok());
+        assert_eq!(E::decode(&stored.event_type, stored.schema_version, &stored.data).as_ref(), Ok(e));
+        assert!(AnyEvent::decode(&stored.event_type, stored.schema_version, &stored.data).is_ok());
     }
 }
 
@@ -109,7 +109,7 @@ fn decoded<E: AggregateEvent>(events: &[E]) -> Vec<E> {
         .iter()
         .map(|e| {
             let s = e.encode();
-            E::decode(&s.event_type, s.schema_version, s.data).expect("decodes")
+            E::decode(&s.event_type, s.schema_version, &s.data).expect("decodes")
         })
         .collect()
 }

@@ -300,7 +300,7 @@ pub(crate) fn apply_events(
 /// The decoded event, or `None` for a type this build does not know: a newer build may have
 /// added it, and no projection here has anything to make of it (forward compatibility).
 fn decode(event: &EventEnvelope) -> Result<Option<AnyEvent>, ProjectionError> {
-    match AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
+    match AnyEvent::decode(&event.event_type, event.schema_version, &event.data) {
         Ok(decoded) => Ok(Some(decoded)),
         Err(DecodeError::UnknownType(event_type)) => {
             tracing::warn!(%event_type, global_position = event.global_position, "skipping an event of unknown type");

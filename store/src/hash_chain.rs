@@ -148,7 +148,7 @@ mod tests {
             actor: Actor { subject: "alice".into(), client_id: None },
             prev_hash: GENESIS.into(),
             hash: String::new(),
-            data: json!({"provider": "github", "settings": {"b": 1, "a": [1, 2]}}),
+            data: json!({"provider": "github", "settings": {"b": 1, "a": [1, 2]}}).into(),
         }
     }
 
@@ -185,7 +185,11 @@ mod tests {
             ("causation_id", |e| e.causation_id = Some(String::new())),
             ("actor.subject", |e| e.actor.subject.push('x')),
             ("actor.client_id", |e| e.actor.client_id = Some("svc".into())),
-            ("data", |e| e.data["settings"]["b"] = json!(2)),
+            ("data", |e| {
+                let mut data = e.data.clone().into_value();
+                data["settings"]["b"] = json!(2);
+                e.data = data.into();
+            }),
         ];
         for (field, change) in changes {
             let mut e = sample();
@@ -238,7 +242,7 @@ mod tests {
         e.hash = event_hash(GENESIS, &e);
         assert!(verify_link(GENESIS, &e));
         assert!(!verify_link(&"1".repeat(64), &e));
-        e.data = json!({"tampered": true});
+        e.data = json!({"tampered": true}).into();
         assert!(!verify_link(GENESIS, &e));
     }
 

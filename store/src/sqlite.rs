@@ -504,7 +504,7 @@ fn append_with_expected_version(conn: &Connection, append: Append) -> AppendOutc
             actor: event.actor,
             prev_hash,
             hash: String::new(),
-            data: event.data,
+            data: event.data.into(),
         };
         envelope.hash = event_hash(&envelope.prev_hash, &envelope);
         let actor = serde_json::to_string(&envelope.actor).map_err(|e| StoreError::Backend(e.to_string()))?;

@@ -42,7 +42,7 @@ pub async fn load_fixture(data_dir: &Path, path: &str) -> Vec<EventEnvelope> {
             correlation_id: e.correlation_id.clone(),
             causation_id: e.causation_id.clone(),
             actor: e.actor.clone(),
-            data: e.data.clone(),
+            data: (*e.data).clone(),
         };
         let appended = store.append(&e.stream_id, expected, vec![new]).await.expect("append fixture event");
         assert_eq!(appended[0], e, "the store stores the fixture's event exactly (position, hash)");

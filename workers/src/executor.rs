@@ -715,7 +715,7 @@ impl EventHandler for RunExecutor {
         if event.event_type != "RunRequested" {
             return Ok(());
         }
-        match RunEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
+        match RunEvent::decode(&event.event_type, event.schema_version, &event.data) {
             Ok(RunEvent::RunRequested(requested)) => {
                 let ended = self.drive(event, &requested).await?;
                 self.settle(event, &requested, ended).await

@@ -116,7 +116,7 @@ impl CloudEvent {
             actorclientid: envelope.actor.client_id.clone(),
             prevhash: envelope.prev_hash.clone(),
             hash: envelope.hash.clone(),
-            data: envelope.data.clone(),
+            data: (*envelope.data).clone(),
         }
     }
 
@@ -143,7 +143,7 @@ impl CloudEvent {
             actor: Actor { subject: self.actorsubject, client_id: self.actorclientid },
             prev_hash: self.prevhash,
             hash: self.hash,
-            data: self.data,
+            data: self.data.into(),
         })
     }
 
@@ -291,7 +291,7 @@ mod tests {
             actor: Actor { subject: "svc".into(), client_id: Some("client".into()) },
             prev_hash: "0".repeat(64),
             hash: "a".repeat(64),
-            data: json!({"runId": "run-1"}),
+            data: json!({"runId": "run-1"}).into(),
         }
     }
 

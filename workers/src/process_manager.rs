@@ -150,7 +150,7 @@ impl EventHandler for ProcessManager {
         ) {
             return Ok(());
         }
-        let decoded = match AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()) {
+        let decoded = match AnyEvent::decode(&event.event_type, event.schema_version, &event.data) {
             Ok(decoded) => decoded,
             Err(error) => {
                 tracing::error!(event_id = %event.event_id, %error, "skipping an unreadable event");

@@ -132,7 +132,7 @@ fn track(event: EventEnvelope, settings: &ScheduleSettings, checked: &mut Health
     {
         return;
     }
-    let Ok(decoded) = AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()) else { return };
+    let Ok(decoded) = AnyEvent::decode(&event.event_type, event.schema_version, &event.data) else { return };
     let tenant = event.tenant_id.clone();
     match decoded {
         AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(e)) => {

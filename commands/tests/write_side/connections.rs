@@ -19,7 +19,7 @@ async fn credential_events(engine: &TestEngine, tenant_id: &str) -> Vec<Credenti
         .events(&stream_id(tenant_id, GITHUB_CREDENTIAL))
         .await
         .into_iter()
-        .map(|e| CredentialEvent::decode(&e.event_type, e.schema_version, e.data).unwrap())
+        .map(|e| CredentialEvent::decode(&e.event_type, e.schema_version, &e.data).unwrap())
         .collect()
 }
 
@@ -53,7 +53,7 @@ async fn establishing_a_connection_appends_connection_established_with_the_clock
     assert_eq!(stored.len(), 1);
     assert_eq!((stored[0].event_type.as_str(), stored[0].stream_version), ("ConnectionEstablished", 1));
     assert_eq!(
-        ConnectionEvent::decode(&stored[0].event_type, 1, stored[0].data.clone()).unwrap(),
+        ConnectionEvent::decode(&stored[0].event_type, 1, &stored[0].data).unwrap(),
         ConnectionEvent::ConnectionEstablished(outcome.established.clone())
     );
     assert_eq!(outcome.last_position, Some(stored[0].global_position));

@@ -35,7 +35,7 @@ async fn run_events(engine: &TestEngine, tenant_id: &str, run_id: &str) -> Vec<R
         .events(&stream_id(tenant_id, run_id))
         .await
         .into_iter()
-        .map(|e| RunEvent::decode(&e.event_type, e.schema_version, e.data).unwrap())
+        .map(|e| RunEvent::decode(&e.event_type, e.schema_version, &e.data).unwrap())
         .collect()
 }
 

@@ -16,7 +16,7 @@ use crate::support::{FixedClock, TENANT, TestEngine, ctx, spawn_engine, t0, type
 fn health_checks(events: &[EventEnvelope]) -> Vec<(u64, String, u32)> {
     events
         .iter()
-        .filter_map(|e| match ConnectionEvent::decode(&e.event_type, e.schema_version, e.data.clone()).unwrap() {
+        .filter_map(|e| match ConnectionEvent::decode(&e.event_type, e.schema_version, &e.data).unwrap() {
             ConnectionEvent::ConnectionHealthChecked(c) => Some((e.stream_version, c.run_id, c.consecutive_failures)),
             ConnectionEvent::ConnectionEstablished(_) => None,
         })

@@ -31,7 +31,7 @@ fn subscription(subscription_id: &str, signing_secret_ref: &str) -> CreateWebhoo
 
 async fn credential_events(engine: &TestEngine) -> Vec<CredentialEvent> {
     let stored = engine.events(&stream_id(TENANT, SIGNING_CREDENTIAL)).await;
-    stored.into_iter().map(|e| CredentialEvent::decode(&e.event_type, e.schema_version, e.data).unwrap()).collect()
+    stored.into_iter().map(|e| CredentialEvent::decode(&e.event_type, e.schema_version, &e.data).unwrap()).collect()
 }
 
 fn linked(events: &[CredentialEvent]) -> Vec<&CredentialSubscriptionLinked> {

@@ -61,7 +61,7 @@ async fn the_same_credential_ref_in_two_tenants_registers_two_credentials() {
         let events = engine.events(&stream_id(tenant, GITHUB_CREDENTIAL)).await;
         let [stored] = &events[..] else { panic!("{tenant}: expected one credential event, got {events:?}") };
         let CredentialEvent::CredentialRegistered(registered) =
-            CredentialEvent::decode(&stored.event_type, stored.schema_version, stored.data.clone()).unwrap()
+            CredentialEvent::decode(&stored.event_type, stored.schema_version, &stored.data).unwrap()
         else {
             panic!("{tenant}: expected CredentialRegistered, got {}", stored.event_type);
         };

@@ -196,7 +196,7 @@ async fn follow(shared: Arc<Shared>, out: mpsc::Sender<Followed>, shutdown: Canc
             position = last.global_position;
             let mut relevant = Vec::new();
             for event in page {
-                let Ok(decoded) = AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()) else {
+                let Ok(decoded) = AnyEvent::decode(&event.event_type, event.schema_version, &event.data) else {
                     continue;
                 };
                 shared.directory.apply(&event, &decoded);
@@ -287,7 +287,7 @@ async fn redelivered_history(
         .into_iter()
         .filter(|e| e.stream_version <= redelivery.stream_version)
         .filter_map(|e| {
-            let decoded = domain::AggregateEvent::decode(&e.event_type, e.schema_version, e.data.clone()).ok()?;
+            let decoded = domain::AggregateEvent::decode(&e.event_type, e.schema_version, &e.data).ok()?;
             Some((e, decoded))
         })
         .collect();
@@ -1219,7 +1219,7 @@ mod tests {
             let page = self.shared.store.read_all(self.position, 10_000).await.unwrap();
             for event in page {
                 self.position = event.global_position;
-                let decoded = AnyEvent::decode(&event.event_type, event.schema_version, event.data.clone()).unwrap();
+                let decoded = AnyEvent::decode(&event.event_type, event.schema_version, &event.data).unwrap();
                 self.shared.directory.apply(&event, &decoded);
                 if let Some(schedule) = schedule.as_deref_mut()
                     && let Some(seen) = seen(&self.shared, event, decoded)
@@ -1287,7 +1287,7 @@ mod tests {
             let stream = self.shared.store.read_stream(&stream_id(tenant, run_id)).await.unwrap();
             stream
                 .into_iter()
-                .map(|e| domain::AggregateEvent::decode(&e.event_type, e.schema_version, e.data).unwrap())
+                .map(|e| domain::AggregateEvent::decode(&e.event_type, e.schema_version, &e.data).unwrap())
                 .collect()
         }
     }
@@ -1422,7 +1422,7 @@ mod tests {
                 let page = store.read_all(after, 1000).await.unwrap();
                 page.into_iter()
                     .map(|e| {
-                        let d = AnyEvent::decode(&e.event_type, e.schema_version, e.data.clone()).unwrap();
+                        let d = AnyEvent::decode(&e.event_type, e.schema_version, &e.data).unwrap();
                         (e, d)
                     })
                     .collect::<Vec<_>>()

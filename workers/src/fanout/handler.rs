@@ -9,6 +9,7 @@ use domain::delivery::{NORMALIZED_EVENT_TYPES, NormalizedIntegrationEvent};
 use domain::outbound::{DELIVER_WEBHOOK_OPERATION, OutboundMessageEvent};
 use domain::subscription::WebhookSubscriptionCreated;
 use domain::{Actor, AggregateEvent, EventEnvelope};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +41,7 @@ pub fn is_publishable(event_type: &str) -> bool {
 pub fn message_of(event: &EventEnvelope, directory: &Directory) -> Option<Message> {
     if OutboundMessageEvent::TYPES.contains(&event.event_type.as_str()) {
         let OutboundMessageEvent::PlatformEventPublished(p) =
-            OutboundMessageEvent::decode(&event.event_type, event.schema_version, event.data.clone()).ok()?;
+            OutboundMessageEvent::decode(&event.event_type, event.schema_version, &event.data).ok()?;
         return Some(Message {
             message_id: p.message_id,
             tenant_id: event.tenant_id.clone(),
@@ -51,14 +52,14 @@ pub fn message_of(event: &EventEnvelope, directory: &Directory) -> Option<Messag
         });
     }
     if NORMALIZED_EVENT_TYPES.contains(&event.event_type.as_str()) {
-        let normalized: NormalizedIntegrationEvent = serde_json::from_value(event.data.clone()).ok()?;
+        let normalized = NormalizedIntegrationEvent::deserialize(&*event.data).ok()?;
         return Some(Message {
             message_id: format!("{}-{}", domain::outbound::MESSAGE, event.event_id.simple()),
             tenant_id: event.tenant_id.clone(),
             project_id: directory.connection_project(&event.tenant_id, &normalized.connection_id),
             event_type: event.event_type.clone(),
             time: event.occurred_at,
-            data: event.data.clone(),
+            data: (*event.data).clone(),
         });
     }
     None

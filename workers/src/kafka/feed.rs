@@ -45,6 +45,7 @@ pub struct KafkaFeed {
     seen: HashSet<Uuid>,
     seen_order: VecDeque<Uuid>,
     duplicates_dropped: u64,
+    commits_refused: u64,
 }
 
 impl fmt::Debug for KafkaFeed {
@@ -53,6 +54,7 @@ impl fmt::Debug for KafkaFeed {
             .field("consumer", &self.consumer_name)
             .field("uncommitted", &self.taken.len())
             .field("duplicates_dropped", &self.duplicates_dropped)
+            .field("commits_refused", &self.commits_refused)
             .finish_non_exhaustive()
     }
 }
@@ -74,12 +76,18 @@ impl KafkaFeed {
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             duplicates_dropped: 0,
+            commits_refused: 0,
         })
     }
 
     /// Events dropped because their id was delivered before.
     pub fn duplicates_dropped(&self) -> u64 {
         self.duplicates_dropped
+    }
+
+    /// Commits a rebalance refused (their events come again to their partitions' owners).
+    pub fn commits_refused(&self) -> u64 {
+        self.commits_refused
     }
 
     /// Records the message and returns its event unless it is a duplicate or unreadable.
@@ -183,6 +191,7 @@ impl EventFeed for KafkaFeed {
                 // events stay uncommitted and come again to their partitions' owners after the
                 // rebalance (this feed drops the ones it has delivered): at least once.
                 Err(error) if commit_refused_by_rebalance(&error) => {
+                    self.commits_refused += 1;
                     tracing::warn!(
                         consumer = %self.consumer_name,
                         position,
