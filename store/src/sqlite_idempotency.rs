@@ -80,7 +80,7 @@ impl IdempotencyStore for SqliteIdempotencyStore {
                 // A key whose reservation expired is free, whether or not the sweep has deleted the
                 // row yet: the upsert takes it over (fresh hash, id and time, no response) in the
                 // same statement, so two concurrent retries still make only one `New`.
-                let inserted = conn.execute(
+                let inserted = conn.prepare_cached(
                     "INSERT INTO idempotency_keys (tenant_id, operation, key, request_hash, resource_id, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (tenant_id, operation, key) DO UPDATE SET
@@ -88,38 +88,37 @@ impl IdempotencyStore for SqliteIdempotencyStore {
                      status = NULL, location = NULL, body = NULL, created_at = excluded.created_at
                  WHERE (idempotency_keys.status IS NOT NULL AND idempotency_keys.created_at < ?7)
                     OR (idempotency_keys.status IS NULL AND idempotency_keys.created_at < ?8)",
-                    params![
-                        tenant_id,
-                        operation,
-                        key,
-                        request_hash,
-                        resource_id,
-                        timestamp(now),
-                        timestamp(expiry.completed_before),
-                        timestamp(expiry.in_progress_before)
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    tenant_id,
+                    operation,
+                    key,
+                    request_hash,
+                    resource_id,
+                    timestamp(now),
+                    timestamp(expiry.completed_before),
+                    timestamp(expiry.in_progress_before)
+                ])?;
                 if inserted == 1 {
                     return Ok(Reservation::New);
                 }
                 // The row that won the conflict has not expired, so the sweep leaves it alone.
-                conn.query_row(
+                conn.prepare_cached(
                     "SELECT request_hash, resource_id, status, location, body FROM idempotency_keys
                  WHERE tenant_id = ?1 AND operation = ?2 AND key = ?3",
-                    params![tenant_id, operation, key],
-                    |row| {
-                        let status: Option<u16> = row.get(2)?;
-                        let response = match status {
-                            Some(status) => Some(StoredResponse {
-                                status,
-                                location: row.get(3)?,
-                                body: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
-                            }),
-                            None => None,
-                        };
-                        Ok(Reservation::Existing { request_hash: row.get(0)?, resource_id: row.get(1)?, response })
-                    },
-                )
+                )?
+                .query_row(params![tenant_id, operation, key], |row| {
+                    let status: Option<u16> = row.get(2)?;
+                    let response = match status {
+                        Some(status) => Some(StoredResponse {
+                            status,
+                            location: row.get(3)?,
+                            body: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                        }),
+                        None => None,
+                    };
+                    Ok(Reservation::Existing { request_hash: row.get(0)?, resource_id: row.get(1)?, response })
+                })
             })
             .await
     }
@@ -137,11 +136,12 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         let response = response.clone();
         let reserved = self
             .conn.run(move |conn| {
-                let updated = conn.execute(
-                    "UPDATE idempotency_keys SET status = ?4, location = ?5, body = ?6
+                let updated = conn
+                    .prepare_cached(
+                        "UPDATE idempotency_keys SET status = ?4, location = ?5, body = ?6
                      WHERE tenant_id = ?1 AND operation = ?2 AND key = ?3 AND status IS NULL",
-                    params![tenant_id, operation, key, response.status, response.location, response.body],
-                )?;
+                    )?
+                    .execute(params![tenant_id, operation, key, response.status, response.location, response.body])?;
                 if updated == 1 {
                     return Ok(true);
                 }

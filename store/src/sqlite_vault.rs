@@ -416,12 +416,9 @@ fn backend(e: rusqlite::Error) -> VaultError {
 
 /// The version a label is on, if any.
 fn labelled(conn: &Connection, secret: &SecretRef, stage: Stage) -> rusqlite::Result<Option<u32>> {
-    conn.query_row(
-        "SELECT version FROM secret_labels WHERE vault = ?1 AND name = ?2 AND label = ?3",
-        params![secret.vault, secret.name, stage.as_str()],
-        |row| row.get(0),
-    )
-    .optional()
+    conn.prepare_cached("SELECT version FROM secret_labels WHERE vault = ?1 AND name = ?2 AND label = ?3")?
+        .query_row(params![secret.vault, secret.name, stage.as_str()], |row| row.get(0))
+        .optional()
 }
 
 /// The secret's current version, 0 when it has none.
@@ -431,11 +428,8 @@ fn current_version(conn: &Connection, secret: &SecretRef) -> rusqlite::Result<u3
 
 /// The highest version number, 0 when the secret has none: the next version is one more.
 fn latest_version(conn: &Connection, secret: &SecretRef) -> rusqlite::Result<u32> {
-    conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM secret_versions WHERE vault = ?1 AND name = ?2",
-        params![secret.vault, secret.name],
-        |row| row.get(0),
-    )
+    conn.prepare_cached("SELECT COALESCE(MAX(version), 0) FROM secret_versions WHERE vault = ?1 AND name = ?2")?
+        .query_row(params![secret.vault, secret.name], |row| row.get(0))
 }
 
 fn set_label(conn: &Connection, secret: &SecretRef, stage: Stage, version: u32, at: &str) -> rusqlite::Result<()> {
@@ -488,22 +482,23 @@ fn insert_version(
 }
 
 fn read_version(conn: &Connection, secret: &SecretRef, version: u32) -> Result<Option<StoredVersion>, VaultError> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT key_id, nonce, ciphertext FROM secret_versions WHERE vault = ?1 AND name = ?2 AND version = ?3",
-        params![secret.vault, secret.name, version],
-        |row| Ok(StoredVersion { key_id: row.get(0)?, nonce: row.get(1)?, ciphertext: row.get(2)? }),
     )
-    .optional()
+    .and_then(|mut statement| {
+        statement
+            .query_row(params![secret.vault, secret.name, version], |row| {
+                Ok(StoredVersion { key_id: row.get(0)?, nonce: row.get(1)?, ciphertext: row.get(2)? })
+            })
+            .optional()
+    })
     .map_err(backend)
 }
 
 fn metadata_of(conn: &Connection, secret: SecretRef) -> Result<Option<SecretMetadata>, VaultError> {
     let versions: u32 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM secret_versions WHERE vault = ?1 AND name = ?2",
-            params![secret.vault, secret.name],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT COUNT(*) FROM secret_versions WHERE vault = ?1 AND name = ?2")
+        .and_then(|mut statement| statement.query_row(params![secret.vault, secret.name], |row| row.get(0)))
         .map_err(backend)?;
     if versions == 0 {
         return Ok(None);
@@ -705,8 +700,8 @@ impl SecretStore for SqliteVault {
     async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError> {
         let vault = vault.to_string();
         self.read_point(move |conn, _| {
-            conn.query_row("SELECT tenant_id FROM vault_owners WHERE vault = ?1", params![vault], |row| row.get(0))
-                .optional()
+            conn.prepare_cached("SELECT tenant_id FROM vault_owners WHERE vault = ?1")
+                .and_then(|mut statement| statement.query_row(params![vault], |row| row.get(0)).optional())
                 .map_err(backend)
         })
         .await

@@ -1,7 +1,7 @@
 //! The subscriptions (and the connections' projects) as of a position in the store, shared by
 //! the fan-out and the dispatcher. The dispatcher's follower feeds it in the store's order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use domain::connection::ConnectionEvent;
@@ -30,9 +30,12 @@ impl Entry {
 struct State {
     /// By tenant, then subscription id: a message is matched against its tenant's only.
     subscriptions: HashMap<String, HashMap<String, Entry>>,
-    /// The project of each connection, by (tenant, connection id): the project of its
-    /// normalized events.
-    connection_projects: HashMap<(String, String), String>,
+    /// The project of each connection, by tenant and connection id: the project of its
+    /// normalized events. One entry for every connection there is, so kept small: the
+    /// connection id boxed, the project id shared with every connection of that project.
+    connection_projects: HashMap<String, HashMap<Box<str>, Arc<str>>>,
+    /// Every project id named by a connection, held once.
+    projects: HashSet<Arc<str>>,
 }
 
 /// The subscription directory. Cheap to share (`Arc`); the lock is never held across an await.
@@ -76,9 +79,19 @@ impl Directory {
                 }
             }
             AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(c)) => {
+                let project = match state.projects.get(c.project_id.as_str()) {
+                    Some(project) => project.clone(),
+                    None => {
+                        let project: Arc<str> = c.project_id.as_str().into();
+                        state.projects.insert(project.clone());
+                        project
+                    }
+                };
                 state
                     .connection_projects
-                    .insert((event.tenant_id.clone(), c.connection_id.clone()), c.project_id.clone());
+                    .entry(event.tenant_id.clone())
+                    .or_default()
+                    .insert(c.connection_id.as_str().into(), project);
             }
             _ => {}
         }
@@ -137,6 +150,6 @@ impl Directory {
 
     /// The project of a connection.
     pub fn connection_project(&self, tenant_id: &str, connection_id: &str) -> Option<String> {
-        self.state().connection_projects.get(&(tenant_id.to_owned(), connection_id.to_owned())).cloned()
+        self.state().connection_projects.get(tenant_id)?.get(connection_id).map(|project| project.to_string())
     }
 }
