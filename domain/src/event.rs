@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use serde::de::value::MapDeserializer;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -34,14 +36,18 @@ pub fn schema_version_of(event_type: &str) -> u32 {
 }
 
 /// Brings `data` stored at `version` up to the current schema of `event_type`, one version at
-/// a time (v1 → v2 → ...), so each step only knows the version before it.
-pub fn upcast(event_type: &str, version: u32, data: Value) -> Result<Value, DecodeError> {
+/// a time (v1 → v2 → ...), so each step only knows the version before it. Data already at the
+/// current version (most events) comes back as it is, borrowed: only older data is copied.
+pub fn upcast<'a>(event_type: &str, version: u32, data: &'a Value) -> Result<Cow<'a, Value>, DecodeError> {
     let known = schema_version_of(event_type);
     if version > known || version == 0 {
         return Err(DecodeError::FutureVersion { event_type: event_type.into(), version, known });
     }
+    if version == known {
+        return Ok(Cow::Borrowed(data));
+    }
     let malformed = |reason: String| DecodeError::Malformed { event_type: event_type.into(), version, reason };
-    let mut data = data;
+    let mut data = data.clone();
     for from in version..known {
         data = match (event_type, from) {
             ("ProviderRegistered", 1) => provider_registered_v1_to_v2(data).map_err(malformed)?,
@@ -49,7 +55,7 @@ pub fn upcast(event_type: &str, version: u32, data: Value) -> Result<Value, Deco
             (other, from) => return Err(malformed(format!("this build has no upcaster from {other} v{from}"))),
         };
     }
-    Ok(data)
+    Ok(Cow::Owned(data))
 }
 
 /// `ProviderRegistered` v1 → v2: adds `apiClientVersion`. Every v1 registration was served by
@@ -75,7 +81,7 @@ pub fn upcast_to_current(event_type: &str, version: u32, data: Value) -> Result<
     if version == current {
         return Ok((version, data));
     }
-    upcast(event_type, version, data).map(|data| (current, data))
+    upcast(event_type, version, &data).map(|data| (current, data.into_owned()))
 }
 
 /// Brings a stored event to the current schema version of its type, in place (what auditors
@@ -117,17 +123,11 @@ pub trait AggregateEvent: Serialize + DeserializeOwned + Sized {
         if !Self::TYPES.contains(&event_type) {
             return Err(DecodeError::UnknownType(event_type.into()));
         }
-        let upcast_data;
-        let data = if schema_version == schema_version_of(event_type) {
-            data
-        } else {
-            upcast_data = upcast(event_type, schema_version, data.clone())?;
-            &upcast_data
-        };
+        let data = upcast(event_type, schema_version, data)?;
         // The tag before the content: serde then reads the content straight into its variant,
         // where a JSON object (keys sorted, "data" first) would have it buffered and read twice.
         let tag = Value::String(event_type.into());
-        let tagged = [("type", &tag), ("data", data)];
+        let tagged = [("type", &tag), ("data", &*data)];
         Self::deserialize(MapDeserializer::<_, serde_json::Error>::new(tagged.into_iter())).map_err(|e| {
             DecodeError::Malformed { event_type: event_type.into(), version: schema_version, reason: e.to_string() }
         })
@@ -141,15 +141,12 @@ mod tests {
     #[test]
     fn upcasting_a_v1_provider_registration_adds_the_client_version_and_nothing_else() {
         let v1 = json!({ "providerId": "prov-x", "apiClientId": "client-x-v1" });
-        let v2 = upcast("ProviderRegistered", 1, v1).unwrap();
+        let v2 = upcast("ProviderRegistered", 1, &v1).unwrap().into_owned();
         assert_eq!(v2, json!({ "providerId": "prov-x", "apiClientId": "client-x-v1", "apiClientVersion": 1 }));
         // The current version passes through untouched, a version from the future is refused.
-        assert_eq!(upcast("ProviderRegistered", 2, v2.clone()).unwrap(), v2);
-        assert!(matches!(
-            upcast("ProviderRegistered", 3, v2.clone()),
-            Err(DecodeError::FutureVersion { known: 2, .. })
-        ));
-        assert!(matches!(upcast("ProviderRegistered", 1, json!([1])), Err(DecodeError::Malformed { version: 1, .. })));
+        assert_eq!(*upcast("ProviderRegistered", 2, &v2).unwrap(), v2);
+        assert!(matches!(upcast("ProviderRegistered", 3, &v2), Err(DecodeError::FutureVersion { known: 2, .. })));
+        assert!(matches!(upcast("ProviderRegistered", 1, &json!([1])), Err(DecodeError::Malformed { version: 1, .. })));
     }
 
     #[test]

@@ -460,23 +460,31 @@ fn start_attempt(
 ) -> Result<Vec<RunEvent>, DomainError> {
     let mut events: Vec<RunEvent> =
         next_attempt_may_start(&c.run_id, c.started_at, lease, next_attempt_at, "start")?.into_iter().collect();
-    let counted = attempts.saturating_sub(attempts_before_redelivery);
-    if counted >= c.max_attempts {
-        events.push(RunEvent::RunFailed(RunFailed {
-            run_id: c.run_id.clone(),
-            error: format!("gave up after {counted} attempts (the operation allows {})", c.max_attempts),
-            failed_at: c.started_at,
-        }));
-        return Ok(events);
-    }
+    let attempt = match next_attempt(attempts, attempts_before_redelivery, c.max_attempts) {
+        Ok(attempt) => attempt,
+        Err(error) => {
+            events.push(RunEvent::RunFailed(RunFailed { run_id: c.run_id.clone(), error, failed_at: c.started_at }));
+            return Ok(events);
+        }
+    };
     events.push(RunEvent::RunStarted(RunStarted {
         run_id: c.run_id.clone(),
-        attempt: attempts + 1,
+        attempt,
         started_at: c.started_at,
         worker_id: Some(c.worker_id.clone()),
         lease_expires_at: Some(c.lease_expires_at),
     }));
     Ok(events)
+}
+
+/// The number of a run's next attempt, or why it may make none: the attempts made since its
+/// latest redelivery count against the operation's limit.
+pub fn next_attempt(attempts: u32, attempts_before_redelivery: u32, max_attempts: u32) -> Result<u32, String> {
+    let counted = attempts.saturating_sub(attempts_before_redelivery);
+    if counted >= max_attempts {
+        return Err(format!("gave up after {counted} attempts (the operation allows {max_attempts})"));
+    }
+    Ok(attempts + 1)
 }
 
 /// `RunAttemptFailed` (with the endpoint's answer, if any), and `RunFailed` when no attempt follows.

@@ -9,6 +9,7 @@ use rusqlite::params;
 
 use crate::idempotency::{DEFAULT_IDEMPOTENCY_RETENTION, ExpiryCutoffs};
 use crate::sqlite::OwnConnection;
+use crate::sqlite_readers::cached_row;
 use crate::{IdempotencyStore, Reservation, StoreError, StoredResponse};
 
 const IDEMPOTENCY_MIGRATIONS: &[&str] = &[
@@ -103,22 +104,24 @@ impl IdempotencyStore for SqliteIdempotencyStore {
                     return Ok(Reservation::New);
                 }
                 // The row that won the conflict has not expired, so the sweep leaves it alone.
-                conn.prepare_cached(
+                cached_row(
+                    conn,
                     "SELECT request_hash, resource_id, status, location, body FROM idempotency_keys
                  WHERE tenant_id = ?1 AND operation = ?2 AND key = ?3",
-                )?
-                .query_row(params![tenant_id, operation, key], |row| {
-                    let status: Option<u16> = row.get(2)?;
-                    let response = match status {
-                        Some(status) => Some(StoredResponse {
-                            status,
-                            location: row.get(3)?,
-                            body: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
-                        }),
-                        None => None,
-                    };
-                    Ok(Reservation::Existing { request_hash: row.get(0)?, resource_id: row.get(1)?, response })
-                })
+                    params![tenant_id, operation, key],
+                    |row| {
+                        let status: Option<u16> = row.get(2)?;
+                        let response = match status {
+                            Some(status) => Some(StoredResponse {
+                                status,
+                                location: row.get(3)?,
+                                body: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                            }),
+                            None => None,
+                        };
+                        Ok(Reservation::Existing { request_hash: row.get(0)?, resource_id: row.get(1)?, response })
+                    },
+                )
             })
             .await
     }

@@ -21,6 +21,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room for the statements every read kind uses, so none is ever parsed twice.
 const STATEMENT_CACHE: usize = 64;
 
+/// The row `sql` answers with `params`, through the connection's statement cache: a read
+/// repeated on a kept connection is parsed once (`Connection::query_row` parses it every time).
+pub(crate) fn cached_row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, row)
+}
+
 /// What a read's error must be able to hold: SQLite's errors, and a blocking task that failed.
 pub trait ReadError: From<rusqlite::Error> + From<tokio::task::JoinError> + Send + 'static {}
 

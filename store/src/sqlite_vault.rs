@@ -19,9 +19,8 @@ use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::StoreError;
 use crate::sqlite::open_database;
-use crate::sqlite_readers::Readers;
+use crate::sqlite_readers::{Readers, cached_row};
 use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, Stage, VaultError, VersionMetadata};
 
 /// Read connections kept open: secrets are read once per request that names one, briefly.
@@ -276,10 +275,10 @@ impl SqliteVault {
         let new_cipher =
             VaultCipher { key: LessSafeKey::new(unbound), key_id: new_key.id.clone(), random: SystemRandom::new() };
         self.with_connection(move |conn, old_cipher| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(VaultError::from)?;
             let rows = tx
                 .prepare("SELECT vault, name, version, key_id, nonce, ciphertext FROM secret_versions")
-                .map_err(backend)?
+                .map_err(VaultError::from)?
                 .query_map([], |row| {
                     Ok((
                         SecretRef { vault: row.get(0)?, name: row.get(1)?, version: None },
@@ -287,12 +286,12 @@ impl SqliteVault {
                         StoredVersion { key_id: row.get(3)?, nonce: row.get(4)?, ciphertext: row.get(5)? },
                     ))
                 })
-                .map_err(backend)?
+                .map_err(VaultError::from)?
                 .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(backend)?;
+                .map_err(VaultError::from)?;
             // Versions are immutable; re-encrypting one keeps its value, so only rekey lifts the
             // guard, inside its own transaction (a failure restores it with everything else).
-            tx.execute_batch("DROP TRIGGER secret_versions_are_immutable").map_err(backend)?;
+            tx.execute_batch("DROP TRIGGER secret_versions_are_immutable").map_err(VaultError::from)?;
             let mut re_encrypted = 0;
             for (secret, version, stored) in rows {
                 if stored.key_id == new_cipher.key_id {
@@ -305,11 +304,11 @@ impl SqliteVault {
                      WHERE vault = ?1 AND name = ?2 AND version = ?3",
                     params![secret.vault, secret.name, version, new_cipher.key_id, nonce, ciphertext],
                 )
-                .map_err(backend)?;
+                .map_err(VaultError::from)?;
                 re_encrypted += 1;
             }
-            tx.execute_batch(IMMUTABLE_VERSIONS_TRIGGER).map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            tx.execute_batch(IMMUTABLE_VERSIONS_TRIGGER).map_err(VaultError::from)?;
+            tx.commit().map_err(VaultError::from)?;
             Ok(re_encrypted)
         })
         .await
@@ -324,7 +323,7 @@ impl SqliteVault {
                     "DELETE FROM secret_labels WHERE vault = ?1 AND name = ?2 AND label = ?3 AND version = ?4",
                     params![secret.vault, secret.name, stage.as_str(), version],
                 )
-                .map_err(backend)?;
+                .map_err(VaultError::from)?;
             Ok(dropped > 0)
         })
         .await
@@ -338,8 +337,7 @@ impl SqliteVault {
         work: impl FnOnce(&Connection, &VaultCipher) -> Result<T, VaultError> + Send + 'static,
     ) -> Result<T, VaultError> {
         let cipher = Arc::clone(&self.cipher);
-        let read = self.readers.read_point(move |conn| Ok::<_, StoreError>(work(conn, &cipher))).await;
-        read.map_err(|e| VaultError::Backend(e.to_string()))?
+        self.readers.read_point(move |conn| work(conn, &cipher)).await
     }
 
     /// Runs `work` on the connection in a blocking task.
@@ -354,8 +352,7 @@ impl SqliteVault {
             let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
             work(&mut conn, &cipher)
         })
-        .await
-        .map_err(|e| VaultError::Backend(format!("vault task failed: {e}")))?
+        .await?
     }
 }
 
@@ -410,15 +407,15 @@ struct StoredVersion {
     ciphertext: Vec<u8>,
 }
 
-fn backend(e: rusqlite::Error) -> VaultError {
-    VaultError::Backend(e.to_string())
-}
-
 /// The version a label is on, if any.
 fn labelled(conn: &Connection, secret: &SecretRef, stage: Stage) -> rusqlite::Result<Option<u32>> {
-    conn.prepare_cached("SELECT version FROM secret_labels WHERE vault = ?1 AND name = ?2 AND label = ?3")?
-        .query_row(params![secret.vault, secret.name, stage.as_str()], |row| row.get(0))
-        .optional()
+    cached_row(
+        conn,
+        "SELECT version FROM secret_labels WHERE vault = ?1 AND name = ?2 AND label = ?3",
+        params![secret.vault, secret.name, stage.as_str()],
+        |row| row.get(0),
+    )
+    .optional()
 }
 
 /// The secret's current version, 0 when it has none.
@@ -428,8 +425,12 @@ fn current_version(conn: &Connection, secret: &SecretRef) -> rusqlite::Result<u3
 
 /// The highest version number, 0 when the secret has none: the next version is one more.
 fn latest_version(conn: &Connection, secret: &SecretRef) -> rusqlite::Result<u32> {
-    conn.prepare_cached("SELECT COALESCE(MAX(version), 0) FROM secret_versions WHERE vault = ?1 AND name = ?2")?
-        .query_row(params![secret.vault, secret.name], |row| row.get(0))
+    cached_row(
+        conn,
+        "SELECT COALESCE(MAX(version), 0) FROM secret_versions WHERE vault = ?1 AND name = ?2",
+        params![secret.vault, secret.name],
+        |row| row.get(0),
+    )
 }
 
 fn set_label(conn: &Connection, secret: &SecretRef, stage: Stage, version: u32, at: &str) -> rusqlite::Result<()> {
@@ -468,7 +469,7 @@ fn insert_version(
     at: &str,
 ) -> Result<u32, VaultError> {
     let version = latest_version(tx, secret)
-        .map_err(backend)?
+        .map_err(VaultError::from)?
         .checked_add(1)
         .ok_or_else(|| VaultError::Backend(format!("{secret} has no version number left")))?;
     let (nonce, ciphertext) = cipher.seal(secret, version, value)?;
@@ -477,36 +478,36 @@ fn insert_version(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![secret.vault, secret.name, version, cipher.key_id, nonce, ciphertext, at],
     )
-    .map_err(backend)?;
+    .map_err(VaultError::from)?;
     Ok(version)
 }
 
 fn read_version(conn: &Connection, secret: &SecretRef, version: u32) -> Result<Option<StoredVersion>, VaultError> {
-    conn.prepare_cached(
+    cached_row(
+        conn,
         "SELECT key_id, nonce, ciphertext FROM secret_versions WHERE vault = ?1 AND name = ?2 AND version = ?3",
+        params![secret.vault, secret.name, version],
+        |row| Ok(StoredVersion { key_id: row.get(0)?, nonce: row.get(1)?, ciphertext: row.get(2)? }),
     )
-    .and_then(|mut statement| {
-        statement
-            .query_row(params![secret.vault, secret.name, version], |row| {
-                Ok(StoredVersion { key_id: row.get(0)?, nonce: row.get(1)?, ciphertext: row.get(2)? })
-            })
-            .optional()
-    })
-    .map_err(backend)
+    .optional()
+    .map_err(VaultError::from)
 }
 
 fn metadata_of(conn: &Connection, secret: SecretRef) -> Result<Option<SecretMetadata>, VaultError> {
-    let versions: u32 = conn
-        .prepare_cached("SELECT COUNT(*) FROM secret_versions WHERE vault = ?1 AND name = ?2")
-        .and_then(|mut statement| statement.query_row(params![secret.vault, secret.name], |row| row.get(0)))
-        .map_err(backend)?;
+    let versions: u32 = cached_row(
+        conn,
+        "SELECT COUNT(*) FROM secret_versions WHERE vault = ?1 AND name = ?2",
+        params![secret.vault, secret.name],
+        |row| row.get(0),
+    )
+    .map_err(VaultError::from)?;
     if versions == 0 {
         return Ok(None);
     }
     Ok(Some(SecretMetadata {
-        current_version: current_version(conn, &secret).map_err(backend)?,
-        pending_version: labelled(conn, &secret, Stage::Pending).map_err(backend)?,
-        previous_version: labelled(conn, &secret, Stage::Previous).map_err(backend)?,
+        current_version: current_version(conn, &secret).map_err(VaultError::from)?,
+        pending_version: labelled(conn, &secret, Stage::Pending).map_err(VaultError::from)?,
+        previous_version: labelled(conn, &secret, Stage::Previous).map_err(VaultError::from)?,
         versions,
         secret,
     }))
@@ -519,8 +520,8 @@ impl SecretStore for SqliteVault {
         self.with_connection(move |conn, cipher| {
             // IMMEDIATE takes the write lock before reading the current version, so two writers
             // cannot both pass the check-and-set with the same version.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let current = current_version(&tx, &secret).map_err(backend)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(VaultError::from)?;
+            let current = current_version(&tx, &secret).map_err(VaultError::from)?;
             if let Some(expected) = expected_current
                 && expected != current
             {
@@ -529,11 +530,11 @@ impl SecretStore for SqliteVault {
             let at = now_text();
             let version = insert_version(&tx, cipher, &secret, &value, &at)?;
             if current > 0 {
-                set_label(&tx, &secret, Stage::Previous, current, &at).map_err(backend)?;
+                set_label(&tx, &secret, Stage::Previous, current, &at).map_err(VaultError::from)?;
             }
-            set_label(&tx, &secret, Stage::Current, version, &at).map_err(backend)?;
-            drop_label(&tx, &secret, Stage::Pending).map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            set_label(&tx, &secret, Stage::Current, version, &at).map_err(VaultError::from)?;
+            drop_label(&tx, &secret, Stage::Pending).map_err(VaultError::from)?;
+            tx.commit().map_err(VaultError::from)?;
             Ok(version)
         })
         .await
@@ -547,8 +548,8 @@ impl SecretStore for SqliteVault {
     ) -> Result<u32, VaultError> {
         let (secret, value) = (secret.unversioned(), value.to_vec());
         self.with_connection(move |conn, cipher| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let pending = labelled(&tx, &secret, Stage::Pending).map_err(backend)?.unwrap_or(0);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(VaultError::from)?;
+            let pending = labelled(&tx, &secret, Stage::Pending).map_err(VaultError::from)?.unwrap_or(0);
             if let Some(expected) = expected_pending
                 && expected != pending
             {
@@ -556,8 +557,8 @@ impl SecretStore for SqliteVault {
             }
             let at = now_text();
             let version = insert_version(&tx, cipher, &secret, &value, &at)?;
-            set_label(&tx, &secret, Stage::Pending, version, &at).map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            set_label(&tx, &secret, Stage::Pending, version, &at).map_err(VaultError::from)?;
+            tx.commit().map_err(VaultError::from)?;
             Ok(version)
         })
         .await
@@ -566,8 +567,8 @@ impl SecretStore for SqliteVault {
     async fn promote(&self, secret: &SecretRef, version: u32, expected_current: Option<u32>) -> Result<(), VaultError> {
         let secret = secret.unversioned();
         self.with_connection(move |conn, _| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let current = current_version(&tx, &secret).map_err(backend)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(VaultError::from)?;
+            let current = current_version(&tx, &secret).map_err(VaultError::from)?;
             if current == version {
                 return Ok(());
             }
@@ -590,13 +591,13 @@ impl SecretStore for SqliteVault {
             }
             let at = now_text();
             if current > 0 {
-                set_label(&tx, &secret, Stage::Previous, current, &at).map_err(backend)?;
+                set_label(&tx, &secret, Stage::Previous, current, &at).map_err(VaultError::from)?;
             }
-            set_label(&tx, &secret, Stage::Current, version, &at).map_err(backend)?;
-            if labelled(&tx, &secret, Stage::Pending).map_err(backend)?.is_some_and(|p| p <= version) {
-                drop_label(&tx, &secret, Stage::Pending).map_err(backend)?;
+            set_label(&tx, &secret, Stage::Current, version, &at).map_err(VaultError::from)?;
+            if labelled(&tx, &secret, Stage::Pending).map_err(VaultError::from)?.is_some_and(|p| p <= version) {
+                drop_label(&tx, &secret, Stage::Pending).map_err(VaultError::from)?;
             }
-            tx.commit().map_err(backend)
+            tx.commit().map_err(VaultError::from)
         })
         .await
     }
@@ -619,7 +620,7 @@ impl SecretStore for SqliteVault {
                        ON l.vault = v.vault AND l.name = v.name AND l.version = v.version
                      WHERE v.vault = ?1 AND v.name = ?2 GROUP BY v.version ORDER BY v.version",
                 )
-                .map_err(backend)?;
+                .map_err(VaultError::from)?;
             let rows = query
                 .query_map(params![secret.vault, secret.name], |row| {
                     Ok((
@@ -629,9 +630,9 @@ impl SecretStore for SqliteVault {
                         row.get::<_, Option<String>>(3)?,
                     ))
                 })
-                .map_err(backend)?
+                .map_err(VaultError::from)?
                 .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(backend)?;
+                .map_err(VaultError::from)?;
             rows.into_iter()
                 .map(|(version, key_id, created_at, labels)| {
                     let mut stages: Vec<Stage> = labels
@@ -657,7 +658,7 @@ impl SecretStore for SqliteVault {
         self.read_point(move |conn, cipher| {
             let version = match secret.version {
                 Some(version) => version,
-                None => current_version(conn, &secret).map_err(backend)?,
+                None => current_version(conn, &secret).map_err(VaultError::from)?,
             };
             let stored =
                 read_version(conn, &secret, version)?.ok_or_else(|| VaultError::NotFound(secret.to_string()))?;
@@ -686,7 +687,7 @@ impl SecretStore for SqliteVault {
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()
-                .map_err(backend)?;
+                .map_err(VaultError::from)?;
             let Some((version, moved_at)) = labelled else { return Ok(None) };
             let superseded_at = parse_time(&secret, &moved_at)?;
             let stored = read_version(conn, &secret, version)?
@@ -700,9 +701,9 @@ impl SecretStore for SqliteVault {
     async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError> {
         let vault = vault.to_string();
         self.read_point(move |conn, _| {
-            conn.prepare_cached("SELECT tenant_id FROM vault_owners WHERE vault = ?1")
-                .and_then(|mut statement| statement.query_row(params![vault], |row| row.get(0)).optional())
-                .map_err(backend)
+            cached_row(conn, "SELECT tenant_id FROM vault_owners WHERE vault = ?1", params![vault], |row| row.get(0))
+                .optional()
+                .map_err(VaultError::from)
         })
         .await
     }
@@ -714,10 +715,10 @@ impl SecretStore for SqliteVault {
                 "INSERT INTO vault_owners (vault, tenant_id) VALUES (?1, ?2) ON CONFLICT (vault) DO NOTHING",
                 params![vault, tenant_id],
             )
-            .map_err(backend)?;
+            .map_err(VaultError::from)?;
             let owner: String = conn
                 .query_row("SELECT tenant_id FROM vault_owners WHERE vault = ?1", params![vault], |row| row.get(0))
-                .map_err(backend)?;
+                .map_err(VaultError::from)?;
             if owner == tenant_id { Ok(()) } else { Err(VaultError::Forbidden(format!("kv://{vault}"))) }
         })
         .await
@@ -727,11 +728,11 @@ impl SecretStore for SqliteVault {
         self.with_connection(|conn, _| {
             let names = conn
                 .prepare("SELECT DISTINCT vault, name FROM secret_versions ORDER BY vault, name")
-                .map_err(backend)?
+                .map_err(VaultError::from)?
                 .query_map([], |row| Ok(SecretRef { vault: row.get(0)?, name: row.get(1)?, version: None }))
-                .map_err(backend)?
+                .map_err(VaultError::from)?
                 .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(backend)?;
+                .map_err(VaultError::from)?;
             let mut listed = Vec::with_capacity(names.len());
             for secret in names {
                 listed.extend(metadata_of(conn, secret)?);

@@ -19,6 +19,19 @@ pub enum VaultError {
     Backend(String),
 }
 
+impl From<rusqlite::Error> for VaultError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Backend(error.to_string())
+    }
+}
+
+/// A blocking task that read the vault failed (it panicked, or the runtime is shutting down).
+impl From<tokio::task::JoinError> for VaultError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        Self::Backend(format!("vault task failed: {error}"))
+    }
+}
+
 /// One version of a secret. `Debug` does not print the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretValue {

@@ -51,6 +51,7 @@ use domain::ids::stream_id;
 use domain::provider::ProviderEvent;
 use domain::run::{
     AttemptOutcome, FailAttempt, RecordAttempt, Run, RunCommand, RunEvent, RunRequested, RunState, StartAttempt,
+    next_attempt,
 };
 use domain::secret_ref::SecretRef;
 use domain::subscription::SubscriptionEvent;
@@ -231,15 +232,12 @@ impl RunExecutor {
             }
             let started_at = self.commands.now();
             let attempt = if recorded_whole {
-                // An expired lease of an earlier executor's attempt counts as that attempt.
-                let made = lease.as_ref().map_or(*attempts, |lease| lease.attempt.max(*attempts));
-                let counted = made.saturating_sub(*attempts_before_redelivery);
-                if counted >= policy.max_attempts {
-                    let reason =
-                        format!("gave up after {counted} attempts (the operation allows {})", policy.max_attempts);
-                    return self.fail_run(&ctx, &stream, requested, reason).await;
+                // An expired lease's attempt (an earlier executor's `RunStarted`) is counted in
+                // `attempts` already.
+                match next_attempt(*attempts, *attempts_before_redelivery, policy.max_attempts) {
+                    Ok(attempt) => attempt,
+                    Err(reason) => return self.fail_run(&ctx, &stream, requested, reason).await,
                 }
-                made + 1
             } else {
                 let start = RunCommand::StartAttempt(StartAttempt {
                     run_id: requested.run_id.clone(),

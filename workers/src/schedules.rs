@@ -174,7 +174,7 @@ async fn check_due_connections(
         && due_ms <= now_ms
     {
         checks.due.pop();
-        let established = match established_at(store, position).await {
+        let (event, connection_id) = match established_at(store, position).await {
             Ok(Some(established)) => established,
             Ok(None) => {
                 tracing::error!(position, "no connection was established at this position; its checks stop");
@@ -186,7 +186,6 @@ async fn check_due_connections(
                 continue;
             }
         };
-        let (event, connection_id) = established;
         let offset_ms = offset_ms(&event.tenant_id, &connection_id, interval_ms);
         let current = slot(offset_ms, interval_ms, now);
         let ctx = caused_by(&event, SCHEDULER);
