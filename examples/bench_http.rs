@@ -39,7 +39,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -745,6 +745,7 @@ impl Bench<'_> {
             json["pauseBeforeSeconds"] = json!(paused);
             json["rssPeakMiB"] = json!(mib(self.rss.peak_between(from, to)));
             json["rssEndMiB"] = json!(rss_kib(self.engine_pid).map(mib));
+            json["workerLagEventsAfter"] = worker_lag(&self.hosts[0]);
         }
         if let (Value::Object(json), Value::Object(extra)) = (&mut json, extra) {
             json.extend(extra);
@@ -757,6 +758,30 @@ impl Bench<'_> {
         self.rows.push(Row { figure: figure.to_owned(), measured, share });
         Ok(())
     }
+}
+
+/// How far each of the engine's in-process consumers is behind the store (`consumer_lag_events`
+/// on `/metrics`), by consumer: the background work (health checks above all) a figure left for
+/// later, since the workers yield the cores to the API while it is busy. Null when unreadable.
+fn worker_lag(base: &str) -> Value {
+    let read = || -> Option<String> {
+        let addr = base.strip_prefix("http://")?;
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        Some(text)
+    };
+    let Some(text) = read() else { return Value::Null };
+    let lags: serde_json::Map<String, Value> = text
+        .lines()
+        .filter_map(|line| {
+            let (consumer, lag) = line.strip_prefix("consumer_lag_events{consumer=\"")?.split_once("\"} ")?;
+            Some((consumer.to_owned(), json!(lag.trim().parse::<f64>().ok()? as u64)))
+        })
+        .collect();
+    Value::Object(lags)
 }
 
 /// One row of the printed table.

@@ -1,6 +1,7 @@
 //! `integration-engine`: the CLI. Each subcommand wires the crates for one job.
 #![forbid(unsafe_code)]
 
+mod background;
 mod config;
 mod dev_auth;
 mod projections;

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// `worker` processes. With --kafka-brokers the relay still runs.
     #[arg(long, env = "IE_NO_WORKERS")]
     no_workers: bool,
+    /// Nice value (0-19) of the threads that run the workers in this process (runs, health
+    /// checks, outbound fan-out): when requests and background work want the cores at once, the
+    /// kernel favours the API's threads. 0 runs both at one priority.
+    #[arg(long, env = "IE_WORKER_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    worker_nice: i32,
     /// On SIGTERM or Ctrl-C: how long requests in flight may take to finish before the server
     /// stops anyway, in seconds.
     #[arg(long, env = "IE_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
@@ -118,7 +123,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let kafka = args.kafka.settings();
     let roles = crate::worker::Roles { relay: kafka.is_some(), consumers: !args.no_workers };
-    let mut workers = crate::worker::start(&stores, dir, kafka.as_ref(), &args.runs, roles).await?;
+    // The workers run on threads of their own at a lower priority: under load the API answers
+    // first, and the background work (health checks above all) catches up when it is quieter.
+    let background = crate::background::Background::start(args.worker_nice)?;
+    let mut workers = background
+        .run({
+            let (stores, dir, kafka, runs) = (stores.clone(), dir.clone(), kafka.clone(), args.runs.clone());
+            async move { crate::worker::start(&stores, &dir, kafka.as_ref(), &runs, roles).await }
+        })
+        .await??;
 
     let metrics = crate::telemetry::ServeExposition {
         handle: crate::telemetry::install_prometheus()?,
@@ -204,6 +217,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     workers.stop().await;
+    drop(background);
     projector.abort();
     idempotency_sweeper.abort();
     // Give in-flight SQLite work on blocking threads a moment to finish its transaction.

@@ -147,6 +147,7 @@ pub struct WorkerArgs {
 }
 
 /// The engine's stores as the workers need them.
+#[derive(Clone)]
 pub struct Stores {
     pub store: Arc<dyn EventStore>,
     pub vault: Arc<dyn SecretStore>,

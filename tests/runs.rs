@@ -180,3 +180,30 @@ async fn a_crashed_servers_run_is_taken_over_after_its_lease_and_never_runs_twic
     let takeover = chrono::DateTime::parse_from_rfc3339(started[1]["startedAt"].as_str().unwrap()).unwrap();
     assert!(takeover >= lease_end, "attempt 2 started at {takeover}, before attempt 1's lease ended at {lease_end}");
 }
+
+/// Each thread of process `pid` as (name, nice value), from `/proc`.
+fn threads_and_nice_values(pid: u32) -> Vec<(String, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
+            // `pid (comm) state ppid ...`: nice is the 19th field, the 17th after the name.
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let nice = stat.rsplit_once(')')?.1.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_workers_run_on_threads_of_lower_priority_than_the_apis() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = serve(dir.path(), &["--worker-nice", "7"]);
+
+    let threads = threads_and_nice_values(app.pid());
+    let nice_of = |name: &str| threads.iter().filter(|(n, _)| n == name).map(|(_, nice)| *nice).collect::<Vec<_>>();
+    let (background, api) = (nice_of("background"), nice_of("tokio-runtime-w"));
+    assert!(!background.is_empty() && background.iter().all(|&nice| nice == 7), "{threads:?}");
+    assert!(!api.is_empty() && api.iter().all(|&nice| nice == 0), "{threads:?}");
+}

@@ -49,6 +49,7 @@ impl Commands {
             let link = link_connection(ctx, secret.clone(), 1, input.auth_mode, &input.connection_id, self.now());
             checked = Some((self.check_credential_link(ctx, &secret, &link).await?, secret));
         }
+        let established_at = self.now();
         let command = ConnectionCommand::Establish(EstablishConnection {
             connection_id: input.connection_id.clone(),
             tenant_id: ctx.tenant_id.clone(),
@@ -59,14 +60,47 @@ impl Commands {
             auth_mode: input.auth_mode,
             credential_ref: input.credential_ref,
             configuration: input.configuration,
-            established_at: self.now(),
+            established_at,
         });
-        let created =
-            self.create::<Connection>(ctx, &stream_id(&ctx.tenant_id, &input.connection_id), &command).await?;
+        let stream = stream_id(&ctx.tenant_id, &input.connection_id);
+        // Usually the connection and what it changes in its credential (registered by its first
+        // connection) are appended together, in one commit.
+        if let Some((credential, secret)) = &checked {
+            let current_version = match &credential.state {
+                CredentialState::Registered { current_version, .. } => *current_version,
+                CredentialState::None => self.vault.metadata(secret).await?.map_or(1, |m| m.current_version),
+            };
+            let link = link_connection(
+                ctx,
+                secret.clone(),
+                current_version,
+                input.auth_mode,
+                &input.connection_id,
+                established_at,
+            );
+            let credential_stream = stream_id(&ctx.tenant_id, &credential_id(secret));
+            let together = self
+                .create_with::<Connection, Credential>(
+                    ctx,
+                    (&stream, &command),
+                    (&credential_stream, credential, &link),
+                )
+                .await?;
+            if let Some((created, linked)) = together
+                && let Some(ConnectionEvent::ConnectionEstablished(established)) = created.new_events.into_iter().next()
+            {
+                return Ok(ConnectionEstablishedOutcome {
+                    established,
+                    last_position: linked.last_position.or(created.last_position),
+                });
+            }
+        }
+        let created = self.create::<Connection>(ctx, &stream, &command).await?;
         let Some(ConnectionEvent::ConnectionEstablished(established)) = created.events.into_iter().next() else {
             return Err(DomainError::NotFound { kind: "connection", id: input.connection_id }.into());
         };
-        // A second stream, so a second step: a crash between the two is healed by the client's
+        // Otherwise (a credential already registered with a first connection, a retried request,
+        // a concurrent link) a second step: a crash between the two is healed by the client's
         // retry with the same Idempotency-Key, because linking is idempotent.
         let mut last_position = created.last_position;
         if let Some(secret) = established.credential_ref.as_deref().and_then(|r| SecretRef::parse(r).ok()) {

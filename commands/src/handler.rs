@@ -1,8 +1,9 @@
 use std::sync::Arc;
 
+use domain::EventEnvelope;
 use domain::event::DecodeError;
 use domain::{AggregateEvent, Decider, DomainError};
-use store::{EventStore, ExpectedVersion, SecretStore, StoreError, VaultError};
+use store::{EventStore, ExpectedVersion, SecretStore, StoreError, StreamAppend, VaultError};
 use thiserror::Error;
 
 use crate::states::{Folded, StateCache};
@@ -191,6 +192,71 @@ impl Commands {
         self.execute::<D>(ctx, stream_id, command).await
     }
 
+    /// Creates the stream `created` with `command` and, in the same atomic append, executes
+    /// `other_command` on `other` at the state `other_state` was folded to (e.g. a connection and
+    /// the credential it is the first to name): one commit, and no step between the two for a
+    /// crash to fall into. `None` when these states cannot settle it: the stream exists (a
+    /// retried request), the other stream moved, or a decision was a refusal or a no-op here;
+    /// the caller then runs the commands one by one, as [`Self::create`] and [`Self::execute`]
+    /// decide them on the streams as stored.
+    pub(crate) async fn create_with<A: Aggregate, B: Aggregate>(
+        &self,
+        ctx: &CommandContext,
+        (created, command): (&str, &A::Command),
+        (other, other_state, other_command): (&str, &Folded<B::State>, &B::Command),
+    ) -> Result<Option<(Executed<A>, Executed<B>)>, CommandError> {
+        if self.states.get::<A::State>(created).is_some() {
+            return Ok(None);
+        }
+        let (Ok(decided), Ok(other_decided)) =
+            (A::decide(command, &A::State::default()), B::decide(other_command, &other_state.state))
+        else {
+            return Ok(None);
+        };
+        if decided.is_empty() || other_decided.is_empty() {
+            return Ok(None);
+        }
+        let now = self.clock.now();
+        let appends = vec![
+            StreamAppend {
+                stream_id: created.to_owned(),
+                expected: ExpectedVersion::NoStream,
+                events: decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect(),
+            },
+            StreamAppend {
+                stream_id: other.to_owned(),
+                expected: expected_at(other_state.version),
+                events: other_decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect(),
+            },
+        ];
+        let stored = match self.store.append_streams(appends).await {
+            Ok(stored) => stored,
+            Err(StoreError::WrongExpectedVersion { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let (Some(recorded), Some(other_recorded)) = (stored.first(), stored.get(1)) else {
+            return Err(StoreError::Backend("an append to two streams stored fewer".into()).into());
+        };
+        let created = self.settle::<A>(created, &Folded::default(), decided, recorded);
+        let other = self.settle::<B>(other, other_state, other_decided, other_recorded);
+        Ok(Some((created, other)))
+    }
+
+    /// The state after `decided` was stored as `recorded` on top of `folded`, cached.
+    fn settle<D: Aggregate>(
+        &self,
+        stream_id: &str,
+        folded: &Folded<D::State>,
+        decided: Vec<D::Event>,
+        recorded: &[EventEnvelope],
+    ) -> Executed<D> {
+        let state = decided.iter().fold(folded.state.clone(), D::evolve);
+        let last_position = recorded.last().map(|e| e.global_position);
+        let version = recorded.last().map_or(folded.version, |e| e.stream_version);
+        self.states.put(stream_id, Arc::new(Folded { state: state.clone(), version, last_position }));
+        Executed { state, new_events: decided, last_position }
+    }
+
     /// Decides `command` on `folded` and appends what it decides at `folded`'s version. `None`
     /// when another writer appended to the stream first.
     async fn decide_and_append<D: Aggregate>(
@@ -204,20 +270,17 @@ impl Commands {
         if decided.is_empty() {
             return Ok(Some(Executed { state: folded.state.clone(), new_events: decided, last_position: None }));
         }
-        let version = folded.version;
-        let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
         let now = self.clock.now();
         let new_events = decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect();
-        match self.store.append(stream_id, expected, new_events).await {
-            Ok(recorded) => {
-                let state = decided.iter().fold(folded.state.clone(), D::evolve);
-                let last_position = recorded.last().map(|e| e.global_position);
-                let version = recorded.last().map_or(version, |e| e.stream_version);
-                self.states.put(stream_id, Arc::new(Folded { state: state.clone(), version, last_position }));
-                Ok(Some(Executed { state, new_events: decided, last_position }))
-            }
+        match self.store.append(stream_id, expected_at(folded.version), new_events).await {
+            Ok(recorded) => Ok(Some(self.settle::<D>(stream_id, folded, decided, &recorded))),
             Err(StoreError::WrongExpectedVersion { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// What an append made on a state folded to `version` expects of its stream.
+fn expected_at(version: u64) -> ExpectedVersion {
+    if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) }
 }

@@ -27,7 +27,7 @@ use tokio::time::timeout;
 use uuid::Uuid;
 
 use crate::hash_chain::{GENESIS, event_hash};
-use crate::{EventFilter, EventStore, ExpectedVersion, StoreError, subscribe};
+use crate::{EventFilter, EventStore, ExpectedVersion, StoreError, StreamAppend, subscribe};
 
 /// How long a property waits for something that should happen promptly.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -40,6 +40,8 @@ pub async fn run_all(store: Arc<dyn EventStore>) {
     any_appends_whatever_the_stream_holds(store.clone()).await;
     a_rejected_batch_leaves_nothing(store.clone()).await;
     an_empty_append_only_checks_the_expected_version(store.clone()).await;
+    append_streams_records_every_stream_at_consecutive_positions(store.clone()).await;
+    append_streams_is_all_or_nothing(store.clone()).await;
     read_stream_returns_the_stored_events_in_version_order(store.clone()).await;
     read_stream_after_returns_only_the_later_versions(store.clone()).await;
     read_stream_first_returns_the_event_that_created_the_stream(store.clone()).await;
@@ -125,6 +127,49 @@ pub async fn a_rejected_batch_leaves_nothing(store: Arc<dyn EventStore>) {
     let retried = store.append(&stream, ExpectedVersion::Exact(1), batch).await.expect("the same batch, now expected");
     assert_eq!(versions(&retried), [2, 3, 4]);
     assert_eq!(positions(&retried), [head + 1, head + 2, head + 3], "the rejected batch took no position");
+}
+
+/// `append_streams` appends to each stream at its expected version, the streams' events at
+/// consecutive positions in the order given, each stream's hash chain continued.
+pub async fn append_streams_records_every_stream_at_consecutive_positions(store: Arc<dyn EventStore>) {
+    let (existing, new) = (unique_stream("multi-existing"), unique_stream("multi-new"));
+    store.append(&existing, ExpectedVersion::NoStream, sample_events(1)).await.expect("first append");
+    let stored = store
+        .append_streams(vec![
+            StreamAppend { stream_id: new.clone(), expected: ExpectedVersion::NoStream, events: sample_events(2) },
+            StreamAppend { stream_id: existing.clone(), expected: ExpectedVersion::Exact(1), events: sample_events(1) },
+        ])
+        .await
+        .expect("an append to two streams");
+    assert_eq!(stored.len(), 2);
+    assert!(stored[0].iter().all(|e| e.stream_id == new) && stored[1].iter().all(|e| e.stream_id == existing));
+    assert_eq!((versions(&stored[0]), versions(&stored[1])), (vec![1, 2], vec![2]));
+    let all: Vec<u64> = stored.iter().flat_map(|events| positions(events)).collect();
+    assert_eq!(all, (all[0]..all[0] + 3).collect::<Vec<_>>(), "one append's events take consecutive positions");
+    assert_hash_chained(&store.read_stream(&existing).await.expect("read stream"));
+    assert_hash_chained(&store.read_stream(&new).await.expect("read stream"));
+}
+
+/// When one stream of an `append_streams` is not at its expected version, no stream gets
+/// anything, and no position is taken.
+pub async fn append_streams_is_all_or_nothing(store: Arc<dyn EventStore>) {
+    let (fine, stale) = (unique_stream("multi-fine"), unique_stream("multi-stale"));
+    store.append(&stale, ExpectedVersion::NoStream, sample_events(2)).await.expect("first append");
+    let head = store.head_position().await.expect("head");
+    let refused = store
+        .append_streams(vec![
+            StreamAppend { stream_id: fine.clone(), expected: ExpectedVersion::NoStream, events: sample_events(1) },
+            StreamAppend { stream_id: stale.clone(), expected: ExpectedVersion::Exact(1), events: sample_events(1) },
+        ])
+        .await;
+    match refused {
+        Err(StoreError::WrongExpectedVersion { stream_id, actual: 2, .. }) => assert_eq!(stream_id, stale),
+        other => panic!("expected the stale stream's WrongExpectedVersion, got {other:?}"),
+    }
+    assert!(store.read_stream(&fine).await.expect("read stream").is_empty(), "the other stream got nothing");
+    assert_eq!(store.head_position().await.expect("head"), head);
+    let next = store.append(&fine, ExpectedVersion::NoStream, sample_events(1)).await.expect("append");
+    assert_eq!(positions(&next), [head + 1], "the refused append took no position");
 }
 
 /// An empty batch appends nothing but still answers whether the expectation holds.

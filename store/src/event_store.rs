@@ -18,6 +18,14 @@ pub enum ExpectedVersion {
     Any,
 }
 
+/// One stream's part of an [`EventStore::append_streams`].
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// The stream is not at the expected version; `actual` is its last version (0 when empty).
@@ -48,6 +56,13 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<EventEnvelope>, StoreError>;
+
+    /// Appends to several streams in one atomic step: every append or none, each checked
+    /// against its own expected version, the events at consecutive positions in the order
+    /// given. Returns each append's events as stored, in that order. What one decision changes
+    /// in two aggregates (a connection and the credential it registers) is then recorded whole,
+    /// in one commit, with no step between the two for a crash to fall into.
+    async fn append_streams(&self, appends: Vec<StreamAppend>) -> Result<Vec<Vec<EventEnvelope>>, StoreError>;
 
     /// Every event of a stream in version order; empty for a stream that does not exist.
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<EventEnvelope>, StoreError>;

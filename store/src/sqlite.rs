@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::hash_chain::{GENESIS, canonical_time, event_hash};
 use crate::sqlite_checkpointer::{self as checkpointer, Checkpointer};
 use crate::sqlite_readers::Readers;
-use crate::{EventFilter, EventStore, ExpectedVersion, StoreError};
+use crate::{EventFilter, EventStore, ExpectedVersion, StoreError, StreamAppend};
 
 /// How long a connection waits for another connection's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,7 +116,8 @@ pub const EVENTS_APPENDED: &str = "events_appended_total";
 /// Counters of the writer, for tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteStats {
-    /// Append requests committed (each is one `append` call, whatever its number of events).
+    /// Append requests committed (each is one `append` or `append_streams` call, whatever its
+    /// number of streams and events).
     pub appends: u64,
     /// Transactions committed; fewer than `appends` when appends shared a commit.
     pub commits: u64,
@@ -221,11 +222,16 @@ impl EventStore for SqliteEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let append = StreamAppend { stream_id: stream_id.to_owned(), expected, events };
+        let mut stored = self.append_streams(vec![append]).await?;
+        Ok(stored.pop().unwrap_or_default())
+    }
+
+    async fn append_streams(&self, appends: Vec<StreamAppend>) -> Result<Vec<Vec<EventEnvelope>>, StoreError> {
         let closed = || StoreError::Unavailable("the event store writer has stopped".into());
         let requests = self.requests.as_ref().ok_or_else(closed)?;
         let (reply, answer) = oneshot::channel();
-        let append = Append { stream_id: stream_id.to_owned(), expected, events };
-        requests.send(AppendRequest { append, reply }).await.map_err(|_| closed())?;
+        requests.send(AppendRequest { appends, reply }).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
 
@@ -317,15 +323,9 @@ impl EventStore for SqliteEventStore {
     }
 }
 
-/// One `append` call as the writer sees it.
-struct Append {
-    stream_id: String,
-    expected: ExpectedVersion,
-    events: Vec<NewEvent>,
-}
-
+/// One `append` or `append_streams` call as the writer sees it: appends committed all or none.
 struct AppendRequest {
-    append: Append,
+    appends: Vec<StreamAppend>,
     reply: oneshot::Sender<AppendOutcome>,
 }
 
@@ -349,18 +349,18 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: Vec<AppendRequest>) {
-        let (replies, appends): (Vec<_>, Vec<_>) = batch.into_iter().map(|r| (r.reply, r.append)).unzip();
+        let (replies, appends): (Vec<_>, Vec<_>) = batch.into_iter().map(|r| (r.reply, r.appends)).unzip();
         match append_in_one_transaction(&mut self.conn, appends) {
             Ok((outcomes, head)) => {
                 let committed = outcomes.iter().filter(|outcome| outcome.is_ok()).count() as u64;
                 self.counters.appends.fetch_add(committed, Ordering::Relaxed);
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                let events = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()).map(Vec::len).sum::<usize>();
-                metrics::counter!(EVENTS_APPENDED).increment(events as u64);
+                let stored = || outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()).flatten();
+                metrics::counter!(EVENTS_APPENDED).increment(stored().map(Vec::len).sum::<usize>() as u64);
                 // Committed, so followers may read them: before the head moves, which wakes them.
                 let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
-                for stored in outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()) {
-                    tail.extend(stored);
+                for events in stored() {
+                    tail.extend(events);
                 }
                 drop(tail);
                 // Published before the replies, so an appender that got its position back
@@ -436,44 +436,48 @@ enum TailRead {
     Behind,
 }
 
-/// What one `append` call gets back.
-type AppendOutcome = Result<Vec<EventEnvelope>, StoreError>;
+/// What one request gets back: each of its appends' events as stored.
+type AppendOutcome = Result<Vec<Vec<EventEnvelope>>, StoreError>;
 
 /// Runs every append in its own savepoint of one transaction and commits once. Returns each
 /// append's outcome and the head position after the commit; an error means nothing committed.
 fn append_in_one_transaction(
     conn: &mut Connection,
-    appends: Vec<Append>,
+    requests: Vec<Vec<StreamAppend>>,
 ) -> Result<(Vec<AppendOutcome>, u64), StoreError> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-    let mut outcomes = Vec::with_capacity(appends.len());
-    for append in appends {
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for appends in requests {
         // SQLite rolls the whole transaction back by itself on some errors (disk full, I/O).
         // A savepoint opened after that would start and commit a transaction of its own.
         if tx.is_autocommit() {
             return Err(StoreError::Backend("the transaction was rolled back by SQLite".into()));
         }
-        outcomes.push(append_in_savepoint(&mut tx, append));
+        outcomes.push(append_in_savepoint(&mut tx, appends));
     }
     let head = last_position(&tx).map_err(backend)?;
     tx.commit().map_err(backend)?;
     Ok((outcomes, head))
 }
 
-/// Appends in a savepoint, so a rejected or failed append leaves the rest of the batch intact.
-fn append_in_savepoint(tx: &mut Transaction<'_>, append: Append) -> AppendOutcome {
+/// Appends one request's appends in a savepoint, so a rejected or failed request leaves the
+/// rest of the batch intact, and a request's appends stand or fall together.
+fn append_in_savepoint(tx: &mut Transaction<'_>, appends: Vec<StreamAppend>) -> AppendOutcome {
     let savepoint = tx.savepoint().map_err(backend)?;
-    // Dropping the savepoint on error rolls it back, positions included: the next append of
+    // Dropping the savepoint on error rolls it back, positions included: the next request of
     // the batch reads the same maximum position and reuses them, so no hole is left.
-    let stored = append_with_expected_version(&savepoint, append)?;
+    let stored = appends
+        .into_iter()
+        .map(|append| append_with_expected_version(&savepoint, append))
+        .collect::<Result<Vec<_>, _>>()?;
     savepoint.commit().map_err(backend)?;
     Ok(stored)
 }
 
 /// Checks `expected` against the stream as this transaction sees it (earlier appends of the
 /// same batch included), then inserts the events after the store's last position.
-fn append_with_expected_version(conn: &Connection, append: Append) -> AppendOutcome {
-    let Append { stream_id, expected, events } = append;
+fn append_with_expected_version(conn: &Connection, append: StreamAppend) -> Result<Vec<EventEnvelope>, StoreError> {
+    let StreamAppend { stream_id, expected, events } = append;
     let (actual, last_hash) = stream_head(conn, &stream_id).map_err(backend)?;
     let accepted = match expected {
         ExpectedVersion::NoStream => actual == 0,

@@ -55,6 +55,12 @@ impl EventStore for WithDefaultReads {
     ) -> Result<Vec<domain::EventEnvelope>, store::StoreError> {
         self.0.append(stream_id, expected, events).await
     }
+    async fn append_streams(
+        &self,
+        appends: Vec<store::StreamAppend>,
+    ) -> Result<Vec<Vec<domain::EventEnvelope>>, store::StoreError> {
+        self.0.append_streams(appends).await
+    }
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<domain::EventEnvelope>, store::StoreError> {
         self.0.read_stream(stream_id).await
     }

@@ -82,6 +82,11 @@ impl App {
         App::attach(base, data_dir, child)
     }
 
+    /// The `serve` process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

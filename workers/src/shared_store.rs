@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{EventEnvelope, NewEvent};
-use store::{EventFilter, EventStore, ExpectedVersion, StoreError};
+use store::{EventFilter, EventStore, ExpectedVersion, StoreError, StreamAppend};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -74,6 +74,10 @@ impl EventStore for SharedStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
         self.inner.append(stream_id, expected, events).await
+    }
+
+    async fn append_streams(&self, appends: Vec<StreamAppend>) -> Result<Vec<Vec<EventEnvelope>>, StoreError> {
+        self.inner.append_streams(appends).await
     }
 
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {

@@ -32,7 +32,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use serde_json::json;
-use store::{EventStore, ExpectedVersion, MasterKey, SqliteVault, StoreError};
+use store::{EventStore, ExpectedVersion, MasterKey, SqliteVault, StoreError, StreamAppend};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -608,6 +608,10 @@ impl WitnessStore {
 #[async_trait]
 impl EventStore for WitnessStore {
     async fn append(&self, _: &str, _: ExpectedVersion, _: Vec<NewEvent>) -> Result<Vec<EventEnvelope>, StoreError> {
+        unreachable!("no run is requested: no connection exists")
+    }
+
+    async fn append_streams(&self, _: Vec<StreamAppend>) -> Result<Vec<Vec<EventEnvelope>>, StoreError> {
         unreachable!("no run is requested: no connection exists")
     }
 

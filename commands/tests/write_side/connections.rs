@@ -97,6 +97,47 @@ async fn the_first_connection_registers_its_credential_at_the_vaults_current_ver
 }
 
 #[tokio::test]
+async fn the_first_connection_and_its_credentials_registration_are_one_append_in_one_commit() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    let provider = engine.register_provider(&ctx, "github").await;
+    let before = engine.store.stats();
+
+    engine
+        .commands
+        .establish_connection(&ctx, establish_input("conn-1", &provider, Some(GITHUB_SECRET)))
+        .await
+        .unwrap();
+
+    let after = engine.store.stats();
+    assert_eq!((after.appends - before.appends, after.commits - before.commits), (1, 1));
+    let connection = engine.events(&stream_id(TENANT, "conn-1")).await;
+    let credential = engine.events(&stream_id(TENANT, GITHUB_CREDENTIAL)).await;
+    assert_eq!(credential[0].global_position, connection[0].global_position + 1);
+}
+
+#[tokio::test]
+async fn a_connection_another_writer_created_first_is_not_appended_twice_nor_its_credential() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    let provider = engine.register_provider(&ctx, "github").await;
+    // Another process (its own state cache) established it first, with its credential.
+    let other = engine.commands_at(t0());
+    other.establish_connection(&ctx, establish_input("conn-1", &provider, Some(GITHUB_SECRET))).await.unwrap();
+    let head = engine.head().await;
+
+    let retried = engine
+        .commands
+        .establish_connection(&ctx, establish_input("conn-1", &provider, Some(GITHUB_SECRET)))
+        .await
+        .unwrap();
+
+    assert_eq!(engine.head().await, head, "a retry appends nothing");
+    assert_eq!(retried.established.connection_id, "conn-1");
+    assert_eq!(credential_events(&engine, TENANT).await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_credential_ref_pinned_to_a_version_registers_the_unversioned_credential_at_the_current_version() {
     let engine = spawn_engine();
     let ctx = ctx(TENANT);

@@ -8,7 +8,7 @@ use commands::{CommandContext, CommandError, Commands};
 use domain::connection::{ConnectionEvent, Health};
 use domain::ids::stream_id;
 use domain::{AggregateEvent, EventEnvelope, NewEvent};
-use store::{EventStore, ExpectedVersion, SqliteEventStore, StoreError};
+use store::{EventStore, ExpectedVersion, SqliteEventStore, StoreError, StreamAppend};
 use tokio::sync::watch;
 
 use crate::support::{FixedClock, TENANT, TestEngine, ctx, spawn_engine, t0, types};
@@ -118,6 +118,10 @@ impl EventStore for RacingWriter {
         self.store.append(stream_id, expected, events).await
     }
 
+    async fn append_streams(&self, appends: Vec<StreamAppend>) -> Result<Vec<Vec<EventEnvelope>>, StoreError> {
+        self.store.append_streams(appends).await
+    }
+
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
         self.store.read_stream(stream_id).await
     }
@@ -199,6 +203,10 @@ impl EventStore for CountingReads {
         events: Vec<NewEvent>,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
         self.store.append(stream_id, expected, events).await
+    }
+
+    async fn append_streams(&self, appends: Vec<StreamAppend>) -> Result<Vec<Vec<EventEnvelope>>, StoreError> {
+        self.store.append_streams(appends).await
     }
 
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<EventEnvelope>, StoreError> {
