@@ -203,7 +203,7 @@ async fn the_workers_run_on_threads_of_lower_priority_than_the_apis() {
 
     let threads = threads_and_nice_values(app.pid());
     let nice_of = |name: &str| threads.iter().filter(|(n, _)| n == name).map(|(_, nice)| *nice).collect::<Vec<_>>();
-    let (background, api) = (nice_of("background"), nice_of("tokio-runtime-w"));
+    let (background, api) = (nice_of("background"), nice_of("tokio-rt-worker"));
     assert!(!background.is_empty() && background.iter().all(|&nice| nice == 7), "{threads:?}");
     assert!(!api.is_empty() && api.iter().all(|&nice| nice == 0), "{threads:?}");
 }

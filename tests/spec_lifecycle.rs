@@ -268,6 +268,20 @@ async fn a_checked_connection_and_a_completed_run_answer_the_spec_examples_with_
     let completed = &check[1].1;
     assert_eq!(completed["attempt"], 1, "{completed}");
     assert!(completed["startedAt"].is_string() && completed["workerId"].is_string(), "{completed}");
+    // Its outcome and the connection's health were one append, and settling the ended run
+    // afterwards recorded nothing more.
+    let check_run = check[0].1["runId"].as_str().unwrap().to_owned();
+    let conn = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+    let of_check: Vec<(i64, String)> = conn
+        .prepare("SELECT global_position, event_type FROM events WHERE json_extract(data, '$.runId') = ?1 ORDER BY 1")
+        .unwrap()
+        .query_map([&check_run], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let types: Vec<&str> = of_check.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(types, ["RunRequested", "RunCompleted", "ConnectionHealthChecked"], "{of_check:?}");
+    assert_eq!(of_check[2].0, of_check[1].0 + 1, "{of_check:?}");
     let pull = run_events(dir.path(), "OpenPullRequest");
     let types: Vec<&str> = pull.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(types, ["RunRequested", "RunStarted", "RunCompleted"], "{pull:?}");

@@ -9,7 +9,9 @@ use domain::secret_ref::SecretRef;
 use domain::{Decider, DomainError};
 use serde_json::{Map, Value};
 
-use crate::{CommandContext, CommandError, Commands};
+use domain::run::{AttemptOutcome, RecordAttempt, Run, RunCommand};
+
+use crate::{CommandContext, CommandError, Commands, Executed};
 
 /// What a caller gives to establish a connection; the tenant comes from the context.
 #[derive(Debug, Clone)]
@@ -173,14 +175,44 @@ impl Commands {
         succeeded: bool,
         reason: Option<&str>,
     ) -> Result<Option<u64>, CommandError> {
-        let command = ConnectionCommand::RecordHealthCheck(domain::connection::RecordHealthCheck {
+        let command = self.health_check(run_id, succeeded, reason);
+        let executed = self.execute::<Connection>(ctx, &stream_id(&ctx.tenant_id, connection_id), &command).await?;
+        Ok(executed.last_position)
+    }
+
+    /// Records a health check's attempt `record` (a `RecordAttempt`) on the run's stream and, in
+    /// the same append, the connection's health, when that attempt ends the run (it succeeded,
+    /// or failed with no attempt left): one commit for both. `None` when they are not recorded
+    /// together (the attempt ends nothing, the connection recorded this run already or is
+    /// gone): the caller then records the attempt alone, and the health follows as it does for
+    /// any ended run.
+    pub async fn record_health_check_attempt(
+        &self,
+        ctx: &CommandContext,
+        run_stream: &str,
+        record: &RunCommand,
+        connection_id: &str,
+    ) -> Result<Option<Executed<Run>>, CommandError> {
+        let RunCommand::RecordAttempt(RecordAttempt { run_id, outcome, .. }) = record else { return Ok(None) };
+        let health = match outcome {
+            AttemptOutcome::Succeeded { .. } => self.health_check(run_id, true, None),
+            AttemptOutcome::Failed { error, next_attempt_at: None, .. } => {
+                self.health_check(run_id, false, Some(error))
+            }
+            AttemptOutcome::Failed { .. } => return Ok(None),
+        };
+        let connection = stream_id(&ctx.tenant_id, connection_id);
+        let both = self.execute_with::<Run, Connection>(ctx, (run_stream, record), (&connection, &health)).await?;
+        Ok(both.map(|(run, _)| run))
+    }
+
+    fn health_check(&self, run_id: &str, succeeded: bool, reason: Option<&str>) -> ConnectionCommand {
+        ConnectionCommand::RecordHealthCheck(domain::connection::RecordHealthCheck {
             run_id: run_id.into(),
             succeeded,
             reason: reason.map(str::to_owned),
             checked_at: self.now(),
-        });
-        let executed = self.execute::<Connection>(ctx, &stream_id(&ctx.tenant_id, connection_id), &command).await?;
-        Ok(executed.last_position)
+        })
     }
 }
 

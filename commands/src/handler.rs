@@ -208,38 +208,77 @@ impl Commands {
         if self.states.get::<A::State>(created).is_some() {
             return Ok(None);
         }
+        let both = (created, &Folded::default(), command);
+        match self.decide_and_append_both::<A, B>(ctx, both, (other, other_state, other_command)).await? {
+            Both::Appended(created, other) => Ok(Some((created, other))),
+            Both::Moved | Both::NotBoth => Ok(None),
+        }
+    }
+
+    /// Executes `command` on `stream` and `other_command` on `other` in one atomic append, each
+    /// decided on its stream's current state (cached, brought up to date): what one outcome
+    /// changes in two aggregates (a health check's run and its connection) in one commit. On a
+    /// concurrent write it decides again. `None` when either decision is a refusal or a no-op:
+    /// the caller then executes them one by one.
+    pub async fn execute_with<A: Aggregate, B: Aggregate>(
+        &self,
+        ctx: &CommandContext,
+        (stream, command): (&str, &A::Command),
+        (other, other_command): (&str, &B::Command),
+    ) -> Result<Option<(Executed<A>, Executed<B>)>, CommandError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let (folded, other_folded) = (self.load_state::<A>(stream).await?, self.load_state::<B>(other).await?);
+            let both = ((stream, folded.as_ref(), command), (other, other_folded.as_ref(), other_command));
+            match self.decide_and_append_both::<A, B>(ctx, both.0, both.1).await? {
+                Both::Appended(executed, other_executed) => return Ok(Some((executed, other_executed))),
+                Both::NotBoth => return Ok(None),
+                Both::Moved => {}
+            }
+        }
+        Err(CommandError::Contention(format!("{stream} and {other}")))
+    }
+
+    /// Decides two commands on the states given and appends what they decide at once, each
+    /// stream at its state's version.
+    async fn decide_and_append_both<A: Aggregate, B: Aggregate>(
+        &self,
+        ctx: &CommandContext,
+        (stream, folded, command): (&str, &Folded<A::State>, &A::Command),
+        (other, other_folded, other_command): (&str, &Folded<B::State>, &B::Command),
+    ) -> Result<Both<A, B>, CommandError> {
         let (Ok(decided), Ok(other_decided)) =
-            (A::decide(command, &A::State::default()), B::decide(other_command, &other_state.state))
+            (A::decide(command, &folded.state), B::decide(other_command, &other_folded.state))
         else {
-            return Ok(None);
+            return Ok(Both::NotBoth);
         };
         if decided.is_empty() || other_decided.is_empty() {
-            return Ok(None);
+            return Ok(Both::NotBoth);
         }
         let now = self.clock.now();
         let appends = vec![
             StreamAppend {
-                stream_id: created.to_owned(),
-                expected: ExpectedVersion::NoStream,
+                stream_id: stream.to_owned(),
+                expected: expected_at(folded.version),
                 events: decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect(),
             },
             StreamAppend {
                 stream_id: other.to_owned(),
-                expected: expected_at(other_state.version),
+                expected: expected_at(other_folded.version),
                 events: other_decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect(),
             },
         ];
         let stored = match self.store.append_streams(appends).await {
             Ok(stored) => stored,
-            Err(StoreError::WrongExpectedVersion { .. }) => return Ok(None),
+            Err(StoreError::WrongExpectedVersion { .. }) => return Ok(Both::Moved),
             Err(e) => return Err(e.into()),
         };
         let (Some(recorded), Some(other_recorded)) = (stored.first(), stored.get(1)) else {
             return Err(StoreError::Backend("an append to two streams stored fewer".into()).into());
         };
-        let created = self.settle::<A>(created, &Folded::default(), decided, recorded);
-        let other = self.settle::<B>(other, other_state, other_decided, other_recorded);
-        Ok(Some((created, other)))
+        Ok(Both::Appended(
+            self.settle::<A>(stream, folded, decided, recorded),
+            self.settle::<B>(other, other_folded, other_decided, other_recorded),
+        ))
     }
 
     /// The state after `decided` was stored as `recorded` on top of `folded`, cached.
@@ -278,6 +317,15 @@ impl Commands {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// How two commands decided and appended together came out.
+enum Both<A: Decider, B: Decider> {
+    Appended(Executed<A>, Executed<B>),
+    /// Another writer appended to one of the streams first.
+    Moved,
+    /// A decision was a refusal or a no-op: nothing to append together.
+    NotBoth,
 }
 
 /// What an append made on a state folded to `version` expects of its stream.

@@ -29,6 +29,8 @@ contract_tests!(
     any_appends_whatever_the_stream_holds,
     a_rejected_batch_leaves_nothing,
     an_empty_append_only_checks_the_expected_version,
+    append_streams_records_every_stream_at_consecutive_positions,
+    append_streams_is_all_or_nothing,
     read_stream_returns_the_stored_events_in_version_order,
     read_stream_after_returns_only_the_later_versions,
     read_stream_first_returns_the_event_that_created_the_stream,

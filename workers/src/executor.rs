@@ -298,7 +298,18 @@ impl RunExecutor {
                     }),
                 }
             };
-            let recorded = self.commands.execute::<Run>(&ctx, &stream, &record).await;
+            // A health check's last attempt and the connection's health are one append (the
+            // ended run is settled afterwards all the same, and finds its health recorded).
+            let together = if requested.operation == CHECK_HEALTH {
+                self.commands.record_health_check_attempt(&ctx, &stream, &record, &requested.connection_id).await
+            } else {
+                Ok(None)
+            };
+            let recorded = match together {
+                Ok(Some(executed)) => Ok(executed),
+                Ok(None) => self.commands.execute::<Run>(&ctx, &stream, &record).await,
+                Err(e) => Err(e),
+            };
             if recorded.is_ok() {
                 metrics::counter!(RUN_ATTEMPTS, "outcome" => outcome_label).increment(1);
             }

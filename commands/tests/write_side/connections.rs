@@ -8,6 +8,7 @@ use domain::connection::{Connection, ConnectionCommand, ConnectionEvent, Establi
 use domain::credential::CredentialEvent;
 use domain::ids::stream_id;
 use domain::provider::AuthModel;
+use domain::run::{AttemptOutcome, RecordAttempt, RunCommand};
 use domain::secret_ref::SecretRef;
 
 use crate::support::{
@@ -135,6 +136,47 @@ async fn a_connection_another_writer_created_first_is_not_appended_twice_nor_its
     assert_eq!(engine.head().await, head, "a retry appends nothing");
     assert_eq!(retried.established.connection_id, "conn-1");
     assert_eq!(credential_events(&engine, TENANT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_health_checks_last_attempt_and_the_connections_health_are_one_append() {
+    let engine = spawn_engine();
+    let ctx = ctx(TENANT);
+    let provider = engine.register_provider(&ctx, "github").await;
+    engine.commands.establish_connection(&ctx, establish_input("conn-1", &provider, None)).await.unwrap();
+    engine.commands.request_run(&ctx, "run-1", "conn-1", "CheckHealth", serde_json::json!({})).await.unwrap();
+    let failed = |next_attempt_at| {
+        RunCommand::RecordAttempt(RecordAttempt {
+            run_id: "run-1".into(),
+            attempt: 1,
+            worker_id: "worker-1".into(),
+            started_at: t0(),
+            finished_at: t0(),
+            outcome: AttemptOutcome::Failed { error: "503".into(), next_attempt_at, response: None },
+        })
+    };
+    let run_stream = stream_id(TENANT, "run-1");
+
+    // An attempt that leaves another to come settles no health: nothing is appended together.
+    let retried = failed(Some(t0() + Duration::seconds(1)));
+    let together = engine.commands.record_health_check_attempt(&ctx, &run_stream, &retried, "conn-1").await;
+    assert!(together.unwrap().is_none());
+    assert_eq!(types(&engine.history(&stream_id(TENANT, "conn-1")).await), ["ConnectionEstablished"]);
+
+    let before = engine.store.stats();
+    let together = engine.commands.record_health_check_attempt(&ctx, &run_stream, &failed(None), "conn-1").await;
+    let run = together.unwrap().expect("recorded together");
+
+    let after = engine.store.stats();
+    assert_eq!((after.appends - before.appends, after.commits - before.commits), (1, 1));
+    assert!(run.state.is_finished());
+    assert_eq!(types(&engine.history(&run_stream).await), ["RunRequested", "RunAttemptFailed", "RunFailed"]);
+    let connection = engine.events(&stream_id(TENANT, "conn-1")).await;
+    assert_eq!(connection[1].event_type, "ConnectionHealthChecked");
+    // Settling the ended run afterwards finds its health recorded.
+    let head = engine.head().await;
+    engine.commands.record_health_check_outcome(&ctx, "conn-1", "run-1", false, Some("503")).await.unwrap();
+    assert_eq!(engine.head().await, head);
 }
 
 #[tokio::test]
