@@ -210,8 +210,8 @@ impl Commands {
         }
         let both = (created, &Folded::default(), command);
         match self.decide_and_append_both::<A, B>(ctx, both, (other, other_state, other_command)).await? {
-            Both::Appended(created, other) => Ok(Some((created, other))),
-            Both::Moved | Both::NotBoth => Ok(None),
+            Joint::Appended(created, other) => Ok(Some((created, other))),
+            Joint::Moved | Joint::Apart => Ok(None),
         }
     }
 
@@ -230,9 +230,9 @@ impl Commands {
             let (folded, other_folded) = (self.load_state::<A>(stream).await?, self.load_state::<B>(other).await?);
             let both = ((stream, folded.as_ref(), command), (other, other_folded.as_ref(), other_command));
             match self.decide_and_append_both::<A, B>(ctx, both.0, both.1).await? {
-                Both::Appended(executed, other_executed) => return Ok(Some((executed, other_executed))),
-                Both::NotBoth => return Ok(None),
-                Both::Moved => {}
+                Joint::Appended(executed, other_executed) => return Ok(Some((executed, other_executed))),
+                Joint::Apart => return Ok(None),
+                Joint::Moved => {}
             }
         }
         Err(CommandError::Contention(format!("{stream} and {other}")))
@@ -245,14 +245,14 @@ impl Commands {
         ctx: &CommandContext,
         (stream, folded, command): (&str, &Folded<A::State>, &A::Command),
         (other, other_folded, other_command): (&str, &Folded<B::State>, &B::Command),
-    ) -> Result<Both<A, B>, CommandError> {
+    ) -> Result<Joint<A, B>, CommandError> {
         let (Ok(decided), Ok(other_decided)) =
             (A::decide(command, &folded.state), B::decide(other_command, &other_folded.state))
         else {
-            return Ok(Both::NotBoth);
+            return Ok(Joint::Apart);
         };
         if decided.is_empty() || other_decided.is_empty() {
-            return Ok(Both::NotBoth);
+            return Ok(Joint::Apart);
         }
         let now = self.clock.now();
         let appends = vec![
@@ -269,13 +269,13 @@ impl Commands {
         ];
         let stored = match self.store.append_streams(appends).await {
             Ok(stored) => stored,
-            Err(StoreError::WrongExpectedVersion { .. }) => return Ok(Both::Moved),
+            Err(StoreError::WrongExpectedVersion { .. }) => return Ok(Joint::Moved),
             Err(e) => return Err(e.into()),
         };
         let (Some(recorded), Some(other_recorded)) = (stored.first(), stored.get(1)) else {
             return Err(StoreError::Backend("an append to two streams stored fewer".into()).into());
         };
-        Ok(Both::Appended(
+        Ok(Joint::Appended(
             self.settle::<A>(stream, folded, decided, recorded),
             self.settle::<B>(other, other_folded, other_decided, other_recorded),
         ))
@@ -320,12 +320,12 @@ impl Commands {
 }
 
 /// How two commands decided and appended together came out.
-enum Both<A: Decider, B: Decider> {
+enum Joint<A: Decider, B: Decider> {
     Appended(Executed<A>, Executed<B>),
     /// Another writer appended to one of the streams first.
     Moved,
     /// A decision was a refusal or a no-op: nothing to append together.
-    NotBoth,
+    Apart,
 }
 
 /// What an append made on a state folded to `version` expects of its stream.
