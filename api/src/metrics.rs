@@ -15,8 +15,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use projections::projectors::ALL;
 
-use crate::AppState;
 use crate::problem::Problem;
+use crate::{AppState, Shared};
 
 /// Requests answered, by `method`, `route` (the route template) and `status`.
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -81,7 +81,7 @@ fn method_label(method: &Method) -> &'static str {
 
 /// `GET /metrics`: the Prometheus text exposition. Unauthenticated like every scrape target:
 /// it holds counts and positions, never tenants' data; keep it off public networks.
-pub async fn metrics_endpoint(State(app): State<AppState>) -> Response {
+pub async fn metrics_endpoint(State(app): State<Shared>) -> Response {
     let Some(exposition) = app.settings.metrics.clone() else {
         return Problem::not_found("metrics are not enabled in this process").into_response();
     };

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use crate::AppState;
+use crate::Shared;
 use crate::problem::{PROBLEM_JSON, Problem};
 
 /// How far behind the store the read models may be while the process still reports ready.
@@ -114,7 +114,7 @@ impl NotReady {
 
 /// Looks at the store and the read models and answers 200 or a 503 problem document naming what
 /// is behind and by how much.
-pub async fn readyz(State(app): State<AppState>) -> Response {
+pub async fn readyz(State(app): State<Shared>) -> Response {
     let limits = app.settings.readiness;
     let head = match app.store.head_position().await {
         Ok(head) => head,

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use store::EventFilter;
 
-use crate::AppState;
+use crate::Shared;
 use crate::extract::{AuditRead, Authorized};
 use crate::problem::Problem;
 use crate::respond::ok_json;
@@ -32,7 +32,7 @@ pub const MAX_LIMIT: usize = 1000;
 /// than every event type there is can only be a mistake.
 pub const MAX_EVENT_TYPES: usize = 64;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Shared> {
     Router::new()
         .route("/audit/events", get(tenant_events))
         .route("/audit/streams/{stream_id}/events", get(stream_events))
@@ -146,7 +146,7 @@ fn instant(text: &str) -> Result<DateTime<Utc>, String> {
 
 async fn tenant_events(
     caller: Authorized<AuditRead>,
-    State(app): State<AppState>,
+    State(app): State<Shared>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, Problem> {
     let query = AuditQuery::parse(&pairs, &["from", "limit", "type", "since", "until", "asStored"])?;
@@ -163,7 +163,7 @@ async fn tenant_events(
 
 async fn stream_events(
     caller: Authorized<AuditRead>,
-    State(app): State<AppState>,
+    State(app): State<Shared>,
     Path(stream_id): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, Problem> {

@@ -9,14 +9,14 @@ use commands::connections::EstablishConnectionInput;
 use domain::connection::Health;
 use domain::ids;
 
-use crate::AppState;
 use crate::bodies::{ConnectionEstablishedResponse, ConnectionResponse, EstablishConnectionRequest, require_text};
 use crate::extract::{Authorized, ConnectionsRead, ConnectionsWrite, JsonBody};
 use crate::problem::Problem;
 use crate::respond::{Accepted, ok_json, run_command};
 use crate::routes::context_of;
+use crate::{AppState, Shared};
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Shared> {
     Router::new()
         .route("/integrations/connections", post(establish))
         .route("/integrations/connections/{connection_id}", get(get_connection))
@@ -24,7 +24,7 @@ pub fn router() -> Router<AppState> {
 
 async fn establish(
     caller: Authorized<ConnectionsWrite>,
-    State(app): State<AppState>,
+    State(app): State<Shared>,
     headers: HeaderMap,
     body: JsonBody<EstablishConnectionRequest>,
 ) -> Result<Response, Problem> {
@@ -127,7 +127,7 @@ async fn first_health(app: &AppState, tenant_id: &str, connection_id: &str, wait
 
 async fn get_connection(
     caller: Authorized<ConnectionsRead>,
-    State(app): State<AppState>,
+    State(app): State<Shared>,
     Path(connection_id): Path<String>,
 ) -> Result<Response, Problem> {
     let view = app

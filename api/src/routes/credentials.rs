@@ -5,20 +5,20 @@ use axum::response::Response;
 use axum::routing::post;
 use domain::ids;
 
-use crate::AppState;
+use crate::Shared;
 use crate::bodies::{RotateCredentialRequest, RotationStartedResponse, require_text};
 use crate::extract::{Authorized, CredentialsRotate, JsonBody};
 use crate::problem::Problem;
 use crate::respond::{Accepted, run_command};
 use crate::routes::context_of;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Shared> {
     Router::new().route("/integrations/credentials/rotate", post(rotate))
 }
 
 async fn rotate(
     caller: Authorized<CredentialsRotate>,
-    State(app): State<AppState>,
+    State(app): State<Shared>,
     headers: HeaderMap,
     body: JsonBody<RotateCredentialRequest>,
 ) -> Result<Response, Problem> {

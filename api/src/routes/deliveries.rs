@@ -31,11 +31,11 @@ use domain::{Actor, ids};
 use projections::ConnectionView;
 use serde::Deserialize;
 
-use crate::AppState;
 use crate::bodies::{DeliveryAcceptedResponse, InboundDeliveryRequest, require_text};
 use crate::extract::{DeliveriesIngest, Scope, authenticate_header, parse_json};
 use crate::problem::Problem;
 use crate::trace::current_trace_id;
+use crate::{AppState, Shared};
 
 pub const PROVIDER_HEADER: &str = "x-cs-provider";
 pub const CONNECTION_HEADER: &str = "x-cs-connection";
@@ -52,7 +52,7 @@ const SCHEME_KEY: &str = "webhookScheme";
 const JWKS_KEY: &str = "webhookJwks";
 const URL_KEY: &str = "webhookUrl";
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Shared> {
     Router::new().route("/webhooks/deliveries", post(ingest))
 }
 
@@ -91,7 +91,7 @@ impl From<SignatureError> for Refusal {
     }
 }
 
-async fn ingest(State(app): State<AppState>, Query(target): Query<Target>, request: Request) -> Response {
+async fn ingest(State(app): State<Shared>, Query(target): Query<Target>, request: Request) -> Response {
     // The provider label of the counters: the scheme once known, else what the caller claimed
     // if it is one, else "unknown" (never arbitrary caller text: labels must stay few).
     let mut provider_label = "unknown";

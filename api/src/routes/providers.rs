@@ -5,14 +5,14 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use domain::provider::RegisterProvider;
 
-use crate::AppState;
+use crate::Shared;
 use crate::bodies::{ProviderRegisteredResponse, ProviderResponse, RegisterProviderRequest, require_text};
 use crate::extract::{Authorized, JsonBody, ProvidersRead, ProvidersWrite};
 use crate::problem::Problem;
 use crate::respond::{Accepted, IDEMPOTENCY_KEY, ok_json, run_command};
 use crate::routes::context_of;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Shared> {
     Router::new()
         .route("/integrations/providers", post(register))
         .route("/integrations/providers/{provider_id}", get(get_provider))
@@ -20,7 +20,7 @@ pub fn router() -> Router<AppState> {
 
 async fn register(
     caller: Authorized<ProvidersWrite>,
-    State(app): State<AppState>,
+    State(app): State<Shared>,
     headers: HeaderMap,
     body: JsonBody<RegisterProviderRequest>,
 ) -> Result<Response, Problem> {
@@ -75,7 +75,7 @@ async fn register(
 /// another tenant's provider is 404 like one that does not exist.
 async fn get_provider(
     caller: Authorized<ProvidersRead>,
-    State(app): State<AppState>,
+    State(app): State<Shared>,
     Path(provider_id): Path<String>,
 ) -> Result<Response, Problem> {
     let view = app

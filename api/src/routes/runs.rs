@@ -3,19 +3,19 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
 
-use crate::AppState;
+use crate::Shared;
 use crate::bodies::{RunAttempt, RunResponse};
 use crate::extract::{Authorized, RunsRead};
 use crate::problem::Problem;
 use crate::respond::ok_json;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Shared> {
     Router::new().route("/integrations/runs/{run_id}", get(get_run))
 }
 
 async fn get_run(
     caller: Authorized<RunsRead>,
-    State(app): State<AppState>,
+    State(app): State<Shared>,
     Path(run_id): Path<String>,
 ) -> Result<Response, Problem> {
     let view = app

@@ -7,14 +7,14 @@ use connectors::egress::check_webhook_endpoint;
 use domain::ids;
 use domain::subscription::{CreateWebhookSubscription, DeliverySettings};
 
-use crate::AppState;
+use crate::Shared;
 use crate::bodies::{CreateSubscriptionRequest, SubscriptionCreatedResponse, SubscriptionResponse};
 use crate::extract::{Authorized, JsonBody, SubscriptionsRead, SubscriptionsWrite};
 use crate::problem::Problem;
 use crate::respond::{Accepted, ok_json, run_command};
 use crate::routes::context_of;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Shared> {
     Router::new()
         .route("/webhooks/subscriptions", post(create))
         .route("/webhooks/subscriptions/{subscription_id}", get(get_subscription))
@@ -22,7 +22,7 @@ pub fn router() -> Router<AppState> {
 
 async fn create(
     caller: Authorized<SubscriptionsWrite>,
-    State(app): State<AppState>,
+    State(app): State<Shared>,
     headers: HeaderMap,
     body: JsonBody<CreateSubscriptionRequest>,
 ) -> Result<Response, Problem> {
@@ -81,7 +81,7 @@ async fn create(
 /// and only the ref is answered.
 async fn get_subscription(
     caller: Authorized<SubscriptionsRead>,
-    State(app): State<AppState>,
+    State(app): State<Shared>,
     Path(subscription_id): Path<String>,
 ) -> Result<Response, Problem> {
     let view = app
