@@ -68,10 +68,7 @@ impl Commands {
         // Usually the connection and what it changes in its credential (registered by its first
         // connection) are appended together, in one commit.
         if let Some((credential, secret)) = &checked {
-            let current_version = match &credential.state {
-                CredentialState::Registered { current_version, .. } => *current_version,
-                CredentialState::None => self.vault.metadata(secret).await?.map_or(1, |m| m.current_version),
-            };
+            let current_version = self.version_to_link(Some(&credential.state), secret).await?;
             let link = link_connection(
                 ctx,
                 secret.clone(),
@@ -109,11 +106,8 @@ impl Commands {
             // The credential as the check before the connection found it, if it names the same
             // secret (a retried request may find the connection of its first try).
             let seen = checked.filter(|(_, checked)| *checked == secret).map(|(credential, _)| credential);
-            let current_version = match seen.as_ref().map(|credential| &credential.state) {
-                Some(CredentialState::Registered { current_version, .. }) => *current_version,
-                // Only a registration records it.
-                _ => self.vault.metadata(&secret).await?.map_or(1, |m| m.current_version),
-            };
+            let current_version =
+                self.version_to_link(seen.as_ref().map(|credential| &credential.state), &secret).await?;
             let link = link_connection(
                 ctx,
                 secret.clone(),
@@ -135,6 +129,15 @@ impl Commands {
             }
         }
         Ok(ConnectionEstablishedOutcome { established, last_position })
+    }
+
+    /// The version a link records: the credential's own once registered, else the vault's
+    /// current one (only a registration records it, so the vault is asked only then).
+    async fn version_to_link(&self, seen: Option<&CredentialState>, secret: &SecretRef) -> Result<u32, CommandError> {
+        match seen {
+            Some(CredentialState::Registered { current_version, .. }) => Ok(*current_version),
+            _ => Ok(self.vault.metadata(secret).await?.map_or(1, |m| m.current_version)),
+        }
     }
 
     /// Refuses a `kv://` ref whose vault another tenant owns (refs that do not parse are left to

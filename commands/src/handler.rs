@@ -258,12 +258,12 @@ impl Commands {
         let appends = vec![
             StreamAppend {
                 stream_id: stream.to_owned(),
-                expected: expected_at(folded.version),
+                expected: ExpectedVersion::after(folded.version),
                 events: decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect(),
             },
             StreamAppend {
                 stream_id: other.to_owned(),
-                expected: expected_at(other_folded.version),
+                expected: ExpectedVersion::after(other_folded.version),
                 events: other_decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect(),
             },
         ];
@@ -311,7 +311,7 @@ impl Commands {
         }
         let now = self.clock.now();
         let new_events = decided.iter().map(|e| ctx.new_event(e.encode(), now)).collect();
-        match self.store.append(stream_id, expected_at(folded.version), new_events).await {
+        match self.store.append(stream_id, ExpectedVersion::after(folded.version), new_events).await {
             Ok(recorded) => Ok(Some(self.settle::<D>(stream_id, folded, decided, &recorded))),
             Err(StoreError::WrongExpectedVersion { .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -326,9 +326,4 @@ enum Joint<A: Decider, B: Decider> {
     Moved,
     /// A decision was a refusal or a no-op: nothing to append together.
     Apart,
-}
-
-/// What an append made on a state folded to `version` expects of its stream.
-fn expected_at(version: u64) -> ExpectedVersion {
-    if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) }
 }

@@ -305,7 +305,7 @@ pub async fn global_positions_stay_gap_free_under_concurrent_appends(store: Arc<
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
                 for version in 0..APPENDS_EACH {
-                    let expected = if i % 2 == 0 { ExpectedVersion::Any } else { exact_or_no_stream(version) };
+                    let expected = if i % 2 == 0 { ExpectedVersion::Any } else { ExpectedVersion::after(version) };
                     acknowledged.extend(store.append(&stream, expected, sample_events(1)).await.expect("append"));
                 }
                 acknowledged
@@ -418,7 +418,7 @@ pub async fn read_filtered_returns_what_the_filter_matches_in_global_order(store
                 e.event_type = format!("Filter{kind}");
                 e.occurred_at = start + chrono::Duration::minutes(round * 10 + i as i64);
             }
-            let expected = exact_or_no_stream(round as u64 * 2);
+            let expected = ExpectedVersion::after(round as u64 * 2);
             appended.extend(store.append(&stream, expected, events).await.expect("append"));
         }
     }
@@ -496,10 +496,6 @@ pub fn sample_events(n: usize) -> Vec<NewEvent> {
 
 fn unique_stream(kind: &str) -> String {
     format!("contract-{kind}-{}", Uuid::new_v4())
-}
-
-fn exact_or_no_stream(version: u64) -> ExpectedVersion {
-    if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) }
 }
 
 fn versions(events: &[EventEnvelope]) -> Vec<u64> {

@@ -18,6 +18,13 @@ pub enum ExpectedVersion {
     Any,
 }
 
+impl ExpectedVersion {
+    /// What an append expects of a stream it last saw at `version` (0: no events yet).
+    pub fn after(version: u64) -> Self {
+        if version == 0 { Self::NoStream } else { Self::Exact(version) }
+    }
+}
+
 /// One stream's part of an [`EventStore::append_streams`].
 #[derive(Debug, Clone)]
 pub struct StreamAppend {
