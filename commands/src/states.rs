@@ -12,8 +12,10 @@ use quick_cache::sync::Cache;
 
 /// Streams whose states are kept; the least recently used leave first. A state is a few
 /// hundred bytes to a few KiB (a connection's configuration), so this bounds the cache to a
-/// few tens of MiB.
-const CAPACITY: usize = 4_096;
+/// few MiB. What it saves is on streams that take commands in bursts (a credential shared by
+/// many connections, a connection being checked and run): a round of health checks over more
+/// connections than any cache holds would miss it whatever its size.
+const CAPACITY: usize = 1_024;
 
 /// An aggregate's state as of `version` of its stream.
 #[derive(Debug, Clone, Default)]

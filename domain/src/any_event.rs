@@ -1,9 +1,7 @@
-use serde_json::Value;
-
 use crate::connection::ConnectionEvent;
 use crate::credential::CredentialEvent;
 use crate::delivery::DeliveryEvent;
-use crate::event::{AggregateEvent, DecodeError};
+use crate::event::{AggregateEvent, DecodeError, EventJson};
 use crate::outbound::OutboundMessageEvent;
 use crate::provider::ProviderEvent;
 use crate::run::RunEvent;
@@ -40,7 +38,11 @@ pub fn all_event_types() -> impl Iterator<Item = &'static str> {
 
 impl AnyEvent {
     /// Decodes stored data by its event type, upcasting older schema versions.
-    pub fn decode(event_type: &str, schema_version: u32, data: &Value) -> Result<Self, DecodeError> {
+    pub fn decode(
+        event_type: &str,
+        schema_version: u32,
+        data: &(impl EventJson + ?Sized),
+    ) -> Result<Self, DecodeError> {
         fn is<E: AggregateEvent>(t: &str) -> bool {
             E::TYPES.contains(&t)
         }
@@ -67,6 +69,8 @@ impl AnyEvent {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
     use crate::run::{RunEvent, RunStarted};
 

@@ -5,6 +5,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use crate::EventData;
+
 /// An event reduced to what the store keeps of it: its type, schema version and data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEventData {
@@ -14,7 +16,7 @@ pub struct StoredEventData {
 }
 
 /// Why stored data could not be read back as an event.
-#[derive(Debug, Error, PartialEq)]
+#[derive(Debug, Clone, Error, PartialEq)]
 pub enum DecodeError {
     #[error("unknown event type {0}")]
     UnknownType(String),
@@ -118,19 +120,56 @@ pub trait AggregateEvent: Serialize + DeserializeOwned + Sized {
 
     /// Reads stored data back, upcasting older schema versions first. Read from a reference,
     /// so the data (shared by every reader of the event) is not copied to be decoded; only
-    /// data of an older schema version is, to be upcast.
-    fn decode(event_type: &str, schema_version: u32, data: &Value) -> Result<Self, DecodeError> {
+    /// data of an older schema version is, to be upcast. Data that still has the text it was
+    /// stored as, at its type's current version, is decoded straight from the text: no tree.
+    fn decode(event_type: &str, schema_version: u32, data: &(impl EventJson + ?Sized)) -> Result<Self, DecodeError> {
         if !Self::TYPES.contains(&event_type) {
             return Err(DecodeError::UnknownType(event_type.into()));
         }
-        let data = upcast(event_type, schema_version, data)?;
+        let malformed = |e: serde_json::Error| DecodeError::Malformed {
+            event_type: event_type.into(),
+            version: schema_version,
+            reason: e.to_string(),
+        };
+        if let Some(text) = data.stored_text().filter(|_| schema_version == schema_version_of(event_type)) {
+            // The tag first, so serde reads the content straight into its variant. Type names
+            // are plain identifiers: nothing in them needs escaping.
+            return serde_json::from_str(&format!(r#"{{"type":"{event_type}","data":{text}}}"#)).map_err(malformed);
+        }
+        let data = upcast(event_type, schema_version, data.tree())?;
         // The tag before the content: serde then reads the content straight into its variant,
         // where a JSON object (keys sorted, "data" first) would have it buffered and read twice.
         let tag = Value::String(event_type.into());
         let tagged = [("type", &tag), ("data", &*data)];
-        Self::deserialize(MapDeserializer::<_, serde_json::Error>::new(tagged.into_iter())).map_err(|e| {
-            DecodeError::Malformed { event_type: event_type.into(), version: schema_version, reason: e.to_string() }
-        })
+        Self::deserialize(MapDeserializer::<_, serde_json::Error>::new(tagged.into_iter())).map_err(malformed)
+    }
+}
+
+/// An event's data as decoding reads it: a JSON tree, or the store's [`EventData`], which may
+/// still hold the text it was stored as.
+pub trait EventJson {
+    /// The data as a tree (parsed on demand from stored text).
+    fn tree(&self) -> &Value;
+
+    /// The text the data was stored as, if it is at hand.
+    fn stored_text(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl EventJson for Value {
+    fn tree(&self) -> &Value {
+        self
+    }
+}
+
+impl EventJson for EventData {
+    fn tree(&self) -> &Value {
+        self
+    }
+
+    fn stored_text(&self) -> Option<&str> {
+        EventData::stored_text(self)
     }
 }
 
@@ -147,6 +186,29 @@ mod tests {
         assert_eq!(*upcast("ProviderRegistered", 2, &v2).unwrap(), v2);
         assert!(matches!(upcast("ProviderRegistered", 3, &v2), Err(DecodeError::FutureVersion { known: 2, .. })));
         assert!(matches!(upcast("ProviderRegistered", 1, &json!([1])), Err(DecodeError::Malformed { version: 1, .. })));
+    }
+
+    #[test]
+    fn stored_text_decodes_as_its_tree_does_and_older_versions_are_upcast_from_it() {
+        use crate::AnyEvent;
+        let started = r#"{"attempt":2,"runId":"run-1","startedAt":"2026-06-11T09:00:00Z"}"#;
+        let from_text = AnyEvent::decode("RunStarted", 1, &EventData::from_stored(started).unwrap()).unwrap();
+        let from_tree = AnyEvent::decode("RunStarted", 1, &serde_json::from_str::<Value>(started).unwrap()).unwrap();
+        assert_eq!(from_text, from_tree);
+
+        let v1 = r#"{"apiClient":"ConnectSoft.Sms.Providers.Twilio","apiClientId":"client-twilio-v1","authModel":"ApiKey",
+            "baseUrl":"https://api.twilio.example","capabilities":["sms.send"],"category":"Communication",
+            "displayName":"Twilio","key":"twilio","providerId":"prov-twilio","registeredAt":"2026-06-11T09:00:00Z",
+            "tenantId":"t"}"#;
+        let AnyEvent::Provider(crate::provider::ProviderEvent::ProviderRegistered(registered)) =
+            AnyEvent::decode("ProviderRegistered", 1, &EventData::from_stored(v1).unwrap()).unwrap()
+        else {
+            panic!("not a registration")
+        };
+        assert_eq!(registered.api_client_version, 1);
+
+        let malformed = EventData::from_stored(r#"{"attempt":"two","runId":"run-1"}"#).unwrap();
+        assert!(matches!(AnyEvent::decode("RunStarted", 1, &malformed), Err(DecodeError::Malformed { .. })));
     }
 
     #[test]

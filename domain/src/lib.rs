@@ -40,4 +40,4 @@ pub use any_event::AnyEvent;
 pub use decider::Decider;
 pub use envelope::{Actor, EventData, EventEnvelope, NewEvent};
 pub use error::DomainError;
-pub use event::{AggregateEvent, DecodeError, StoredEventData};
+pub use event::{AggregateEvent, DecodeError, EventJson, StoredEventData};

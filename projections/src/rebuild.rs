@@ -31,20 +31,25 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use domain::EventEnvelope;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use store::EventStore;
 use tokio::runtime::Handle;
 
 use crate::projectors::{ALL, Projection};
 use crate::read_models::{open_writer, read_checkpoints, write_checkpoint};
-use crate::runner::{BATCH, apply_events, read_ahead};
+use crate::runner::{BATCH, Decoded, apply_events, decode_all, read_ahead};
 use crate::{ProjectionError, ReadModels};
 
 /// A rebuild whose heartbeat is older than this is taken for dead (killed, or its machine
 /// gone): the next rebuild of the projection drops its table and starts over. Every batch beats,
 /// and a batch takes milliseconds.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Events applied to the new tables in one transaction. The live runner waits for each (one
+/// database, one writer), so it stays a matter of milliseconds; larger than the live runner's
+/// [`BATCH`], since each transaction writes the hot pages of the tables and their indexes
+/// once, however many events it holds.
+const REBUILD_BATCH: usize = 4 * BATCH;
 
 /// Once the new generation is this close to the store's head, the rebuild switches: the rest
 /// is applied inside the switch's transaction, which holds the live runner back meanwhile, so
@@ -191,7 +196,7 @@ async fn catch_up(
         }
         // Each pass stops at the head it started from; what was appended meanwhile is the next
         // pass's, or the switch's when it is little.
-        let mut pages = read_ahead(store.clone(), position, head);
+        let mut pages = read_ahead(store.clone(), position, head, REBUILD_BATCH);
         while let Some(page) = pages.recv().await {
             let page = page?;
             *events += page.len() as u64;
@@ -307,11 +312,7 @@ fn unredirect(conn: &Connection, claims: &[Claim]) -> Result<(), ProjectionError
 
 /// Applies `events` to the new generations, and moves their positions and heartbeats, in one
 /// transaction. Returns the lowest position afterwards.
-fn apply_rebuild_batch(
-    conn: &mut Connection,
-    claims: &[Claim],
-    events: &[EventEnvelope],
-) -> Result<u64, ProjectionError> {
+fn apply_rebuild_batch(conn: &mut Connection, claims: &[Claim], events: &[Decoded]) -> Result<u64, ProjectionError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut positions = claimed_positions(&tx, claims)?;
     let projections: Vec<Projection> = claims.iter().map(|c| c.projection).collect();
@@ -357,7 +358,7 @@ fn switch(
         };
         after = last.global_position;
         applied += page.len() as u64;
-        apply_events(&tx, &projections, &mut positions, &page)?;
+        apply_events(&tx, &projections, &mut positions, &decode_all(page))?;
     }
     unredirect(&tx, claims)?;
     for (claim, &position) in claims.iter().zip(&positions) {

@@ -21,6 +21,10 @@ use crate::{ProjectionError, ReadModels};
 /// The most events applied in one transaction: large enough to catch up quickly, small enough
 /// that one transaction never holds the write lock for long.
 pub(crate) const BATCH: usize = 500;
+/// The batch of a new database's build ([`rebuild_into`]), which no reader or other writer
+/// waits on: fewer, larger transactions write each hot page of the tables and their indexes
+/// to the WAL once per batch instead of once per [`BATCH`].
+const NEW_DATABASE_BATCH: usize = 5_000;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -138,7 +142,7 @@ impl Projections {
                 }
             }
             if !events.is_empty() {
-                match apply_on_writer(&self.inner.read_models, events).await {
+                match apply_on_writer(&self.inner.read_models, move || decode_all(events)).await {
                     Ok(position) => {
                         self.publish(position);
                         self.note_progress(position, target);
@@ -200,36 +204,40 @@ pub async fn rebuild_into(store: Arc<dyn EventStore>, path: &Path) -> Result<Rea
     let target = path.to_path_buf();
     let read_models = tokio::task::spawn_blocking(move || ReadModels::open(target)).await??;
     let head = store.head_position().await?;
-    let mut pages = read_ahead(store, 0, head);
+    let mut pages = read_ahead(store, 0, head, NEW_DATABASE_BATCH);
     while let Some(page) = pages.recv().await {
-        apply_on_writer(&read_models, page?).await?;
+        let page = page?;
+        apply_on_writer(&read_models, move || page).await?;
     }
     Ok(read_models)
 }
 
-/// The store's events after `after` up to `head`, a page at a time, read a page ahead of the
-/// receiver: the store is read while the receiver applies the page before. Ends early, after
-/// the error, if a read fails, and at the first empty page.
+/// The store's events after `after` up to `head`, `batch` at a time, read and decoded a page
+/// ahead of the receiver: the store is read and the next page decoded (on a blocking thread)
+/// while the receiver applies the page before, so the two cores share the work. Ends early,
+/// after the error, if a read fails, and at the first empty page.
 pub(crate) fn read_ahead(
     store: Arc<dyn EventStore>,
     mut after: u64,
     head: u64,
-) -> mpsc::Receiver<Result<Vec<EventEnvelope>, StoreError>> {
+    batch: usize,
+) -> mpsc::Receiver<Result<Vec<Decoded>, ProjectionError>> {
     let (pages, receiver) = mpsc::channel(1);
     tokio::spawn(async move {
         while after < head {
-            let mut page = match store.read_all(after, BATCH).await {
+            let mut page = match store.read_all(after, batch).await {
                 Ok(page) => page,
                 Err(error) => {
-                    let _ = pages.send(Err(error)).await;
+                    let _ = pages.send(Err(error.into())).await;
                     return;
                 }
             };
             page.retain(|e| e.global_position <= head);
             let Some(last) = page.last() else { return };
             after = last.global_position;
+            let decoded = tokio::task::spawn_blocking(move || decode_all(page)).await.map_err(ProjectionError::from);
             // The receiver is gone: nobody wants the rest.
-            if pages.send(Ok(page)).await.is_err() {
+            if pages.send(decoded).await.is_err() {
                 return;
             }
         }
@@ -237,9 +245,39 @@ pub(crate) fn read_ahead(
     receiver
 }
 
-async fn apply_on_writer(read_models: &ReadModels, events: Vec<EventEnvelope>) -> Result<u64, ProjectionError> {
+/// An event with what it decodes to, decoded once for every projection.
+pub(crate) struct Decoded {
+    event: EventEnvelope,
+    /// `Ok(None)`: a type this build does not know. A newer build may have added it, and no
+    /// projection here has anything to make of it (forward compatibility). An error is only
+    /// raised if a projection still has to apply the event.
+    decoded: Result<Option<AnyEvent>, DecodeError>,
+}
+
+/// Decodes each event of a page.
+pub(crate) fn decode_all(events: Vec<EventEnvelope>) -> Vec<Decoded> {
+    events
+        .into_iter()
+        .map(|event| {
+            let decoded = match AnyEvent::decode(&event.event_type, event.schema_version, &event.data) {
+                Ok(decoded) => Ok(Some(decoded)),
+                Err(DecodeError::UnknownType(_)) => Ok(None),
+                Err(e) => Err(e),
+            };
+            Decoded { event, decoded }
+        })
+        .collect()
+}
+
+/// Applies the events `events` gives, on the blocking pool: the live runner's are decoded there
+/// too, a rebuild's were decoded ahead.
+async fn apply_on_writer(
+    read_models: &ReadModels,
+    events: impl FnOnce() -> Vec<Decoded> + Send + 'static,
+) -> Result<u64, ProjectionError> {
     let writer = read_models.writer();
     let applied = tokio::task::spawn_blocking(move || {
+        let events = events();
         // A panic inside a batch drops its transaction, which rolls back: the connection behind
         // a poisoned lock is clean.
         let mut conn = writer.lock().unwrap_or_else(PoisonError::into_inner);
@@ -254,7 +292,7 @@ async fn apply_on_writer(read_models: &ReadModels, events: Vec<EventEnvelope>) -
 /// every checkpoint past them, in one transaction: after a crash the database holds either the
 /// rows and the checkpoints of the batch or neither, so no event is applied twice or lost.
 /// Returns the lowest checkpoint afterwards.
-fn apply_batch(conn: &mut Connection, events: &[EventEnvelope]) -> Result<u64, ProjectionError> {
+fn apply_batch(conn: &mut Connection, events: &[Decoded]) -> Result<u64, ProjectionError> {
     // IMMEDIATE takes the write lock before the checkpoints are read, so even two runners on one
     // database cannot both apply an event.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -275,19 +313,27 @@ pub(crate) fn apply_events(
     tx: &Transaction<'_>,
     projections: &[Projection],
     positions: &mut [u64],
-    events: &[EventEnvelope],
+    events: &[Decoded],
 ) -> Result<(), ProjectionError> {
     let mut documents = Documents::new(tx);
-    for event in events {
+    for Decoded { event, decoded } in events {
         let position = event.global_position;
         if positions.iter().all(|&seen| seen >= position) {
             continue;
         }
-        if let Some(decoded) = decode(event)? {
-            for (projection, &seen) in projections.iter().zip(positions.iter()) {
-                if position > seen {
-                    (projection.apply)(&mut documents, event, &decoded)?;
+        match decoded {
+            Ok(Some(decoded)) => {
+                for (projection, &seen) in projections.iter().zip(positions.iter()) {
+                    if position > seen {
+                        (projection.apply)(&mut documents, event, decoded)?;
+                    }
                 }
+            }
+            Ok(None) => {
+                tracing::warn!(event_type = %event.event_type, global_position = position, "skipping an event of unknown type");
+            }
+            Err(source) => {
+                return Err(ProjectionError::Undecodable { global_position: position, source: source.clone() });
             }
         }
         for seen in positions.iter_mut() {
@@ -295,19 +341,6 @@ pub(crate) fn apply_events(
         }
     }
     documents.flush()
-}
-
-/// The decoded event, or `None` for a type this build does not know: a newer build may have
-/// added it, and no projection here has anything to make of it (forward compatibility).
-fn decode(event: &EventEnvelope) -> Result<Option<AnyEvent>, ProjectionError> {
-    match AnyEvent::decode(&event.event_type, event.schema_version, &event.data) {
-        Ok(decoded) => Ok(Some(decoded)),
-        Err(DecodeError::UnknownType(event_type)) => {
-            tracing::warn!(%event_type, global_position = event.global_position, "skipping an event of unknown type");
-            Ok(None)
-        }
-        Err(source) => Err(ProjectionError::Undecodable { global_position: event.global_position, source }),
-    }
 }
 
 /// The position every projection has reached; one without a checkpoint has reached nothing.

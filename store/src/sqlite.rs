@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{Actor, EventEnvelope, NewEvent};
+use domain::{Actor, EventData, EventEnvelope, NewEvent};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use thiserror::Error;
@@ -609,7 +609,8 @@ fn envelope_from_row(row: &Row<'_>) -> rusqlite::Result<EventEnvelope> {
         correlation_id: row.get(9)?,
         causation_id: row.get(10)?,
         actor: parse_column(row, 11, |text| serde_json::from_str::<Actor>(text))?,
-        data: parse_column(row, 12, |text| serde_json::from_str(text))?,
+        // Kept as the stored text: parsed only if a reader looks at it.
+        data: parse_column(row, 12, EventData::from_stored)?,
         prev_hash: row.get(13)?,
         hash: row.get(14)?,
     })

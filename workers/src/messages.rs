@@ -3,7 +3,7 @@
 //! `asyncapi.yaml` are generated from these types.
 
 use chrono::{DateTime, Utc};
-use domain::{Actor, EventEnvelope};
+use domain::{Actor, EventData, EventEnvelope};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -83,8 +83,9 @@ pub struct CloudEvent {
     pub prevhash: String,
     /// Hex SHA-256 over `prevhash` and this event's canonical content.
     pub hash: String,
-    /// The event's data.
-    pub data: Value,
+    /// The event's data (shared with the envelope it was made of, written as it was stored).
+    #[schemars(with = "Value")]
+    pub data: EventData,
 }
 
 /// Why a message of the events topic is not a readable event.
@@ -116,7 +117,7 @@ impl CloudEvent {
             actorclientid: envelope.actor.client_id.clone(),
             prevhash: envelope.prev_hash.clone(),
             hash: envelope.hash.clone(),
-            data: (*envelope.data).clone(),
+            data: envelope.data.clone(),
         }
     }
 
@@ -143,7 +144,7 @@ impl CloudEvent {
             actor: Actor { subject: self.actorsubject, client_id: self.actorclientid },
             prev_hash: self.prevhash,
             hash: self.hash,
-            data: self.data.into(),
+            data: self.data,
         })
     }
 
