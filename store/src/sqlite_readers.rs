@@ -20,11 +20,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Room for the statements every read kind uses, so none is ever parsed twice.
 const STATEMENT_CACHE: usize = 64;
-/// Each reader's page cache, in KiB (SQLite's default is 2,000). A process opens a pool per
-/// file, sixteen readers in all, whose caches would otherwise fill to 32 MiB under load and
-/// stay that full for good; the pages they miss come from the OS's page cache, which holds the
-/// files anyway.
-const READER_CACHE_KIB: i64 = 512;
 
 /// The row `sql` answers with `params`, through the connection's statement cache: a read
 /// repeated on a kept connection is parsed once (`Connection::query_row` parses it every time).
@@ -125,7 +120,5 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    // Negative: a size in KiB rather than in pages.
-    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
     Ok(conn)
 }
