@@ -83,7 +83,8 @@ pub struct CloudEvent {
     pub prevhash: String,
     /// Hex SHA-256 over `prevhash` and this event's canonical content.
     pub hash: String,
-    /// The event's data (shared with the envelope it was made of, written as it was stored).
+    /// The event's data.
+    // Shared with the envelope it was made of, and written as it was stored.
     #[schemars(with = "Value")]
     pub data: EventData,
 }
