@@ -15,6 +15,7 @@
 //!
 //! cargo run --release --example bench_fanout -- [OUT_FILE] [MESSAGES] [SUBSCRIPTIONS]
 //!
+//! `BENCH_LOG` is the filter of the workers' logs on stderr (`warn`);
 //! `BENCH_MODES=kafka` (or `embedded`) runs one mode only; `BENCH_KAFKA_FETCH_WAIT_MS` overrides
 //! the consumers' fetch wait (`--kafka-fetch-wait-ms`), to compare settings;
 //! `BENCH_FANOUT_CONCURRENCY` the messages the fan-out handles at once (64, as `serve`);
@@ -333,6 +334,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The workers' own logs (a command dead-lettered, a consumer's rebalance), to stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let mut args = std::env::args().skip(1);
     let out = args.next().unwrap_or_else(|| "bench-results/fanout.json".into());
     let messages: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(2_000);

@@ -134,7 +134,11 @@ pub trait AggregateEvent: Serialize + DeserializeOwned + Sized {
         if let Some(text) = data.stored_text().filter(|_| schema_version == schema_version_of(event_type)) {
             // The tag first, so serde reads the content straight into its variant. Type names
             // are plain identifiers: nothing in them needs escaping.
-            return serde_json::from_str(&format!(r#"{{"type":"{event_type}","data":{text}}}"#)).map_err(malformed);
+            let mut tagged = String::with_capacity(event_type.len() + text.len() + 20);
+            for part in [r#"{"type":""#, event_type, r#"","data":"#, text, "}"] {
+                tagged.push_str(part);
+            }
+            return serde_json::from_str(&tagged).map_err(malformed);
         }
         let data = upcast(event_type, schema_version, data.tree())?;
         // The tag before the content: serde then reads the content straight into its variant,

@@ -31,16 +31,41 @@ struct Cached {
     write: Write,
 }
 
+/// Where the projectors' documents are kept. By default each table under its own name (the live
+/// tables); while a rebuild applies events, the tables of the projections it rebuilds are their
+/// new generations (`connections` is `connections_g2`), written directly: the TEMP views that
+/// stand for them too ([`crate::rebuild`]) cost a trigger per row written, and an `UPDATE`
+/// through a view first copies the rows it matches.
+#[derive(Debug)]
+pub(crate) struct Tables {
+    renamed: Vec<(&'static str, String)>,
+}
+
+impl Tables {
+    /// Every table under its own name.
+    pub(crate) const LIVE: &'static Tables = &Tables { renamed: Vec::new() };
+
+    /// `(table, where its documents are kept instead)` pairs; other tables keep their names.
+    pub(crate) fn renamed(renamed: Vec<(&'static str, String)>) -> Self {
+        Self { renamed }
+    }
+
+    fn of<'t>(&'t self, table: &'t str) -> &'t str {
+        self.renamed.iter().find(|(name, _)| *name == table).map_or(table, |(_, kept)| kept.as_str())
+    }
+}
+
 /// The documents of one batch, over the transaction that applies it. Every projector reads and
 /// writes through it; [`Documents::flush`] writes what changed, before the batch's checkpoints.
 pub struct Documents<'c> {
     conn: &'c Connection,
+    tables: &'c Tables,
     cached: HashMap<Key, Cached>,
 }
 
 impl<'c> Documents<'c> {
-    pub(crate) fn new(conn: &'c Connection) -> Self {
-        Self { conn, cached: HashMap::new() }
+    pub(crate) fn new(conn: &'c Connection, tables: &'c Tables) -> Self {
+        Self { conn, tables, cached: HashMap::new() }
     }
 
     /// Whether the document exists.
@@ -93,7 +118,7 @@ impl<'c> Documents<'c> {
     pub(crate) fn flush(self) -> Result<(), ProjectionError> {
         for ((table, tenant_id, id), cached) in self.cached {
             if let (true, Some(doc)) = (cached.changed, cached.doc) {
-                (cached.write)(self.conn, table, &tenant_id, &id, doc.as_ref(), cached.row)?;
+                (cached.write)(self.conn, self.tables.of(table), &tenant_id, &id, doc.as_ref(), cached.row)?;
             }
         }
         Ok(())
@@ -109,7 +134,7 @@ impl<'c> Documents<'c> {
         match self.cached.entry((table, tenant_id.to_owned(), id.to_owned())) {
             Entry::Occupied(entry) => Ok(entry.into_mut()),
             Entry::Vacant(entry) => {
-                let doc = load_doc::<T>(self.conn, table, tenant_id, id)?;
+                let doc = load_doc::<T>(self.conn, self.tables.of(table), tenant_id, id)?;
                 let row = if doc.is_some() { Row::Present } else { Row::Absent };
                 let doc = doc.map(|doc| Box::new(doc) as Box<dyn Any>);
                 Ok(entry.insert(Cached { doc, changed: false, row, write: write::<T> }))
@@ -148,7 +173,7 @@ mod tests {
     fn changes_reach_the_table_once_flushed_and_later_reads_see_them_before() {
         let conn = table();
         store_doc(&conn, CONNECTIONS, "t", "a", &vec![1], Row::Unknown).unwrap();
-        let mut documents = Documents::new(&conn);
+        let mut documents = Documents::new(&conn, Tables::LIVE);
         assert!(documents.update(CONNECTIONS, "t", "a", |doc: &mut Vec<u32>| doc.push(2)).unwrap());
         assert!(documents.update(CONNECTIONS, "t", "a", |doc: &mut Vec<u32>| doc.push(3)).unwrap());
         documents.put(CONNECTIONS, "t", "b", vec![9u32]);
@@ -168,7 +193,7 @@ mod tests {
     fn tenants_do_not_share_documents() {
         let conn = table();
         store_doc(&conn, CONNECTIONS, "t1", "a", &1u32, Row::Unknown).unwrap();
-        let mut documents = Documents::new(&conn);
+        let mut documents = Documents::new(&conn, Tables::LIVE);
         assert!(!documents.exists::<u32>(CONNECTIONS, "t2", "a").unwrap());
         assert!(documents.update(CONNECTIONS, "t1", "a", |doc: &mut u32| *doc += 1).unwrap());
         documents.flush().unwrap();

@@ -35,9 +35,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use store::EventStore;
 use tokio::runtime::Handle;
 
+use crate::documents::Tables;
 use crate::projectors::{ALL, Projection};
 use crate::read_models::{open_writer, read_checkpoints, write_checkpoint};
-use crate::runner::{BATCH, Decoded, apply_events, decode_all, read_ahead};
+use crate::runner::{BATCH, Decoded, apply_events, decode_all, drop_aside, read_ahead};
 use crate::{ProjectionError, ReadModels};
 
 /// A rebuild whose heartbeat is older than this is taken for dead (killed, or its machine
@@ -201,7 +202,10 @@ async fn catch_up(
             let page = page?;
             *events += page.len() as u64;
             let claims = claims.clone();
-            position = blocking(conn, move |conn| apply_rebuild_batch(conn, &claims, &page)).await?;
+            let (applied, page) =
+                blocking(conn, move |conn| Ok((apply_rebuild_batch(conn, &claims, &page), page))).await?;
+            drop_aside(page);
+            position = applied?;
             progress(RebuildProgress { position, head: head.max(position) });
         }
         if position < head {
@@ -310,13 +314,18 @@ fn unredirect(conn: &Connection, claims: &[Claim]) -> Result<(), ProjectionError
     Ok(())
 }
 
+/// Where the projectors write while `claims` are rebuilt: each claimed projection's new table.
+fn generations(claims: &[Claim]) -> Tables {
+    Tables::renamed(claims.iter().map(|c| (c.projection.name, c.table.clone())).collect())
+}
+
 /// Applies `events` to the new generations, and moves their positions and heartbeats, in one
 /// transaction. Returns the lowest position afterwards.
 fn apply_rebuild_batch(conn: &mut Connection, claims: &[Claim], events: &[Decoded]) -> Result<u64, ProjectionError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut positions = claimed_positions(&tx, claims)?;
     let projections: Vec<Projection> = claims.iter().map(|c| c.projection).collect();
-    apply_events(&tx, &projections, &mut positions, events)?;
+    apply_events(&tx, &generations(claims), &projections, &mut positions, events)?;
     let now = now_ms();
     for (claim, position) in claims.iter().zip(&positions) {
         tx.execute(
@@ -342,6 +351,7 @@ fn switch(
     // Every event the live tables reflect must be in the new ones before they are switched in.
     let target = claims.iter().map(|c| live.get(c.projection.name).copied().unwrap_or(0)).max().unwrap_or(0);
     let projections: Vec<Projection> = claims.iter().map(|c| c.projection).collect();
+    let tables = generations(claims);
     let mut after = positions.iter().copied().min().unwrap_or(0);
     let mut applied = 0;
     while after < target {
@@ -358,7 +368,7 @@ fn switch(
         };
         after = last.global_position;
         applied += page.len() as u64;
-        apply_events(&tx, &projections, &mut positions, &decode_all(page))?;
+        apply_events(&tx, &tables, &projections, &mut positions, &decode_all(page))?;
     }
     unredirect(&tx, claims)?;
     for (claim, &position) in claims.iter().zip(&positions) {

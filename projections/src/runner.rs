@@ -13,7 +13,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use store::{EventStore, StoreError, subscribe};
 use tokio::sync::{mpsc, watch};
 
-use crate::documents::Documents;
+use crate::documents::{Documents, Tables};
 use crate::projectors::{self, ALL, Projection};
 use crate::read_models::{read_checkpoints, write_checkpoint};
 use crate::{ProjectionError, ReadModels};
@@ -212,37 +212,52 @@ pub async fn rebuild_into(store: Arc<dyn EventStore>, path: &Path) -> Result<Rea
     Ok(read_models)
 }
 
-/// The store's events after `after` up to `head`, `batch` at a time, read and decoded a page
-/// ahead of the receiver: the store is read and the next page decoded (on a blocking thread)
-/// while the receiver applies the page before, so the two cores share the work. Ends early,
-/// after the error, if a read fails, and at the first empty page.
+/// How many pages [`read_ahead`] reads and decodes at once.
+const PAGES_IN_FLIGHT: usize = 2;
+
+/// The store's events after `after` up to `head`, `batch` positions at a time, in order, read
+/// and decoded ahead of the receiver: [`PAGES_IN_FLIGHT`] pages are read and decoded (on
+/// blocking threads) at once while the receiver applies the page before, so reading, decoding
+/// and applying share the cores. A page holds the events of its range of positions (fewer than
+/// `batch` where positions were skipped; an empty range is not sent). Ends early, after the
+/// error, if a read fails.
 pub(crate) fn read_ahead(
     store: Arc<dyn EventStore>,
-    mut after: u64,
+    after: u64,
     head: u64,
     batch: usize,
 ) -> mpsc::Receiver<Result<Vec<Decoded>, ProjectionError>> {
-    let (pages, receiver) = mpsc::channel(1);
+    let (pages, receiver) = mpsc::channel(PAGES_IN_FLIGHT);
     tokio::spawn(async move {
-        while after < head {
-            let mut page = match store.read_all(after, batch).await {
-                Ok(page) => page,
-                Err(error) => {
-                    let _ = pages.send(Err(error.into())).await;
-                    return;
+        let ranges = (after..head).step_by(batch.max(1)).map(|from| (from, head.min(from + batch as u64)));
+        let mut decoded = futures::stream::iter(ranges)
+            .map(|(from, to)| {
+                let store = store.clone();
+                async move {
+                    let mut page = store.read_all(from, batch).await?;
+                    page.retain(|e| e.global_position <= to);
+                    tokio::task::spawn_blocking(move || decode_all(page)).await.map_err(ProjectionError::from)
                 }
-            };
-            page.retain(|e| e.global_position <= head);
-            let Some(last) = page.last() else { return };
-            after = last.global_position;
-            let decoded = tokio::task::spawn_blocking(move || decode_all(page)).await.map_err(ProjectionError::from);
+            })
+            .buffered(PAGES_IN_FLIGHT);
+        while let Some(page) = decoded.next().await {
+            let failed = page.is_err();
+            if page.as_ref().is_ok_and(Vec::is_empty) {
+                continue;
+            }
             // The receiver is gone: nobody wants the rest.
-            if pages.send(decoded).await.is_err() {
+            if pages.send(page).await.is_err() || failed {
                 return;
             }
         }
     });
     receiver
+}
+
+/// Drops a page of events on a blocking thread: freeing thousands of events takes a while, and
+/// the thread that applies pages one after another should not wait for it.
+pub(crate) fn drop_aside(events: Vec<Decoded>) {
+    drop(tokio::task::spawn_blocking(move || drop(events)));
 }
 
 /// An event with what it decodes to, decoded once for every projection.
@@ -276,14 +291,15 @@ async fn apply_on_writer(
     events: impl FnOnce() -> Vec<Decoded> + Send + 'static,
 ) -> Result<u64, ProjectionError> {
     let writer = read_models.writer();
-    let applied = tokio::task::spawn_blocking(move || {
+    let (applied, events) = tokio::task::spawn_blocking(move || {
         let events = events();
         // A panic inside a batch drops its transaction, which rolls back: the connection behind
         // a poisoned lock is clean.
         let mut conn = writer.lock().unwrap_or_else(PoisonError::into_inner);
-        apply_batch(&mut conn, &events)
+        (apply_batch(&mut conn, &events), events)
     })
     .await?;
+    drop_aside(events);
     read_models.committed();
     applied
 }
@@ -298,7 +314,7 @@ fn apply_batch(conn: &mut Connection, events: &[Decoded]) -> Result<u64, Project
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let stored = read_checkpoints(&tx)?;
     let mut checkpoints: Vec<u64> = ALL.iter().map(|p| stored.get(p.name).copied().unwrap_or(0)).collect();
-    apply_events(&tx, &ALL, &mut checkpoints, events)?;
+    apply_events(&tx, Tables::LIVE, &ALL, &mut checkpoints, events)?;
     for (projection, &checkpoint) in ALL.iter().zip(&checkpoints) {
         write_checkpoint(&tx, projection.name, checkpoint)?;
     }
@@ -311,11 +327,12 @@ fn apply_batch(conn: &mut Connection, events: &[Decoded]) -> Result<u64, Project
 /// Writing the positions back, in the same transaction, is the caller's part.
 pub(crate) fn apply_events(
     tx: &Transaction<'_>,
+    tables: &Tables,
     projections: &[Projection],
     positions: &mut [u64],
     events: &[Decoded],
 ) -> Result<(), ProjectionError> {
-    let mut documents = Documents::new(tx);
+    let mut documents = Documents::new(tx, tables);
     for Decoded { event, decoded } in events {
         let position = event.global_position;
         if positions.iter().all(|&seen| seen >= position) {

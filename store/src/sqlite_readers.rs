@@ -7,10 +7,15 @@
 //! calling task when a connection is idle: it takes microseconds, and handing it to the
 //! blocking pool and back costs two thread wake-ups, more than the read itself. Everything else
 //! runs on the blocking pool.
+//!
+//! A connection no read has used for [`IDLE_TIMEOUT`] is closed, so that the page cache a burst
+//! of reads filled (up to 2 MB a connection) goes back to the allocator once the burst is over;
+//! the next burst opens it again. The most recently used connection is reused first, so a
+//! steady trickle of reads keeps one connection warm and lets the rest age out.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -20,6 +25,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Room for the statements every read kind uses, so none is ever parsed twice.
 const STATEMENT_CACHE: usize = 64;
+
+/// How long a connection may sit unused before it is closed (see the module documentation).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The row `sql` answers with `params`, through the connection's statement cache: a read
 /// repeated on a kept connection is parsed once (`Connection::query_row` parses it every time).
@@ -40,19 +48,31 @@ impl<E: From<rusqlite::Error> + From<tokio::task::JoinError> + Send + 'static> R
 /// The readers of one SQLite file. Share it in an `Arc`.
 pub struct Readers {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    /// The open connections no read holds, least recently used first.
+    idle: Mutex<Vec<Idle>>,
     /// One per connection: a read holds one while it runs.
     permits: Arc<Semaphore>,
 }
 
+struct Idle {
+    conn: Connection,
+    since: Instant,
+}
+
 impl Readers {
-    /// At most `size` readers of the file at `path`, opened when first needed.
+    /// At most `size` readers of the file at `path`, opened when first needed. Inside a Tokio
+    /// runtime, a task closes the connections left unused for [`IDLE_TIMEOUT`] (it ends when the
+    /// readers are dropped); elsewhere only the reads themselves close them.
     pub fn new(path: impl Into<PathBuf>, size: usize) -> Arc<Self> {
-        Arc::new(Self {
+        let readers = Arc::new(Self {
             path: path.into(),
             idle: Mutex::new(Vec::with_capacity(size)),
             permits: Arc::new(Semaphore::new(size)),
-        })
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(close_idle_ones(Arc::downgrade(&readers)));
+        }
+        readers
     }
 
     /// Runs `query` on a reader on the blocking pool, waiting for one while all are in use.
@@ -106,11 +126,46 @@ impl Readers {
     // A panic while the lock was held cannot leave the list half-updated, so a poisoned lock is
     // still usable.
     fn take_idle(&self) -> Option<Connection> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()
+        self.idle_list().pop().map(|idle| idle.conn)
     }
 
     fn put_back(&self, conn: Connection) {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+        let now = Instant::now();
+        self.idle_list().push(Idle { conn, since: now });
+        self.close_unused_since(now.checked_sub(IDLE_TIMEOUT).unwrap_or(now));
+    }
+
+    /// Closes the idle connections last used before `cutoff`; returns how many.
+    pub fn close_unused_since(&self, cutoff: Instant) -> usize {
+        let closing: Vec<Idle> = {
+            let mut idle = self.idle_list();
+            let unused = idle.partition_point(|idle| idle.since < cutoff);
+            idle.drain(..unused).collect()
+        };
+        // Closed outside the lock: closing finalizes statements and frees the page cache.
+        closing.len()
+    }
+
+    /// How many connections are open and idle.
+    pub fn idle_count(&self) -> usize {
+        self.idle_list().len()
+    }
+
+    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Every [`IDLE_TIMEOUT`], closes the connections of `readers` unused for as long, until the
+/// readers are dropped.
+async fn close_idle_ones(readers: Weak<Readers>) {
+    let mut ticks = tokio::time::interval(IDLE_TIMEOUT / 3);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(readers) = readers.upgrade() else { return };
+        let now = Instant::now();
+        readers.close_unused_since(now.checked_sub(IDLE_TIMEOUT).unwrap_or(now));
     }
 }
 
@@ -121,4 +176,73 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreError;
+
+    fn seven(conn: &Connection) -> Result<i64, StoreError> {
+        Ok(conn.query_row("SELECT x FROM t", [], |row| row.get(0))?)
+    }
+
+    /// `n` reads that run at once (each waits for the others inside its connection), so that
+    /// `n` connections are open after them.
+    async fn burst(readers: &Arc<Readers>, n: usize) {
+        let all_in = Arc::new(std::sync::Barrier::new(n));
+        let reads = (0..n).map(|_| {
+            let all_in = all_in.clone();
+            readers.read(move |conn| {
+                all_in.wait();
+                seven(conn)
+            })
+        });
+        for read in futures::future::join_all(reads).await {
+            assert_eq!(read.unwrap(), 7);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn connections_left_unused_are_closed_and_opened_again_when_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (7);")
+            .unwrap();
+        let readers = Readers::new(&path, 2);
+
+        burst(&readers, 2).await;
+        assert_eq!(readers.idle_count(), 2, "a burst of two reads leaves two connections open");
+
+        let used_last = Instant::now();
+        assert_eq!(readers.close_unused_since(used_last - IDLE_TIMEOUT), 0, "none was unused for so long");
+        assert_eq!(readers.close_unused_since(used_last + Duration::from_millis(1)), 2);
+        assert_eq!(readers.idle_count(), 0);
+
+        assert_eq!(readers.read_point(seven).await.unwrap(), 7, "a read after they closed opens one again");
+        assert_eq!(readers.idle_count(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_most_recently_used_connection_is_reused_and_the_others_age_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (7);")
+            .unwrap();
+        let readers = Readers::new(&path, 3);
+        burst(&readers, 3).await;
+        assert_eq!(readers.idle_count(), 3);
+        let burst_ended = Instant::now();
+
+        // A trickle of reads, one at a time, after the burst.
+        for _ in 0..5 {
+            assert_eq!(readers.read_point(seven).await.unwrap(), 7);
+        }
+        assert_eq!(readers.close_unused_since(burst_ended), 2, "the trickle used one");
+        assert_eq!(readers.idle_count(), 1);
+    }
 }
