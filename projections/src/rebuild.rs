@@ -32,7 +32,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use store::EventStore;
+use store::sqlite_checkpointer::{BACKSTOP_PAGES, Checkpointer};
+use store::{EventStore, StoreError};
 use tokio::runtime::Handle;
 
 use crate::documents::Tables;
@@ -103,10 +104,16 @@ pub async fn rebuild(
     stop: impl Future<Output = ()> + Send,
 ) -> Result<RebuildReport, ProjectionError> {
     let path = path.to_path_buf();
-    let conn = tokio::task::spawn_blocking(move || -> Result<Connection, ProjectionError> {
+    let (conn, checkpointer) = tokio::task::spawn_blocking(move || -> Result<_, ProjectionError> {
         // Creates the schema of a database no server has opened yet.
         drop(ReadModels::open(&path)?);
-        open_writer(&path)
+        let conn = open_writer(&path)?;
+        // The WAL is copied back on a thread of its own, not inside the batches' commits.
+        conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES)?;
+        let checkpointer = Checkpointer::start(&path, "rebuild").map_err(|e| {
+            StoreError::Backend(format!("starting the rebuild's checkpointer for {}: {e}", path.display()))
+        })?;
+        Ok((conn, checkpointer))
     })
     .await??;
     let conn = Arc::new(Mutex::new(conn));
@@ -114,7 +121,7 @@ pub async fn rebuild(
 
     let mut events = 0;
     let caught_up = tokio::select! {
-        caught_up = catch_up(&store, &conn, &claims, &mut progress, &mut events) => caught_up,
+        caught_up = catch_up(&store, &conn, &checkpointer, &claims, &mut progress, &mut events) => caught_up,
         () = stop => Err(ProjectionError::RebuildStopped),
     };
     // The switch is not cancellable: once it runs, it commits or rolls back whole.
@@ -125,7 +132,7 @@ pub async fn rebuild(
         }
         Err(e) => Err(e),
     };
-    match switched {
+    let outcome = match switched {
         Ok((switched_at, applied)) => {
             let retired = claims.clone();
             if let Err(error) = blocking(&conn, move |conn| drop_retired(conn, &retired)).await {
@@ -141,7 +148,10 @@ pub async fn rebuild(
             }
             Err(error)
         }
-    }
+    };
+    // Its last checkpoint, off the async threads.
+    let _ = tokio::task::spawn_blocking(move || drop(checkpointer)).await;
+    outcome
 }
 
 /// One projection's new generation, claimed by this rebuild.
@@ -184,6 +194,7 @@ where
 async fn catch_up(
     store: &Arc<dyn EventStore>,
     conn: &Arc<Mutex<Connection>>,
+    checkpointer: &Checkpointer,
     claims: &Arc<[Claim]>,
     progress: &mut (impl FnMut(RebuildProgress) + Send),
     events: &mut u64,
@@ -206,6 +217,7 @@ async fn catch_up(
                 blocking(conn, move |conn| Ok((apply_rebuild_batch(conn, &claims, &page), page))).await?;
             drop_aside(page);
             position = applied?;
+            checkpointer.nudge();
             progress(RebuildProgress { position, head: head.max(position) });
         }
         if position < head {
