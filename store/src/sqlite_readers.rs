@@ -130,9 +130,16 @@ impl Readers {
     }
 
     fn put_back(&self, conn: Connection) {
-        let now = Instant::now();
-        self.idle_list().push(Idle { conn, since: now });
-        self.close_unused_since(now.checked_sub(IDLE_TIMEOUT).unwrap_or(now));
+        self.idle_list().push(Idle { conn, since: Instant::now() });
+        self.close_unused();
+    }
+
+    /// Closes the idle connections unused for [`IDLE_TIMEOUT`].
+    fn close_unused(&self) {
+        // `None` only within IDLE_TIMEOUT of the clock's origin, when nothing can be that old.
+        if let Some(cutoff) = Instant::now().checked_sub(IDLE_TIMEOUT) {
+            self.close_unused_since(cutoff);
+        }
     }
 
     /// Closes the idle connections last used before `cutoff`; returns how many.
@@ -156,16 +163,15 @@ impl Readers {
     }
 }
 
-/// Every [`IDLE_TIMEOUT`], closes the connections of `readers` unused for as long, until the
-/// readers are dropped.
+/// Closes the connections of `readers` unused for [`IDLE_TIMEOUT`], looking every third of it,
+/// until the readers are dropped.
 async fn close_idle_ones(readers: Weak<Readers>) {
     let mut ticks = tokio::time::interval(IDLE_TIMEOUT / 3);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let Some(readers) = readers.upgrade() else { return };
-        let now = Instant::now();
-        readers.close_unused_since(now.checked_sub(IDLE_TIMEOUT).unwrap_or(now));
+        readers.close_unused();
     }
 }
 
