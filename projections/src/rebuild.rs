@@ -9,10 +9,13 @@
 //!   the live runner know about generations: after the switch the same SQL reaches the new table
 //!   (SQLite re-prepares statements whose schema changed), in every process, without a restart.
 //! - The new generation (`connections_g2`, created with the live table's DDL and indexes) is
-//!   written over a connection of its own, on which a TEMP view named `connections` with
-//!   INSTEAD OF triggers stands for `main.connections_g2`. TEMP objects are private to their
-//!   connection and shadow `main`, so the unchanged projectors, whose SQL names `connections`,
-//!   write the new generation there and cannot touch the live table.
+//!   written over a connection of its own. The projectors' document cache is told that
+//!   `connections` is `connections_g2` ([`Tables`]) and writes it directly. As a guard, a TEMP
+//!   view named `connections` with INSTEAD OF triggers stands for `main.connections_g2` on that
+//!   connection: TEMP objects are private to their connection and shadow `main`, so any SQL
+//!   there that names `connections` still writes the new generation and cannot touch the live
+//!   table. (Writing through the view is the slow path: a trigger runs for every row, and an
+//!   `UPDATE` through a view first copies the rows it matches.)
 //! - A rebuild's position is in `rebuilds` (with its generation and a heartbeat), written in the
 //!   transaction of each batch it applies, like the live checkpoints: a batch is applied once.
 //! - The switch is one IMMEDIATE transaction. It applies to the new generation the events the
