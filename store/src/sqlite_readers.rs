@@ -27,7 +27,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_CACHE: usize = 64;
 
 /// How long a connection may sit unused before it is closed (see the module documentation).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The row `sql` answers with `params`, through the connection's statement cache: a read
 /// repeated on a kept connection is parsed once (`Connection::query_row` parses it every time).
@@ -130,8 +130,13 @@ impl Readers {
     }
 
     fn put_back(&self, conn: Connection) {
-        self.idle_list().push(Idle { conn, since: Instant::now() });
-        self.close_unused();
+        let now = Instant::now();
+        // Back in and the unused ones out under one lock; they close after it is released.
+        let _closing = {
+            let mut idle = self.idle_list();
+            idle.push(Idle { conn, since: now });
+            now.checked_sub(IDLE_TIMEOUT).map(|cutoff| unused_since(&mut idle, cutoff))
+        };
     }
 
     /// Closes the idle connections unused for [`IDLE_TIMEOUT`].
@@ -143,24 +148,23 @@ impl Readers {
     }
 
     /// Closes the idle connections last used before `cutoff`; returns how many.
-    pub fn close_unused_since(&self, cutoff: Instant) -> usize {
-        let closing: Vec<Idle> = {
-            let mut idle = self.idle_list();
-            let unused = idle.partition_point(|idle| idle.since < cutoff);
-            idle.drain(..unused).collect()
-        };
-        // Closed outside the lock: closing finalizes statements and frees the page cache.
+    fn close_unused_since(&self, cutoff: Instant) -> usize {
+        // The guard is a temporary: the lock is released before the connections close.
+        let closing = unused_since(&mut self.idle_list(), cutoff);
         closing.len()
-    }
-
-    /// How many connections are open and idle.
-    pub fn idle_count(&self) -> usize {
-        self.idle_list().len()
     }
 
     fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Takes the connections last used before `cutoff` out of `idle` (least recently used first),
+/// for the caller to close once it has released the lock: closing finalizes the statements and
+/// frees the page cache.
+fn unused_since(idle: &mut Vec<Idle>, cutoff: Instant) -> Vec<Idle> {
+    let unused = idle.partition_point(|idle| idle.since < cutoff);
+    idle.drain(..unused).collect()
 }
 
 /// Closes the connections of `readers` unused for [`IDLE_TIMEOUT`], looking every third of it,
@@ -193,6 +197,23 @@ mod tests {
         Ok(conn.query_row("SELECT x FROM t", [], |row| row.get(0))?)
     }
 
+    /// Readers of a new database whose one table holds 7 (the directory holds the file).
+    fn readers_of_seven(size: usize) -> (tempfile::TempDir, Arc<Readers>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (7);")
+            .unwrap();
+        (dir, Readers::new(&path, size))
+    }
+
+    impl Readers {
+        fn idle_count(&self) -> usize {
+            self.idle_list().len()
+        }
+    }
+
     /// `n` reads that run at once (each waits for the others inside its connection), so that
     /// `n` connections are open after them.
     async fn burst(readers: &Arc<Readers>, n: usize) {
@@ -211,13 +232,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn connections_left_unused_are_closed_and_opened_again_when_needed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (7);")
-            .unwrap();
-        let readers = Readers::new(&path, 2);
+        let (_dir, readers) = readers_of_seven(2);
 
         burst(&readers, 2).await;
         assert_eq!(readers.idle_count(), 2, "a burst of two reads leaves two connections open");
@@ -233,13 +248,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn the_most_recently_used_connection_is_reused_and_the_others_age_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (7);")
-            .unwrap();
-        let readers = Readers::new(&path, 3);
+        let (_dir, readers) = readers_of_seven(3);
         burst(&readers, 3).await;
         assert_eq!(readers.idle_count(), 3);
         let burst_ended = Instant::now();
