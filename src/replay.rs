@@ -23,7 +23,7 @@ use domain::EventEnvelope;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use store::sqlite::SqliteEventStore;
-use store::{EventFilter, EventStore};
+use store::{EventFilter, EventStore, position_ranges};
 use tokio::sync::mpsc;
 use workers::messages::CloudEvent;
 
@@ -241,8 +241,7 @@ pub async fn replay_to<W: Write + Send + 'static>(
         // Positions have no holes, so the walk splits into ranges of PAGE positions known in
         // advance: READS_IN_FLIGHT of them are read at once, on the store's reader threads,
         // and handed to the writer in order. One reader alone kept neither core busy.
-        let ranges = (start..end).step_by(PAGE).map(|from| (from, (from + PAGE as u64).min(end)));
-        let mut reads = futures::stream::iter(ranges)
+        let mut reads = futures::stream::iter(position_ranges(start, end, PAGE))
             .map(|(after, up_to)| {
                 let range = EventFilter { up_to_position: Some(up_to), ..filter.clone() };
                 let store = store.clone();

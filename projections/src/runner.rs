@@ -10,7 +10,7 @@ use std::time::Duration;
 use domain::{AnyEvent, DecodeError, EventEnvelope};
 use futures::StreamExt;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
-use store::{EventStore, StoreError, subscribe};
+use store::{EventStore, StoreError, position_ranges, subscribe};
 use tokio::sync::{mpsc, watch};
 
 use crate::documents::{Documents, Tables};
@@ -142,7 +142,9 @@ impl Projections {
                 }
             }
             if !events.is_empty() {
-                match apply_on_writer(&self.inner.read_models, move || decode_all(events)).await {
+                // Decoded on the blocking pool too, and freed there with the batch.
+                let applied = on_writer(&self.inner.read_models, move |conn| apply_batch(conn, &decode_all(events)));
+                match applied.await.and_then(|applied| applied) {
                     Ok(position) => {
                         self.publish(position);
                         self.note_progress(position, target);
@@ -207,7 +209,9 @@ pub async fn rebuild_into(store: Arc<dyn EventStore>, path: &Path) -> Result<Rea
     let mut pages = read_ahead(store, 0, head, NEW_DATABASE_BATCH);
     while let Some(page) = pages.recv().await {
         let page = page?;
-        apply_on_writer(&read_models, move || page).await?;
+        let (applied, page) = on_writer(&read_models, move |conn| (apply_batch(conn, &page), page)).await?;
+        drop_aside(page);
+        applied?;
     }
     Ok(read_models)
 }
@@ -229,8 +233,7 @@ pub(crate) fn read_ahead(
 ) -> mpsc::Receiver<Result<Vec<Decoded>, ProjectionError>> {
     let (pages, receiver) = mpsc::channel(PAGES_IN_FLIGHT);
     tokio::spawn(async move {
-        let ranges = (after..head).step_by(batch.max(1)).map(|from| (from, head.min(from + batch as u64)));
-        let mut decoded = futures::stream::iter(ranges)
+        let mut decoded = futures::stream::iter(position_ranges(after, head, batch))
             .map(|(from, to)| {
                 let store = store.clone();
                 async move {
@@ -284,24 +287,22 @@ pub(crate) fn decode_all(events: Vec<EventEnvelope>) -> Vec<Decoded> {
         .collect()
 }
 
-/// Applies the events `events` gives, on the blocking pool: the live runner's are decoded there
-/// too, a rebuild's were decoded ahead.
-async fn apply_on_writer(
+/// Runs `work` with the read models' writer on the blocking pool, then tells the read models
+/// their WAL has grown.
+async fn on_writer<T: Send + 'static>(
     read_models: &ReadModels,
-    events: impl FnOnce() -> Vec<Decoded> + Send + 'static,
-) -> Result<u64, ProjectionError> {
+    work: impl FnOnce(&mut Connection) -> T + Send + 'static,
+) -> Result<T, ProjectionError> {
     let writer = read_models.writer();
-    let (applied, events) = tokio::task::spawn_blocking(move || {
-        let events = events();
+    let done = tokio::task::spawn_blocking(move || {
         // A panic inside a batch drops its transaction, which rolls back: the connection behind
         // a poisoned lock is clean.
         let mut conn = writer.lock().unwrap_or_else(PoisonError::into_inner);
-        (apply_batch(&mut conn, &events), events)
+        work(&mut conn)
     })
     .await?;
-    drop_aside(events);
     read_models.committed();
-    applied
+    Ok(done)
 }
 
 /// Applies `events` (in global order) to every projection that has not seen them, and moves

@@ -162,6 +162,13 @@ impl EventFilter {
     }
 }
 
+/// The positions after `after` up to `end`, as ranges of `size` positions (`(after, up_to)`, the
+/// last one shorter). Global positions have no holes, so a walk of the global order can be cut
+/// into pages known in advance, read several at once and handed on in order.
+pub fn position_ranges(after: u64, end: u64, size: usize) -> impl Iterator<Item = (u64, u64)> {
+    (after..end).step_by(size.max(1)).map(move |from| (from, end.min(from + size as u64)))
+}
+
 /// A subscription to the global order: it catches up from `after`, then follows live appends.
 ///
 /// The stream ends only with an error (the caller decides whether to resubscribe from the last

@@ -33,7 +33,7 @@ pub mod vault;
 #[cfg(feature = "contract-tests")]
 pub mod contract;
 
-pub use event_store::{EventFilter, EventStore, ExpectedVersion, StoreError, StreamAppend, subscribe};
+pub use event_store::{EventFilter, EventStore, ExpectedVersion, StoreError, StreamAppend, position_ranges, subscribe};
 pub use idempotency::{IdempotencyStore, Reservation, StoredResponse};
 pub use leases::{Lease, Leases};
 pub use sqlite::{SqliteEventStore, WriteStats};
