@@ -20,6 +20,8 @@
 //!   that many connections naming it were established through a plain client (not measured);
 //! - `rss`: the engine's VmRSS idle after start, its peak, at the end of the load and
 //!   `BENCH_RSS_WAIT_SECONDS` after it (sampled every 250 ms);
+//! - `rssRun`: the RSS of a fresh engine over a run of `BENCH_RSS_REQUESTS` requests (100,000;
+//!   0 skips it) and `BENCH_RSS_WAIT_SECONDS` after it (see [`rss_run`]);
 //! - `healthChecks`: another engine, on a data dir of its own, finds `BENCH_HEALTH_CHECKS`
 //!   connections whose first health check is due at once (see [`health_checks`]) and checks them
 //!   against a local stand-in for GitHub, while `POST` (one round) or `GET` connections (a second
@@ -34,7 +36,7 @@
 //! `BENCH_SHARED_PREFILL` (`0,10000,50000`), `BENCH_PREFILL_MAX_SECONDS` (the longest a prefill
 //! may take before the level is measured with what exists, 900), `BENCH_DELIVERIES` (pre-signed
 //! deliveries, default 20,000 per second of `BENCH_SECONDS`), `BENCH_GET_CONNECTIONS` (1,000),
-//! `BENCH_RSS_WAIT_SECONDS` (60), `BENCH_SETTLE_MAX_SECONDS` (the longest pause before a figure
+//! `BENCH_RSS_WAIT_SECONDS` (60), `BENCH_RSS_REQUESTS` (100,000), `BENCH_SETTLE_MAX_SECONDS` (the longest pause before a figure
 //! waiting for the engine's background work to be done: its consumers caught up with the store,
 //! or under 0.1 core; 180, and at least 2),
 //! `BENCH_HEALTH_CHECKS` (connections whose first health check is due at once, 20,000; 0 skips
@@ -80,6 +82,7 @@ struct Settings {
     deliveries: usize,
     get_connections: usize,
     rss_wait_seconds: u64,
+    rss_requests: usize,
     settle_max_seconds: u64,
     health_checks: usize,
     health_max_seconds: u64,
@@ -114,6 +117,7 @@ impl Settings {
             deliveries: env_or("BENCH_DELIVERIES", 20_000 * seconds as usize)?,
             get_connections: env_or("BENCH_GET_CONNECTIONS", 1_000)?,
             rss_wait_seconds: env_or("BENCH_RSS_WAIT_SECONDS", 60)?,
+            rss_requests: env_or("BENCH_RSS_REQUESTS", 100_000)?,
             settle_max_seconds: env_or("BENCH_SETTLE_MAX_SECONDS", 180)?,
             health_checks: env_or("BENCH_HEALTH_CHECKS", 20_000)?,
             health_max_seconds: env_or("BENCH_HEALTH_MAX_SECONDS", 600)?,
@@ -136,6 +140,7 @@ impl Settings {
             "preSignedDeliveries": self.deliveries,
             "getConnections": self.get_connections,
             "rssWaitSeconds": self.rss_wait_seconds,
+            "rssRequests": self.rss_requests,
             "rssSampleMs": 250,
             "settleMaxSeconds": self.settle_max_seconds,
             "healthChecks": self.health_checks,
@@ -453,6 +458,106 @@ async fn establish(
         ids.extend(task.await?);
     }
     Ok((ids, failures.load(Ordering::Relaxed)))
+}
+
+/// The RSS figure as issue 11 words it ("at the end of a 100k-request run and back under 2×
+/// idle within 60 s after"): a fresh engine on a data dir of its own, its idle VmRSS read 2 s
+/// after it listens, then `BENCH_RSS_REQUESTS` requests (100,000), 64 at a time through a plain
+/// client: each client alternates `POST` of a new connection and `GET` of one it created. The
+/// connections' first health checks run against the local GitHub stand-in (they are part of
+/// the load's aftermath). VmRSS is sampled every 250 ms from the start to `rss_wait_seconds`
+/// after the last answer. The main run's `rss` figure is the same engine over the whole run
+/// (about ten times as many requests, most of them creating state).
+fn rss_run(phase: &HealthPhase) -> anyhow::Result<Value> {
+    let (settings, engine_bin, runtime, client) = (phase.settings, phase.engine_bin, phase.runtime, phase.client);
+    let standin = GitHubStandIn::start()?;
+    let data_dir = phase.dir.join("rss-data");
+    std::fs::create_dir_all(&data_dir)?;
+    put_secret(engine_bin, &data_dir, HEALTH_SECRET_REF, github_standin::TOKEN)?;
+    let mut engine =
+        engine_command(engine_bin, &["serve", "--listen", "127.0.0.1:0", "--allow-private-egress"], &data_dir);
+    engine.env("IE_LOG", "warn").stderr(std::fs::File::create(phase.dir.join("engine-rss.log"))?);
+    let (engine, base) = spawn_listening(engine, "integration-engine serve")?;
+    let pid = engine.pid();
+    let sampler = RssSampler::start(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = rss_kib(pid).context("engine's VmRSS")?;
+    let token = token(engine_bin, &data_dir)?;
+    let count = settings.rss_requests;
+    eprintln!("RSS run: {count} requests on a fresh engine (idle RSS {} MiB)", mib(idle));
+    let load_started = Instant::now();
+    let failed = runtime.block_on(async {
+        register_github(client, &base, &token, &standin.url).await?;
+        let next = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..SETUP_CLIENTS)
+            .map(|_| {
+                let (client, base, token) = (client.clone(), base.clone(), token.clone());
+                let (next, failed) = (next.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let mut created = Vec::new();
+                    while next.fetch_add(1, Ordering::Relaxed) < count {
+                        let ok = if created.len() % 2 == 0 || created.is_empty() {
+                            let body = connection_body(HEALTH_SECRET_REF);
+                            let sent = client.post(format!("{base}/integrations/connections")).bearer_auth(&token);
+                            let response = sent.header("content-type", "application/json").body(body).send().await;
+                            match response {
+                                Ok(r) if r.status() == 201 => r.json::<Value>().await.ok().and_then(|c| {
+                                    created.push(c["connectionId"].as_str()?.to_owned());
+                                    Some(())
+                                }),
+                                _ => None,
+                            }
+                        } else {
+                            let id = &created[created.len() - 1];
+                            let url = format!("{base}/integrations/connections/{id}");
+                            let response = client.get(url).bearer_auth(&token).send().await;
+                            // Keeps the alternation: the next request creates.
+                            created.push(id.clone());
+                            response.ok().filter(|r| r.status() == 200).map(|_| ())
+                        };
+                        if ok.is_none() {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await?;
+        }
+        anyhow::Ok(failed.load(Ordering::Relaxed))
+    })?;
+    let load_ended = Instant::now();
+    let end = rss_kib(pid).context("engine's VmRSS")?;
+    eprintln!(
+        "RSS run: {count} requests in {:.1} s; watching RSS for {} s",
+        load_ended.duration_since(load_started).as_secs_f64(),
+        settings.rss_wait_seconds
+    );
+    std::thread::sleep(Duration::from_secs(settings.rss_wait_seconds));
+    let after = rss_kib(pid).context("engine's VmRSS")?;
+    let samples = sampler.samples.lock().unwrap().clone();
+    drop(sampler);
+    drop(engine);
+    let back_under_twice_idle = samples
+        .iter()
+        .filter(|(at, _)| *at >= load_ended)
+        .find(|(_, kib)| *kib <= 2 * idle)
+        .map(|(at, _)| round(at.duration_since(load_ended).as_secs_f64(), 1));
+    Ok(json!({
+        "requests": count,
+        "failedRequests": failed,
+        "loadSeconds": round(load_ended.duration_since(load_started).as_secs_f64(), 1),
+        "idleMiB": mib(idle),
+        "peakMiB": mib(samples.iter().map(|(_, kib)| *kib).max().unwrap_or(0)),
+        "endMiB": mib(end),
+        "afterWaitMiB": mib(after),
+        "waitSeconds": settings.rss_wait_seconds,
+        "afterWaitOverIdle": round(after as f64 / idle as f64, 2),
+        "secondsBackUnderTwiceIdle": back_under_twice_idle,
+        "healthChecksAnswered": standin.count(),
+    }))
 }
 
 /// The secret of the health-check figure's connections: the stand-in's token.
@@ -1029,23 +1134,27 @@ fn main() -> anyhow::Result<()> {
     });
     drop(rss);
     drop(engine);
+    let figure = |key: &str| figures.get(key).and_then(|f| f["requestsPerSecond"].as_f64()).unwrap_or(f64::NAN);
+    let phase = HealthPhase {
+        settings: &settings,
+        engine_bin: &engine_bin,
+        dir: temp.path(),
+        ticks,
+        runtime: &runtime,
+        client: &client,
+        unique_body: &unique_body,
+        post_before: figure("connectionsUnique"),
+        get_before: figure("connectionsGet"),
+        ceiling: rows[0].measured.requests_per_second,
+    };
+    let rss_run = if settings.rss_requests > 0 { Some(rss_run(&phase)?) } else { None };
     if settings.health_checks > 0 {
-        let figure = |key: &str| figures.get(key).and_then(|f| f["requestsPerSecond"].as_f64()).unwrap_or(f64::NAN);
-        let phase = HealthPhase {
-            settings: &settings,
-            engine_bin: &engine_bin,
-            dir: temp.path(),
-            ticks,
-            runtime: &runtime,
-            client: &client,
-            unique_body: &unique_body,
-            post_before: figure("connectionsUnique"),
-            get_before: figure("connectionsGet"),
-            ceiling: rows[0].measured.requests_per_second,
-        };
         let (json, health_rows) = health_checks(&phase)?;
         figures.insert("healthChecks".into(), json);
         rows.extend(health_rows);
+    }
+    if let Some(rss_run) = rss_run {
+        figures.insert("rssRun".into(), rss_run);
     }
     drop(echo);
 
@@ -1089,6 +1198,18 @@ fn main() -> anyhow::Result<()> {
         settings.rss_wait_seconds
     );
     println!("{summary}");
+    if let Some(run) = result["figures"].get("rssRun") {
+        println!(
+            "RSS of a {}-request run on a fresh engine: idle {} MiB, peak {} MiB, end {} MiB, {} MiB {} s later (under 2x idle after {} s)",
+            run["requests"],
+            run["idleMiB"],
+            run["peakMiB"],
+            run["endMiB"],
+            run["afterWaitMiB"],
+            run["waitSeconds"],
+            run["secondsBackUnderTwiceIdle"]
+        );
+    }
     if let Some(health) = result["figures"].get("healthChecks") {
         println!(
             "health checks due at once: {} connections per round, all checked: {}, {} checks/s (the slower round)",

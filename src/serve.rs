@@ -12,6 +12,7 @@ use commands::{Commands, SystemClock};
 use projections::{Projections, ReadModels};
 use store::sqlite_idempotency::SqliteIdempotencyStore;
 use tokio_util::sync::CancellationToken;
+use workers::pace::Foreground;
 
 use crate::{DataDir, dev_auth};
 
@@ -126,10 +127,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The workers run on threads of their own at a lower priority: under load the API answers
     // first, and the background work (health checks above all) catches up when it is quieter.
     let background = crate::background::Background::start(args.worker_nice)?;
+    let in_flight = api::load::InFlight::default();
     let mut workers = background
         .run({
             let (stores, dir, kafka, runs) = (stores.clone(), dir.clone(), kafka.clone(), args.runs.clone());
-            async move { crate::worker::start(&stores, &dir, kafka.as_ref(), &runs, roles).await }
+            let foreground: Arc<dyn Foreground> = Arc::new(ApiRequests(in_flight.clone()));
+            async move { crate::worker::start(&stores, &dir, kafka.as_ref(), &runs, roles, Some(foreground)).await }
         })
         .await??;
 
@@ -170,6 +173,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 max_lag_events: args.readiness_max_lag_events,
                 max_lag: Duration::from_secs(args.readiness_max_lag_seconds),
             },
+            in_flight,
             ..ApiSettings::default()
         },
     };
@@ -223,6 +227,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Give in-flight SQLite work on blocking threads a moment to finish its transaction.
     tokio::time::sleep(Duration::from_millis(50)).await;
     served
+}
+
+/// The API as the workers' foreground: busy while it answers a request.
+struct ApiRequests(api::load::InFlight);
+
+impl Foreground for ApiRequests {
+    fn busy(&self) -> bool {
+        self.0.count() > 0
+    }
 }
 
 pub async fn shutdown_signal() {

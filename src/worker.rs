@@ -24,6 +24,7 @@ use workers::kafka::{ensure_topics, run_commands_consumer};
 use workers::messages::{
     COMMAND_SCHEMA_VERSION, COMMANDS_TOPIC, ControlCommand, SCHEMA_VERSION_HEADER, StartRun, run_id_for,
 };
+use workers::pace::{Foreground, Pace};
 use workers::relay::{RELAY_CONSUMER, run_relay};
 use workers::start_run::{StartRunHandler, parse_command};
 use workers::{
@@ -106,6 +107,10 @@ pub struct RunArgs {
     /// only when the connection is established.
     #[arg(long, env = "IE_HEALTH_CHECK_INTERVAL_SECONDS", default_value_t = 300)]
     pub health_check_interval_seconds: u64,
+    /// Health checks (first and periodic) started per second at most while the API in this
+    /// process is answering requests; unpaced when it is not. 0 never paces them.
+    #[arg(long, env = "IE_BUSY_HEALTH_CHECKS_PER_SECOND", default_value_t = 500)]
+    pub busy_health_checks_per_second: u32,
     /// Seconds the previous version of a rotated credential stays valid before it is retired.
     #[arg(long, env = "IE_CREDENTIAL_OVERLAP_SECONDS", default_value_t = 86_400)]
     pub credential_overlap_seconds: u64,
@@ -222,6 +227,7 @@ pub async fn start(
     kafka: Option<&KafkaSettings>,
     runs: &RunArgs,
     roles: Roles,
+    foreground: Option<Arc<dyn Foreground>>,
 ) -> anyhow::Result<Workers> {
     let shutdown = CancellationToken::new();
     let mut tasks: Vec<Task> = Vec::new();
@@ -273,7 +279,11 @@ pub async fn start(
                 }),
             ));
         }
-        start_credential_and_health_workers(&feeds, runs, &shutdown, &mut tasks).await?;
+        // Checks give way to the API's requests, when this process serves any.
+        let pace = foreground
+            .filter(|_| runs.busy_health_checks_per_second > 0)
+            .map(|foreground| Arc::new(Pace::new(foreground, runs.busy_health_checks_per_second)));
+        start_credential_and_health_workers(&feeds, runs, pace, &shutdown, &mut tasks).await?;
         let worker_id = runs.executor_settings().worker_id;
         // Every process on the data dir shares the webhook lanes' leases (in the events file).
         let leases = Arc::new(SqliteLeases::open(&data_dir.join(EVENTS_DB))?);
@@ -287,12 +297,16 @@ pub async fn start(
 async fn start_credential_and_health_workers(
     feeds: &Feeds<'_>,
     runs: &RunArgs,
+    pace: Option<Arc<Pace>>,
     shutdown: &CancellationToken,
     tasks: &mut Vec<Task>,
 ) -> anyhow::Result<()> {
     use workers::process_manager::{PROCESS_MANAGER_CONSUMER, ProcessManager};
     let stores = feeds.stores;
-    let manager = ProcessManager::new(stores.commands());
+    let mut manager = ProcessManager::new(stores.commands());
+    if let Some(pace) = &pace {
+        manager = manager.with_health_check_pace(pace.clone());
+    }
     // Its reactions to different streams are independent: a burst of new connections requests
     // their first health checks at once, sharing commits, instead of one commit at a time.
     let options = ConsumerOptions { concurrency: 64, ..ConsumerOptions::default() };
@@ -305,7 +319,9 @@ async fn start_credential_and_health_workers(
     let (store, commands, token) = (stores.store.clone(), stores.commands(), shutdown.child_token());
     tasks.push((
         "schedules",
-        tokio::spawn(async move { Ok(workers::schedules::run_schedules(store, commands, settings, token).await?) }),
+        tokio::spawn(
+            async move { Ok(workers::schedules::run_schedules(store, commands, settings, pace, token).await?) },
+        ),
     ));
     Ok(())
 }
@@ -386,7 +402,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let stores = Stores::open(&args.data)?;
     let roles = Roles { relay: false, consumers: true };
-    let mut workers = start(&stores, &args.data.data_dir, Some(&settings), &args.runs, roles).await?;
+    let mut workers = start(&stores, &args.data.data_dir, Some(&settings), &args.runs, roles, None).await?;
     let metrics_stop = CancellationToken::new();
     let metrics = match args.metrics_listen {
         Some(addr) => Some(crate::telemetry::serve_metrics(addr, metrics_stop.clone()).await?),

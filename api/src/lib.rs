@@ -4,6 +4,7 @@
 //! - [`routes`]: one router per resource. [`bodies`]: the request and response bodies.
 //! - [`auth`]: bearer tokens (JWKS or a dev secret). [`extract`]: checked JSON and scopes.
 //! - [`trace`], [`versioning`], [`problem`]: cross-cutting layers every response goes through.
+//! - [`load`]: the count of requests in flight, which background work reads to give way.
 //! - [`openapi`]: the OpenAPI 3.1 document and the bodies' JSON Schemas.
 #![forbid(unsafe_code)]
 // `Problem` is the error answer itself, built once per failed request: boxing it would only
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod bodies;
 pub mod extract;
+pub mod load;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
@@ -61,6 +63,8 @@ pub struct ApiSettings {
     pub webhook_egress_allow: Arc<connectors::egress::EgressAllowList>,
     /// How far behind the store the read models may be while `/readyz` still answers 200.
     pub readiness: readiness::ReadinessLimits,
+    /// Counts the requests being answered; background work reads it to give way.
+    pub in_flight: load::InFlight,
 }
 
 impl Default for ApiSettings {
@@ -74,6 +78,7 @@ impl Default for ApiSettings {
             metrics: None,
             webhook_egress_allow: Arc::default(),
             readiness: readiness::ReadinessLimits::default(),
+            in_flight: load::InFlight::default(),
         }
     }
 }
@@ -119,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| Problem::internal(&"a handler panicked").into_response()))
         .layer(middleware::from_fn(metrics::record_http))
         .layer(middleware::from_fn(trace::with_trace_id))
+        .layer(middleware::from_fn_with_state(state.settings.in_flight.clone(), load::count_in_flight))
         .with_state(Arc::new(state))
 }
 

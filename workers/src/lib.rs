@@ -15,6 +15,7 @@
 //!   verification run from their events, with deterministic run ids.
 //! - [`schedules`]: periodic, jittered health checks and the retirement of previous credential
 //!   versions after their overlap.
+//! - [`pace`]: `Pace`, which spaces health checks while the API is busy (the `Foreground` port).
 //! - [`checkpoints`]: `SqliteCheckpoints`, the durable positions of the embedded consumers.
 //! - [`consumer`]: the `EventHandler` trait the workers implement and `run_consumer`, the loop
 //!   that feeds a handler, retries its failures and commits after them.
@@ -29,6 +30,7 @@ pub mod fanout;
 pub mod feed;
 pub mod kafka;
 pub mod messages;
+pub mod pace;
 pub mod process_manager;
 pub mod relay;
 pub mod schedules;

@@ -16,6 +16,8 @@
 //! wait for a client retry that may never come, and the subscription's secret could not be
 //! rotated).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use commands::credentials::{Revocation, RevocationInput, issuance_label};
 use commands::{CommandContext, CommandError, Commands};
@@ -29,6 +31,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::EventHandler;
+use crate::pace::Pace;
 
 /// The process manager's consumer name.
 pub const PROCESS_MANAGER_CONSUMER: &str = "process-manager";
@@ -59,11 +62,21 @@ pub(crate) fn caused_by(event: &EventEnvelope, who: &str) -> CommandContext {
 
 pub struct ProcessManager {
     commands: Commands,
+    /// Spaces the first health checks while the API is busy (a burst of new connections owes
+    /// one each); `None` requests them at once.
+    health_check_pace: Option<Arc<Pace>>,
 }
 
 impl ProcessManager {
     pub fn new(commands: Commands) -> Self {
-        Self { commands }
+        Self { commands, health_check_pace: None }
+    }
+
+    /// Requests first health checks at `pace`.
+    #[must_use]
+    pub fn with_health_check_pace(mut self, pace: Arc<Pace>) -> Self {
+        self.health_check_pace = Some(pace);
+        self
     }
 
     async fn credential_rotation_started(
@@ -159,6 +172,9 @@ impl EventHandler for ProcessManager {
         };
         let outcome = match decoded {
             AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(e)) => {
+                if let Some(pace) = &self.health_check_pace {
+                    pace.turn().await;
+                }
                 let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
                 let run_id = first_health_check_run_id(&event.tenant_id, &e.connection_id);
                 tracing::debug!(connection_id = %e.connection_id, %run_id, "scheduling the first health check");

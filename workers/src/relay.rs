@@ -10,9 +10,12 @@
 //! The producer is idempotent, so its own retries neither duplicate nor reorder a partition,
 //! and the events of a stream share a partition (key = stream id): per-stream order is kept.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::time::Duration;
 
 use domain::EventEnvelope;
+use futures::FutureExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -27,13 +30,36 @@ use crate::{EventFeed, FeedError};
 pub const RELAY_CONSUMER: &str = "kafka-relay";
 /// The counter of events published and acknowledged, in the `metrics` facade.
 pub const RELAY_PUBLISHED: &str = "relay_events_published_total";
-/// Events published (and acknowledged) per checkpoint.
+/// Events read from the store and sent at a time.
 const BATCH: usize = 500;
+/// Events sent and not acknowledged yet, at most: the relay reads no further until the broker
+/// catches up (backpressure), and a failure resends no more than this.
+const MAX_UNACKNOWLEDGED: usize = 5_000;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Events sent to the broker, in the store's order, whose acknowledgements are awaited.
+struct Sent {
+    events: Vec<EventEnvelope>,
+    /// Resolves once the broker has acknowledged (or refused) every event of `events`.
+    acknowledged: Pin<Box<dyn Future<Output = Result<(), String>> + Send>>,
+}
+
+impl Sent {
+    fn last_position(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.global_position)
+    }
+}
+
 /// Publishes the events of `feed` until `shutdown`. Returns an error only for a feed error that
 /// retrying cannot fix.
+///
+/// Sending is pipelined: the relay sends what the store has as soon as it is there, while the
+/// broker's acknowledgements of earlier batches are outstanding (waiting for them before
+/// reading on made every event wait for the acknowledgement round trip of the batch before it).
+/// The checkpoint moves past a batch only once it and every batch before it are acknowledged.
+/// Should a batch fail, it and every batch sent after it are sent again, in order, through a
+/// fresh producer (at least once, as with one large batch).
 pub async fn run_relay<F: EventFeed>(
     mut feed: F,
     settings: &KafkaSettings,
@@ -41,63 +67,128 @@ pub async fn run_relay<F: EventFeed>(
 ) -> Result<(), FeedError> {
     let mut producer = settings.producer().map_err(|e| FeedError::Source(e.to_string()))?;
     let mut backoff = FIRST_BACKOFF;
+    let mut unacknowledged: VecDeque<Sent> = VecDeque::new();
     loop {
-        let batch = tokio::select! {
+        let in_flight: usize = unacknowledged.iter().map(|sent| sent.events.len()).sum();
+        let room = MAX_UNACKNOWLEDGED.saturating_sub(in_flight).min(BATCH);
+        tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
-            batch = feed.next_batch(BATCH) => batch,
-        };
-        let batch = match batch {
-            Ok(batch) => batch,
-            Err(error) if error.is_retryable() => {
-                tracing::warn!(%error, "the relay cannot read the store; retrying");
-                if !pause(backoff, &shutdown).await {
+            acknowledged = first_acknowledged(&mut unacknowledged) => {
+                let first = unacknowledged.pop_front().expect("first_acknowledged waits on the first batch");
+                let (mut last, mut published, mut failed) = (0, 0, None);
+                match acknowledged {
+                    Ok(()) => (last, published) = (first.last_position(), first.events.len()),
+                    Err(error) => failed = Some((error, first.events)),
+                }
+                // Batches acknowledged since move the checkpoint in the same commit.
+                while failed.is_none()
+                    && let Some(next) = unacknowledged.front_mut()
+                    && let Some(acknowledged) = next.acknowledged.as_mut().now_or_never()
+                {
+                    let next = unacknowledged.pop_front().expect("front exists");
+                    match acknowledged {
+                        Ok(()) => (last, published) = (next.last_position(), published + next.events.len()),
+                        Err(error) => failed = Some((error, next.events)),
+                    }
+                }
+                if let Some((error, mut events)) = failed {
+                    // That batch and every one sent after it, again and in order.
+                    events.extend(unacknowledged.drain(..).flat_map(|sent| sent.events));
+                    tracing::warn!(%error, events = events.len(), retry_in = ?backoff, "publishing to Kafka failed; the events will be sent again");
+                    let Some(fresh) = resend(settings, &events, &mut backoff, &shutdown).await? else { return Ok(()) };
+                    producer = fresh;
+                    last = events.last().map_or(last, |e| e.global_position);
+                    published += events.len();
+                }
+                backoff = FIRST_BACKOFF;
+                metrics::counter!(RELAY_PUBLISHED).increment(published as u64);
+                if !commit(&mut feed, last, &shutdown).await? {
                     return Ok(());
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
+                tracing::debug!(position = last, events = published, "relayed");
             }
-            Err(error) => return Err(error),
-        };
-        let Some(last) = batch.last().map(|e| e.global_position) else { continue };
-        // Until the broker has acknowledged all of it: nothing later is sent before.
-        loop {
-            match publish(&producer, &batch).await {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::warn!(%error, events = batch.len(), retry_in = ?backoff, "publishing to Kafka failed; the batch will be sent again");
+            batch = feed.next_batch(room), if room > 0 => match batch {
+                Ok(events) if events.is_empty() => {}
+                Ok(events) => {
+                    let acknowledged = send(&producer, &events).await;
+                    unacknowledged.push_back(Sent { events, acknowledged });
+                }
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, "the relay cannot read the store; retrying");
                     if !pause(backoff, &shutdown).await {
                         return Ok(());
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    // A fresh producer: an idempotent producer can be left fenced by a failure.
-                    producer = settings.producer().map_err(|e| FeedError::Source(e.to_string()))?;
-                }
-            }
-        }
-        backoff = FIRST_BACKOFF;
-        metrics::counter!(RELAY_PUBLISHED).increment(batch.len() as u64);
-        loop {
-            match feed.commit(last).await {
-                Ok(()) => break,
-                Err(error) if error.is_retryable() => {
-                    tracing::warn!(%error, "storing the relay checkpoint failed; retrying");
-                    if !pause(backoff, &shutdown).await {
-                        return Ok(());
-                    }
                 }
                 Err(error) => return Err(error),
-            }
+            },
         }
-        tracing::debug!(position = last, events = batch.len(), "relayed");
     }
 }
 
-/// Sends every event of `batch` in order and waits for all the broker's acknowledgements.
-async fn publish(producer: &FutureProducer, batch: &[EventEnvelope]) -> Result<(), String> {
-    let mut deliveries = Vec::with_capacity(batch.len());
-    for event in batch {
-        let value = serde_json::to_vec(&CloudEvent::from_envelope(event)).map_err(|e| e.to_string())?;
+/// Waits for the first batch's acknowledgements; never resolves when nothing is in flight.
+async fn first_acknowledged(unacknowledged: &mut VecDeque<Sent>) -> Result<(), String> {
+    match unacknowledged.front_mut() {
+        Some(sent) => sent.acknowledged.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends `events` through fresh producers until the broker has acknowledged all of them; the
+/// producer that did, or `None` on shutdown.
+async fn resend(
+    settings: &KafkaSettings,
+    events: &[EventEnvelope],
+    backoff: &mut Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<FutureProducer>, FeedError> {
+    loop {
+        if !pause(*backoff, shutdown).await {
+            return Ok(None);
+        }
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        // A fresh producer: an idempotent producer can be left fenced by a failure.
+        let producer = settings.producer().map_err(|e| FeedError::Source(e.to_string()))?;
+        match send(&producer, events).await.await {
+            Ok(()) => return Ok(Some(producer)),
+            Err(error) => {
+                tracing::warn!(%error, events = events.len(), retry_in = ?*backoff, "publishing to Kafka failed; the events will be sent again");
+            }
+        }
+    }
+}
+
+/// Stores the checkpoint, retrying what can be retried; false on shutdown.
+async fn commit<F: EventFeed>(feed: &mut F, last: u64, shutdown: &CancellationToken) -> Result<bool, FeedError> {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match feed.commit(last).await {
+            Ok(()) => return Ok(true),
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(%error, "storing the relay checkpoint failed; retrying");
+                if !pause(backoff, shutdown).await {
+                    return Ok(false);
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Enqueues every event of `events` in order; the returned future resolves once the broker has
+/// acknowledged all of them, with the first error if any was refused.
+async fn send(
+    producer: &FutureProducer,
+    events: &[EventEnvelope],
+) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+    let mut deliveries = Vec::with_capacity(events.len());
+    for event in events {
+        let value = match serde_json::to_vec(&CloudEvent::from_envelope(event)) {
+            Ok(value) => value,
+            Err(error) => return Box::pin(std::future::ready(Err(error.to_string()))),
+        };
         let mut headers = OwnedHeaders::new_with_capacity(6);
         for (key, value) in event_headers(event) {
             headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
@@ -112,21 +203,23 @@ async fn publish(producer: &FutureProducer, batch: &[EventEnvelope]) -> Result<(
                     record = returned;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((error, _)) => return Err(error.to_string()),
+                Err((error, _)) => return Box::pin(std::future::ready(Err(error.to_string()))),
             }
         };
         deliveries.push(delivery);
     }
-    let mut first_error = None;
-    for delivery in deliveries {
-        let outcome = match delivery.await {
-            Ok(Ok(_)) => continue,
-            Ok(Err((error, _))) => error.to_string(),
-            Err(_) => "the producer dropped the message".to_string(),
-        };
-        first_error.get_or_insert(outcome);
-    }
-    first_error.map_or(Ok(()), Err)
+    Box::pin(async move {
+        let mut first_error = None;
+        for delivery in deliveries {
+            let outcome = match delivery.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err((error, _))) => error.to_string(),
+                Err(_) => "the producer dropped the message".to_string(),
+            };
+            first_error.get_or_insert(outcome);
+        }
+        first_error.map_or(Ok(()), Err)
+    })
 }
 
 async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {

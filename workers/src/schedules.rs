@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use store::{EventStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
+use crate::pace::Pace;
 use crate::process_manager::{caused_by, health_check_run_id};
 
 const SCHEDULER: &str = "scheduler";
@@ -84,6 +85,7 @@ pub async fn run_schedules(
     store: Arc<dyn EventStore>,
     commands: Commands,
     settings: ScheduleSettings,
+    pace: Option<Arc<Pace>>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let mut events = Box::pin(store::subscribe(store.clone(), 0));
@@ -101,7 +103,7 @@ pub async fn run_schedules(
             _ = tick.tick() => {
                 let now = commands.now();
                 if let Some(interval) = settings.health_check_interval {
-                    check_due_connections(store.as_ref(), &commands, interval, now, &mut checked).await;
+                    check_due_connections(store.as_ref(), &commands, interval, now, pace.as_deref(), &mut checked).await;
                 }
                 retire_due_versions(&commands, now, &mut retirements).await;
             }
@@ -165,6 +167,7 @@ async fn check_due_connections(
     commands: &Commands,
     interval: Duration,
     now: DateTime<Utc>,
+    pace: Option<&Pace>,
     checks: &mut HealthChecks,
 ) {
     let interval_ms = interval_ms(interval);
@@ -190,6 +193,9 @@ async fn check_due_connections(
         let current = slot(offset_ms, interval_ms, now);
         let ctx = caused_by(&event, SCHEDULER);
         let run_id = health_check_run_id(&event.tenant_id, &connection_id, &current.to_string());
+        if let Some(pace) = pace {
+            pace.turn().await;
+        }
         match commands.request_run(&ctx, &run_id, &connection_id, CHECK_HEALTH, json!({})).await {
             Ok(_) => {
                 tracing::debug!(%connection_id, %run_id, "periodic health check requested");
@@ -315,7 +321,7 @@ mod tests {
 
         let settings = ScheduleSettings { health_check_interval: None, credential_overlap: Duration::ZERO };
         let shutdown = CancellationToken::new();
-        let schedules = tokio::spawn(run_schedules(store.clone(), commands, settings, shutdown.clone()));
+        let schedules = tokio::spawn(run_schedules(store.clone(), commands, settings, None, shutdown.clone()));
         let mut retired = Vec::new();
         for _ in 0..100 {
             retired = store
