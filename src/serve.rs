@@ -229,12 +229,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     served
 }
 
-/// The API as the workers' foreground: busy while it answers a request.
+/// The API as the workers' foreground: busy while it answers a request or had one within
+/// [`API_BUSY_WINDOW`].
 struct ApiRequests(api::load::InFlight);
+
+/// Requests this close together keep the API busy for the workers' pace.
+const API_BUSY_WINDOW: Duration = Duration::from_millis(100);
 
 impl Foreground for ApiRequests {
     fn busy(&self) -> bool {
-        self.0.count() > 0
+        self.0.active_within(API_BUSY_WINDOW)
     }
 }
 

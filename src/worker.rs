@@ -109,7 +109,7 @@ pub struct RunArgs {
     pub health_check_interval_seconds: u64,
     /// Health checks (first and periodic) started per second at most while the API in this
     /// process is answering requests; unpaced when it is not. 0 never paces them.
-    #[arg(long, env = "IE_BUSY_HEALTH_CHECKS_PER_SECOND", default_value_t = 500)]
+    #[arg(long, env = "IE_BUSY_HEALTH_CHECKS_PER_SECOND", default_value_t = 150)]
     pub busy_health_checks_per_second: u32,
     /// Seconds the previous version of a rotated credential stays valid before it is retired.
     #[arg(long, env = "IE_CREDENTIAL_OVERLAP_SECONDS", default_value_t = 86_400)]

@@ -1,27 +1,57 @@
-//! How many requests the server is answering right now, for background work that gives way to
-//! the API (the workers' health-check pace reads it).
+//! How many requests the server is answering right now and when the last one came, for
+//! background work that gives way to the API (the workers' health-check pace reads it).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// The number of requests in flight; clones share one count.
-#[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
+/// The requests in flight and when the last one came; clones share one count.
+#[derive(Debug, Clone)]
+pub struct InFlight(Arc<Counts>);
+
+#[derive(Debug)]
+struct Counts {
+    in_flight: AtomicUsize,
+    /// When the latest request came, in ms since `since`.
+    last_arrival_ms: AtomicU64,
+    since: Instant,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self(Arc::new(Counts {
+            in_flight: AtomicUsize::new(0),
+            last_arrival_ms: AtomicU64::new(0),
+            since: Instant::now(),
+        }))
+    }
+}
 
 impl InFlight {
     pub fn count(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.0.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request is being answered or one came within `window`. A fast request (a `GET`
+    /// answered in tens of microseconds) is in flight for a small part of its round trip, so a
+    /// server busy with them often has none in flight at the instant it is asked.
+    pub fn active_within(&self, window: Duration) -> bool {
+        let now_ms = u64::try_from(self.0.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.count() > 0 || now_ms.saturating_sub(self.0.last_arrival_ms.load(Ordering::Relaxed)) <= window_ms
     }
 
     /// Counts one request until the returned guard drops (also when the client goes away and
     /// the request's future is dropped mid-way).
     fn enter(&self) -> Entered<'_> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Entered(&self.0)
+        let now_ms = u64::try_from(self.0.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_arrival_ms.store(now_ms, Ordering::Relaxed);
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        Entered(&self.0.in_flight)
     }
 }
 
@@ -84,5 +114,16 @@ mod tests {
         abandoned.abort();
         let _ = abandoned.await;
         assert_eq!(in_flight.count(), 0);
+        // None in flight, but one came a moment ago.
+        assert!(in_flight.active_within(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!in_flight.active_within(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn a_server_that_has_had_no_request_is_not_active() {
+        let in_flight = InFlight::default();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!in_flight.active_within(Duration::from_millis(5)));
     }
 }

@@ -8,10 +8,15 @@
 //! well, so they cannot be deprioritised. Starting fewer checks while requests are in flight is
 //! what leaves the cores to the requests.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Mutex;
 use tokio::time::Instant;
+
+/// How often a start waiting for its slot looks again whether the foreground is still busy: it
+/// goes at once when it is not.
+const RECHECK: Duration = Duration::from_millis(50);
 
 /// Whether the process is busy with work somebody waits for (requests in flight).
 pub trait Foreground: Send + Sync {
@@ -22,7 +27,10 @@ pub trait Foreground: Send + Sync {
 pub struct Pace {
     foreground: Arc<dyn Foreground>,
     spacing: Duration,
-    /// The earliest moment the next paced start may take.
+    /// The earliest moment the next paced start may take. Waiting starts queue on the lock in
+    /// arrival order (tokio's mutex is fair), so only the first of them sleeps, and no slot is
+    /// promised ahead: when the foreground goes idle, every waiting start goes within
+    /// [`RECHECK`].
     next_slot: Mutex<Instant>,
 }
 
@@ -40,19 +48,24 @@ impl Pace {
     }
 
     /// Waits for this start's turn: at once while the foreground is idle, else until the next
-    /// free slot. Each caller takes its own slot, so concurrent callers are spaced too.
+    /// free slot, or until the foreground is idle again.
     pub async fn turn(&self) {
         if !self.foreground.busy() {
             return;
         }
-        let slot = {
-            let mut next_slot = self.next_slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // A slot left unused while idle is not saved up for a burst later.
-            let slot = (*next_slot).max(Instant::now());
-            *next_slot = slot + self.spacing;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+        let mut next_slot = self.next_slot.lock().await;
+        loop {
+            if !self.foreground.busy() {
+                return;
+            }
+            let now = Instant::now();
+            if *next_slot <= now {
+                // From now, not from the slot: time spent idle is not saved up for a burst.
+                *next_slot = now + self.spacing;
+                return;
+            }
+            tokio::time::sleep_until((*next_slot).min(now + RECHECK)).await;
+        }
     }
 }
 
@@ -93,5 +106,21 @@ mod tests {
 
         switch.0.store(false, Ordering::Relaxed);
         assert_eq!(ten_turns(&pace).await, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_starts_go_soon_after_the_foreground_goes_idle() {
+        let switch = Arc::new(Switch(AtomicBool::new(true)));
+        // One start a second: a thousand waiting starts would take 17 minutes while busy.
+        let pace = Arc::new(Pace::new(switch.clone(), 1));
+        let started = Instant::now();
+        let waiting = tokio::spawn({
+            let pace = pace.clone();
+            async move { futures::future::join_all((0..1000).map(|_| pace.turn())).await }
+        });
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        switch.0.store(false, Ordering::Relaxed);
+        waiting.await.unwrap();
+        assert!(started.elapsed() <= Duration::from_millis(2500) + RECHECK, "{:?}", started.elapsed());
     }
 }
