@@ -108,7 +108,8 @@ pub struct RunArgs {
     #[arg(long, env = "IE_HEALTH_CHECK_INTERVAL_SECONDS", default_value_t = 300)]
     pub health_check_interval_seconds: u64,
     /// Health checks (first and periodic) started per second at most while the API in this
-    /// process is answering requests; unpaced when it is not. 0 never paces them.
+    /// process is busy (a request in flight, or one within the last 100 ms); unpaced when it
+    /// is not. 0 never paces them.
     #[arg(long, env = "IE_BUSY_HEALTH_CHECKS_PER_SECOND", default_value_t = 150)]
     pub busy_health_checks_per_second: u32,
     /// Seconds the previous version of a rotated credential stays valid before it is retired.

@@ -105,7 +105,7 @@ mod tests {
 
         // A request whose client went away (its future dropped mid-way) is not counted forever.
         let stuck = Router::new()
-            .route("/", get(|| std::future::pending::<&str>()))
+            .route("/", get(std::future::pending::<&str>))
             .layer(axum::middleware::from_fn_with_state(in_flight.clone(), count_in_flight));
         let abandoned = tokio::spawn(stuck.oneshot(Request::get("/").body(Body::empty()).unwrap()));
         while in_flight.count() == 0 {
