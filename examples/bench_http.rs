@@ -460,6 +460,24 @@ async fn establish(
     Ok((ids, failures.load(Ordering::Relaxed)))
 }
 
+/// A data dir of its own under the phase's directory, with the stand-in's token staged as
+/// `HEALTH_SECRET_REF`.
+fn checks_data_dir(phase: &HealthPhase, name: &str) -> anyhow::Result<PathBuf> {
+    let data_dir = phase.dir.join(name);
+    std::fs::create_dir_all(&data_dir)?;
+    put_secret(phase.engine_bin, &data_dir, HEALTH_SECRET_REF, github_standin::TOKEN)?;
+    Ok(data_dir)
+}
+
+/// `serve` with its workers over `data_dir`, allowed to call the loopback stand-in; its log in
+/// `{log}.log` beside the data dirs. The engine and its base URL.
+fn serve_with_checks(phase: &HealthPhase, data_dir: &Path, log: &str) -> anyhow::Result<(ChildGuard, String)> {
+    let mut engine =
+        engine_command(phase.engine_bin, &["serve", "--listen", "127.0.0.1:0", "--allow-private-egress"], data_dir);
+    engine.env("IE_LOG", "warn").stderr(std::fs::File::create(phase.dir.join(format!("{log}.log")))?);
+    spawn_listening(engine, "integration-engine serve")
+}
+
 /// The RSS figure as issue 11 words it ("at the end of a 100k-request run and back under 2×
 /// idle within 60 s after"): a fresh engine on a data dir of its own, its idle VmRSS read 2 s
 /// after it listens, then `BENCH_RSS_REQUESTS` requests (100,000), 64 at a time through a plain
@@ -471,13 +489,8 @@ async fn establish(
 fn rss_run(phase: &HealthPhase) -> anyhow::Result<Value> {
     let (settings, engine_bin, runtime, client) = (phase.settings, phase.engine_bin, phase.runtime, phase.client);
     let standin = GitHubStandIn::start()?;
-    let data_dir = phase.dir.join("rss-data");
-    std::fs::create_dir_all(&data_dir)?;
-    put_secret(engine_bin, &data_dir, HEALTH_SECRET_REF, github_standin::TOKEN)?;
-    let mut engine =
-        engine_command(engine_bin, &["serve", "--listen", "127.0.0.1:0", "--allow-private-egress"], &data_dir);
-    engine.env("IE_LOG", "warn").stderr(std::fs::File::create(phase.dir.join("engine-rss.log"))?);
-    let (engine, base) = spawn_listening(engine, "integration-engine serve")?;
+    let data_dir = checks_data_dir(phase, "rss-data")?;
+    let (engine, base) = serve_with_checks(phase, &data_dir, "engine-rss")?;
     let pid = engine.pid();
     let sampler = RssSampler::start(pid);
     std::thread::sleep(Duration::from_secs(2));
@@ -495,26 +508,26 @@ fn rss_run(phase: &HealthPhase) -> anyhow::Result<Value> {
                 let (client, base, token) = (client.clone(), base.clone(), token.clone());
                 let (next, failed) = (next.clone(), failed.clone());
                 tokio::spawn(async move {
-                    let mut created = Vec::new();
+                    // The connection this client created last and has not read yet.
+                    let mut created: Option<String> = None;
                     while next.fetch_add(1, Ordering::Relaxed) < count {
-                        let ok = if created.len() % 2 == 0 || created.is_empty() {
-                            let body = connection_body(HEALTH_SECRET_REF);
-                            let sent = client.post(format!("{base}/integrations/connections")).bearer_auth(&token);
-                            let response = sent.header("content-type", "application/json").body(body).send().await;
-                            match response {
-                                Ok(r) if r.status() == 201 => r.json::<Value>().await.ok().and_then(|c| {
-                                    created.push(c["connectionId"].as_str()?.to_owned());
-                                    Some(())
-                                }),
-                                _ => None,
+                        let ok = match created.take() {
+                            None => {
+                                let body = connection_body(HEALTH_SECRET_REF);
+                                let sent = client.post(format!("{base}/integrations/connections")).bearer_auth(&token);
+                                match sent.header("content-type", "application/json").body(body).send().await {
+                                    Ok(r) if r.status() == 201 => r.json::<Value>().await.ok().and_then(|c| {
+                                        created = Some(c["connectionId"].as_str()?.to_owned());
+                                        Some(())
+                                    }),
+                                    _ => None,
+                                }
                             }
-                        } else {
-                            let id = &created[created.len() - 1];
-                            let url = format!("{base}/integrations/connections/{id}");
-                            let response = client.get(url).bearer_auth(&token).send().await;
-                            // Keeps the alternation: the next request creates.
-                            created.push(id.clone());
-                            response.ok().filter(|r| r.status() == 200).map(|_| ())
+                            Some(id) => {
+                                let url = format!("{base}/integrations/connections/{id}");
+                                let response = client.get(url).bearer_auth(&token).send().await;
+                                response.ok().filter(|r| r.status() == 200).map(|_| ())
+                            }
                         };
                         if ok.is_none() {
                             failed.fetch_add(1, Ordering::Relaxed);
@@ -640,9 +653,7 @@ fn health_round(
     let (settings, engine_bin, runtime, client) = (phase.settings, phase.engine_bin, phase.runtime, phase.client);
     let count = settings.health_checks;
     let standin = GitHubStandIn::start()?;
-    let data_dir = phase.dir.join(format!("health-data-{key}"));
-    std::fs::create_dir_all(&data_dir)?;
-    put_secret(engine_bin, &data_dir, HEALTH_SECRET_REF, github_standin::TOKEN)?;
+    let data_dir = checks_data_dir(phase, &format!("health-data-{key}"))?;
     let log = |name: &str| std::fs::File::create(phase.dir.join(format!("{name}-{key}.log")));
 
     eprintln!("establishing {count} connections with no workers to check them");
@@ -674,10 +685,7 @@ fn health_round(
     ensure!(standin.count() == 0, "an engine with --no-workers checked {} connections", standin.count());
 
     eprintln!("starting an engine that owes {} first health checks", ids.len());
-    let mut engine =
-        engine_command(engine_bin, &["serve", "--listen", "127.0.0.1:0", "--allow-private-egress"], &data_dir);
-    engine.env("IE_LOG", "warn").stderr(log("engine-health")?);
-    let (engine, base) = spawn_listening(engine, "integration-engine serve")?;
+    let (engine, base) = serve_with_checks(phase, &data_dir, &format!("engine-health-{key}"))?;
     let due_at = Instant::now();
     let cpu_at_start = cpu_time(engine.pid(), phase.ticks)?;
 

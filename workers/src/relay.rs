@@ -75,23 +75,7 @@ pub async fn run_relay<F: EventFeed>(
             biased;
             () = shutdown.cancelled() => return Ok(()),
             acknowledged = first_acknowledged(&mut unacknowledged) => {
-                let first = unacknowledged.pop_front().expect("first_acknowledged waits on the first batch");
-                let (mut last, mut published, mut failed) = (0, 0, None);
-                match acknowledged {
-                    Ok(()) => (last, published) = (first.last_position(), first.events.len()),
-                    Err(error) => failed = Some((error, first.events)),
-                }
-                // Batches acknowledged since move the checkpoint in the same commit.
-                while failed.is_none()
-                    && let Some(next) = unacknowledged.front_mut()
-                    && let Some(acknowledged) = next.acknowledged.as_mut().now_or_never()
-                {
-                    let next = unacknowledged.pop_front().expect("front exists");
-                    match acknowledged {
-                        Ok(()) => (last, published) = (next.last_position(), published + next.events.len()),
-                        Err(error) => failed = Some((error, next.events)),
-                    }
-                }
+                let (mut last, mut published, failed) = take_acknowledged(acknowledged, &mut unacknowledged);
                 if let Some((error, mut events)) = failed {
                     // That batch and every one sent after it, again and in order.
                     events.extend(unacknowledged.drain(..).flat_map(|sent| sent.events));
@@ -125,6 +109,29 @@ pub async fn run_relay<F: EventFeed>(
             },
         }
     }
+}
+
+/// Takes the first batch, whose acknowledgement came as `first`, and every batch after it whose
+/// acknowledgements are in too, so that one checkpoint commit covers them: the last position
+/// acknowledged, the number of events, and the first batch refused, if any (whatever follows it
+/// stays in `unacknowledged`).
+fn take_acknowledged(
+    first: Result<(), String>,
+    unacknowledged: &mut VecDeque<Sent>,
+) -> (u64, usize, Option<(String, Vec<EventEnvelope>)>) {
+    let (mut last, mut published) = (0, 0);
+    let mut next = first;
+    while let Some(sent) = unacknowledged.pop_front() {
+        if let Err(error) = next {
+            return (last, published, Some((error, sent.events)));
+        }
+        (last, published) = (sent.last_position(), published + sent.events.len());
+        match unacknowledged.front_mut().and_then(|sent| sent.acknowledged.as_mut().now_or_never()) {
+            Some(acknowledged) => next = acknowledged,
+            None => break,
+        }
+    }
+    (last, published, None)
 }
 
 /// Waits for the first batch's acknowledgements; never resolves when nothing is in flight.
