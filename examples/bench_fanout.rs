@@ -41,11 +41,11 @@ use serde_json::json;
 use store::cached_vault::CachedSecretStore;
 use store::{EventStore, Leases, MasterKey, SecretStore, SqliteEventStore, SqliteLeases, SqliteVault};
 use tokio_util::sync::CancellationToken;
+use workers::control_plane::ControlPlane;
 use workers::fanout::{Dispatcher, FANOUT_CONSUMER, FanOut, WebhookSettings};
 use workers::kafka::{ensure_topics, run_commands_consumer};
 use workers::messages::{COMMANDS_TOPIC, ControlCommand, PublishEvent, SCHEMA_VERSION_HEADER};
 use workers::relay::{RELAY_CONSUMER, run_relay};
-use workers::start_run::StartRunHandler;
 use workers::{ConsumerOptions, EmbeddedFeed, KafkaFeed, KafkaSettings, SqliteCheckpoints, run_consumer_with};
 
 #[path = "support/cpu.rs"]
@@ -210,7 +210,7 @@ async fn run_mode(
             let relay_feed = EmbeddedFeed::open(store.clone(), checkpoints, RELAY_CONSUMER).await?;
             let (s, t) = (settings.clone(), shutdown.child_token());
             tokio::spawn(async move { run_relay(relay_feed, &s, t).await });
-            let handler = StartRunHandler::new(commands.clone(), Actor { subject: "kafka".into(), client_id: None });
+            let handler = ControlPlane::new(commands.clone(), Actor { subject: "kafka".into(), client_id: None });
             let (s, t) = (settings.clone(), shutdown.child_token());
             tokio::spawn(async move { run_commands_consumer(&s, handler, t).await });
             let feed = KafkaFeed::subscribe(settings, FANOUT_CONSUMER)?;

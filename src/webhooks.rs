@@ -184,7 +184,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         send_to_commands_topic(&brokers, &key, &value, "PublishEvent").await?;
     } else {
         let stores = Stores::open(&args.data)?;
-        let handler = workers::start_run::StartRunHandler::new(
+        let handler = workers::control_plane::ControlPlane::new(
             stores.commands(),
             Actor { subject: "cli".into(), client_id: None },
         );

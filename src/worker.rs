@@ -19,6 +19,7 @@ use store::sqlite::SqliteEventStore;
 use store::{EventStore, SecretStore, SqliteLeases};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use workers::control_plane::{ControlPlane, parse_command};
 use workers::executor::RUN_EXECUTOR_CONSUMER;
 use workers::kafka::{ensure_topics, run_commands_consumer};
 use workers::messages::{
@@ -26,7 +27,6 @@ use workers::messages::{
 };
 use workers::pace::{Foreground, Pace};
 use workers::relay::{RELAY_CONSUMER, run_relay};
-use workers::start_run::{StartRunHandler, parse_command};
 use workers::{
     ConsumerOptions, EmbeddedFeed, EventHandler, ExecutorSettings, KafkaFeed, KafkaSettings, RunExecutor, SharedStore,
     SqliteCheckpoints, run_consumer_with,
@@ -268,7 +268,7 @@ pub async fn start(
         feeds.spawn(RUN_EXECUTOR_CONSUMER, executor, options, shutdown.child_token(), &mut tasks).await?;
         if let Some(settings) = kafka {
             // The control plane's commands topic exists only with Kafka.
-            let handler = StartRunHandler::new(stores.commands(), kafka_actor());
+            let handler = ControlPlane::new(stores.commands(), kafka_actor());
             let (settings, token) = (settings.clone(), shutdown.child_token());
             tasks.push((
                 "commands",
@@ -496,7 +496,7 @@ pub async fn run_runs(command: RunsCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     let stores = Stores::open(&args.data)?;
-    let handler = StartRunHandler::new(stores.commands(), Actor { subject: "cli".into(), client_id: None });
+    let handler = ControlPlane::new(stores.commands(), Actor { subject: "cli".into(), client_id: None });
     let trace_id = format!("trace-{}", uuid::Uuid::new_v4().simple());
     let requested = handler.handle(&start, &trace_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", requested.run_id);

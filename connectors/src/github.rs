@@ -4,7 +4,7 @@
 
 use ring::hmac;
 
-use crate::inbound::SignedRequest;
+use crate::signature::SignedRequest;
 use crate::signature::{KeyIndex, SignatureError, hmac_of, parse_prefixed_hex_digest, verify_hmac};
 
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
@@ -32,7 +32,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbound::{Headers, SignedRequest};
+    use crate::signature::{Headers, SignedRequest};
 
     fn request<'a>(headers: &'a Headers, body: &'a [u8]) -> SignedRequest<'a> {
         SignedRequest { headers, body, url: "", now: 0, tolerance_seconds: 300 }

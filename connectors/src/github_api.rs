@@ -11,7 +11,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::operations::{CallError, Credential, excerpt, status_error, transport_error};
+use crate::call::{CallError, Credential, endpoint, excerpt, status_error, transport_error};
 
 /// The REST API version this client speaks.
 pub const API_VERSION: &str = "2022-11-28";
@@ -172,16 +172,6 @@ pub async fn get_authenticated_user(
         Err(_) => excerpt(&bytes),
     };
     Err(status_error(status, &format!("GitHub: {detail}")))
-}
-
-/// `base_url` with `segments` appended as path segments (each percent-encoded).
-pub(crate) fn endpoint(base_url: &reqwest::Url, segments: &[&str]) -> Result<reqwest::Url, CallError> {
-    let mut url = base_url.clone();
-    url.path_segments_mut()
-        .map_err(|()| CallError::Permanent(format!("provider baseUrl {base_url} cannot have a path")))?
-        .pop_if_empty()
-        .extend(segments);
-    Ok(url)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use ring::digest;
 
-use crate::inbound::SignedRequest;
+use crate::signature::SignedRequest;
 use crate::signature::{KeyIndex, SignatureError, constant_time_eq};
 
 pub const TOKEN_HEADER: &str = "x-gitlab-token";
@@ -31,7 +31,7 @@ pub fn verify(request: &SignedRequest<'_>, secrets: &[&[u8]]) -> Result<KeyIndex
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbound::Headers;
+    use crate::signature::Headers;
 
     #[test]
     fn the_token_must_equal_a_secret() {

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::operations::{CallError, Credential, excerpt, status_error, transport_error};
+use crate::call::{CallError, Credential, excerpt, status_error, transport_error};
 
 pub const TIMESTAMP_HEADER: &str = "x-cs-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-cs-signature";

@@ -2,47 +2,13 @@
 //! it over the raw request, and reading the vendor-native delivery (id, event, payload) out of
 //! the verified bytes.
 
-use std::collections::BTreeMap;
-
 use ring::digest;
 use serde_json::Value;
 
 use crate::jws::JwkSet;
+pub use crate::signature::{Headers, SignedRequest};
 use crate::signature::{KeyIndex, SignatureError};
 use crate::{form, github, gitlab, jws, shopify, slack, standard_webhooks, stripe, twilio};
-
-/// Request headers by lower-case name (the first value of a repeated header).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(BTreeMap<String, String>);
-
-impl Headers {
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut map = BTreeMap::new();
-        for (name, value) in pairs {
-            map.entry(name.to_ascii_lowercase()).or_insert_with(|| value.to_string());
-        }
-        Self(map)
-    }
-
-    /// The trimmed value of a header.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(|v| v.trim())
-    }
-}
-
-/// A request as the gateway received it, with what verification needs.
-#[derive(Debug, Clone, Copy)]
-pub struct SignedRequest<'a> {
-    pub headers: &'a Headers,
-    /// The raw body, exactly as received.
-    pub body: &'a [u8],
-    /// The URL the vendor called (Twilio signs it).
-    pub url: &'a str,
-    /// Unix seconds now.
-    pub now: i64,
-    /// How far a signed timestamp may be from `now`, either way.
-    pub tolerance_seconds: u64,
-}
 
 /// One way a vendor authenticates its deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde_json::Value;
 
-use crate::inbound::SignedRequest;
+use crate::signature::SignedRequest;
 use crate::signature::{SignatureError, check_timestamp};
 
 /// A compact JWS longer than this is refused before decoding (the body limit applies too).
@@ -211,7 +211,7 @@ pub fn verify(request: &SignedRequest<'_>, keys: &JwkSet) -> Result<Vec<u8>, Sig
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbound::Headers;
+    use crate::signature::Headers;
     use serde_json::json;
 
     // RFC 7515, Appendix A.2 (RS256) and A.3 (ES256): the keys and the signed example.

@@ -5,7 +5,8 @@
 
 /// GitHub's `X-Hub-Signature-256`.
 pub mod github;
-/// Refusal reasons, constant-time comparison and the timestamp window shared by the verifiers.
+/// The signed request, refusal reasons, constant-time comparison and the timestamp window
+/// shared by the verifiers.
 pub mod signature;
 
 // Inbound: one verifier per scheme, the dispatcher, the rule table.
@@ -31,6 +32,8 @@ pub mod stripe;
 pub mod twilio;
 
 // Outbound: the API clients of run operations.
+/// What every API client's call shares: the credential, `CallError` and reading failures.
+pub mod call;
 /// The SSRF-safe outbound HTTP client the API clients share.
 pub mod egress;
 /// GitHub's REST API client (`OpenPullRequest`).

@@ -22,7 +22,7 @@ use oauth2::{AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, Scope,
 use ring::digest;
 use serde_json::{Map, Value};
 
-use crate::operations::{CallError, Credential};
+use crate::call::{CallError, Credential};
 
 /// The configuration key of the token endpoint.
 pub const TOKEN_URL: &str = "tokenUrl";
@@ -191,13 +191,13 @@ async fn send(http: &reqwest::Client, request: HttpRequest) -> Result<HttpRespon
         .body(body)
         .send()
         .await
-        .map_err(|e| TransportError(crate::operations::transport_error(&e).to_string()))?;
+        .map_err(|e| TransportError(crate::call::transport_error(&e).to_string()))?;
     let mut answer = HttpResponse::new(Vec::new());
     *answer.status_mut() = response.status();
     *answer.headers_mut() = response.headers().clone();
     let body = crate::egress::read_capped(response, MAX_TOKEN_RESPONSE)
         .await
-        .map_err(|e| TransportError(crate::operations::transport_error(&e).to_string()))?;
+        .map_err(|e| TransportError(crate::call::transport_error(&e).to_string()))?;
     if body.truncated {
         return Err(TransportError(format!("the token response is larger than {MAX_TOKEN_RESPONSE} bytes")));
     }

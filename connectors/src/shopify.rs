@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
 
-use crate::inbound::SignedRequest;
+use crate::signature::SignedRequest;
 use crate::signature::{KeyIndex, SignatureError, hmac_of, require_sha256_length, verify_hmac};
 
 pub const SIGNATURE_HEADER: &str = "x-shopify-hmac-sha256";
@@ -33,7 +33,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbound::Headers;
+    use crate::signature::Headers;
 
     /// Shopify documents the computation (base64 of the HMAC-SHA256 of the raw body under the
     /// client secret) without a published vector; this is that computation done independently

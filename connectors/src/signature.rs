@@ -1,9 +1,45 @@
-//! What every inbound verifier shares: the refusal reasons, constant-time comparisons and the
-//! timestamp window.
+//! What every inbound verifier shares: the request it verifies, the refusal reasons,
+//! constant-time comparisons and the timestamp window. The verifiers depend on this module and
+//! `inbound` depends on them, never the other way.
+
+use std::collections::BTreeMap;
 
 use ring::hmac;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
+
+/// Request headers by lower-case name (the first value of a repeated header).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(BTreeMap<String, String>);
+
+impl Headers {
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut map = BTreeMap::new();
+        for (name, value) in pairs {
+            map.entry(name.to_ascii_lowercase()).or_insert_with(|| value.to_string());
+        }
+        Self(map)
+    }
+
+    /// The trimmed value of a header.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim())
+    }
+}
+
+/// A request as the gateway received it, with what verification needs.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedRequest<'a> {
+    pub headers: &'a Headers,
+    /// The raw body, exactly as received.
+    pub body: &'a [u8],
+    /// The URL the vendor called (Twilio signs it).
+    pub url: &'a str,
+    /// Unix seconds now.
+    pub now: i64,
+    /// How far a signed timestamp may be from `now`, either way.
+    pub tolerance_seconds: u64,
+}
 
 /// Why an inbound signature was refused. Callers answer 401 and store nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -4,7 +4,7 @@
 use ring::hmac;
 use serde_json::Value;
 
-use crate::inbound::SignedRequest;
+use crate::signature::SignedRequest;
 use crate::signature::{
     KeyIndex, SignatureError, check_timestamp, hmac_of, parse_prefixed_hex_digest, parse_unix_seconds, verify_hmac,
 };
@@ -46,7 +46,7 @@ pub fn url_verification_challenge(payload: &Value) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbound::Headers;
+    use crate::signature::Headers;
 
     /// The worked example of Slack's "Verifying requests from Slack" guide.
     const SECRET: &[u8] = b"8f742231b10e8888abcd99yyyzzz85a5";

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::{hmac, signature};
 
-use crate::inbound::SignedRequest;
+use crate::signature::SignedRequest;
 use crate::signature::{KeyIndex, SignatureError, check_timestamp, hmac_of, parse_unix_seconds, verify_hmac};
 
 pub const ID_HEADER: &str = "webhook-id";
@@ -131,7 +131,7 @@ pub fn sign_v1a(key_pair: &signature::Ed25519KeyPair, id: &str, timestamp: i64, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbound::Headers;
+    use crate::signature::Headers;
     use ring::signature::KeyPair;
 
     /// The test vector of the Standard Webhooks specification (and Svix's libraries).

@@ -5,7 +5,7 @@
 
 use ring::hmac;
 
-use crate::inbound::SignedRequest;
+use crate::signature::SignedRequest;
 use crate::signature::{KeyIndex, SignatureError, check_timestamp, hmac_of, parse_unix_seconds, verify_hmac};
 
 pub const SIGNATURE_HEADER: &str = "stripe-signature";
@@ -78,7 +78,7 @@ pub fn sign(secrets: &[&[u8]], timestamp: i64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbound::Headers;
+    use crate::signature::Headers;
 
     const SECRET: &[u8] = b"whsec_test_secret";
     const BODY: &[u8] = b"{\n  \"id\": \"evt_test_webhook\",\n  \"object\": \"event\"\n}";

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use ring::{digest, hmac};
 
 use crate::form;
-use crate::inbound::SignedRequest;
+use crate::signature::SignedRequest;
 use crate::signature::{KeyIndex, SignatureError, constant_time_eq, hmac_of, verify_hmac};
 
 pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
@@ -98,7 +98,7 @@ fn url_variants(url: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbound::Headers;
+    use crate::signature::Headers;
 
     fn request<'a>(headers: &'a Headers, url: &'a str, body: &'a [u8]) -> SignedRequest<'a> {
         SignedRequest { headers, body, url, now: 0, tolerance_seconds: 300 }

@@ -23,8 +23,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::github_api::endpoint;
-use crate::operations::{CallError, Credential, excerpt, status_error, transport_error};
+use crate::call::{CallError, Credential, endpoint, excerpt, status_error, transport_error};
 
 /// The REST API version every path starts with.
 pub const API_VERSION_PATH: &str = "2010-04-01";

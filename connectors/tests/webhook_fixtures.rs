@@ -1,7 +1,7 @@
 //! The signed sample deliveries in `fixtures/webhooks/`: one per provider and event, each with
 //! its headers and raw body exactly as the vendor sends them, signed with a test secret at
 //! `signedAt`. This test checks every sample verifies, fails once a byte of its body changes,
-//! and normalizes to the type it expects; `tests/webhook_gateway.rs` posts the same files to
+//! and normalizes to the type it expects; `tests/e2e/webhook_gateway.rs` posts the same files to
 //! the real binary. `UPDATE_FIXTURES=1 cargo test -p connectors --test webhook_fixtures`
 //! re-signs them (JWS ES256 signatures are randomized, so that rewrites those two files).
 

@@ -260,6 +260,7 @@ fn establish(c: &EstablishConnection) -> Result<Vec<ConnectionEvent>, DomainErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Given;
     use chrono::TimeZone;
     use serde_json::json;
 
@@ -292,10 +293,7 @@ mod tests {
     }
 
     fn given(commands: &[ConnectionCommand]) -> ConnectionState {
-        commands.iter().fold(ConnectionState::default(), |state, c| {
-            let events = Connection::decide(c, &state).unwrap();
-            events.iter().fold(state, Connection::evolve)
-        })
+        Given::<Connection>::commands(commands).into_state()
     }
 
     #[test]
@@ -311,10 +309,9 @@ mod tests {
     fn a_connection_to_an_unknown_provider_is_rejected() {
         let mut cmd = establish_cmd();
         cmd.provider = None;
-        assert_eq!(
-            Connection::decide(&ConnectionCommand::Establish(cmd), &ConnectionState::None),
-            Err(DomainError::UnknownProvider { provider_id: "prov-github".into() })
-        );
+        Given::<Connection>::events(&[])
+            .when(&ConnectionCommand::Establish(cmd))
+            .then_rejected(DomainError::UnknownProvider { provider_id: "prov-github".into() });
     }
 
     #[test]
@@ -355,8 +352,9 @@ mod tests {
 
     #[test]
     fn an_outcome_recorded_twice_counts_once() {
-        let state = given(&[ConnectionCommand::Establish(establish_cmd()), check(false, 1)]);
-        assert_eq!(Connection::decide(&check(false, 1), &state), Ok(vec![]));
+        let given = || Given::<Connection>::commands(&[ConnectionCommand::Establish(establish_cmd()), check(false, 1)]);
+        given().when(&check(false, 1)).then(&[]);
+        let state = given().into_state();
         let events = Connection::decide(&check(false, 2), &state).unwrap();
         assert!(matches!(
             &events[..],

@@ -598,6 +598,7 @@ impl Decider for Credential {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Given;
 
     fn secret() -> SecretRef {
         SecretRef::parse("kv://factory-integration/github-booking").unwrap()
@@ -659,10 +660,7 @@ mod tests {
         }
     }
     fn given_when(given: &[CredentialCommand], when: &CredentialCommand) -> Result<Vec<CredentialEvent>, DomainError> {
-        let state = given
-            .iter()
-            .fold(CredentialState::None, |s, c| Credential::decide(c, &s).unwrap().iter().fold(s, Credential::evolve));
-        Credential::decide(when, &state)
+        Given::<Credential>::commands(given).when(when).answer()
     }
 
     #[test]

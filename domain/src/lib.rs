@@ -20,6 +20,8 @@ pub mod ids;
 pub mod schemas;
 /// `kv://VAULT/NAME?version=N` references to vault secrets.
 pub mod secret_ref;
+/// Given / when / then: the shape of every decider's tests.
+pub mod spec;
 
 /// A connection between a tenant's project and a provider.
 pub mod connection;

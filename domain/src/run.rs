@@ -625,6 +625,7 @@ fn holding_lease(lease: Option<&Lease>, attempt: u32, command: &'static str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Given;
     use chrono::TimeDelta;
     use serde_json::json;
 
@@ -685,14 +686,11 @@ mod tests {
 
     /// Given the commands (each must be accepted), when `when` is decided: the outcome.
     fn given_when(given: &[RunCommand], when: &RunCommand) -> Result<Vec<RunEvent>, DomainError> {
-        Run::decide(when, &given_state(given))
+        Given::<Run>::commands(given).when(when).answer()
     }
 
     fn given_state(given: &[RunCommand]) -> RunState {
-        given.iter().fold(RunState::None, |s, c| {
-            let events = Run::decide(c, &s).unwrap_or_else(|e| panic!("given {c:?} was rejected: {e}"));
-            events.iter().fold(s, Run::evolve)
-        })
+        Given::<Run>::commands(given).into_state()
     }
 
     fn types(events: &[RunEvent]) -> Vec<&'static str> {

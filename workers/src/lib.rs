@@ -9,7 +9,8 @@
 //!   of the control plane's `integration.commands.v1` with its dead-letter topic.
 //! - [`relay`]: publishes the store's events to `integration.events.v1` from a checkpoint.
 //! - [`messages`]: the wire formats (CloudEvents, headers, `StartRun`) and the topic names.
-//! - [`start_run`]: validates, authorises and handles `StartRun` (Kafka and CLI alike).
+//! - [`control_plane`]: validates, authorises and handles the control plane's `StartRun` and
+//!   `PublishEvent` (Kafka and CLI alike).
 //! - [`executor`]: `RunExecutor`, the handler that executes requested runs.
 //! - [`process_manager`]: requests a connection's first health check and a rotation's
 //!   verification run from their events, with deterministic run ids.
@@ -24,6 +25,7 @@
 
 pub mod checkpoints;
 pub mod consumer;
+pub mod control_plane;
 pub mod embedded;
 pub mod executor;
 pub mod fanout;
@@ -35,7 +37,6 @@ pub mod process_manager;
 pub mod relay;
 pub mod schedules;
 pub mod shared_store;
-pub mod start_run;
 
 pub use checkpoints::SqliteCheckpoints;
 pub use consumer::{ConsumerOptions, EventHandler, run_consumer, run_consumer_with};

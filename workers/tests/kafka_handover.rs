@@ -3,7 +3,7 @@
 //! LeaveGroup, session timeouts and offset commits, in-process, no broker to install).
 //!
 //! The broker of the end-to-end tests (tansu 0.6.0) does not give a killed member's partitions to
-//! the survivor, so `tests/kafka_bus.rs` cannot show the handover; these tests show that the
+//! the survivor, so `tests/e2e/kafka_bus.rs` cannot show the handover; these tests show that the
 //! engine's own consumers hand over correctly when the group coordinator does its part. Each test
 //! runs two members of one group, built the way the `worker` builds them ([`KafkaFeed::subscribe`]
 //! driven by [`run_consumer_with`] for the run executor, [`run_commands_consumer`] for the
@@ -36,9 +36,9 @@ use store::{EventStore, ExpectedVersion, MasterKey, SqliteVault, StoreError, Str
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use workers::control_plane::ControlPlane;
 use workers::kafka::run_commands_consumer;
 use workers::messages::{COMMANDS_DLQ_TOPIC, COMMANDS_TOPIC, CloudEvent, EVENTS_TOPIC, SCHEMA_VERSION_HEADER};
-use workers::start_run::StartRunHandler;
 use workers::{ConsumerOptions, EventFeed, EventHandler, FeedError, KafkaFeed, KafkaSettings, run_consumer_with};
 
 /// Partitions of the topics; each of the two members gets two.
@@ -581,7 +581,7 @@ async fn a_killed_feeds_partitions_go_to_the_other_member_after_the_session_time
 // ---------------------------------------------------------------------------------------------
 // The commands consumer.
 
-/// The event store of a commands consumer's `StartRunHandler`: it finds no connection (so every
+/// The event store of a commands consumer's `ControlPlane`: it finds no connection (so every
 /// `StartRun` is dead-lettered as unauthorised) and tells who handled which command, by the
 /// connection the handler looks up. The store of the member that is stopped holds the lookup
 /// after `completes` commands forever: a command in hand.
@@ -597,11 +597,11 @@ enum Witness {
 }
 
 impl WitnessStore {
-    fn handler(witness: Witness, completes: usize, vault: &tempfile::TempDir) -> StartRunHandler {
+    fn handler(witness: Witness, completes: usize, vault: &tempfile::TempDir) -> ControlPlane {
         let store = Arc::new(Self { witness, completes, lookups: AtomicUsize::new(0) });
         let vault = SqliteVault::open(&vault.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap();
         let commands = Commands::new(store, Arc::new(vault), Arc::new(SystemClock));
-        StartRunHandler::new(commands, Actor { subject: "kafka:integration.commands.v1".into(), client_id: None })
+        ControlPlane::new(commands, Actor { subject: "kafka:integration.commands.v1".into(), client_id: None })
     }
 }
 
@@ -651,7 +651,7 @@ impl EventStore for WitnessStore {
 }
 
 /// A commands consumer, as the worker runs it, in a task.
-fn start_commands_consumer(settings: &KafkaSettings, handler: StartRunHandler) -> Running {
+fn start_commands_consumer(settings: &KafkaSettings, handler: ControlPlane) -> Running {
     let shutdown = CancellationToken::new();
     let (settings, token) = (settings.clone(), shutdown.clone());
     let task = tokio::spawn(async move { run_commands_consumer(&settings, handler, token).await });

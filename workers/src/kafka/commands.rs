@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{KafkaSettings, LoggedConsumer, RebalanceLog, commit_refused_by_rebalance};
 use crate::FeedError;
+use crate::control_plane::{ControlPlane, ControlPlaneError, Rejection, parse_command};
 use crate::messages::{
     COMMANDS_DLQ_TOPIC, COMMANDS_TOPIC, ControlCommand, DLQ_ERROR_CLASS_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER,
     SCHEMA_VERSION_HEADER, TRACEPARENT_HEADER, message_id_for,
 };
-use crate::start_run::{Rejection, StartRunError, StartRunHandler, parse_command};
 
 /// The consumer name (group `{prefix}.commands`).
 pub const COMMANDS_CONSUMER: &str = "commands";
@@ -68,7 +68,7 @@ impl CommandMessage {
 /// be created.
 pub async fn run_commands_consumer(
     settings: &KafkaSettings,
-    handler: StartRunHandler,
+    handler: ControlPlane,
     shutdown: CancellationToken,
 ) -> Result<(), FeedError> {
     let consumer: LoggedConsumer = settings
@@ -108,7 +108,7 @@ pub async fn run_commands_consumer(
 
 /// Handles one message, retrying failures of the store or the broker; false on shutdown.
 async fn handle_until_done(
-    handler: &StartRunHandler,
+    handler: &ControlPlane,
     producer: &FutureProducer,
     message: &CommandMessage,
     shutdown: &CancellationToken,
@@ -129,8 +129,8 @@ async fn handle_until_done(
                             tracing::debug!(offset = message.offset, %message_id, "command handled: PublishEvent");
                             return true;
                         }
-                        Err(StartRunError::Rejected(rejection)) => Err(rejection),
-                        Err(StartRunError::Unavailable(error)) => {
+                        Err(ControlPlaneError::Rejected(rejection)) => Err(rejection),
+                        Err(ControlPlaneError::Unavailable(error)) => {
                             tracing::warn!(%error, retry_in = ?backoff, "PublishEvent could not be recorded; retrying");
                             if !pause(backoff, shutdown).await {
                                 return false;
@@ -152,8 +152,8 @@ async fn handle_until_done(
                         );
                         return true;
                     }
-                    Err(StartRunError::Rejected(rejection)) => Err(rejection),
-                    Err(StartRunError::Unavailable(error)) => {
+                    Err(ControlPlaneError::Rejected(rejection)) => Err(rejection),
+                    Err(ControlPlaneError::Unavailable(error)) => {
                         tracing::warn!(%error, retry_in = ?backoff, "StartRun could not be recorded; retrying");
                         if !pause(backoff, shutdown).await {
                             return false;

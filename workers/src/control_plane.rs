@@ -1,6 +1,7 @@
-//! Handling the control plane's `StartRun`: validate, authorise (the connection must belong to
-//! the command's tenant), and request the run under the id its idempotency key determines.
-//! Used by the Kafka commands consumer and by the `runs start` CLI of the embedded mode.
+//! The control plane's commands: `StartRun` (validate, authorise: the connection must belong to
+//! the command's tenant, and request the run under the id its idempotency key determines) and
+//! `PublishEvent` (a platform event for webhook fan-out). Used by the Kafka commands consumer
+//! and by the `runs start` and `webhooks publish` CLIs of the embedded mode.
 
 use commands::{CommandContext, CommandError, Commands};
 use domain::connection::ConnectionEvent;
@@ -37,7 +38,7 @@ impl Rejection {
 
 /// Why handling a command failed.
 #[derive(Debug, Error)]
-pub enum StartRunError {
+pub enum ControlPlaneError {
     /// Refused for good: dead-letter it.
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -125,19 +126,19 @@ pub struct RunStartRequested {
 
 /// Requests runs for `StartRun` commands.
 #[derive(Clone)]
-pub struct StartRunHandler {
+pub struct ControlPlane {
     commands: Commands,
     actor: Actor,
 }
 
-impl StartRunHandler {
+impl ControlPlane {
     /// `actor` is recorded on the events, e.g. `kafka:integration.commands.v1` or `cli`.
     pub fn new(commands: Commands, actor: Actor) -> Self {
         Self { commands, actor }
     }
 
     /// Requests the run of `start` (validated by [`parse_command`]) unless it exists already.
-    pub async fn handle(&self, start: &StartRun, trace_id: &str) -> Result<RunStartRequested, StartRunError> {
+    pub async fn handle(&self, start: &StartRun, trace_id: &str) -> Result<RunStartRequested, ControlPlaneError> {
         validate(start)?;
         let connection =
             self.commands.load_first::<ConnectionEvent>(&stream_id(&start.tenant_id, &start.connection_id)).await?;
@@ -183,7 +184,7 @@ impl StartRunHandler {
         publish: &PublishEvent,
         fallback_message_id: &str,
         trace_id: &str,
-    ) -> Result<String, StartRunError> {
+    ) -> Result<String, ControlPlaneError> {
         validate_publish(publish)?;
         let message_id = publish.message_id.clone().unwrap_or_else(|| fallback_message_id.to_owned());
         let ctx = CommandContext::new(&publish.tenant_id, trace_id, self.actor.clone());

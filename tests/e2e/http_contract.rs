@@ -1,7 +1,7 @@
 //! The HTTP contract through the real binary: errors as problem documents, auth, tenancy,
 //! versioning, tracing, idempotency, read-your-writes, health and the OpenAPI document.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::{ALL_SCOPES, App, github_signature, spawn_app};

@@ -4,8 +4,8 @@
 //! against a local stand-in for GitHub's `GET /user`; vendor-issued rotation (Twilio API keys
 //! created, verified, promoted, revoked) against a local stand-in for Twilio's REST API.
 
-mod credentials_support;
-mod support;
+use crate::credentials_support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! the precedence flags > environment > file > defaults, validated at start with errors that
 //! name the key; `config show` with secrets masked; README documenting every key.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -3,8 +3,8 @@
 //! against a local server speaking GitHub's REST API, and read back with
 //! `GET /integrations/runs/{runId}`.
 
-mod bus_support;
-mod support;
+use crate::bus_support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,10 +13,7 @@ use bus_support::{Answer, GitHubStub};
 use serde_json::{Value, json};
 use support::{ALL_SCOPES, App, spawn_app_in};
 
-mod runs_helpers {
-    include!("bus_support/runs_helpers.rs");
-}
-use runs_helpers::{GITHUB_TOKEN, TENANT, github_connection, start_run_cli, wait_for_run};
+use crate::runs_helpers::{GITHUB_TOKEN, TENANT, github_connection, start_run_cli, wait_for_run};
 
 fn pr_input() -> Value {
     json!({"repo": "booking-saas", "title": "Promote release 1.4", "head": "release/1.4", "body": "Automated"})

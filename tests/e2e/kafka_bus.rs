@@ -1,20 +1,15 @@
 //! The Kafka bus end to end: a real Kafka-protocol broker (tansu) on loopback, the real binary
 //! (`serve --kafka-brokers`, `worker` processes), real topics.
 
-mod bus_support;
-#[allow(dead_code)]
-mod runs_support {
-    // The run helpers of tests/runs.rs (GitHub connection, run polling).
-    include!("bus_support/runs_helpers.rs");
-}
-mod support;
+use crate::bus_support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::runs_helpers::{TENANT, github_connection, wait_for_run};
 use bus_support::{Answer, Broker, GitHubStub, Received, Worker, publish, read_topic, start_run};
-use runs_support::{TENANT, github_connection, wait_for_run};
 use serde_json::{Value, json};
 use support::{ALL_SCOPES, App, spawn_app_in};
 use workers::messages::{COMMANDS_DLQ_TOPIC, COMMANDS_TOPIC, EVENTS_TOPIC, run_id_for};
@@ -344,7 +339,7 @@ async fn two_workers_in_one_group_share_the_partitions_and_handle_each_command_o
 /// Ignored: tansu 0.6.0's group coordinator evicts a killed member after the session timeout
 /// and rebalances, but hands the survivor only the partitions it already had (seen in the
 /// workers' rebalance logs), so the dead member's partitions stay unassigned. Kafka reassigns
-/// them. Run with `cargo test --test kafka_bus -- --ignored` against a broker that does.
+/// them. Run with `cargo test --test e2e kafka_bus:: -- --ignored` against a broker that does.
 #[tokio::test]
 #[ignore = "tansu 0.6.0 does not reassign a killed member's partitions"]
 async fn killing_a_worker_hands_its_partitions_to_the_other() {
@@ -382,7 +377,7 @@ async fn killing_a_worker_hands_its_partitions_to_the_other() {
 
 /// Ignored for the same tansu limitation as above (the takeover needs the killed worker's
 /// partition reassigned); the takeover itself is shown without Kafka by
-/// `tests/runs.rs::a_crashed_servers_run_is_taken_over_after_its_lease_and_never_runs_twice_at_once`.
+/// `tests/e2e/runs.rs::a_crashed_servers_run_is_taken_over_after_its_lease_and_never_runs_twice_at_once`.
 #[tokio::test]
 #[ignore = "tansu 0.6.0 does not reassign a killed member's partitions"]
 async fn a_killed_workers_run_is_taken_over_after_its_lease_and_never_runs_twice_at_once() {

@@ -2,7 +2,7 @@
 //! the lagging projection and its lag) while the projector cannot write them, 200 again once it
 //! has caught up; `/healthz` stays 200 throughout.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,8 @@
 //! every API response is searched for the secret values, raw and base64-encoded (the form of
 //! an HTTP Basic header). Only the vault holds them, encrypted.
 
-mod credentials_support;
-mod support;
+use crate::credentials_support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

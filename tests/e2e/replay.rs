@@ -1,7 +1,7 @@
 //! What auditors run against a data dir: `replay` (filters, formats, upcasting of the v1 streams
 //! kept in `fixtures/streams/`) and `verify` (hash chains, `--tenant`, the summary).
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The auditor's HTTP view: `GET /audit/events` and `GET /audit/streams/{streamId}/events`
 //! (scope `integration.audit.read`), tenant-scoped, paged by position, upcast by default.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

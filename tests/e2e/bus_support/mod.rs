@@ -1,7 +1,6 @@
 //! Helpers of the bus and run tests: a real Kafka-protocol broker (tansu) on a free loopback
 //! port, Kafka clients reading the topics, a local stand-in for GitHub's REST API, and the
 //! engine's `worker` process.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,12 +1,12 @@
 //! Outbound webhook fan-out end to end through the real binary (embedded mode): subscriptions
 //! created over HTTP, platform events published with `integration-engine webhooks publish`,
 //! delivered to a receiver process that verifies every request with the PyPI
-//! `standardwebhooks` package (tests/fanout_support/receiver.py), and read back with
+//! `standardwebhooks` package (tests/e2e/fanout_support/receiver.py), and read back with
 //! `GET /integrations/runs/{runId}`. The receiver needs `python3` with `standardwebhooks`
 //! (`pip install standardwebhooks`; scripts/test installs it).
 
-mod bus_support;
-mod support;
+use crate::bus_support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -24,7 +24,7 @@ const SECRET_REF: &str = "kv://partner-hooks/signing";
 const SECRET_V1: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_V2: &str = "whsec_c2Vjb25kLXZlcnNpb24tb2YtdGhlLWtleQ==";
 
-/// A receiver process (tests/fanout_support/receiver.py) and its request log.
+/// A receiver process (tests/e2e/fanout_support/receiver.py) and its request log.
 struct Receiver {
     child: Child,
     port: u16,
@@ -47,7 +47,7 @@ impl Receiver {
     fn spawn(plan: &str, delay: f64, secrets: &[&str], secret_file: Option<&Path>) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("requests.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fanout_support/receiver.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/fanout_support/receiver.py");
         let mut command = Command::new("python3");
         command.arg(script).arg("--log").arg(&log).args(["--plan", plan, "--delay", &delay.to_string()]);
         for secret in secrets {
@@ -1052,7 +1052,7 @@ async fn publish_event_on_the_commands_topic_is_delivered_with_kafka() {
 /// the server SIGKILLed mid-burst and restarted (messages published while it is down wait in
 /// the topic). Ignored: tansu 0.6.0 never hands a killed member's partitions to anyone, even
 /// across a broker restart (the restarted process logs `partitions assigned ... partitions=`
-/// empty), the limitation tests/kafka_bus.rs documents. Run with `-- --ignored` against Kafka.
+/// empty), the limitation tests/e2e/kafka_bus.rs documents. Run with `-- --ignored` against Kafka.
 #[tokio::test]
 #[ignore = "tansu 0.6.0 does not reassign a killed member's partitions"]
 async fn nothing_is_lost_with_kafka_when_the_process_is_killed_mid_burst() {

@@ -3,8 +3,8 @@
 //! way a collector does), JSON logs carrying the request's trace id, and a SIGTERM that lets
 //! the requests in flight finish before the process exits 0.
 
-mod bus_support;
-mod support;
+use crate::bus_support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -1,4 +1,4 @@
-// Run helpers shared by tests/runs.rs and tests/kafka_bus.rs (included with `include!`).
+//! Run helpers: a GitHub connection, starting runs from the CLI and waiting for them.
 
 use std::path::Path;
 use std::process::Command;
@@ -57,4 +57,3 @@ pub async fn wait_for_run(app: &App, token: &str, run_id: &str, statuses: &[&str
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-

@@ -2,7 +2,7 @@
 //! executed again as a new request, a fresh one still replays, and `serve` sweeps expired
 //! reservations out of events.db.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! nothing, the body limit on declared and chunked bodies, secret rotation, races, and a
 //! payload that never reaches the log.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! Replays every example of the spec (fixtures/spec) over HTTP against the real binary and
 //! checks the status, headers and every field of each answer.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

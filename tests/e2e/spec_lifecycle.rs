@@ -1,4 +1,4 @@
-//! The spec's examples with real values. `tests/spec_examples.rs` replays every example with
+//! The spec's examples with real values. `tests/e2e/spec_examples.rs` replays every example with
 //! the workers off, so its connection was never checked and its run never ran
 //! (fixtures/spec/README.md). Here the workers are on: a connection is established against a
 //! local stand-in for GitHub and waits for its first health check (`Prefer: wait`), an
@@ -7,7 +7,7 @@
 //! (fixtures/spec/lifecycle) field for field. The `Location` each POST answers names a
 //! resource `GET` serves, in the caller's tenant only.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -22,11 +22,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use support::{ALL_SCOPES, App, spawn_app_in};
 
-#[allow(dead_code)] // each test binary uses its own part of the helpers
-mod runs_helpers {
-    include!("bus_support/runs_helpers.rs");
-}
-use runs_helpers::{TENANT, start_run_cli};
+use crate::runs_helpers::{TENANT, start_run_cli};
 const CREDENTIAL_REF: &str = "kv://factory-integration/github-booking";
 /// The scopes the spec lists, plus the read scopes of providers and subscriptions.
 const SCOPES: &str = "integration.connections.write integration.connections.read integration.providers.write \

@@ -1,6 +1,5 @@
 //! Black-box helpers: start the real binary on a free port with a temporary data dir, mint
 //! tokens with its `token` command, and talk HTTP to it.
-#![allow(dead_code)]
 
 pub mod streams;
 

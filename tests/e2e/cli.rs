@@ -1,7 +1,7 @@
 //! The CLI contract other tools drive: `verify` names a tampered event, `secrets` keeps values
 //! encrypted and shows them only on request, `serve --jwks` accepts the identity provider's keys.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

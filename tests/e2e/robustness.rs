@@ -1,7 +1,7 @@
 //! No input makes the server panic or answer a bare error: hundreds of malformed requests, each
 //! must get a 4xx problem document (or a success), never a 5xx.
 
-mod support;
+use crate::support;
 
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};

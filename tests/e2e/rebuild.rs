@@ -2,8 +2,8 @@
 //! on the same data dir: no GET fails or shows an older state than one seen before, the
 //! server goes on in the new tables, and the rebuilt read models equal a fresh build.
 
-mod bus_support;
-mod support;
+use crate::bus_support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,11 +19,7 @@ use store::EventStore;
 use store::sqlite::SqliteEventStore;
 use support::{ALL_SCOPES, App, spawn_app_in};
 
-#[allow(dead_code)] // each test binary uses its own part of the helpers
-mod runs_helpers {
-    include!("bus_support/runs_helpers.rs");
-}
-use runs_helpers::{TENANT, github_connection, start_run_cli};
+use crate::runs_helpers::{TENANT, github_connection, start_run_cli};
 
 fn cli(data_dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(support::BIN)

@@ -1,7 +1,6 @@
-//! Shared by tests/credentials.rs and tests/secret_leak.rs: a local stand-in for GitHub's
+//! Shared by tests/e2e/credentials.rs and tests/e2e/secret_leak.rs: a local stand-in for GitHub's
 //! "Get the authenticated user" (`GET /user`), one for Twilio's API Keys and balance
 //! ([`twilio`]), the binary started with its logs captured, and readers of what it stored.
-#![allow(dead_code)]
 
 pub mod twilio;
 
