@@ -11,6 +11,9 @@
 //! health checks, and runs (requested, started, completed). Every event is one the projections
 //! apply.
 
+#[path = "../src/data_dir.rs"]
+#[allow(dead_code)] // the file names replay does not read
+mod data_dir;
 #[allow(dead_code)]
 #[path = "../src/replay.rs"]
 mod replay;

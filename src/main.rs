@@ -3,21 +3,24 @@
 
 mod background;
 mod config;
+mod data_dir;
 mod dev_auth;
+mod process;
 mod projections;
 mod replay;
 mod secrets;
 mod serve;
+mod shutdown;
 mod telemetry;
 mod verify;
 mod webhooks;
 mod worker;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use data_dir::DataDir;
 
 /// jemalloc with background threads: after a burst, the pages it freed go back to the OS within
 /// seconds (its decay), where glibc's arenas kept them (docs/performance.md, RSS).
@@ -62,14 +65,6 @@ enum Command {
     /// Read models: each projection's position and lag; rebuild them while the server serves.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
-}
-
-/// Where the engine keeps its files.
-#[derive(Args, Clone)]
-pub struct DataDir {
-    /// Directory of the event store, read models, vault and dev keys (created if missing).
-    #[arg(long, env = "IE_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
 }
 
 #[derive(Args)]

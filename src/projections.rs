@@ -16,8 +16,8 @@ use serde_json::json;
 use store::EventStore;
 use store::sqlite::SqliteEventStore;
 
-use crate::DataDir;
-use crate::serve::{EVENTS_DB, READ_MODELS_DB};
+use crate::data_dir::DataDir;
+use crate::data_dir::{EVENTS_DB, READ_MODELS_DB};
 
 #[derive(Subcommand)]
 pub enum ProjectionsCommand {
@@ -151,7 +151,7 @@ async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
             bar.set_length(p.head);
             bar.set_position(p.position);
         },
-        crate::serve::shutdown_signal(),
+        crate::shutdown::shutdown_signal(),
     )
     .await;
     bar.finish_and_clear();

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use workers::messages::CloudEvent;
 
 /// The event store's file in the data dir (the file `serve` writes).
-const EVENTS_DB: &str = "events.db";
+use crate::data_dir::EVENTS_DB;
 /// Events per read: large enough that a read's fixed cost disappears, small enough to bound
 /// memory (at most [`PAGES_IN_FLIGHT`] + [`READS_IN_FLIGHT`] + 1 pages are held at once).
 pub const PAGE: usize = 2000;

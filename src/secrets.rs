@@ -7,9 +7,9 @@ use store::SecretStore;
 use store::sqlite_vault::{MasterKey, SqliteVault};
 use store::vault::Stage;
 
-use crate::DataDir;
+use crate::data_dir::DataDir;
 
-pub const VAULT_DB: &str = "vault.db";
+use crate::data_dir::VAULT_DB;
 
 #[derive(Subcommand)]
 pub enum SecretsCommand {

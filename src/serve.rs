@@ -14,10 +14,9 @@ use store::sqlite_idempotency::SqliteIdempotencyStore;
 use tokio_util::sync::CancellationToken;
 use workers::pace::Foreground;
 
-use crate::{DataDir, dev_auth};
-
-pub const EVENTS_DB: &str = "events.db";
-pub const READ_MODELS_DB: &str = "readmodels.db";
+use crate::data_dir::{DataDir, EVENTS_DB, READ_MODELS_DB};
+use crate::dev_auth;
+use crate::shutdown::shutdown_signal;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -108,7 +107,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let auth = Authenticator::new(auth_config).await?;
 
     // Worker processes and the `runs start` command may append to the same store.
-    let stores = crate::worker::Stores::open(&args.data)?;
+    let stores = crate::process::Stores::open(&args.data)?;
     let (store, vault) = (stores.store.clone(), stores.vault.clone());
     let idempotency = Idempotency::new(Arc::new(
         SqliteIdempotencyStore::open(&dir.join(EVENTS_DB))?
@@ -140,7 +139,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         handle: crate::telemetry::install_prometheus()?,
         store: store.clone(),
         checkpoints: if roles.relay || (roles.consumers && kafka.is_none()) {
-            Some(workers::SqliteCheckpoints::open(dir.join(crate::worker::WORKERS_DB)).await?)
+            Some(workers::SqliteCheckpoints::open(dir.join(crate::data_dir::WORKERS_DB)).await?)
         } else {
             None
         },
@@ -240,23 +239,4 @@ impl Foreground for ApiRequests {
     fn busy(&self) -> bool {
         self.0.active_within(API_BUSY_WINDOW)
     }
-}
-
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = terminate => {} }
-    tracing::info!("shutting down");
 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 use clap::Args;
 use store::sqlite::SqliteEventStore;
 
-use crate::DataDir;
+use crate::data_dir::DataDir;
 
 #[derive(Args)]
 pub struct VerifyArgs {
@@ -16,7 +16,7 @@ pub struct VerifyArgs {
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let store = SqliteEventStore::open(&args.data.data_dir.join(crate::serve::EVENTS_DB))?;
+    let store = SqliteEventStore::open(&args.data.data_dir.join(crate::data_dir::EVENTS_DB))?;
     let started = Instant::now();
     let report = projections::integrity::verify_chains(&store, args.tenant.as_deref()).await?;
     let seconds = started.elapsed().as_secs_f64();

@@ -19,8 +19,8 @@ use workers::ConsumerOptions;
 use workers::fanout::{Dispatcher, FANOUT_CONSUMER, FanOut, WebhookSettings, parse_duration, parse_schedule};
 use workers::messages::{ControlCommand, PublishEvent};
 
-use crate::DataDir;
-use crate::worker::{Feeds, Stores, Task, checked_command, send_to_commands_topic};
+use crate::data_dir::DataDir;
+use crate::process::{Feeds, Stores, Task};
 
 /// How outbound webhooks are delivered (flags of `serve` and `worker`).
 #[derive(Args, Clone, Debug)]
@@ -178,10 +178,13 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         data,
         message_id: Some(message_id.clone()),
     };
-    let value = checked_command(&ControlCommand::PublishEvent(publish.clone()))?;
+    let value = workers::control_plane::encode_command(&ControlCommand::PublishEvent(publish.clone()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(brokers) = args.kafka_brokers {
         let key = format!("{}/{message_id}", publish.tenant_id);
-        send_to_commands_topic(&brokers, &key, &value, "PublishEvent").await?;
+        workers::kafka::send_command(&workers::KafkaSettings::new(brokers), &key, &value)
+            .await
+            .context("publishing PublishEvent")?;
     } else {
         let stores = Stores::open(&args.data)?;
         let handler = workers::control_plane::ControlPlane::new(

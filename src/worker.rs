@@ -8,39 +8,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use commands::{Commands, SystemClock};
 use connectors::egress::EgressPolicy;
 use connectors::operations::ApiClients;
 use domain::Actor;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
-use store::cached_vault::CachedSecretStore;
-use store::sqlite::SqliteEventStore;
-use store::{EventStore, SecretStore, SqliteLeases};
-use tokio::task::JoinHandle;
+use store::SqliteLeases;
 use tokio_util::sync::CancellationToken;
-use workers::control_plane::{ControlPlane, parse_command};
+use workers::control_plane::{ControlPlane, encode_command};
 use workers::executor::RUN_EXECUTOR_CONSUMER;
-use workers::kafka::{ensure_topics, run_commands_consumer};
-use workers::messages::{
-    COMMAND_SCHEMA_VERSION, COMMANDS_TOPIC, ControlCommand, SCHEMA_VERSION_HEADER, StartRun, run_id_for,
-};
+use workers::kafka::{run_commands_consumer, send_command};
+use workers::messages::{COMMANDS_TOPIC, ControlCommand, StartRun, run_id_for};
 use workers::pace::{Foreground, Pace};
 use workers::relay::{RELAY_CONSUMER, run_relay};
-use workers::{
-    ConsumerOptions, EmbeddedFeed, EventHandler, ExecutorSettings, KafkaFeed, KafkaSettings, RunExecutor, SharedStore,
-    SqliteCheckpoints, run_consumer_with,
-};
+use workers::{ConsumerOptions, EmbeddedFeed, ExecutorSettings, KafkaSettings, RunExecutor, SqliteCheckpoints};
 
-use crate::DataDir;
-use crate::serve::EVENTS_DB;
-
-/// The workers' checkpoints (relay, embedded consumers), beside the event store.
-pub const WORKERS_DB: &str = "workers.db";
-/// How often a process looks for events other processes appended.
-const SHARED_STORE_POLL: Duration = Duration::from_millis(200);
-/// How long a resolved current secret version is reused before the vault is asked again.
-const SECRET_CACHE_TTL: Duration = Duration::from_secs(5);
+use crate::data_dir::{DataDir, EVENTS_DB, WORKERS_DB};
+use crate::process::{Feeds, Stores, Task, wait_for_topics};
 
 /// Where the Kafka bus is; without brokers the engine runs embedded.
 #[derive(Args, Clone, Debug)]
@@ -150,30 +132,6 @@ pub struct WorkerArgs {
     /// picks one; the address is printed). None when unset.
     #[arg(long, env = "IE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
-}
-
-/// The engine's stores as the workers need them.
-#[derive(Clone)]
-pub struct Stores {
-    pub store: Arc<dyn EventStore>,
-    pub vault: Arc<dyn SecretStore>,
-}
-
-impl Stores {
-    /// Opens the data dir's event store (seeing other processes' appends) and vault.
-    pub fn open(data: &DataDir) -> anyhow::Result<Self> {
-        let dir = &data.data_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let sqlite: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.join(EVENTS_DB))?);
-        let store: Arc<dyn EventStore> = Arc::new(SharedStore::new(sqlite, SHARED_STORE_POLL));
-        let vault: Arc<dyn SecretStore> =
-            Arc::new(CachedSecretStore::new(Arc::new(crate::secrets::open_vault(data)?), SECRET_CACHE_TTL));
-        Ok(Self { store, vault })
-    }
-
-    pub(crate) fn commands(&self) -> Commands {
-        Commands::new(self.store.clone(), self.vault.clone(), Arc::new(SystemClock))
-    }
 }
 
 /// Background tasks started by [`start`]; [`Workers::stop`] ends them.
@@ -327,70 +285,6 @@ async fn start_credential_and_health_workers(
     Ok(())
 }
 
-/// Where consumers read the events from: their Kafka group when the engine has brokers, else the
-/// store itself, each consumer with its checkpoint in `workers.db`.
-pub(crate) struct Feeds<'a> {
-    pub stores: &'a Stores,
-    pub kafka: Option<&'a KafkaSettings>,
-    pub checkpoints: Option<&'a SqliteCheckpoints>,
-}
-
-/// A background task of a process, by name.
-pub(crate) type Task = (&'static str, JoinHandle<anyhow::Result<()>>);
-
-impl Feeds<'_> {
-    /// Runs `handler` as the consumer `name` (its Kafka group `{prefix}.{name}`, or its embedded
-    /// checkpoint) until `token` is cancelled; without a feed there is nothing to run.
-    pub async fn spawn<H>(
-        &self,
-        name: &'static str,
-        handler: H,
-        options: ConsumerOptions,
-        token: CancellationToken,
-        tasks: &mut Vec<Task>,
-    ) -> anyhow::Result<()>
-    where
-        H: EventHandler + Send + Sync + 'static,
-    {
-        let task = match (self.kafka, self.checkpoints) {
-            (Some(settings), _) => {
-                let settings = settings.clone();
-                tokio::spawn(async move {
-                    if wait_for_topics(&settings, &token).await {
-                        let feed = KafkaFeed::subscribe(&settings, name)?;
-                        run_consumer_with(feed, handler, options, token).await?;
-                    }
-                    Ok(())
-                })
-            }
-            (None, Some(checkpoints)) => {
-                let feed = EmbeddedFeed::open(self.stores.store.clone(), checkpoints.clone(), name).await?;
-                tokio::spawn(async move { Ok(run_consumer_with(feed, handler, options, token).await?) })
-            }
-            (None, None) => return Ok(()),
-        };
-        tasks.push((name, task));
-        Ok(())
-    }
-}
-
-/// Creates the topics when missing, retrying while the brokers cannot be reached (the API
-/// serves meanwhile); false when shutdown came first.
-pub(crate) async fn wait_for_topics(settings: &KafkaSettings, shutdown: &CancellationToken) -> bool {
-    let mut delay = Duration::from_millis(250);
-    loop {
-        match ensure_topics(settings).await {
-            Ok(()) => return true,
-            Err(error) => tracing::warn!(%error, retry_in = ?delay, "cannot create the Kafka topics yet"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
 fn kafka_actor() -> Actor {
     Actor { subject: format!("kafka:{COMMANDS_TOPIC}"), client_id: None }
 }
@@ -412,7 +306,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     println!("worker started (brokers {}, group prefix {})", settings.brokers, settings.group_prefix);
     tracing::info!(brokers = %settings.brokers, "worker started");
     tokio::select! {
-        () = crate::serve::shutdown_signal() => {}
+        () = crate::shutdown::shutdown_signal() => {}
         ended = workers.any_ended() => ended?,
     }
     workers.stop().await;
@@ -452,31 +346,6 @@ pub struct StartRunArgs {
     idempotency_key: String,
 }
 
-/// Encodes a control command and checks it with the consumers' own validation, so a command they
-/// would refuse is refused before anything is sent or recorded.
-pub(crate) fn checked_command(command: &ControlCommand) -> anyhow::Result<Vec<u8>> {
-    let value = serde_json::to_vec(command)?;
-    let version = COMMAND_SCHEMA_VERSION.to_string();
-    parse_command(Some(version.as_bytes()), Some(&value)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(value)
-}
-
-/// Publishes an encoded control command (`what` names it in errors) on the commands topic,
-/// created when missing, with its schema version header.
-pub(crate) async fn send_to_commands_topic(brokers: &str, key: &str, value: &[u8], what: &str) -> anyhow::Result<()> {
-    let settings = KafkaSettings::new(brokers.to_owned());
-    ensure_topics(&settings).await?;
-    let version = COMMAND_SCHEMA_VERSION.to_string();
-    let headers = OwnedHeaders::new().insert(Header { key: SCHEMA_VERSION_HEADER, value: Some(version.as_bytes()) });
-    let record = FutureRecord::to(COMMANDS_TOPIC).key(key.as_bytes()).payload(value).headers(headers);
-    settings
-        .producer()?
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| anyhow::anyhow!("publishing {what}: {e}"))?;
-    Ok(())
-}
-
 pub async fn run_runs(command: RunsCommand) -> anyhow::Result<()> {
     let RunsCommand::Start(args) = command;
     let input = serde_json::from_str(&args.input).context("--input must be JSON")?;
@@ -487,11 +356,11 @@ pub async fn run_runs(command: RunsCommand) -> anyhow::Result<()> {
         input,
         idempotency_key: args.idempotency_key,
     };
-    let value = checked_command(&ControlCommand::StartRun(start.clone()))?;
+    let value = encode_command(&ControlCommand::StartRun(start.clone())).map_err(|e| anyhow::anyhow!("{e}"))?;
     let run_id = run_id_for(&start.tenant_id, &start.idempotency_key);
     if let Some(brokers) = args.kafka_brokers {
         let key = format!("{}/{}", start.tenant_id, start.connection_id);
-        send_to_commands_topic(&brokers, &key, &value, "StartRun").await?;
+        send_command(&KafkaSettings::new(brokers), &key, &value).await.context("publishing StartRun")?;
         println!("{run_id}");
         return Ok(());
     }

@@ -47,6 +47,15 @@ pub enum ControlPlaneError {
     Unavailable(#[from] CommandError),
 }
 
+/// Encodes a control command for the commands topic, checked first with the consumers' own
+/// validation ([`parse_command`]), so a command they would refuse is refused before anything is
+/// sent or recorded.
+pub fn encode_command(command: &ControlCommand) -> Result<Vec<u8>, Rejection> {
+    let encoded = serde_json::to_vec(command).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    parse_command(Some(COMMAND_SCHEMA_VERSION.to_string().as_bytes()), Some(&encoded))?;
+    Ok(encoded)
+}
+
 /// Reads a command message: the `cs-schema-version` header and the JSON value.
 pub fn parse_command(schema_version: Option<&[u8]>, value: Option<&[u8]>) -> Result<ControlCommand, Rejection> {
     let version =

@@ -11,7 +11,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use thiserror::Error;
@@ -19,7 +20,9 @@ use thiserror::Error;
 pub use commands::run_commands_consumer;
 pub use feed::KafkaFeed;
 
-use crate::messages::{COMMANDS_DLQ_TOPIC, COMMANDS_TOPIC, EVENTS_TOPIC};
+use crate::messages::{
+    COMMAND_SCHEMA_VERSION, COMMANDS_DLQ_TOPIC, COMMANDS_TOPIC, EVENTS_TOPIC, SCHEMA_VERSION_HEADER,
+};
 
 /// The default of [`KafkaSettings::fetch_wait`].
 pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(50);
@@ -173,6 +176,26 @@ pub enum KafkaSetupError {
     Kafka(#[from] KafkaError),
     #[error("creating topic {topic}: {error}")]
     CreateTopic { topic: String, error: String },
+}
+
+/// Why a control command could not be sent.
+#[derive(Debug, Error)]
+pub enum SendCommandError {
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Publishes an encoded control command ([`crate::control_plane::encode_command`]) on the
+/// commands topic, created when missing, keyed by `key` and with its schema version header.
+pub async fn send_command(settings: &KafkaSettings, key: &str, encoded: &[u8]) -> Result<(), SendCommandError> {
+    ensure_topics(settings).await?;
+    let version = COMMAND_SCHEMA_VERSION.to_string();
+    let headers = OwnedHeaders::new().insert(Header { key: SCHEMA_VERSION_HEADER, value: Some(version.as_bytes()) });
+    let record = FutureRecord::to(COMMANDS_TOPIC).key(key.as_bytes()).payload(encoded).headers(headers);
+    settings.producer()?.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
+    Ok(())
 }
 
 /// Creates the engine's topics (events, commands, dead letters) when they do not exist.
