@@ -272,7 +272,7 @@ fn write_line(
     as_stored: bool,
     summary: &mut ReplaySummary,
 ) -> io::Result<()> {
-    if !as_stored && domain::event::upcast_envelope(&mut event).is_err() {
+    if !as_stored && domain::any_event::upcast_envelope(&mut event).is_err() {
         summary.not_upcast += 1;
         summary.first_not_upcast.get_or_insert(event.global_position);
     }

@@ -6,6 +6,8 @@ use crate::outbound::OutboundMessageEvent;
 use crate::provider::ProviderEvent;
 use crate::run::RunEvent;
 use crate::subscription::SubscriptionEvent;
+use crate::upcast::{schema_version_of, upcast};
+use serde_json::Value;
 
 /// Any event of any aggregate, for readers of the global order (projections, relays, replay).
 #[derive(Debug, Clone, PartialEq)]
@@ -67,9 +69,38 @@ impl AnyEvent {
     }
 }
 
+/// An event's data brought to the current schema version of its type: `(version, data)`.
+/// Types this build does not know are returned as stored (a newer build wrote them; there is
+/// nothing to upcast them to here).
+pub fn upcast_to_current(event_type: &str, version: u32, data: Value) -> Result<(u32, Value), DecodeError> {
+    if !all_event_types().any(|t| t == event_type) {
+        return Ok((version, data));
+    }
+    let current = schema_version_of(event_type);
+    if version == current {
+        return Ok((version, data));
+    }
+    upcast(event_type, version, &data).map(|data| (current, data.into_owned()))
+}
+
+/// Brings a stored event to the current schema version of its type, in place (what auditors
+/// read by default). On an error the event is left as stored, and its `schema_version` says so.
+pub fn upcast_envelope(event: &mut crate::EventEnvelope) -> Result<(), DecodeError> {
+    // Most events are at their type's current version: only the others pay for a copy.
+    if event.schema_version == schema_version_of(&event.event_type) {
+        return Ok(());
+    }
+    let (version, data) = upcast_to_current(&event.event_type, event.schema_version, (*event.data).clone())?;
+    event.schema_version = version;
+    event.data = data.into();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use serde_json::Value;
+    use serde_json::json;
+
+    use crate::EventData;
 
     use super::*;
     use crate::run::{RunEvent, RunStarted};
@@ -100,5 +131,36 @@ mod tests {
     fn unknown_types_and_future_versions_are_reported() {
         assert_eq!(AnyEvent::decode("Nope", 1, &Value::Null), Err(DecodeError::UnknownType("Nope".into())));
         assert!(matches!(AnyEvent::decode("RunStarted", 9, &Value::Null), Err(DecodeError::FutureVersion { .. })));
+    }
+
+    #[test]
+    fn upcasting_to_current_leaves_current_and_unknown_types_as_stored() {
+        let data = json!({ "runId": "run-1" });
+        assert_eq!(upcast_to_current("RunStarted", 1, data.clone()).unwrap(), (1, data.clone()));
+        assert_eq!(upcast_to_current("SomethingNewer", 7, data.clone()).unwrap(), (7, data.clone()));
+        let (version, lifted) = upcast_to_current("ProviderRegistered", 1, json!({})).unwrap();
+        assert_eq!((version, lifted), (2, json!({ "apiClientVersion": 1 })));
+    }
+
+    #[test]
+    fn stored_text_decodes_as_its_tree_does_and_older_versions_are_upcast_from_it() {
+        let started = r#"{"attempt":2,"runId":"run-1","startedAt":"2026-06-11T09:00:00Z"}"#;
+        let from_text = AnyEvent::decode("RunStarted", 1, &EventData::from_stored(started).unwrap()).unwrap();
+        let from_tree = AnyEvent::decode("RunStarted", 1, &serde_json::from_str::<Value>(started).unwrap()).unwrap();
+        assert_eq!(from_text, from_tree);
+
+        let v1 = r#"{"apiClient":"ConnectSoft.Sms.Providers.Twilio","apiClientId":"client-twilio-v1","authModel":"ApiKey",
+            "baseUrl":"https://api.twilio.example","capabilities":["sms.send"],"category":"Communication",
+            "displayName":"Twilio","key":"twilio","providerId":"prov-twilio","registeredAt":"2026-06-11T09:00:00Z",
+            "tenantId":"t"}"#;
+        let AnyEvent::Provider(crate::provider::ProviderEvent::ProviderRegistered(registered)) =
+            AnyEvent::decode("ProviderRegistered", 1, &EventData::from_stored(v1).unwrap()).unwrap()
+        else {
+            panic!("not a registration")
+        };
+        assert_eq!(registered.api_client_version, 1);
+
+        let malformed = EventData::from_stored(r#"{"attempt":"two","runId":"run-1"}"#).unwrap();
+        assert!(matches!(AnyEvent::decode("RunStarted", 1, &malformed), Err(DecodeError::Malformed { .. })));
     }
 }

@@ -31,3 +31,14 @@ impl DomainError {
         Self::Invalid { field: field.into(), reason: reason.into() }
     }
 }
+
+/// Why stored data could not be read back as an event.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum DecodeError {
+    #[error("unknown event type {0}")]
+    UnknownType(String),
+    #[error("{event_type} v{version} is newer than this build knows (v{known})")]
+    FutureVersion { event_type: String, version: u32, known: u32 },
+    #[error("{event_type} v{version} does not match its schema: {reason}")]
+    Malformed { event_type: String, version: u32, reason: String },
+}

@@ -12,7 +12,7 @@ pub mod decider;
 pub mod envelope;
 /// Rejections a decider can return.
 pub mod error;
-/// Serialising aggregate events to `(type, schema version, data)` and back, with upcasting.
+/// Serialising aggregate events to `(type, schema version, data)` and back.
 pub mod event;
 /// Resource ids: spec prefixes over time-ordered UUIDv7s.
 pub mod ids;
@@ -22,6 +22,8 @@ pub mod schemas;
 pub mod secret_ref;
 /// Given / when / then: the shape of every decider's tests.
 pub mod spec;
+/// Each event type's schema version and the upcasters from older ones.
+pub mod upcast;
 
 /// A connection between a tenant's project and a provider.
 pub mod connection;

@@ -38,7 +38,7 @@ pub const API_CLIENT_VERSION: u32 = 1;
 /// v2 added `apiClientVersion`, so the registry can tell which version of a client serves a
 /// provider (and route an upgrade) without parsing it out of `apiClientId`. A v1 event is upcast
 /// with `apiClientVersion: 1`: v1 registrations were always served by client v1
-/// (`apiClientId` was always `client-{name}-v1`). See [`crate::event::upcast`].
+/// (`apiClientId` was always `client-{name}-v1`). See [`crate::upcast::upcast`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderRegistered {

@@ -7,11 +7,11 @@ use crate::credential::{
     CredentialSubscriptionLinked, CredentialVersionRetired,
 };
 use crate::delivery::DeliveryAccepted;
-use crate::event::schema_version_of;
 use crate::outbound::PlatformEventPublished;
 use crate::provider::ProviderRegistered;
 use crate::run::{RunAttemptFailed, RunCompleted, RunFailed, RunRedeliveryRequested, RunRequested, RunStarted};
 use crate::subscription::{WebhookSubscriptionCreated, WebhookSubscriptionDeactivated};
+use crate::upcast::schema_version_of;
 
 /// The JSON Schema (2020-12) of one event type's data at one schema version.
 pub struct EventSchema {
@@ -65,7 +65,7 @@ pub fn event_schemas() -> Vec<EventSchema> {
 }
 
 /// The schemas of event versions older than the current one: stored events may still be at
-/// these versions, and they are upcast on read ([`crate::event::upcast`]).
+/// these versions, and they are upcast on read ([`crate::upcast::upcast`]).
 pub fn past_event_schemas() -> Vec<EventSchema> {
     let at = |mut s: EventSchema, version: u32| {
         s.version = version;

@@ -111,7 +111,7 @@ async fn the_relay_publishes_every_event_as_a_cloudevent_that_validates_against_
         // Key = stream id; the headers.
         assert_eq!(m.key.as_deref(), Some(stream_id.as_str()));
         // Each type at its own current version (ProviderRegistered is at v2).
-        let schema_version = domain::event::schema_version_of(event_type);
+        let schema_version = domain::upcast::schema_version_of(event_type);
         assert_eq!(m.headers["cs-schema-version"], schema_version.to_string());
         assert_eq!(ce["schemaversion"], schema_version);
         assert_eq!(m.headers["ce_type"], *event_type);

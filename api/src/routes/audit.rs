@@ -192,7 +192,7 @@ fn page(mut events: Vec<EventEnvelope>, query: &AuditQuery, path: &str) -> Respo
     let next_from = events.last().map_or(query.from, |e| e.global_position + 1);
     if !query.as_stored {
         for event in &mut events {
-            if let Err(e) = domain::event::upcast_envelope(event) {
+            if let Err(e) = domain::any_event::upcast_envelope(event) {
                 tracing::warn!(global_position = event.global_position, error = %e, "audit: event shown as stored");
             }
         }
