@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use commands::{Commands, SystemClock};
+use domain::backoff::Backoff;
 use store::cached_vault::CachedSecretStore;
 use store::sqlite::SqliteEventStore;
 use store::{EventStore, SecretStore};
@@ -96,16 +97,15 @@ impl Feeds<'_> {
 /// Creates the topics when missing, retrying while the brokers cannot be reached (the API
 /// serves meanwhile); false when shutdown came first.
 pub(crate) async fn wait_for_topics(settings: &KafkaSettings, shutdown: &CancellationToken) -> bool {
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         match ensure_topics(settings).await {
             Ok(()) => return true,
-            Err(error) => tracing::warn!(%error, retry_in = ?delay, "cannot create the Kafka topics yet"),
+            Err(error) => tracing::warn!(%error, retry_in = ?backoff.peek(), "cannot create the Kafka topics yet"),
         }
         tokio::select! {
             () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

@@ -1,5 +1,5 @@
 use chrono::{DateTime, Utc};
-use domain::{Actor, NewEvent, StoredEventData};
+use domain::{Actor, EventEnvelope, NewEvent, StoredEventData};
 use uuid::Uuid;
 
 /// Who asks, in which tenant, under which trace: the metadata every appended event carries.
@@ -17,6 +17,18 @@ impl CommandContext {
     pub fn new(tenant_id: impl Into<String>, trace_id: impl Into<String>, actor: Actor) -> Self {
         let trace_id = trace_id.into();
         Self { tenant_id: tenant_id.into(), correlation_id: trace_id.clone(), trace_id, causation_id: None, actor }
+    }
+
+    /// The context of a command the worker `who` issues because of `event`: the event's tenant,
+    /// trace and correlation, caused by the event.
+    pub fn caused_by(event: &EventEnvelope, who: &str) -> Self {
+        Self {
+            tenant_id: event.tenant_id.clone(),
+            trace_id: event.trace_id.clone(),
+            correlation_id: event.correlation_id.clone(),
+            causation_id: Some(event.event_id.to_string()),
+            actor: Actor::worker(who),
+        }
     }
 
     /// Wraps an encoded domain event in the envelope fields this context supplies.

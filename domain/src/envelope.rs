@@ -22,6 +22,11 @@ impl Actor {
     pub fn system() -> Self {
         Self { subject: "system".into(), client_id: None }
     }
+
+    /// One of the engine's workers (`worker:{who}`), for the commands it issues.
+    pub fn worker(who: &str) -> Self {
+        Self { subject: format!("worker:{who}"), client_id: None }
+    }
 }
 
 /// An event on its way into the store: everything but the place the store gives it.

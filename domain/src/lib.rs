@@ -6,6 +6,8 @@
 
 /// Any event of any aggregate, decoded by type, for readers of the global order.
 pub mod any_event;
+/// Exponential backoff between retries (arithmetic only: callers sleep).
+pub mod backoff;
 /// The decider pattern every aggregate implements.
 pub mod decider;
 /// The stored and published event envelope, and the event about to be appended.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use domain::backoff::Backoff;
 use domain::{AnyEvent, DecodeError, EventEnvelope};
 use futures::StreamExt;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
@@ -99,7 +100,7 @@ impl Projections {
     /// same way forever, and skipping would silently fork the read models from the store.
     pub async fn run(&self, store: Arc<dyn EventStore>) -> Result<(), ProjectionError> {
         let _running = ClearCaughtUpOnExit(&self.inner.caught_up);
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         loop {
             let error = self.follow(&store, &mut backoff).await;
             self.inner.caught_up.store(false, Ordering::Release);
@@ -108,14 +109,13 @@ impl Projections {
                 *self.inner.stopped_by.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
                 return Err(error);
             }
-            tracing::warn!(%error, retry_in = ?backoff, "projection runner failed; resuming from its checkpoints");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tracing::warn!(%error, retry_in = ?backoff.peek(), "projection runner failed; resuming from its checkpoints");
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
     /// One subscription's worth of work; it only ends with the error that ended it.
-    async fn follow(&self, store: &Arc<dyn EventStore>, backoff: &mut Duration) -> ProjectionError {
+    async fn follow(&self, store: &Arc<dyn EventStore>, backoff: &mut Backoff) -> ProjectionError {
         let start = match self.stored_position().await {
             Ok(start) => start,
             Err(e) => return e,
@@ -148,7 +148,7 @@ impl Projections {
                     Ok(position) => {
                         self.publish(position);
                         self.note_progress(position, target);
-                        *backoff = FIRST_BACKOFF;
+                        backoff.reset();
                     }
                     Err(e) => return e,
                 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::EventEnvelope;
+use domain::backoff::Backoff;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
@@ -103,7 +104,7 @@ where
     F: EventFeed,
     H: EventHandler,
 {
-    let mut backoff = Backoff::new(&options);
+    let mut backoff = Retries::new(&options);
     loop {
         let next = tokio::select! {
             // Checked first, so a consumer with a backlog still stops when asked.
@@ -154,7 +155,7 @@ async fn handle_batch<F: EventFeed, H: EventHandler>(
 ) -> Result<Flow, FeedError> {
     // The last handled event's position while it is not committed yet.
     let mut uncommitted = None;
-    let mut backoff = Backoff::new(options);
+    let mut backoff = Retries::new(options);
     for event in batch {
         loop {
             if shutdown.is_cancelled() {
@@ -241,7 +242,7 @@ async fn handle_lane<H: EventHandler>(
     shutdown: &CancellationToken,
 ) -> Vec<u64> {
     let mut handled = Vec::with_capacity(lane.len());
-    let mut backoff = Backoff::new(options);
+    let mut backoff = Retries::new(options);
     for event in lane {
         loop {
             if shutdown.is_cancelled() {
@@ -260,7 +261,7 @@ async fn handle_lane<H: EventHandler>(
     handled
 }
 
-fn log_retry(consumer: &str, event: &EventEnvelope, backoff: &Backoff, error: &dyn std::error::Error, delay: Duration) {
+fn log_retry(consumer: &str, event: &EventEnvelope, backoff: &Retries, error: &dyn std::error::Error, delay: Duration) {
     tracing::warn!(
         consumer,
         global_position = event.global_position,
@@ -280,7 +281,7 @@ async fn commit_with_retry<F: EventFeed>(
     options: &ConsumerOptions,
     shutdown: &CancellationToken,
 ) -> Result<Flow, FeedError> {
-    let mut backoff = Backoff::new(options);
+    let mut backoff = Retries::new(options);
     loop {
         match feed.commit(position).await {
             Ok(()) => return Ok(Flow::Continue),
@@ -324,30 +325,26 @@ async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Exponential backoff between retries of one failing operation.
-struct Backoff {
-    first: Duration,
-    max: Duration,
-    next: Duration,
-    /// Failures in a row, for the logs.
+/// The backoff between retries of one failing operation, counting the failures in a row for
+/// the logs.
+struct Retries {
+    backoff: Backoff,
     failures: u32,
 }
 
-impl Backoff {
+impl Retries {
     fn new(options: &ConsumerOptions) -> Self {
-        Self { first: options.first_backoff, max: options.max_backoff, next: options.first_backoff, failures: 0 }
+        Self { backoff: Backoff::new(options.first_backoff, options.max_backoff), failures: 0 }
     }
 
     /// The wait after one more failure.
     fn next_delay(&mut self) -> Duration {
-        let delay = self.next.min(self.max);
-        self.next = self.next.saturating_mul(2).min(self.max);
         self.failures = self.failures.saturating_add(1);
-        delay
+        self.backoff.next_delay()
     }
 
     fn reset(&mut self) {
-        self.next = self.first;
+        self.backoff.reset();
         self.failures = 0;
     }
 }

@@ -55,7 +55,7 @@ use domain::run::{
 };
 use domain::secret_ref::SecretRef;
 use domain::subscription::SubscriptionEvent;
-use domain::{Actor, AggregateEvent, DomainError, EventEnvelope};
+use domain::{AggregateEvent, DomainError, EventEnvelope};
 use store::{SecretStore, Stage, VaultError};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -495,11 +495,8 @@ impl RunExecutor {
     /// The context of the commands a run's execution issues, caused by its `RunRequested`.
     fn context(&self, event: &EventEnvelope, requested: &RunRequested) -> CommandContext {
         CommandContext {
-            tenant_id: event.tenant_id.clone(),
             trace_id: requested.trace_id.clone(),
-            correlation_id: event.correlation_id.clone(),
-            causation_id: Some(event.event_id.to_string()),
-            actor: Actor { subject: format!("worker:{}", self.settings.worker_id), client_id: None },
+            ..CommandContext::caused_by(event, &self.settings.worker_id)
         }
     }
 

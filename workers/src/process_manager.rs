@@ -26,7 +26,7 @@ use domain::connection::ConnectionEvent;
 use domain::credential::{Credential, CredentialEvent, CredentialState, Rotation, RotationSource};
 use domain::ids::stream_id;
 use domain::subscription::SubscriptionEvent;
-use domain::{Actor, AnyEvent, Decider, DomainError, EventEnvelope};
+use domain::{AnyEvent, Decider, DomainError, EventEnvelope};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -47,17 +47,6 @@ pub fn health_check_run_id(tenant_id: &str, connection_id: &str, slot: &str) -> 
 /// The run id of the check requested when the connection is established.
 pub fn first_health_check_run_id(tenant_id: &str, connection_id: &str) -> String {
     health_check_run_id(tenant_id, connection_id, "established")
-}
-
-/// The context of a command the process manager issues because of `event`.
-pub(crate) fn caused_by(event: &EventEnvelope, who: &str) -> CommandContext {
-    CommandContext {
-        tenant_id: event.tenant_id.clone(),
-        trace_id: event.trace_id.clone(),
-        correlation_id: event.correlation_id.clone(),
-        causation_id: Some(event.event_id.to_string()),
-        actor: Actor { subject: format!("worker:{who}"), client_id: None },
-    }
 }
 
 pub struct ProcessManager {
@@ -85,7 +74,7 @@ impl ProcessManager {
         credential_id: &str,
         rotation: Rotation,
     ) -> Result<(), CommandError> {
-        let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
+        let ctx = CommandContext::caused_by(event, PROCESS_MANAGER_CONSUMER);
         let loaded = self.commands.load::<CredentialEvent>(&stream_id(&event.tenant_id, credential_id)).await?;
         let state = Credential::fold(&loaded.events);
         let Some(target) = state.verification_target() else { return Ok(()) };
@@ -101,7 +90,7 @@ impl ProcessManager {
         credential_id: &str,
         what: CredentialLeftUse,
     ) -> Result<(), CommandError> {
-        let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
+        let ctx = CommandContext::caused_by(event, PROCESS_MANAGER_CONSUMER);
         let loaded = self.commands.load::<CredentialEvent>(&stream_id(&event.tenant_id, credential_id)).await?;
         // The state as this event found it (the stream may have moved on since).
         let before = usize::try_from(event.stream_version.saturating_sub(1)).unwrap_or(usize::MAX);
@@ -175,13 +164,13 @@ impl EventHandler for ProcessManager {
                 if let Some(pace) = &self.health_check_pace {
                     pace.turn().await;
                 }
-                let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
+                let ctx = CommandContext::caused_by(event, PROCESS_MANAGER_CONSUMER);
                 let run_id = first_health_check_run_id(&event.tenant_id, &e.connection_id);
                 tracing::debug!(connection_id = %e.connection_id, %run_id, "scheduling the first health check");
                 self.commands.request_run(&ctx, &run_id, &e.connection_id, CHECK_HEALTH, json!({})).await.map(|_| ())
             }
             AnyEvent::Subscription(SubscriptionEvent::WebhookSubscriptionCreated(e)) => {
-                let ctx = caused_by(event, PROCESS_MANAGER_CONSUMER);
+                let ctx = CommandContext::caused_by(event, PROCESS_MANAGER_CONSUMER);
                 tracing::debug!(subscription_id = %e.subscription_id, "linking the subscription's signing credential");
                 self.commands.link_subscription_credential(&ctx, &e).await.map(|_| ())
             }
@@ -226,6 +215,7 @@ mod tests {
 
     use commands::SystemClock;
     use commands::credentials::VERIFY_CREDENTIAL_OPERATION;
+    use domain::Actor;
     use domain::subscription::{CreateWebhookSubscription, DeliverySettings, SubscriptionCommand, WebhookSubscription};
     use store::{EventStore, MasterKey, SqliteEventStore, SqliteVault};
 

@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use domain::EventEnvelope;
+use domain::backoff::Backoff;
 use futures::FutureExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -66,7 +67,7 @@ pub async fn run_relay<F: EventFeed>(
     shutdown: CancellationToken,
 ) -> Result<(), FeedError> {
     let mut producer = settings.producer().map_err(|e| FeedError::Source(e.to_string()))?;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut unacknowledged: VecDeque<Sent> = VecDeque::new();
     loop {
         let in_flight: usize = unacknowledged.iter().map(|sent| sent.events.len()).sum();
@@ -79,13 +80,13 @@ pub async fn run_relay<F: EventFeed>(
                 if let Some((error, mut events)) = failed {
                     // That batch and every one sent after it, again and in order.
                     events.extend(unacknowledged.drain(..).flat_map(|sent| sent.events));
-                    tracing::warn!(%error, events = events.len(), retry_in = ?backoff, "publishing to Kafka failed; the events will be sent again");
+                    tracing::warn!(%error, events = events.len(), retry_in = ?backoff.peek(), "publishing to Kafka failed; the events will be sent again");
                     let Some(fresh) = resend(settings, &events, &mut backoff, &shutdown).await? else { return Ok(()) };
                     producer = fresh;
                     last = events.last().map_or(last, |e| e.global_position);
                     published += events.len();
                 }
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
                 metrics::counter!(RELAY_PUBLISHED).increment(published as u64);
                 if !commit(&mut feed, last, &shutdown).await? {
                     return Ok(());
@@ -100,10 +101,9 @@ pub async fn run_relay<F: EventFeed>(
                 }
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(%error, "the relay cannot read the store; retrying");
-                    if !pause(backoff, &shutdown).await {
+                    if !pause(backoff.next_delay(), &shutdown).await {
                         return Ok(());
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(error) => return Err(error),
             },
@@ -147,20 +147,19 @@ async fn first_acknowledged(unacknowledged: &mut VecDeque<Sent>) -> Result<(), S
 async fn resend(
     settings: &KafkaSettings,
     events: &[EventEnvelope],
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> Result<Option<FutureProducer>, FeedError> {
     loop {
-        if !pause(*backoff, shutdown).await {
+        if !pause(backoff.next_delay(), shutdown).await {
             return Ok(None);
         }
-        *backoff = (*backoff * 2).min(MAX_BACKOFF);
         // A fresh producer: an idempotent producer can be left fenced by a failure.
         let producer = settings.producer().map_err(|e| FeedError::Source(e.to_string()))?;
         match send(&producer, events).await.await {
             Ok(()) => return Ok(Some(producer)),
             Err(error) => {
-                tracing::warn!(%error, events = events.len(), retry_in = ?*backoff, "publishing to Kafka failed; the events will be sent again");
+                tracing::warn!(%error, events = events.len(), retry_in = ?backoff.peek(), "publishing to Kafka failed; the events will be sent again");
             }
         }
     }
@@ -168,16 +167,15 @@ async fn resend(
 
 /// Stores the checkpoint, retrying what can be retried; false on shutdown.
 async fn commit<F: EventFeed>(feed: &mut F, last: u64, shutdown: &CancellationToken) -> Result<bool, FeedError> {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     loop {
         match feed.commit(last).await {
             Ok(()) => return Ok(true),
             Err(error) if error.is_retryable() => {
                 tracing::warn!(%error, "storing the relay checkpoint failed; retrying");
-                if !pause(backoff, shutdown).await {
+                if !pause(backoff.next_delay(), shutdown).await {
                     return Ok(false);
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(error) => return Err(error),
         }

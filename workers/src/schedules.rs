@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use commands::{CommandError, Commands};
+use commands::{CommandContext, CommandError, Commands};
 use connectors::operations::CHECK_HEALTH;
 use domain::connection::ConnectionEvent;
 use domain::credential::CredentialEvent;
@@ -31,7 +31,7 @@ use store::{EventStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::pace::Pace;
-use crate::process_manager::{caused_by, health_check_run_id};
+use crate::process_manager::health_check_run_id;
 
 const SCHEDULER: &str = "scheduler";
 /// How often due work is looked for.
@@ -191,7 +191,7 @@ async fn check_due_connections(
         };
         let offset_ms = offset_ms(&event.tenant_id, &connection_id, interval_ms);
         let current = slot(offset_ms, interval_ms, now);
-        let ctx = caused_by(&event, SCHEDULER);
+        let ctx = CommandContext::caused_by(&event, SCHEDULER);
         let run_id = health_check_run_id(&event.tenant_id, &connection_id, &current.to_string());
         if let Some(pace) = pace {
             pace.turn().await;
@@ -233,7 +233,7 @@ async fn retire_due_versions(commands: &Commands, now: DateTime<Utc>, retirement
         retirements.iter().filter(|(_, r)| r.due <= now).map(|(key, _)| key.clone()).collect();
     for key in due {
         let Some(r) = retirements.get(&key) else { continue };
-        let ctx = caused_by(&r.rotated, SCHEDULER);
+        let ctx = CommandContext::caused_by(&r.rotated, SCHEDULER);
         match commands.retire_previous_credential_version(&ctx, &r.credential_id, r.version).await {
             Ok(_) => {
                 tracing::info!(credential_id = %r.credential_id, version = r.version, "previous version retired");

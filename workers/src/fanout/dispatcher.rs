@@ -25,6 +25,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use commands::{CommandContext, Commands};
 use connectors::egress::{EgressError, check_webhook_endpoint, webhook_client};
 use connectors::outbound_webhooks::{self, OutboundRequest, Verdict};
+use domain::backoff::Backoff;
 use domain::ids::stream_id;
 use domain::outbound::DELIVER_WEBHOOK_OPERATION;
 use domain::run::{AttemptOutcome, AttemptResponse, RecordAttempt, Run, RunCommand, RunEvent, RunState};
@@ -163,13 +164,13 @@ impl Dispatcher {
 async fn follow(shared: Arc<Shared>, out: mpsc::Sender<Followed>, shutdown: CancellationToken) {
     let store = &shared.store;
     let mut head = store.watch_head();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let start_head = loop {
         match store.head_position().await {
             Ok(head) => break head,
             Err(error) => {
                 tracing::warn!(%error, "webhook dispatcher: reading the store's head failed");
-                if !pause(backoff, &shutdown).await {
+                if !pause(backoff.next_delay(), &shutdown).await {
                     return;
                 }
             }
@@ -183,14 +184,13 @@ async fn follow(shared: Arc<Shared>, out: mpsc::Sender<Followed>, shutdown: Canc
             Ok(page) => page,
             Err(error) => {
                 tracing::warn!(%error, "webhook dispatcher: reading the store failed");
-                if !pause(backoff, &shutdown).await {
+                if !pause(backoff.next_delay(), &shutdown).await {
                     return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         let got_events = !page.is_empty();
         if let Some(last) = page.last() {
             position = last.global_position;
@@ -331,7 +331,7 @@ struct Lane {
     refilled: Instant,
     /// No attempt starts before this (the endpoint said it is overloaded).
     paused_until: Option<Instant>,
-    slow_down: Duration,
+    slow_down: Backoff,
     /// The subscription's settings as of the last pass: what blocks the lane.
     limit: u32,
     rate: Option<u32>,
@@ -356,7 +356,7 @@ impl Lane {
             tokens: 1.0,
             refilled: Instant::now(),
             paused_until: None,
-            slow_down: FIRST_SLOW_DOWN,
+            slow_down: Backoff::new(FIRST_SLOW_DOWN, MAX_SLOW_DOWN),
             limit: 1,
             rate: None,
             strict: false,
@@ -590,15 +590,14 @@ impl Schedule {
             lane.in_flight = lane.in_flight.saturating_sub(1);
             if let Outcome::Recorded { success, slow_down, .. } = &done.outcome {
                 if *success {
-                    lane.slow_down = FIRST_SLOW_DOWN;
+                    lane.slow_down.reset();
                 }
                 if let Some(retry_after) = slow_down {
                     // Overloaded: pause the lane, longer each time in a row, at least as long
                     // as the endpoint asked (within bounds).
                     let asked = retry_after.unwrap_or_default().min(self.shared.settings.max_retry_after);
-                    let pause = lane.slow_down.max(asked);
+                    let pause = lane.slow_down.next_delay().max(asked);
                     lane.paused_until = Some(Instant::now() + pause);
-                    lane.slow_down = (lane.slow_down * 2).min(MAX_SLOW_DOWN);
                 }
             }
         }
@@ -837,13 +836,7 @@ struct NotSendable {
 
 impl AttemptTask {
     fn ctx(&self) -> CommandContext {
-        CommandContext {
-            tenant_id: self.tenant_id.clone(),
-            trace_id: self.trace_id.clone(),
-            correlation_id: self.trace_id.clone(),
-            causation_id: None,
-            actor: Actor { subject: format!("worker:{}", self.shared.settings.worker_id), client_id: None },
-        }
+        CommandContext::new(&self.tenant_id, &self.trace_id, Actor::worker(&self.shared.settings.worker_id))
     }
 
     fn stream(&self) -> String {

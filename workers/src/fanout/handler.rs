@@ -8,7 +8,7 @@ use commands::{CommandContext, CommandError, Commands};
 use domain::delivery::{NORMALIZED_EVENT_TYPES, NormalizedIntegrationEvent};
 use domain::outbound::{DELIVER_WEBHOOK_OPERATION, OutboundMessageEvent};
 use domain::subscription::WebhookSubscriptionCreated;
-use domain::{Actor, AggregateEvent, EventEnvelope};
+use domain::{AggregateEvent, EventEnvelope};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use thiserror::Error;
@@ -137,13 +137,7 @@ impl EventHandler for FanOut {
         if subscriptions.is_empty() {
             return Ok(());
         }
-        let ctx = CommandContext {
-            tenant_id: message.tenant_id.clone(),
-            trace_id: event.trace_id.clone(),
-            correlation_id: event.correlation_id.clone(),
-            causation_id: Some(event.event_id.to_string()),
-            actor: Actor { subject: "worker:webhook-fanout".into(), client_id: None },
-        };
+        let ctx = CommandContext::caused_by(event, "webhook-fanout");
         let requests = subscriptions.iter().map(|subscription| {
             let run_id = webhook_run_id(&message.tenant_id, &subscription.subscription_id, &message.message_id);
             let input = run_input(&subscription.subscription_id, &message, event);

@@ -12,6 +12,7 @@
 //! for the commits in flight, librdkafka completes them before it gives partitions up in a
 //! rebalance, and a stop commits what was handled once more, synchronously.
 
+use domain::backoff::Backoff;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,57 +114,57 @@ async fn handle_until_done(
     message: &CommandMessage,
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let trace_id = message
         .header(TRACEPARENT_HEADER)
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(trace_id_of_traceparent)
         .unwrap_or_else(|| format!("trace-{}", uuid::Uuid::new_v4().simple()));
     loop {
-        let outcome: Result<(), Rejection> =
-            match parse_command(message.header(SCHEMA_VERSION_HEADER), message.value.as_deref()) {
-                Ok(ControlCommand::PublishEvent(publish)) => {
-                    let origin = format!("{COMMANDS_TOPIC}/{}/{}", message.partition, message.offset);
-                    match handler.publish_event(&publish, &message_id_for(&origin), &trace_id).await {
-                        Ok(message_id) => {
-                            tracing::debug!(offset = message.offset, %message_id, "command handled: PublishEvent");
-                            return true;
-                        }
-                        Err(ControlPlaneError::Rejected(rejection)) => Err(rejection),
-                        Err(ControlPlaneError::Unavailable(error)) => {
-                            tracing::warn!(%error, retry_in = ?backoff, "PublishEvent could not be recorded; retrying");
-                            if !pause(backoff, shutdown).await {
-                                return false;
-                            }
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            continue;
-                        }
-                    }
-                }
-                Ok(ControlCommand::StartRun(start)) => match handler.handle(&start, &trace_id).await {
-                    Ok(requested) => {
-                        tracing::info!(
-                            partition = message.partition,
-                            offset = message.offset,
-                            run_id = %requested.run_id,
-                            idempotency_key = %start.idempotency_key,
-                            newly_requested = requested.newly_requested,
-                            "command handled: StartRun"
-                        );
+        let outcome: Result<(), Rejection> = match parse_command(
+            message.header(SCHEMA_VERSION_HEADER),
+            message.value.as_deref(),
+        ) {
+            Ok(ControlCommand::PublishEvent(publish)) => {
+                let origin = format!("{COMMANDS_TOPIC}/{}/{}", message.partition, message.offset);
+                match handler.publish_event(&publish, &message_id_for(&origin), &trace_id).await {
+                    Ok(message_id) => {
+                        tracing::debug!(offset = message.offset, %message_id, "command handled: PublishEvent");
                         return true;
                     }
                     Err(ControlPlaneError::Rejected(rejection)) => Err(rejection),
                     Err(ControlPlaneError::Unavailable(error)) => {
-                        tracing::warn!(%error, retry_in = ?backoff, "StartRun could not be recorded; retrying");
-                        if !pause(backoff, shutdown).await {
+                        tracing::warn!(%error, retry_in = ?backoff.peek(), "PublishEvent could not be recorded; retrying");
+                        if !pause(backoff.next_delay(), shutdown).await {
                             return false;
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
-                },
-                Err(rejection) => Err(rejection),
-            };
+                }
+            }
+            Ok(ControlCommand::StartRun(start)) => match handler.handle(&start, &trace_id).await {
+                Ok(requested) => {
+                    tracing::info!(
+                        partition = message.partition,
+                        offset = message.offset,
+                        run_id = %requested.run_id,
+                        idempotency_key = %start.idempotency_key,
+                        newly_requested = requested.newly_requested,
+                        "command handled: StartRun"
+                    );
+                    return true;
+                }
+                Err(ControlPlaneError::Rejected(rejection)) => Err(rejection),
+                Err(ControlPlaneError::Unavailable(error)) => {
+                    tracing::warn!(%error, retry_in = ?backoff.peek(), "StartRun could not be recorded; retrying");
+                    if !pause(backoff.next_delay(), shutdown).await {
+                        return false;
+                    }
+                    continue;
+                }
+            },
+            Err(rejection) => Err(rejection),
+        };
         let Err(rejection) = outcome else { return true };
         match dead_letter(producer, message, &rejection).await {
             Ok(()) => {
@@ -176,11 +177,10 @@ async fn handle_until_done(
                 return true;
             }
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "dead-lettering a command failed; retrying");
-                if !pause(backoff, shutdown).await {
+                tracing::warn!(%error, retry_in = ?backoff.peek(), "dead-lettering a command failed; retrying");
+                if !pause(backoff.next_delay(), shutdown).await {
                     return false;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
