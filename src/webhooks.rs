@@ -1,7 +1,6 @@
 //! Outbound webhooks: the dispatcher's settings and wiring, and the `webhooks` command
 //! (`publish` a platform event, `redeliver` dead-lettered deliveries).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +9,11 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use commands::CommandContext;
 use connectors::egress::EgressAllowList;
-use domain::outbound::DELIVER_WEBHOOK_OPERATION;
-use domain::run::{Run, RunEvent, RunState, RunStatus};
-use domain::{Actor, AggregateEvent, Decider};
+use domain::Actor;
 use store::Leases;
 use tokio_util::sync::CancellationToken;
 use workers::ConsumerOptions;
+use workers::fanout::redelivery::{self, Selection};
 use workers::fanout::{Dispatcher, FANOUT_CONSUMER, FanOut, WebhookSettings, parse_duration, parse_schedule};
 use workers::messages::{ControlCommand, PublishEvent};
 
@@ -198,36 +196,20 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A webhook run as the store tells it.
-struct DeliveryRun {
-    subscription_id: String,
-    requested_at: DateTime<Utc>,
-    state: RunState,
-}
-
 async fn redeliver(args: RedeliverArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.run.is_some() || args.subscription.is_some() || args.since.is_some() || args.until.is_some(),
         "name what to redeliver: --run, --subscription, and/or --since/--until"
     );
     let stores = Stores::open(&args.data)?;
-    let runs = webhook_runs(&stores, &args.tenant, args.run.as_deref()).await?;
-    let mut chosen: Vec<&String> = runs
-        .iter()
-        .filter(|(id, run)| {
-            args.run.as_ref().is_none_or(|r| r == *id)
-                && args.subscription.as_ref().is_none_or(|s| *s == run.subscription_id)
-                && args.since.is_none_or(|t| run.requested_at >= t)
-                && args.until.is_none_or(|t| run.requested_at < t)
-                && match &run.state {
-                    RunState::Exists { status: RunStatus::Failed, .. } => true,
-                    RunState::Exists { status: RunStatus::Completed, .. } => args.include_delivered,
-                    _ => false,
-                }
-        })
-        .map(|(id, _)| id)
-        .collect();
-    chosen.sort();
+    let selection = Selection {
+        run: args.run.clone(),
+        subscription: args.subscription.clone(),
+        since: args.since,
+        until: args.until,
+        include_delivered: args.include_delivered,
+    };
+    let chosen = redelivery::select(stores.store.as_ref(), &args.tenant, &selection).await?;
     if let Some(run) = &args.run
         && chosen.is_empty()
     {
@@ -253,7 +235,7 @@ async fn redeliver(args: RedeliverArgs) -> anyhow::Result<()> {
         Actor { subject: "cli".into(), client_id: None },
     );
     let mut count = 0;
-    for run_id in chosen {
+    for run_id in &chosen {
         if commands.redeliver_run(&ctx, run_id, &reason).await? {
             println!("{run_id}");
             count += 1;
@@ -261,57 +243,4 @@ async fn redeliver(args: RedeliverArgs) -> anyhow::Result<()> {
     }
     eprintln!("{count} deliveries requested again");
     Ok(())
-}
-
-/// Every webhook run of the tenant (just `only` when given), folded from the store.
-async fn webhook_runs(
-    stores: &Stores,
-    tenant: &str,
-    only: Option<&str>,
-) -> anyhow::Result<HashMap<String, DeliveryRun>> {
-    let mut runs: HashMap<String, DeliveryRun> = HashMap::new();
-    if let Some(run_id) = only {
-        let stream = stores.store.read_stream(&domain::ids::stream_id(tenant, run_id)).await?;
-        fold_into(&mut runs, stream.iter());
-        return Ok(runs);
-    }
-    // Only the tenant's run events: the store filters where the data lives.
-    let filter = store::EventFilter {
-        tenant_id: Some(tenant.to_owned()),
-        event_types: RunEvent::TYPES.iter().map(|t| (*t).to_owned()).collect(),
-        ..store::EventFilter::default()
-    };
-    let mut after = 0;
-    loop {
-        let page = stores.store.read_filtered(&filter, after, 4096).await?;
-        let Some(last) = page.last() else { break };
-        after = last.global_position;
-        fold_into(&mut runs, page.iter());
-    }
-    Ok(runs)
-}
-
-fn fold_into<'a>(runs: &mut HashMap<String, DeliveryRun>, events: impl Iterator<Item = &'a domain::EventEnvelope>) {
-    for envelope in events {
-        if !RunEvent::TYPES.contains(&envelope.event_type.as_str()) {
-            continue;
-        }
-        let Ok(event) = RunEvent::decode(&envelope.event_type, envelope.schema_version, &envelope.data) else {
-            continue;
-        };
-        match &event {
-            RunEvent::RunRequested(r) if r.operation == DELIVER_WEBHOOK_OPERATION => {
-                let subscription_id =
-                    r.input.get("subscriptionId").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
-                let state = Run::evolve(RunState::None, &event);
-                runs.insert(r.run_id.clone(), DeliveryRun { subscription_id, requested_at: r.requested_at, state });
-            }
-            RunEvent::RunRequested(_) => {}
-            other => {
-                if let Some(run) = runs.get_mut(other.run_id()) {
-                    run.state = Run::evolve(std::mem::take(&mut run.state), other);
-                }
-            }
-        }
-    }
 }

@@ -23,6 +23,7 @@
 mod directory;
 mod dispatcher;
 mod handler;
+pub mod redelivery;
 
 use std::sync::Arc;
 use std::time::Duration;
