@@ -3,12 +3,23 @@
 //! the verified bytes.
 
 use ring::digest;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::jws::JwkSet;
 pub use crate::signature::{Headers, SignedRequest};
 use crate::signature::{KeyIndex, SignatureError};
 use crate::{form, github, gitlab, jws, shopify, slack, standard_webhooks, stripe, twilio};
+
+/// The shape of a delivery's body (and which shape a normalization rule applies to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// The spec's condensed envelope (`providerDeliveryId`, `eventName`, `payload`).
+    Envelope,
+    /// The vendor's own body, exactly as sent.
+    Native,
+}
 
 /// One way a vendor authenticates its deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,6 +150,74 @@ pub struct NativeDelivery {
 #[error("{0}")]
 pub struct ShapeError(pub String);
 
+/// The scheme that verifies a connection's deliveries: the one its configuration names
+/// (`webhookScheme`), else the one its provider key implies.
+pub fn connection_scheme(configured: Option<&str>, provider_key: &str) -> Option<Scheme> {
+    match configured {
+        Some(name) => Scheme::from_name(name),
+        None => Scheme::for_provider_key(provider_key),
+    }
+}
+
+/// Whether `scheme`'s deliveries of `shape` may come as `content_type` (a `Content-Type` value,
+/// parameters and case ignored): JSON for every envelope and most vendors, forms too for Slack
+/// and Twilio, compact JWS text for JWS deliveries.
+pub fn accepts_media_type(scheme: Scheme, shape: Shape, content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let json = media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"));
+    match (shape, scheme) {
+        (Shape::Envelope, _) | (Shape::Native, Scheme::GitHub | Scheme::Stripe | Scheme::StandardWebhooks) => json,
+        (Shape::Native, Scheme::Shopify | Scheme::GitLab) => json,
+        (Shape::Native, Scheme::Slack | Scheme::Twilio) => json || media == "application/x-www-form-urlencoded",
+        (Shape::Native, Scheme::Jws) => {
+            json || matches!(media.as_str(), "application/jose" | "application/jwt" | "text/plain")
+        }
+    }
+}
+
+/// Where the vendor says a request was sent, for schemes that sign the URL (Twilio).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CalledUrl<'a> {
+    /// The URL configured at the vendor (the connection's `webhookUrl`), exactly.
+    pub configured: Option<&'a str>,
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host` or `Host`, as received.
+    pub forwarded_proto: Option<&'a str>,
+    pub host: Option<&'a str>,
+    /// This request's path and query.
+    pub path_and_query: &'a str,
+}
+
+impl CalledUrl<'_> {
+    /// The URL the vendor signed: the configured one when set (Twilio appends `bodySHA256` to
+    /// it for a JSON request and signs the result), else rebuilt from the forwarded protocol
+    /// and host and this request's path and query.
+    pub fn signed(&self) -> String {
+        if let Some(url) = self.configured {
+            let query = self.path_and_query.split_once('?').map(|(_, q)| q);
+            let body_hash = query.and_then(|q| {
+                q.split('&').find(|pair| pair.starts_with("bodySHA256=") && !url.contains("bodySHA256="))
+            });
+            return match body_hash {
+                Some(pair) => format!("{url}{}{pair}", if url.contains('?') { '&' } else { '?' }),
+                None => url.to_string(),
+            };
+        }
+        let scheme = self.forwarded_proto.unwrap_or("http");
+        let host = self.host.unwrap_or("localhost");
+        let path = if self.path_and_query.is_empty() { "/" } else { self.path_and_query };
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+/// The answer a vendor's handshake expects instead of a delivery (Slack's `url_verification`
+/// when an Events URL is configured): answered, never stored.
+pub fn handshake_answer(scheme: Scheme, native: &NativeDelivery) -> Option<Value> {
+    if scheme != Scheme::Slack {
+        return None;
+    }
+    slack::url_verification_challenge(&native.payload).map(|challenge| serde_json::json!({ "challenge": challenge }))
+}
+
 /// Reads a vendor-native delivery: where each vendor puts its delivery id and event name, and
 /// the payload (JSON, or a form body as an object of strings). Only `signed_body` decides
 /// the payload; headers only supply ids and event names the vendor sends nowhere else.
@@ -258,6 +337,50 @@ pub fn native_delivery(scheme: Scheme, headers: &Headers, signed_body: &[u8]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_scheme_accepts_its_vendors_media_types_whatever_their_parameters_and_case() {
+        assert!(accepts_media_type(Scheme::GitHub, Shape::Native, "Application/JSON; charset=utf-8"));
+        assert!(accepts_media_type(Scheme::GitHub, Shape::Native, "application/vnd.github+json"));
+        assert!(!accepts_media_type(Scheme::GitHub, Shape::Native, "application/x-www-form-urlencoded"));
+        assert!(accepts_media_type(Scheme::Slack, Shape::Native, "application/x-www-form-urlencoded"));
+        assert!(accepts_media_type(Scheme::Twilio, Shape::Native, "application/x-www-form-urlencoded"));
+        assert!(accepts_media_type(Scheme::Jws, Shape::Native, "application/jose"));
+        assert!(!accepts_media_type(Scheme::Slack, Shape::Envelope, "application/x-www-form-urlencoded"));
+        assert!(!accepts_media_type(Scheme::Stripe, Shape::Native, ""));
+    }
+
+    #[test]
+    fn the_signed_url_is_the_configured_one_with_twilios_body_hash_else_the_one_called() {
+        let configured = CalledUrl {
+            configured: Some("https://hooks.example/in?connectionId=c"),
+            path_and_query: "/webhooks/deliveries?connectionId=c&bodySHA256=abc",
+            ..CalledUrl::default()
+        };
+        assert_eq!(configured.signed(), "https://hooks.example/in?connectionId=c&bodySHA256=abc");
+        let plain =
+            CalledUrl { configured: Some("https://hooks.example/in"), path_and_query: "/x", ..CalledUrl::default() };
+        assert_eq!(plain.signed(), "https://hooks.example/in");
+        let forwarded = CalledUrl {
+            forwarded_proto: Some("https"),
+            host: Some("edge.example"),
+            path_and_query: "/webhooks/deliveries?connectionId=c",
+            ..CalledUrl::default()
+        };
+        assert_eq!(forwarded.signed(), "https://edge.example/webhooks/deliveries?connectionId=c");
+        assert_eq!(CalledUrl::default().signed(), "http://localhost/");
+    }
+
+    #[test]
+    fn only_slacks_url_verification_is_answered_as_a_handshake() {
+        let challenge = NativeDelivery {
+            provider_delivery_id: "d".into(),
+            event_name: "url_verification".into(),
+            payload: serde_json::json!({"type": "url_verification", "challenge": "c-1"}),
+        };
+        assert_eq!(handshake_answer(Scheme::Slack, &challenge), Some(serde_json::json!({"challenge": "c-1"})));
+        assert_eq!(handshake_answer(Scheme::GitHub, &challenge), None);
+    }
 
     #[test]
     fn schemes_have_unique_names_and_follow_provider_keys() {

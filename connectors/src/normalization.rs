@@ -11,19 +11,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::inbound::Scheme;
+pub use crate::inbound::Shape;
 
 /// The rule table compiled into the binary.
 pub const DEFAULT_RULES: &str = include_str!("../../config/normalization.toml");
-
-/// Which delivery shape a rule applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Shape {
-    /// The spec's condensed envelope (`providerDeliveryId`, `eventName`, `payload`).
-    Envelope,
-    /// The vendor's own body, exactly as sent.
-    Native,
-}
 
 /// A test of one value of the signed body, by dotted path (`pull_request.merged`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -20,11 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use commands::CommandContext;
 use connectors::egress::{EgressAllowList, check_webhook_endpoint, read_capped, webhook_client};
-use connectors::inbound::{self, Headers, Keys, Scheme, SignedRequest};
+use connectors::inbound::{self, CalledUrl, Headers, Keys, Scheme, Shape, SignedRequest};
 use connectors::jws::JwkSet;
-use connectors::normalization::Shape;
 use connectors::signature::SignatureError;
-use connectors::slack;
 use domain::delivery::AcceptDelivery;
 use domain::secret_ref::SecretRef;
 use domain::{Actor, ids};
@@ -242,11 +240,8 @@ async fn gateway(
         Shape::Native => {
             let native = inbound::native_delivery(scheme, &lowercase_headers, &verified.signed_body)
                 .map_err(|e| Refusal::bad_request("malformed_body", e.0))?;
-            if scheme == Scheme::Slack
-                && let Some(challenge) = slack::url_verification_challenge(&native.payload)
-            {
-                // Slack's handshake when the Events URL is configured: answered, not stored.
-                return Ok(axum::Json(serde_json::json!({ "challenge": challenge })).into_response());
+            if let Some(answer) = inbound::handshake_answer(scheme, &native) {
+                return Ok(axum::Json(answer).into_response());
             }
             (native.provider_delivery_id, native.event_name, native.payload)
         }
@@ -309,10 +304,8 @@ fn too_large(limit: usize) -> Refusal {
 
 /// The connection's scheme: `configuration.webhookScheme`, or the one its provider key implies.
 fn scheme_of(connection: &ConnectionView) -> Option<Scheme> {
-    match connection.configuration.get(SCHEME_KEY).and_then(|v| v.as_str()) {
-        Some(name) => Scheme::from_name(name),
-        None => Scheme::for_provider_key(connection.provider_id.strip_prefix("prov-")?),
-    }
+    let configured = connection.configuration.get(SCHEME_KEY).and_then(|v| v.as_str());
+    inbound::connection_scheme(configured, connection.provider_id.strip_prefix("prov-").unwrap_or_default())
 }
 
 /// The secrets that verify the connection's deliveries now: the current version of
@@ -351,26 +344,14 @@ async fn secrets_of(
     Ok(secrets)
 }
 
-/// Which content types a scheme's deliveries come as; anything else is 415 before reading.
+/// Which content types a scheme's deliveries come as (the vendor's rule, in `connectors`);
+/// anything else is 415 before reading.
 fn check_content_type(scheme: Scheme, shape: Shape, headers: &HeaderMap) -> Result<(), Refusal> {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    let json = media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"));
-    let allowed = match (shape, scheme) {
-        (Shape::Envelope, _) | (Shape::Native, Scheme::GitHub | Scheme::Stripe | Scheme::StandardWebhooks) => json,
-        (Shape::Native, Scheme::Shopify | Scheme::GitLab) => json,
-        (Shape::Native, Scheme::Slack | Scheme::Twilio) => json || media == "application/x-www-form-urlencoded",
-        (Shape::Native, Scheme::Jws) => {
-            json || matches!(media.as_str(), "application/jose" | "application/jwt" | "text/plain")
-        }
-    };
-    if allowed {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if inbound::accepts_media_type(scheme, shape, content_type) {
         return Ok(());
     }
+    let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     Err(Refusal::new(
         "unsupported_media_type",
         Problem::new(
@@ -382,25 +363,16 @@ fn check_content_type(scheme: Scheme, shape: Shape, headers: &HeaderMap) -> Resu
     ))
 }
 
-/// The URL the vendor called, for schemes that sign it (Twilio): the connection's
-/// `webhookUrl` when set (the URL configured at the vendor, exactly), else rebuilt from the
-/// forwarded protocol and host, and this request's path and query.
+/// The URL the vendor called, for schemes that sign it (Twilio): see [`CalledUrl::signed`].
 fn signed_url(connection: &ConnectionView, headers: &HeaderMap, uri: &axum::http::Uri) -> String {
-    if let Some(url) = connection.configuration.get(URL_KEY).and_then(|v| v.as_str()) {
-        // Twilio appends bodySHA256 to the configured URL of a JSON request and signs the result.
-        let body_hash = uri
-            .query()
-            .and_then(|q| q.split('&').find(|pair| pair.starts_with("bodySHA256=") && !url.contains("bodySHA256=")));
-        return match body_hash {
-            Some(pair) => format!("{url}{}{pair}", if url.contains('?') { '&' } else { '?' }),
-            None => url.to_string(),
-        };
-    }
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let scheme = text("x-forwarded-proto").unwrap_or("http");
-    let host = text("x-forwarded-host").or_else(|| text(header::HOST.as_str())).unwrap_or("localhost");
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    format!("{scheme}://{host}{path}")
+    CalledUrl {
+        configured: connection.configuration.get(URL_KEY).and_then(|v| v.as_str()),
+        forwarded_proto: text("x-forwarded-proto"),
+        host: text("x-forwarded-host").or_else(|| text(header::HOST.as_str())),
+        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
+    }
+    .signed()
 }
 
 fn payload_digest(raw: &Bytes) -> String {
