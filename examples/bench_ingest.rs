@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         vault,
         idempotency: Idempotency::new(Arc::new(SqliteIdempotencyStore::open(&dir.path().join("events.db"))?)),
         store: store.clone(),
+        provider_key_sets: Arc::new(connectors::key_sets::ProviderKeySets::new(Default::default())),
         settings: ApiSettings::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -17,6 +17,7 @@ use workers::pace::Foreground;
 use crate::data_dir::{DataDir, EVENTS_DB, READ_MODELS_DB};
 use crate::dev_auth;
 use crate::shutdown::shutdown_signal;
+use connectors::key_sets::ProviderKeySets;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -146,6 +147,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         embedded_consumers: roles.consumers && kafka.is_none(),
         relay: roles.relay,
     };
+    let webhook_egress_allow = Arc::new(args.runs.webhooks.allow_list()?);
     let state = AppState {
         commands: Commands::new(store.clone(), vault.clone(), Arc::new(SystemClock)),
         read_models,
@@ -154,6 +156,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         vault,
         idempotency,
         store,
+        provider_key_sets: Arc::new(ProviderKeySets::new(webhook_egress_allow.clone())),
         settings: ApiSettings {
             max_body_bytes: args.max_body_bytes,
             webhook_timestamp_tolerance: Duration::from_secs(args.webhook_timestamp_tolerance_seconds),
@@ -167,7 +170,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 }
             }),
             metrics: Some(api::metrics::Exposition(Arc::new(metrics))),
-            webhook_egress_allow: Arc::new(args.runs.webhooks.allow_list()?),
+            webhook_egress_allow,
             readiness: api::readiness::ReadinessLimits {
                 max_lag_events: args.readiness_max_lag_events,
                 max_lag: Duration::from_secs(args.readiness_max_lag_seconds),

@@ -36,6 +36,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use commands::Commands;
 use commands::idempotency::Idempotency;
+use connectors::key_sets::ProviderKeySets;
 use projections::{Projections, ReadModels};
 use serde_json::json;
 use store::{EventStore, SecretStore};
@@ -93,6 +94,8 @@ pub struct AppState {
     pub vault: Arc<dyn SecretStore>,
     pub idempotency: Idempotency,
     pub store: Arc<dyn EventStore>,
+    /// The providers' key sets JWS deliveries are verified with.
+    pub provider_key_sets: Arc<ProviderKeySets>,
     pub settings: ApiSettings,
 }
 

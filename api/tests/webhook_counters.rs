@@ -48,6 +48,7 @@ async fn gateway() -> Gateway {
         vault,
         idempotency: Idempotency::new(Arc::new(SqliteIdempotencyStore::open(&dir.path().join("events.db")).unwrap())),
         store,
+        provider_key_sets: Arc::new(connectors::key_sets::ProviderKeySets::new(Default::default())),
         settings: ApiSettings { max_body_bytes: 1024, ..ApiSettings::default() },
     };
     let scopes = ["integration.providers.write", "integration.connections.write"];

@@ -18,6 +18,8 @@ pub mod gitlab;
 pub mod inbound;
 /// Compact JWS deliveries (RS256/ES256) verified with the provider's JWKS.
 pub mod jws;
+/// Providers' key sets for JWS deliveries, fetched through the webhook egress rules and cached.
+pub mod key_sets;
 /// The normalization rule table.
 pub mod normalization;
 /// Shopify's `X-Shopify-Hmac-Sha256`.

@@ -8,9 +8,7 @@
 //! `X-CS-Provider`). The connection (`?connectionId=` or `X-CS-Connection`) decides the scheme
 //! and the secret; the signed bytes decide the normalized type.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,9 +17,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use commands::CommandContext;
-use connectors::egress::{EgressAllowList, check_webhook_endpoint, read_capped, webhook_client};
 use connectors::inbound::{self, CalledUrl, Headers, Keys, Scheme, Shape, SignedRequest};
 use connectors::jws::JwkSet;
+use connectors::key_sets::KeySetError;
 use connectors::signature::SignatureError;
 use domain::delivery::AcceptDelivery;
 use domain::secret_ref::SecretRef;
@@ -170,7 +168,7 @@ async fn gateway(
     let now = app.commands.now();
     let verification_keys = match scheme.uses_secret() {
         true => VerificationKeys::Secrets(secrets_of(app, &connection, now).await?),
-        false => VerificationKeys::Jwks(jwks_of(&connection, &app.settings.webhook_egress_allow).await?),
+        false => VerificationKeys::Jwks(jwks_of(app, &connection).await?),
     };
 
     check_content_type(scheme, shape, &headers)?;
@@ -207,7 +205,7 @@ async fn gateway(
         if matches!(e, SignatureError::UnknownKey(_))
             && let Some(source) = connection.configuration.get(JWKS_KEY).and_then(|v| v.as_str())
         {
-            jwks_cache().lock().unwrap_or_else(PoisonError::into_inner).remove(source);
+            app.provider_key_sets.forget(source);
         }
     })?;
     if verified.key_index > 0 {
@@ -379,55 +377,19 @@ fn payload_digest(raw: &Bytes) -> String {
     format!("sha256:{}", hex::encode(ring::digest::digest(&ring::digest::SHA256, raw)))
 }
 
-/// The provider's JWKS named by `configuration.webhookJwks`, an `https://` URL (plain `http://`
-/// only for hosts in the webhook allow-list), cached for five minutes per URL.
-async fn jwks_of(connection: &ConnectionView, allow: &Arc<EgressAllowList>) -> Result<Arc<JwkSet>, Refusal> {
-    const TTL: Duration = Duration::from_secs(300);
+/// The provider's JWKS named by `configuration.webhookJwks` (see [`connectors::key_sets::ProviderKeySets::get`]).
+async fn jwks_of(app: &AppState, connection: &ConnectionView) -> Result<Arc<JwkSet>, Refusal> {
     let source = connection
         .configuration
         .get(JWKS_KEY)
         .and_then(|v| v.as_str())
         .ok_or_else(|| Refusal::unauthorized("secret_unavailable", "the connection names no webhookJwks"))?;
-    let cache = jwks_cache();
-    if let Some((fetched, set)) = cache.lock().unwrap_or_else(PoisonError::into_inner).get(source)
-        && fetched.elapsed() < TTL
-    {
-        return Ok(set.clone());
-    }
-    let bytes = fetch_jwks(source, allow).await.map_err(|e| {
-        tracing::warn!(connection_id = connection.connection_id, error = %e, "provider JWKS unavailable");
-        Refusal::unauthorized("secret_unavailable", "the provider's key set is unavailable")
-    })?;
-    let set = Arc::new(JwkSet::parse(&bytes).map_err(|e| {
-        tracing::warn!(connection_id = connection.connection_id, error = %e, "provider JWKS unusable");
-        Refusal::unauthorized("secret_unavailable", "the provider's key set is unusable")
-    })?);
-    cache.lock().unwrap_or_else(PoisonError::into_inner).insert(source.to_string(), (Instant::now(), set.clone()));
-    Ok(set)
-}
-
-type JwksCache = Mutex<HashMap<String, (Instant, Arc<JwkSet>)>>;
-
-fn jwks_cache() -> &'static JwksCache {
-    static CACHE: OnceLock<JwksCache> = OnceLock::new();
-    CACHE.get_or_init(Default::default)
-}
-
-/// Fetches a key set the way webhooks go out (the URL is the tenant's to choose): `https`, or
-/// plain `http` for an allow-listed host; every address checked at connect time, so neither a
-/// name nor a redirect reaches a private address; the body read up to 1 MiB.
-async fn fetch_jwks(source: &str, allow: &Arc<EgressAllowList>) -> Result<Vec<u8>, String> {
-    const MAX_BYTES: usize = 1024 * 1024;
-    const TIMEOUT: Duration = Duration::from_secs(5);
-    let url = check_webhook_endpoint(source, allow).map_err(|why| format!("webhookJwks {why}"))?;
-    let client = webhook_client(allow.clone(), TIMEOUT).map_err(|e| e.to_string())?;
-    let response = client.get(url).timeout(TIMEOUT).send().await.map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("the JWKS endpoint answered {}", response.status()));
-    }
-    let body = read_capped(response, MAX_BYTES).await.map_err(|e| e.to_string())?;
-    if body.truncated {
-        return Err("the key set is larger than 1 MiB".into());
-    }
-    Ok(body.bytes)
+    app.provider_key_sets.get(source).await.map_err(|e| {
+        tracing::warn!(connection_id = connection.connection_id, error = %e, "provider JWKS not usable");
+        let why = match e {
+            KeySetError::Unavailable(_) => "the provider's key set is unavailable",
+            KeySetError::Unusable(_) => "the provider's key set is unusable",
+        };
+        Refusal::unauthorized("secret_unavailable", why)
+    })
 }
