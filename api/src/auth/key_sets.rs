@@ -1,0 +1,336 @@
+//! The identity provider's key set (JWKS): keys pinned to one algorithm each, cached, and
+//! fetched again on an unknown `kid` (at most every 30 s) or when older than ten minutes.
+
+use super::*;
+
+pub(super) struct VerificationKey {
+    pub(super) algorithm: Algorithm,
+    pub(super) decoding_key: DecodingKey,
+}
+
+pub(super) struct KeySet {
+    pub(super) keys: HashMap<String, Arc<VerificationKey>>,
+    pub(super) fetched_at: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct RefreshState {
+    pub(super) last_attempt: Option<Instant>,
+    /// Why the last attempt failed, so requests arriving inside the back-off interval get the
+    /// same answer (503) as the one that triggered the fetch.
+    pub(super) last_failure: Option<String>,
+}
+
+impl RefreshState {
+    pub(super) fn may_attempt(&self, interval: Duration) -> bool {
+        self.last_attempt.is_none_or(|at| at.elapsed() >= interval)
+    }
+}
+
+pub(super) struct JwksCache {
+    pub(super) fetcher: JwksFetcher,
+    // Readers clone the Arc and let go at once, so the lock is never held across an await.
+    pub(super) keys: RwLock<Arc<KeySet>>,
+    // Held across the fetch on purpose: it is the single flight that concurrent misses queue on.
+    pub(super) refresh: tokio::sync::Mutex<RefreshState>,
+    pub(super) refetch_interval: Duration,
+    pub(super) max_age: Duration,
+}
+
+impl JwksCache {
+    pub(super) async fn load(source: JwksSource, tuning: Tuning) -> Result<Self, AuthError> {
+        let fetcher = JwksFetcher::new(source)?;
+        let keys = fetcher.fetch().await?;
+        tracing::info!(source = ?fetcher, keys = keys.keys.len(), "JWKS loaded");
+        Ok(Self {
+            fetcher,
+            keys: RwLock::new(Arc::new(keys)),
+            // The start-up load does not count against the back-off, so a key rotated in right
+            // after start is still picked up by the first token that uses it.
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            refetch_interval: tuning.jwks_refetch_interval,
+            max_age: tuning.jwks_max_age,
+        })
+    }
+
+    pub(super) fn snapshot(&self) -> Arc<KeySet> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(super) fn lookup(&self, kid: &str) -> Option<Arc<VerificationKey>> {
+        self.snapshot().keys.get(kid).cloned()
+    }
+
+    pub(super) async fn key_for(&self, kid: &str) -> Result<Option<Arc<VerificationKey>>, AuthError> {
+        let current = self.snapshot();
+        if current.keys.contains_key(kid) {
+            if current.fetched_at.elapsed() >= self.max_age {
+                // Stale: refresh so withdrawn keys stop verifying, but never queue behind a
+                // fetch already in flight and never fail a request because the provider blipped.
+                if let Ok(mut state) = self.refresh.try_lock()
+                    && state.may_attempt(self.refetch_interval)
+                {
+                    let _ = self.refresh_locked(&mut state).await;
+                }
+            }
+            return Ok(self.lookup(kid));
+        }
+
+        let mut state = self.refresh.lock().await;
+        // Whoever held the lock before us may just have fetched the key.
+        if let Some(key) = self.lookup(kid) {
+            return Ok(Some(key));
+        }
+        if !state.may_attempt(self.refetch_interval) {
+            return match &state.last_failure {
+                Some(reason) => Err(AuthError::JwksUnavailable { reason: reason.clone() }),
+                None => Ok(None),
+            };
+        }
+        self.refresh_locked(&mut state).await?;
+        Ok(self.lookup(kid))
+    }
+
+    pub(super) async fn refresh_locked(&self, state: &mut RefreshState) -> Result<(), AuthError> {
+        state.last_attempt = Some(Instant::now());
+        match self.fetcher.fetch().await {
+            Ok(keys) => {
+                tracing::info!(source = ?self.fetcher, keys = keys.keys.len(), "JWKS re-fetched");
+                state.last_failure = None;
+                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+                Ok(())
+            }
+            Err(error) => {
+                // The keys we have stay in use: an outage must not lock out every caller.
+                tracing::warn!(source = ?self.fetcher, error = %error, "JWKS re-fetch failed");
+                state.last_failure = Some(error.to_string());
+                Err(error)
+            }
+        }
+    }
+}
+
+pub(super) enum JwksFetcher {
+    File(PathBuf),
+    Url { url: reqwest::Url, client: reqwest::Client },
+}
+
+impl fmt::Debug for JwksFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Url { url, .. } => write!(f, "{url}"),
+        }
+    }
+}
+
+impl JwksFetcher {
+    pub(super) fn new(source: JwksSource) -> Result<Self, AuthError> {
+        match source {
+            JwksSource::File(path) => Ok(Self::File(path)),
+            JwksSource::Url(url) => {
+                let url = reqwest::Url::parse(&url)
+                    .map_err(|e| AuthError::misconfigured(format!("invalid JWKS URL {url:?}: {e}")))?;
+                // Whoever can rewrite the JWKS in transit can mint tokens, so it must come over
+                // TLS; loopback is exempt for sidecars and tests.
+                let acceptable = match url.scheme() {
+                    "https" => true,
+                    "http" => is_loopback_host(url.host_str().unwrap_or_default()),
+                    _ => false,
+                };
+                if !acceptable {
+                    return Err(AuthError::misconfigured(format!(
+                        "the JWKS URL {url} must use https (http only on loopback)"
+                    )));
+                }
+                let client = reqwest::Client::builder()
+                    .timeout(JWKS_FETCH_TIMEOUT)
+                    .connect_timeout(JWKS_FETCH_TIMEOUT)
+                    // A redirect could lead off TLS or to another host; identity providers
+                    // publish their JWKS at a fixed address.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| AuthError::misconfigured(format!("cannot build the JWKS client: {e}")))?;
+                Ok(Self::Url { url, client })
+            }
+        }
+    }
+
+    pub(super) async fn fetch(&self) -> Result<KeySet, AuthError> {
+        let document = match self {
+            Self::File(path) => {
+                let bytes = tokio::fs::read(path).await.map_err(|e| AuthError::JwksUnavailable {
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })?;
+                if bytes.len() > MAX_JWKS_BYTES {
+                    return Err(AuthError::JwksUnavailable {
+                        reason: format!("{} is larger than {MAX_JWKS_BYTES} bytes", path.display()),
+                    });
+                }
+                bytes
+            }
+            Self::Url { url, client } => fetch_url(client, url)
+                .await
+                .map_err(|reason| AuthError::JwksUnavailable { reason: format!("GET {url}: {reason}") })?,
+        };
+        let keys = parse_jwks(&document).map_err(|reason| AuthError::JwksUnavailable { reason })?;
+        Ok(KeySet { keys, fetched_at: Instant::now() })
+    }
+}
+
+pub(super) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+pub(super) async fn fetch_url(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<u8>, String> {
+    let mut response = client
+        .get(url.clone())
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let too_large = || format!("the body is larger than {MAX_JWKS_BYTES} bytes");
+    if response.content_length().is_some_and(|len| len > MAX_JWKS_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[derive(Deserialize)]
+pub(super) struct JwksDocument {
+    pub(super) keys: Vec<serde_json::Value>,
+}
+
+/// The JWK members we read (RFC 7517/7518/8037). Parsed by hand rather than with
+/// `jsonwebtoken::jwk::JwkSet` so one key of a type we do not support (an encryption key, a
+/// P-384 key) is skipped instead of failing the whole set.
+#[derive(Deserialize)]
+pub(super) struct JwkMembers {
+    pub(super) kty: String,
+    #[serde(default)]
+    pub(super) kid: Option<String>,
+    #[serde(default)]
+    pub(super) alg: Option<String>,
+    #[serde(default, rename = "use")]
+    pub(super) public_key_use: Option<String>,
+    #[serde(default)]
+    pub(super) key_ops: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) crv: Option<String>,
+    #[serde(default)]
+    pub(super) n: Option<String>,
+    #[serde(default)]
+    pub(super) e: Option<String>,
+    #[serde(default)]
+    pub(super) x: Option<String>,
+    #[serde(default)]
+    pub(super) y: Option<String>,
+}
+
+pub(super) fn parse_jwks(document: &[u8]) -> Result<HashMap<String, Arc<VerificationKey>>, String> {
+    let document: JwksDocument = serde_json::from_slice(document).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = HashMap::new();
+    for (index, value) in document.keys.into_iter().enumerate() {
+        let members = match serde_json::from_value::<JwkMembers>(value) {
+            Ok(members) => members,
+            Err(e) => {
+                tracing::warn!(index, error = %e, "skipping a malformed JWK");
+                continue;
+            }
+        };
+        let kid = members.kid.clone();
+        match (kid, verification_key(&members)) {
+            (Some(kid), Ok(key)) => match keys.entry(kid) {
+                Entry::Vacant(slot) => {
+                    slot.insert(Arc::new(key));
+                }
+                Entry::Occupied(taken) => {
+                    tracing::warn!(kid = %taken.key(), "skipping a JWK whose kid repeats an earlier key");
+                }
+            },
+            (None, _) => tracing::warn!(index, "skipping a JWK without kid"),
+            (Some(kid), Err(reason)) => tracing::warn!(%kid, %reason, "skipping an unusable JWK"),
+        }
+    }
+    if keys.is_empty() {
+        return Err("the JWKS holds no usable signing key".to_owned());
+    }
+    Ok(keys)
+}
+
+/// Pins the key's algorithm from its type and curve; a declared `alg` must agree with them.
+pub(super) fn verification_key(jwk: &JwkMembers) -> Result<VerificationKey, String> {
+    if jwk.public_key_use.as_deref().is_some_and(|u| u != "sig") {
+        return Err("not a signature key (use)".to_owned());
+    }
+    if jwk.key_ops.as_ref().is_some_and(|ops| !ops.iter().any(|op| op == "verify")) {
+        return Err("not a verification key (key_ops)".to_owned());
+    }
+    let member = |name: &str, value: &Option<String>| -> Result<(String, Vec<u8>), String> {
+        let text = value.clone().ok_or_else(|| format!("missing {name}"))?;
+        let bytes = URL_SAFE_NO_PAD.decode(&text).map_err(|_| format!("{name} is not base64url"))?;
+        Ok((text, bytes))
+    };
+    let declared = jwk.alg.as_deref();
+    let (algorithm, decoding_key) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+        ("RSA", _) => {
+            let algorithm = match declared {
+                None | Some("RS256") => Algorithm::RS256,
+                Some("RS384") => Algorithm::RS384,
+                Some("RS512") => Algorithm::RS512,
+                Some(other) => return Err(format!("alg {other} does not fit an RSA key")),
+            };
+            let (n, n_bytes) = member("n", &jwk.n)?;
+            let (e, _) = member("e", &jwk.e)?;
+            let significant = n_bytes.iter().skip_while(|b| **b == 0).count();
+            if significant < MIN_RSA_MODULUS_BYTES {
+                return Err("RSA modulus shorter than 2048 bits".to_owned());
+            }
+            let key = DecodingKey::from_rsa_components(&n, &e).map_err(|err| err.to_string())?;
+            (algorithm, key)
+        }
+        ("EC", Some("P-256")) => {
+            if declared.is_some_and(|alg| alg != "ES256") {
+                return Err("a P-256 key is only for ES256".to_owned());
+            }
+            let (x, x_bytes) = member("x", &jwk.x)?;
+            let (y, y_bytes) = member("y", &jwk.y)?;
+            if x_bytes.len() != 32 || y_bytes.len() != 32 {
+                return Err("P-256 coordinates must be 32 bytes".to_owned());
+            }
+            let key = DecodingKey::from_ec_components(&x, &y).map_err(|err| err.to_string())?;
+            (Algorithm::ES256, key)
+        }
+        ("OKP", Some("Ed25519")) => {
+            // "Ed25519" is the fully-specified name from RFC 9864.
+            if declared.is_some_and(|alg| alg != "EdDSA" && alg != "Ed25519") {
+                return Err("an Ed25519 key is only for EdDSA".to_owned());
+            }
+            let (x, x_bytes) = member("x", &jwk.x)?;
+            // Checked here because the verifier slices the first 32 bytes without looking.
+            if x_bytes.len() != 32 {
+                return Err("an Ed25519 public key must be 32 bytes".to_owned());
+            }
+            let key = DecodingKey::from_ed_components(&x).map_err(|err| err.to_string())?;
+            (Algorithm::EdDSA, key)
+        }
+        (kty, crv) => return Err(format!("unsupported key type {kty} {}", crv.unwrap_or_default())),
+    };
+    // Building a verifier parses the key (curve point, Edwards point), so a broken key is
+    // reported when the JWKS is loaded instead of on every token.
+    if let Some(provider) = CryptoProvider::try_get_default() {
+        (provider.verifier_factory)(&algorithm, &decoding_key).map_err(|err| err.to_string())?;
+    }
+    Ok(VerificationKey { algorithm, decoding_key })
+}
