@@ -12,7 +12,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use serde_json::{Value, json};
 
 use crate::Shared;
@@ -133,7 +132,7 @@ pub async fn readyz(State(app): State<Shared>) -> Response {
     let lowest = checkpoints.iter().map(|(_, c)| *c).min().unwrap_or(0);
     let oldest_unapplied_age = if lowest < head {
         match app.store.read_all(lowest, 1).await {
-            Ok(page) => page.first().map(|e| (Utc::now() - e.occurred_at).to_std().unwrap_or_default()),
+            Ok(page) => page.first().map(|e| (app.commands.now() - e.occurred_at).to_std().unwrap_or_default()),
             Err(e) => {
                 return not_ready("store-unreachable", format!("the event store does not answer: {e}"), json!({}));
             }
