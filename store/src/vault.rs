@@ -177,6 +177,28 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn claim(&self, vault: &str, tenant_id: &str) -> Result<(), VaultError>;
 }
 
+/// The values that verify a tenant's inbound deliveries signed with `secret` at `now`: the
+/// current version, then, while a rotation is less than `grace` old, the version it replaced,
+/// so deliveries the vendor signed before it switched (and their retries) still pass. A pinned
+/// ref never rotates. Refused like [`check_access`] when another tenant owns the vault.
+pub async fn verifying_values(
+    store: &dyn SecretStore,
+    secret: &SecretRef,
+    tenant_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    grace: std::time::Duration,
+) -> Result<Vec<Vec<u8>>, VaultError> {
+    check_access(store, secret, tenant_id).await?;
+    let mut values = vec![store.get(secret).await?.value];
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::zero());
+    if let Some(previous) = store.previous(secret).await?
+        && now - previous.superseded_at <= grace
+    {
+        values.push(previous.value.value);
+    }
+    Ok(values)
+}
+
 /// Refuses a secret whose vault another tenant owns. Every place that resolves a `kv://` ref on
 /// a tenant's behalf (connections, subscriptions, inbound webhooks, runs) goes through this, so
 /// a tenant can never name, and so use, another tenant's secret.

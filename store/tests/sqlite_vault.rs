@@ -355,3 +355,19 @@ async fn the_vault_contract_holds_for_the_sqlite_vault_and_its_cache() {
     let cached = store::cached_vault::CachedSecretStore::new(vault, std::time::Duration::from_secs(60));
     store::contract::run_vault_contract(std::sync::Arc::new(cached)).await;
 }
+
+#[tokio::test]
+async fn the_values_verifying_deliveries_are_the_current_then_the_previous_within_the_grace_for_the_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap();
+    let secret = SecretRef::parse("kv://hooks/github").unwrap();
+    vault.put(&secret, b"one", None).await.unwrap();
+    vault.put(&secret, b"two", Some(1)).await.unwrap();
+    let (now, day) = (chrono::Utc::now(), std::time::Duration::from_secs(86_400));
+    let verifying = |at| store::vault::verifying_values(&vault, &secret, "acme", at, day);
+
+    assert_eq!(verifying(now).await.unwrap(), [b"two".to_vec(), b"one".to_vec()]);
+    assert_eq!(verifying(now + chrono::Duration::days(2)).await.unwrap(), [b"two".to_vec()]);
+    vault.claim("hooks", "another-tenant").await.unwrap();
+    assert!(matches!(verifying(now).await, Err(VaultError::Forbidden(_))));
+}

@@ -307,13 +307,8 @@ fn scheme_of(connection: &ConnectionView) -> Option<Scheme> {
 }
 
 /// The secrets that verify the connection's deliveries now: the current version of
-/// `webhookSecretRef`, then (during a rotation) the previous one.
-///
-/// "During a rotation" means: the current version was stored less than the grace period
-/// (`--webhook-secret-grace-seconds`, 24 h by default) ago. In that window the version it
-/// replaced also verifies, so deliveries the vendor signed before it switched (and its
-/// retries) still pass; after it, only the current version does. A pinned ref (`?version=N`)
-/// never rotates.
+/// `webhookSecretRef` and, for `--webhook-secret-grace-seconds` (24 h by default) after a
+/// rotation, the previous one (see [`store::vault::verifying_values`]).
 async fn secrets_of(
     app: &AppState,
     connection: &ConnectionView,
@@ -325,21 +320,13 @@ async fn secrets_of(
         .and_then(|v| v.as_str())
         .and_then(|r| SecretRef::parse(r).ok())
         .ok_or_else(|| Refusal::unauthorized("secret_unavailable", "the connection has no webhook secret"))?;
-    let unavailable = |e: store::VaultError| {
-        tracing::warn!(connection_id = connection.connection_id, error = %e, "webhook secret unavailable");
-        Refusal::unauthorized("secret_unavailable", "the connection's webhook secret is unavailable")
-    };
-    // A secret in another tenant's vault never verifies this tenant's deliveries.
-    store::vault::check_access(app.vault.as_ref(), &secret_ref, &connection.tenant_id).await.map_err(unavailable)?;
-    let current = app.vault.get(&secret_ref).await.map_err(unavailable)?;
-    let mut secrets = vec![current.value];
-    let grace = chrono::Duration::from_std(app.settings.webhook_secret_grace).unwrap_or(chrono::Duration::zero());
-    if let Some(previous) = app.vault.previous(&secret_ref).await.map_err(unavailable)?
-        && now - previous.superseded_at <= grace
-    {
-        secrets.push(previous.value.value);
-    }
-    Ok(secrets)
+    let grace = app.settings.webhook_secret_grace;
+    store::vault::verifying_values(app.vault.as_ref(), &secret_ref, &connection.tenant_id, now, grace).await.map_err(
+        |e| {
+            tracing::warn!(connection_id = connection.connection_id, error = %e, "webhook secret unavailable");
+            Refusal::unauthorized("secret_unavailable", "the connection's webhook secret is unavailable")
+        },
+    )
 }
 
 /// Which content types a scheme's deliveries come as (the vendor's rule, in `connectors`);
