@@ -159,11 +159,16 @@ pub fn connection_scheme(configured: Option<&str>, provider_key: &str) -> Option
     }
 }
 
+/// The media type of a `Content-Type` value: its parameters dropped, in lower case.
+pub fn media_type(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
 /// Whether `scheme`'s deliveries of `shape` may come as `content_type` (a `Content-Type` value,
 /// parameters and case ignored): JSON for every envelope and most vendors, forms too for Slack
 /// and Twilio, compact JWS text for JWS deliveries.
 pub fn accepts_media_type(scheme: Scheme, shape: Shape, content_type: &str) -> bool {
-    let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let media = media_type(content_type);
     let json = media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"));
     match (shape, scheme) {
         (Shape::Envelope, _) | (Shape::Native, Scheme::GitHub | Scheme::Stripe | Scheme::StandardWebhooks) => json,

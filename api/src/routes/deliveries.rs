@@ -336,7 +336,7 @@ fn check_content_type(scheme: Scheme, shape: Shape, headers: &HeaderMap) -> Resu
     if inbound::accepts_media_type(scheme, shape, content_type) {
         return Ok(());
     }
-    let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let media = inbound::media_type(content_type);
     Err(Refusal::new(
         "unsupported_media_type",
         Problem::new(
