@@ -136,6 +136,133 @@ pub fn verify(scheme: Scheme, request: &SignedRequest<'_>, keys: Keys<'_>) -> Re
     }
 }
 
+/// The configuration keys of a connection that say how its deliveries are verified.
+pub const SCHEME_KEY: &str = "webhookScheme";
+pub const SECRET_REF_KEY: &str = "webhookSecretRef";
+pub const JWKS_KEY: &str = "webhookJwks";
+pub const URL_KEY: &str = "webhookUrl";
+
+/// How a connection's deliveries are verified, read from its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundSettings<'a> {
+    /// `webhookScheme`, else the scheme its provider key implies; `None` when neither names one.
+    pub scheme: Option<Scheme>,
+    /// `webhookSecretRef`: the vault reference of the shared secret.
+    pub secret_ref: Option<&'a str>,
+    /// `webhookJwks`: where the provider publishes its public keys (JWS deliveries).
+    pub jwks: Option<&'a str>,
+    /// `webhookUrl`: the URL configured at the vendor, exactly (Twilio signs it).
+    pub webhook_url: Option<&'a str>,
+}
+
+impl<'a> InboundSettings<'a> {
+    /// The settings of a connection with this `configuration` and provider key (its provider
+    /// id without `prov-`).
+    pub fn of(configuration: &'a serde_json::Map<String, Value>, provider_key: &str) -> Self {
+        let text = |key: &str| configuration.get(key).and_then(Value::as_str);
+        Self {
+            scheme: connection_scheme(text(SCHEME_KEY), provider_key),
+            secret_ref: text(SECRET_REF_KEY),
+            jwks: text(JWKS_KEY),
+            webhook_url: text(URL_KEY),
+        }
+    }
+}
+
+/// One request as the gateway received it: what the vendor's rules read of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub scheme: Scheme,
+    pub shape: Shape,
+    pub headers: &'a Headers,
+    /// Where the vendor says it sent the request (see [`CalledUrl::signed`]).
+    pub url: CalledUrl<'a>,
+    /// The raw body, exactly as received.
+    pub body: &'a [u8],
+    /// Unix seconds now, and how far a signed timestamp may be from it either way.
+    pub now: i64,
+    pub tolerance_seconds: u64,
+}
+
+/// What verifies a connection's deliveries, as the gateway fetched it: the connection's
+/// secrets (the current one first, then the previous one during a rotation) or the provider's
+/// public keys.
+#[derive(Debug, Clone)]
+pub enum VerificationKeys {
+    Secrets(Vec<Vec<u8>>),
+    Jwks(std::sync::Arc<JwkSet>),
+}
+
+/// What a verified request is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// A delivery, with the index of the key that verified it (0 the current secret, 1 the
+    /// previous one during a rotation).
+    Delivery { key_index: KeyIndex, content: Content },
+    /// A vendor's handshake (Slack's `url_verification`): answered with this, never stored.
+    Handshake(Value),
+}
+
+/// What a delivery carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// The spec's envelope: the verified bytes, which the caller reads against its contract.
+    Envelope(Vec<u8>),
+    /// A vendor-native delivery, read by the vendor's rules.
+    Native(NativeDelivery),
+}
+
+/// Why a request is not a delivery of its connection's vendor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The vendor never sends this media type (answered 415).
+    #[error("{scheme} deliveries cannot be {media:?}")]
+    MediaType { scheme: &'static str, media: String },
+    /// The signature does not verify (401).
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// Verified, but not a delivery the vendor's rules can read (400).
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+}
+
+/// The vendor's rules over one request, in order: the media types the vendor sends, its
+/// signature over the raw bytes (and the URL, for Twilio), then the delivery read from the
+/// verified bytes only, or the answer to its handshake.
+pub fn receive(arrival: &Arrival<'_>, keys: &VerificationKeys) -> Result<Received, Refused> {
+    let Arrival { scheme, shape, headers, .. } = *arrival;
+    let content_type = headers.get("content-type").unwrap_or_default();
+    if !accepts_media_type(scheme, shape, content_type) {
+        return Err(Refused::MediaType { scheme: scheme.name(), media: media_type(content_type) });
+    }
+    let url = arrival.url.signed();
+    let request = SignedRequest {
+        headers,
+        body: arrival.body,
+        url: &url,
+        now: arrival.now,
+        tolerance_seconds: arrival.tolerance_seconds,
+    };
+    let verified = match keys {
+        VerificationKeys::Secrets(secrets) => {
+            let secrets: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
+            verify(scheme, &request, Keys::Secrets(&secrets))?
+        }
+        VerificationKeys::Jwks(set) => verify(scheme, &request, Keys::Jwks(set))?,
+    };
+    let content = match shape {
+        Shape::Envelope => Content::Envelope(verified.signed_body),
+        Shape::Native => {
+            let native = native_delivery(scheme, headers, &verified.signed_body)?;
+            if let Some(answer) = handshake_answer(scheme, &native) {
+                return Ok(Received::Handshake(answer));
+            }
+            Content::Native(native)
+        }
+    };
+    Ok(Received::Delivery { key_index: verified.key_index, content })
+}
+
 /// A delivery read from its verified bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NativeDelivery {
@@ -152,7 +279,7 @@ pub struct ShapeError(pub String);
 
 /// The scheme that verifies a connection's deliveries: the one its configuration names
 /// (`webhookScheme`), else the one its provider key implies.
-pub fn connection_scheme(configured: Option<&str>, provider_key: &str) -> Option<Scheme> {
+fn connection_scheme(configured: Option<&str>, provider_key: &str) -> Option<Scheme> {
     match configured {
         Some(name) => Scheme::from_name(name),
         None => Scheme::for_provider_key(provider_key),
@@ -160,14 +287,14 @@ pub fn connection_scheme(configured: Option<&str>, provider_key: &str) -> Option
 }
 
 /// The media type of a `Content-Type` value: its parameters dropped, in lower case.
-pub fn media_type(content_type: &str) -> String {
+fn media_type(content_type: &str) -> String {
     content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
 }
 
 /// Whether `scheme`'s deliveries of `shape` may come as `content_type` (a `Content-Type` value,
 /// parameters and case ignored): JSON for every envelope and most vendors, forms too for Slack
 /// and Twilio, compact JWS text for JWS deliveries.
-pub fn accepts_media_type(scheme: Scheme, shape: Shape, content_type: &str) -> bool {
+fn accepts_media_type(scheme: Scheme, shape: Shape, content_type: &str) -> bool {
     let media = media_type(content_type);
     let json = media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"));
     match (shape, scheme) {
@@ -216,7 +343,7 @@ impl CalledUrl<'_> {
 
 /// The answer a vendor's handshake expects instead of a delivery (Slack's `url_verification`
 /// when an Events URL is configured): answered, never stored.
-pub fn handshake_answer(scheme: Scheme, native: &NativeDelivery) -> Option<Value> {
+fn handshake_answer(scheme: Scheme, native: &NativeDelivery) -> Option<Value> {
     if scheme != Scheme::Slack {
         return None;
     }
@@ -425,5 +552,70 @@ mod tests {
         assert_eq!(d.event_name, "message.status");
         assert_eq!(d.payload["MessageStatus"], "delivered");
         assert!(d.provider_delivery_id.starts_with("sha256:"));
+    }
+
+    fn arrival<'a>(scheme: Scheme, shape: Shape, headers: &'a Headers, body: &'a [u8]) -> Arrival<'a> {
+        Arrival { scheme, shape, headers, url: CalledUrl::default(), body, now: 1_700_000_000, tolerance_seconds: 300 }
+    }
+
+    fn secrets(values: &[&str]) -> VerificationKeys {
+        VerificationKeys::Secrets(values.iter().map(|v| v.as_bytes().to_vec()).collect())
+    }
+
+    #[test]
+    fn receive_reads_a_verified_native_delivery_and_names_the_key_that_verified_it() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let headers = Headers::from_pairs([
+            ("content-type", "application/json"),
+            ("x-github-delivery", "d-1"),
+            ("x-github-event", "push"),
+            ("x-hub-signature-256", &github::sign(b"old", body)),
+        ]);
+        let received = receive(&arrival(Scheme::GitHub, Shape::Native, &headers, body), &secrets(&["new", "old"]));
+        let Ok(Received::Delivery { key_index, content: Content::Native(native) }) = received else {
+            panic!("not a delivery: {received:?}")
+        };
+        assert_eq!(key_index, 1, "verified with the previous secret");
+        assert_eq!((native.provider_delivery_id.as_str(), native.event_name.as_str()), ("d-1", "push"));
+
+        let wrong = receive(&arrival(Scheme::GitHub, Shape::Native, &headers, body), &secrets(&["other"]));
+        assert_eq!(wrong, Err(Refused::Signature(SignatureError::Mismatch)));
+    }
+
+    #[test]
+    fn receive_refuses_a_media_type_before_looking_at_the_signature() {
+        let headers = Headers::from_pairs([("content-type", "Text/Plain; charset=utf-8")]);
+        let refused = receive(&arrival(Scheme::GitHub, Shape::Native, &headers, b"{}"), &secrets(&["s"]));
+        assert_eq!(refused, Err(Refused::MediaType { scheme: "github", media: "text/plain".into() }));
+    }
+
+    #[test]
+    fn receive_answers_slacks_handshake_and_hands_an_envelope_back_unread() {
+        let body = br#"{"type":"url_verification","challenge":"c-1"}"#;
+        let now = 1_700_000_000;
+        let headers = Headers::from_pairs([
+            ("content-type", "application/json"),
+            ("x-slack-request-timestamp", &now.to_string()),
+            ("x-slack-signature", &slack::sign(b"s", now, body)),
+        ]);
+        let handshake = receive(&arrival(Scheme::Slack, Shape::Native, &headers, body), &secrets(&["s"]));
+        assert_eq!(handshake, Ok(Received::Handshake(serde_json::json!({"challenge": "c-1"}))));
+
+        let envelope = receive(&arrival(Scheme::Slack, Shape::Envelope, &headers, body), &secrets(&["s"]));
+        assert_eq!(envelope, Ok(Received::Delivery { key_index: 0, content: Content::Envelope(body.to_vec()) }));
+    }
+
+    #[test]
+    fn a_connections_settings_come_from_its_configuration_and_provider() {
+        let configuration = serde_json::json!({"webhookSecretRef": "kv://t/s", "webhookUrl": "https://in.example/x"});
+        let settings = InboundSettings::of(configuration.as_object().unwrap(), "github");
+        assert_eq!(settings.scheme, Some(Scheme::GitHub));
+        assert_eq!(
+            (settings.secret_ref, settings.webhook_url, settings.jwks),
+            (Some("kv://t/s"), Some("https://in.example/x"), None)
+        );
+        let jws = serde_json::json!({"webhookScheme": "jws", "webhookJwks": "https://idp.example/jwks"});
+        let settings = InboundSettings::of(jws.as_object().unwrap(), "github");
+        assert_eq!((settings.scheme, settings.jwks), (Some(Scheme::Jws), Some("https://idp.example/jwks")));
     }
 }

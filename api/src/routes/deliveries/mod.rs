@@ -8,23 +8,19 @@
 //! `X-CS-Provider`). The connection (`?connectionId=` or `X-CS-Connection`) decides the scheme
 //! and the secret; the signed bytes decide the normalized type.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use commands::CommandContext;
-use connectors::inbound::{self, CalledUrl, Headers, Keys, Scheme, Shape, SignedRequest};
-use connectors::jws::JwkSet;
-use connectors::key_sets::KeySetError;
+use connectors::inbound::{
+    self, Arrival, CalledUrl, Content, Headers, InboundSettings, Received, Refused, Scheme, Shape,
+};
 use connectors::signature::SignatureError;
 use domain::delivery::AcceptDelivery;
-use domain::secret_ref::SecretRef;
 use domain::{Actor, ids};
-use projections::ConnectionView;
 use serde::Deserialize;
 
 use crate::bodies::{DeliveryAcceptedResponse, InboundDeliveryRequest, require_text};
@@ -32,6 +28,12 @@ use crate::extract::{DeliveriesIngest, Scope, authenticate_header, parse_json};
 use crate::problem::Problem;
 use crate::trace::current_trace_id;
 use crate::{AppState, Shared};
+
+mod keys;
+mod refusal;
+
+use keys::verification_keys;
+use refusal::{Refusal, too_large};
 
 pub const PROVIDER_HEADER: &str = "x-cs-provider";
 pub const CONNECTION_HEADER: &str = "x-cs-connection";
@@ -42,12 +44,6 @@ pub const ACCEPTED_COUNTER: &str = "webhook_deliveries_accepted_total";
 /// Counts deliveries verified with the previous secret during a rotation, by `provider`.
 pub const PREVIOUS_SECRET_COUNTER: &str = "webhook_deliveries_verified_with_previous_secret_total";
 
-/// Connection configuration keys the gateway reads.
-const SECRET_REF_KEY: &str = "webhookSecretRef";
-const SCHEME_KEY: &str = "webhookScheme";
-const JWKS_KEY: &str = "webhookJwks";
-const URL_KEY: &str = "webhookUrl";
-
 pub fn router() -> Router<Shared> {
     Router::new().route("/webhooks/deliveries", post(ingest))
 }
@@ -56,35 +52,6 @@ pub fn router() -> Router<Shared> {
 #[serde(rename_all = "camelCase")]
 struct Target {
     connection_id: Option<String>,
-}
-
-/// A refused delivery: the answer and the reason it is counted under.
-struct Refusal {
-    reason: &'static str,
-    problem: Problem,
-}
-
-impl Refusal {
-    fn new(reason: &'static str, problem: Problem) -> Self {
-        Self { reason, problem }
-    }
-
-    /// 401 with a challenge naming the header that should have carried the proof.
-    fn unauthorized(reason: &'static str, detail: impl Into<String>) -> Self {
-        let problem = Problem::new(StatusCode::UNAUTHORIZED, "signature-rejected", "Unauthorized", detail)
-            .with_header(header::WWW_AUTHENTICATE, "HMAC realm=\"webhooks\"");
-        Self::new(reason, problem)
-    }
-
-    fn bad_request(reason: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(reason, Problem::bad_request(detail))
-    }
-}
-
-impl From<SignatureError> for Refusal {
-    fn from(e: SignatureError) -> Self {
-        Self::unauthorized(e.reason(), e.to_string())
-    }
 }
 
 async fn ingest(State(app): State<Shared>, Query(target): Query<Target>, request: Request) -> Response {
@@ -117,21 +84,11 @@ async fn gateway(
     if declared_length.is_some_and(|n| n > app.settings.max_body_bytes as u64) {
         return Err(too_large(app.settings.max_body_bytes));
     }
-
     // X-CS-Provider announces the spec's envelope; without it the body is the vendor's own.
-    let claimed_provider = match header_text(PROVIDER_HEADER) {
-        None => None,
-        Some(name) => {
-            let scheme = Scheme::from_name(name).or_else(|| Scheme::for_provider_key(name)).ok_or_else(|| {
-                Refusal::bad_request(
-                    "unknown_provider",
-                    format!("provider {name} is not supported for inbound webhooks"),
-                )
-            })?;
-            *provider_label = scheme.name();
-            Some(name.to_string())
-        }
-    };
+    let claimed_provider = header_text(PROVIDER_HEADER).map(claimed_scheme).transpose()?;
+    if let Some((_, scheme)) = claimed_provider {
+        *provider_label = scheme.name();
+    }
     let shape = if claimed_provider.is_some() { Shape::Envelope } else { Shape::Native };
     let connection_id = target
         .connection_id
@@ -162,17 +119,16 @@ async fn gateway(
         .map_err(|e| Refusal::new("store_unavailable", Problem::from(e)))?
         .filter(|c| bearer.as_ref().is_none_or(|p| p.tenant_id == c.tenant_id))
         .ok_or_else(|| Refusal::unauthorized("unknown_connection", "unknown connection"))?;
-    let scheme = scheme_of(&connection)
+    let provider_key = connection.provider_id.strip_prefix("prov-").unwrap_or_default();
+    let settings = InboundSettings::of(&connection.configuration, provider_key);
+    let scheme = settings
+        .scheme
         .ok_or_else(|| Refusal::unauthorized("unknown_provider", "the connection's provider has no inbound scheme"))?;
     *provider_label = scheme.name();
     let now = app.commands.now();
-    let verification_keys = match scheme.uses_secret() {
-        true => VerificationKeys::Secrets(secrets_of(app, &connection, now).await?),
-        false => VerificationKeys::Jwks(jwks_of(app, &connection).await?),
-    };
+    let keys = verification_keys(app, &connection, &settings, scheme, now).await?;
 
-    check_content_type(scheme, shape, &headers)?;
-    let url = signed_url(&connection, &headers, request.uri());
+    let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let raw = Bytes::from_request(request, &()).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large(app.settings.max_body_bytes)
@@ -180,41 +136,40 @@ async fn gateway(
             Refusal::bad_request("unreadable_body", rejection.body_text())
         }
     })?;
-
-    // Verified over the raw bytes, before anything in the body is read.
     let lowercase_headers =
         Headers::from_pairs(headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))));
-    let signed = SignedRequest {
+    let arrival = Arrival {
+        scheme,
+        shape,
         headers: &lowercase_headers,
+        url: CalledUrl {
+            configured: settings.webhook_url,
+            forwarded_proto: header_text("x-forwarded-proto"),
+            host: header_text("x-forwarded-host").or_else(|| header_text(header::HOST.as_str())),
+            path_and_query: &path_and_query,
+        },
         body: &raw,
-        url: &url,
         now: now.timestamp(),
         tolerance_seconds: app.settings.webhook_timestamp_tolerance.as_secs(),
     };
-    let secret_slices: Vec<&[u8]>;
-    let keys = match &verification_keys {
-        VerificationKeys::Secrets(secrets) => {
-            secret_slices = secrets.iter().map(Vec::as_slice).collect();
-            Keys::Secrets(&secret_slices)
+    let (key_index, content) = match inbound::receive(&arrival, &keys) {
+        Ok(Received::Delivery { key_index, content }) => (key_index, content),
+        Ok(Received::Handshake(answer)) => return Ok(axum::Json(answer).into_response()),
+        Err(refused) => {
+            // A key set that lacks the signing key may have been rotated at the provider: the
+            // next delivery fetches it again.
+            if let (Refused::Signature(SignatureError::UnknownKey(_)), Some(source)) = (&refused, settings.jwks) {
+                app.provider_key_sets.forget(source);
+            }
+            return Err(refused.into());
         }
-        VerificationKeys::Jwks(set) => Keys::Jwks(set),
     };
-    let verified = inbound::verify(scheme, &signed, keys).inspect_err(|e| {
-        // A key set that lacks the signing key may have been rotated at the provider: the next
-        // delivery fetches it again.
-        if matches!(e, SignatureError::UnknownKey(_))
-            && let Some(source) = connection.configuration.get(JWKS_KEY).and_then(|v| v.as_str())
-        {
-            app.provider_key_sets.forget(source);
-        }
-    })?;
-    if verified.key_index > 0 {
+    if key_index > 0 {
         metrics::counter!(PREVIOUS_SECRET_COUNTER, "provider" => scheme.name()).increment(1);
         tracing::info!(connection_id, provider = scheme.name(), "delivery verified with the previous secret");
     }
-
     // Authenticated from here on: a contradicting X-CS-Provider is the sender's mistake.
-    if let Some(claimed) = &claimed_provider
+    if let Some((claimed, _)) = claimed_provider
         && claimed != scheme.name()
         && ids::provider_id(claimed) != connection.provider_id
     {
@@ -223,26 +178,9 @@ async fn gateway(
             format!("X-CS-Provider names {claimed}, but the connection's provider is {}", scheme.name()),
         ));
     }
-    let (provider_delivery_id, event_name, payload) = match shape {
-        Shape::Envelope => {
-            let envelope: InboundDeliveryRequest =
-                parse_json(&verified.signed_body).map_err(|problem| Refusal::new("malformed_body", problem))?;
-            let mut errors = Vec::new();
-            require_text(&mut errors, "providerDeliveryId", &envelope.provider_delivery_id, 256);
-            require_text(&mut errors, "eventName", &envelope.event_name, 128);
-            if !errors.is_empty() {
-                return Err(Refusal::new("malformed_body", Problem::invalid(errors)));
-            }
-            (envelope.provider_delivery_id, envelope.event_name, envelope.payload)
-        }
-        Shape::Native => {
-            let native = inbound::native_delivery(scheme, &lowercase_headers, &verified.signed_body)
-                .map_err(|e| Refusal::bad_request("malformed_body", e.0))?;
-            if let Some(answer) = inbound::handshake_answer(scheme, &native) {
-                return Ok(axum::Json(answer).into_response());
-            }
-            (native.provider_delivery_id, native.event_name, native.payload)
-        }
+    let (provider_delivery_id, event_name, payload) = match content {
+        Content::Envelope(signed_body) => read_envelope(&signed_body)?,
+        Content::Native(native) => (native.provider_delivery_id, native.event_name, native.payload),
     };
 
     let normalized = app.settings.normalization_rules.normalize(scheme.name(), &event_name, shape, &payload);
@@ -283,100 +221,27 @@ async fn gateway(
     Ok((status, axum::Json(response)).into_response())
 }
 
-enum VerificationKeys {
-    Secrets(Vec<Vec<u8>>),
-    Jwks(Arc<JwkSet>),
+/// The scheme `X-CS-Provider` names (a scheme or a provider key), with the name as sent.
+fn claimed_scheme(name: &str) -> Result<(&str, Scheme), Refusal> {
+    let scheme = Scheme::from_name(name).or_else(|| Scheme::for_provider_key(name)).ok_or_else(|| {
+        Refusal::bad_request("unknown_provider", format!("provider {name} is not supported for inbound webhooks"))
+    })?;
+    Ok((name, scheme))
 }
 
-fn too_large(limit: usize) -> Refusal {
-    Refusal::new(
-        "payload_too_large",
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            "Payload too large",
-            format!("the body is larger than {limit} bytes"),
-        ),
-    )
-}
-
-/// The connection's scheme: `configuration.webhookScheme`, or the one its provider key implies.
-fn scheme_of(connection: &ConnectionView) -> Option<Scheme> {
-    let configured = connection.configuration.get(SCHEME_KEY).and_then(|v| v.as_str());
-    inbound::connection_scheme(configured, connection.provider_id.strip_prefix("prov-").unwrap_or_default())
-}
-
-/// The secrets that verify the connection's deliveries now: the current version of
-/// `webhookSecretRef` and, for `--webhook-secret-grace-seconds` (24 h by default) after a
-/// rotation, the previous one (see [`store::vault::verifying_values`]).
-async fn secrets_of(
-    app: &AppState,
-    connection: &ConnectionView,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<Vec<Vec<u8>>, Refusal> {
-    let secret_ref = connection
-        .configuration
-        .get(SECRET_REF_KEY)
-        .and_then(|v| v.as_str())
-        .and_then(|r| SecretRef::parse(r).ok())
-        .ok_or_else(|| Refusal::unauthorized("secret_unavailable", "the connection has no webhook secret"))?;
-    let grace = app.settings.webhook_secret_grace;
-    store::vault::verifying_values(app.vault.as_ref(), &secret_ref, &connection.tenant_id, now, grace).await.map_err(
-        |e| {
-            tracing::warn!(connection_id = connection.connection_id, error = %e, "webhook secret unavailable");
-            Refusal::unauthorized("secret_unavailable", "the connection's webhook secret is unavailable")
-        },
-    )
-}
-
-/// Which content types a scheme's deliveries come as (the vendor's rule, in `connectors`);
-/// anything else is 415 before reading.
-fn check_content_type(scheme: Scheme, shape: Shape, headers: &HeaderMap) -> Result<(), Refusal> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if inbound::accepts_media_type(scheme, shape, content_type) {
-        return Ok(());
+/// The spec's envelope, read from the verified bytes.
+fn read_envelope(signed_body: &[u8]) -> Result<(String, String, serde_json::Value), Refusal> {
+    let envelope: InboundDeliveryRequest =
+        parse_json(signed_body).map_err(|problem| Refusal::new("malformed_body", problem))?;
+    let mut errors = Vec::new();
+    require_text(&mut errors, "providerDeliveryId", &envelope.provider_delivery_id, 256);
+    require_text(&mut errors, "eventName", &envelope.event_name, 128);
+    if !errors.is_empty() {
+        return Err(Refusal::new("malformed_body", Problem::invalid(errors)));
     }
-    let media = inbound::media_type(content_type);
-    Err(Refusal::new(
-        "unsupported_media_type",
-        Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-            format!("{} deliveries cannot be {media:?}", scheme.name()),
-        ),
-    ))
-}
-
-/// The URL the vendor called, for schemes that sign it (Twilio): see [`CalledUrl::signed`].
-fn signed_url(connection: &ConnectionView, headers: &HeaderMap, uri: &axum::http::Uri) -> String {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    CalledUrl {
-        configured: connection.configuration.get(URL_KEY).and_then(|v| v.as_str()),
-        forwarded_proto: text("x-forwarded-proto"),
-        host: text("x-forwarded-host").or_else(|| text(header::HOST.as_str())),
-        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
-    }
-    .signed()
+    Ok((envelope.provider_delivery_id, envelope.event_name, envelope.payload))
 }
 
 fn payload_digest(raw: &Bytes) -> String {
     format!("sha256:{}", hex::encode(ring::digest::digest(&ring::digest::SHA256, raw)))
-}
-
-/// The provider's JWKS named by `configuration.webhookJwks` (see [`connectors::key_sets::ProviderKeySets::get`]).
-async fn jwks_of(app: &AppState, connection: &ConnectionView) -> Result<Arc<JwkSet>, Refusal> {
-    let source = connection
-        .configuration
-        .get(JWKS_KEY)
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| Refusal::unauthorized("secret_unavailable", "the connection names no webhookJwks"))?;
-    app.provider_key_sets.get(source).await.map_err(|e| {
-        tracing::warn!(connection_id = connection.connection_id, error = %e, "provider JWKS not usable");
-        let why = match e {
-            KeySetError::Unavailable(_) => "the provider's key set is unavailable",
-            KeySetError::Unusable(_) => "the provider's key set is unusable",
-        };
-        Refusal::unauthorized("secret_unavailable", why)
-    })
 }
