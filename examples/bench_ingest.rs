@@ -54,7 +54,10 @@ async fn main() -> anyhow::Result<()> {
         projections,
         auth: Authenticator::new(AuthConfig::dev(DEV_SECRET.to_vec())).await?,
         vault,
-        idempotency: Idempotency::new(Arc::new(SqliteIdempotencyStore::open(&dir.path().join("events.db"))?)),
+        idempotency: Idempotency::new(
+            Arc::new(SqliteIdempotencyStore::open(&dir.path().join("events.db"))?),
+            Arc::new(SystemClock),
+        ),
         store: store.clone(),
         provider_key_sets: Arc::new(connectors::key_sets::ProviderKeySets::new(Default::default())),
         settings: ApiSettings::default(),

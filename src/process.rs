@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use commands::{Commands, SystemClock};
+use commands::{Clock, Commands, SystemClock};
 use domain::backoff::Backoff;
 use store::cached_vault::CachedSecretStore;
 use store::sqlite::SqliteEventStore;
@@ -28,6 +28,9 @@ const SECRET_CACHE_TTL: Duration = Duration::from_secs(5);
 pub struct Stores {
     pub store: Arc<dyn EventStore>,
     pub vault: Arc<dyn SecretStore>,
+    /// The process's one clock: the commands', the vault's, the idempotency keys' and the
+    /// signed calls' `now`.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Stores {
@@ -37,13 +40,14 @@ impl Stores {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let sqlite: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.join(EVENTS_DB))?);
         let store: Arc<dyn EventStore> = Arc::new(SharedStore::new(sqlite, SHARED_STORE_POLL));
-        let vault: Arc<dyn SecretStore> =
-            Arc::new(CachedSecretStore::new(Arc::new(crate::secrets::open_vault(data)?), SECRET_CACHE_TTL));
-        Ok(Self { store, vault })
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let vault = crate::secrets::open_vault(data)?.with_clock(clock.clone());
+        let vault: Arc<dyn SecretStore> = Arc::new(CachedSecretStore::new(Arc::new(vault), SECRET_CACHE_TTL));
+        Ok(Self { store, vault, clock })
     }
 
     pub(crate) fn commands(&self) -> Commands {
-        Commands::new(self.store.clone(), self.vault.clone(), Arc::new(SystemClock))
+        Commands::new(self.store.clone(), self.vault.clone(), self.clock.clone())
     }
 }
 

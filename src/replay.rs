@@ -22,20 +22,19 @@ use clap::{Args, ValueEnum};
 use domain::EventEnvelope;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use store::audit::{MAX_EVENT_TYPES, QueryError};
 use store::sqlite::SqliteEventStore;
-use store::{EventFilter, EventStore, position_ranges};
+use store::{EventFilter, EventStore};
 use tokio::sync::mpsc;
 use workers::messages::CloudEvent;
 
 /// The event store's file in the data dir (the file `serve` writes).
 use crate::data_dir::EVENTS_DB;
 /// Events per read: large enough that a read's fixed cost disappears, small enough to bound
-/// memory (at most [`PAGES_IN_FLIGHT`] + [`READS_IN_FLIGHT`] + 1 pages are held at once).
+/// memory (at most [`PAGES_IN_FLIGHT`] + 3 pages are held at once).
 pub const PAGE: usize = 2000;
 /// Pages read ahead of the writer.
 const PAGES_IN_FLIGHT: usize = 4;
-/// Ranges of positions read at once.
-const READS_IN_FLIGHT: usize = 2;
 /// stdout's buffer: one write system call per this many bytes.
 const OUTPUT_BUFFER: usize = 1 << 20;
 
@@ -99,32 +98,30 @@ pub struct ReplayOptions {
 
 impl ReplayArgs {
     pub fn options(&self) -> anyhow::Result<ReplayOptions> {
-        if let (Some(from), Some(to)) = (self.from_position, self.to_position) {
-            anyhow::ensure!(from <= to, "--from-position {from} is after --to-position {to}");
-        }
-        if let (Some(since), Some(until)) = (self.since, self.until) {
-            anyhow::ensure!(since < until, "--since {since} is not before --until {until}");
-        }
-        if let (Some(stream), Some(tenant)) = (&self.stream, &self.tenant) {
-            // Stream ids start with their tenant: any other combination can only match nothing.
-            anyhow::ensure!(
-                stream.starts_with(&format!("{tenant}/")),
-                "--stream {stream} does not belong to --tenant {tenant}"
-            );
-        }
-        Ok(ReplayOptions {
-            filter: EventFilter {
-                stream_id: self.stream.clone(),
-                tenant_id: self.tenant.clone(),
-                event_types: self.event_types.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
-                after_position: self.from_position.map(|p| p.saturating_sub(1)),
-                up_to_position: self.to_position,
-                occurred_from: self.since,
-                occurred_before: self.until,
-            },
-            format: self.format,
-            as_stored: self.as_stored,
-        })
+        let filter = EventFilter {
+            stream_id: self.stream.clone(),
+            tenant_id: self.tenant.clone(),
+            event_types: self.event_types.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
+            after_position: self.from_position.map(|p| p.saturating_sub(1)),
+            up_to_position: self.to_position,
+            occurred_from: self.since,
+            occurred_before: self.until,
+        };
+        store::audit::check(&filter).map_err(|e| match e {
+            QueryError::PositionsReversed { first, last } => {
+                anyhow::anyhow!("--from-position {first} is after --to-position {last}")
+            }
+            QueryError::TimesReversed => anyhow::anyhow!(
+                "--since {} is not before --until {}",
+                self.since.unwrap_or_default(),
+                self.until.unwrap_or_default()
+            ),
+            QueryError::ForeignStream { stream, tenant } => {
+                anyhow::anyhow!("--stream {stream} does not belong to --tenant {tenant}")
+            }
+            QueryError::TooManyTypes => anyhow::anyhow!("--type names more than {MAX_EVENT_TYPES} event types"),
+        })?;
+        Ok(ReplayOptions { filter, format: self.format, as_stored: self.as_stored })
     }
 }
 
@@ -190,10 +187,9 @@ pub async fn replay_to<W: Write + Send + 'static>(
     progress: bool,
 ) -> anyhow::Result<ReplaySummary> {
     let head = store.head_position().await?;
-    let mut filter = options.filter.clone();
-    filter.up_to_position = Some(filter.up_to_position.map_or(head, |end| end.min(head)));
+    let filter = &options.filter;
     let start = filter.after_position.unwrap_or(0);
-    let end = filter.up_to_position.unwrap_or(head);
+    let end = filter.up_to_position.map_or(head, |last| last.min(head));
 
     let bar = if progress { progress_bar(end.saturating_sub(start)) } else { ProgressBar::hidden() };
     let (pages, mut incoming) = mpsc::channel::<Vec<EventEnvelope>>(PAGES_IN_FLIGHT);
@@ -225,33 +221,11 @@ pub async fn replay_to<W: Write + Send + 'static>(
     });
 
     let read = async {
-        if filter.stream_id.is_some() {
-            // One stream: its index finds its events page by page, wherever they are.
-            let mut after = start;
-            loop {
-                let page = store.read_filtered(&filter, after, PAGE).await?;
-                let Some(last) = page.last() else { return Ok::<_, anyhow::Error>(()) };
-                after = last.global_position;
-                // The writer stopped (closed output or a write error it reports below).
-                if pages.send(page).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        // Positions have no holes, so the walk splits into ranges of PAGE positions known in
-        // advance: READS_IN_FLIGHT of them are read at once, on the store's reader threads,
-        // and handed to the writer in order. One reader alone kept neither core busy.
-        let mut reads = futures::stream::iter(position_ranges(start, end, PAGE))
-            .map(|(after, up_to)| {
-                let range = EventFilter { up_to_position: Some(up_to), ..filter.clone() };
-                let store = store.clone();
-                async move { store.read_filtered(&range, after, PAGE).await }
-            })
-            .buffered(READS_IN_FLIGHT);
+        let mut reads = store::audit::pages(store, filter, head, PAGE);
         while let Some(page) = reads.next().await {
-            let page = page?;
-            if !page.is_empty() && pages.send(page).await.is_err() {
-                return Ok(());
+            // The writer stopped (closed output or a write error it reports below).
+            if pages.send(page?).await.is_err() {
+                return Ok::<_, anyhow::Error>(());
             }
         }
         Ok(())
@@ -272,7 +246,7 @@ fn write_line(
     as_stored: bool,
     summary: &mut ReplaySummary,
 ) -> io::Result<()> {
-    if !as_stored && domain::any_event::upcast_envelope(&mut event).is_err() {
+    if store::audit::show(&mut event, as_stored).is_err() {
         summary.not_upcast += 1;
         summary.first_not_upcast.get_or_insert(event.global_position);
     }

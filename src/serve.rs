@@ -8,7 +8,6 @@ use api::auth::{AuthConfig, Authenticator, JwksSource};
 use api::{ApiSettings, AppState};
 use clap::Args;
 use commands::idempotency::Idempotency;
-use commands::{Commands, SystemClock};
 use projections::{Projections, ReadModels};
 use store::sqlite_idempotency::SqliteIdempotencyStore;
 use tokio_util::sync::CancellationToken;
@@ -110,10 +109,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Worker processes and the `runs start` command may append to the same store.
     let stores = crate::process::Stores::open(&args.data)?;
     let (store, vault) = (stores.store.clone(), stores.vault.clone());
-    let idempotency = Idempotency::new(Arc::new(
-        SqliteIdempotencyStore::open(&dir.join(EVENTS_DB))?
-            .with_retention(Duration::from_secs(args.idempotency_retention_hours.saturating_mul(3600))),
-    ));
+    let idempotency = Idempotency::new(
+        Arc::new(
+            SqliteIdempotencyStore::open(&dir.join(EVENTS_DB))?
+                .with_retention(Duration::from_secs(args.idempotency_retention_hours.saturating_mul(3600)))
+                .with_clock(stores.clock.clone()),
+        ),
+        stores.clock.clone(),
+    );
     // Expired keys are free at once; the sweep only reclaims their rows, in short batches.
     let idempotency_sweeper = tokio::spawn(idempotency.clone().sweep_periodically(commands::idempotency::SWEEP_EVERY));
     let read_models = ReadModels::open(dir.join(READ_MODELS_DB))?;
@@ -149,7 +152,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let webhook_egress_allow = Arc::new(args.runs.webhooks.allow_list()?);
     let state = AppState {
-        commands: Commands::new(store.clone(), vault.clone(), Arc::new(SystemClock)),
+        commands: stores.commands(),
         read_models,
         projections,
         auth,

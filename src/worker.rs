@@ -209,7 +209,7 @@ pub async fn start(
         ));
     }
     if roles.consumers {
-        let clients = ApiClients::new(runs.egress())?;
+        let clients = ApiClients::new(runs.egress(), stores.clock.clone())?;
         let executor = Arc::new(RunExecutor::new(
             stores.commands(),
             stores.vault.clone(),

@@ -46,7 +46,10 @@ async fn gateway() -> Gateway {
         projections,
         auth: Authenticator::new(AuthConfig::dev(DEV_SECRET.to_vec())).await.unwrap(),
         vault,
-        idempotency: Idempotency::new(Arc::new(SqliteIdempotencyStore::open(&dir.path().join("events.db")).unwrap())),
+        idempotency: Idempotency::new(
+            Arc::new(SqliteIdempotencyStore::open(&dir.path().join("events.db")).unwrap()),
+            Arc::new(SystemClock),
+        ),
         store,
         provider_key_sets: Arc::new(connectors::key_sets::ProviderKeySets::new(Default::default())),
         settings: ApiSettings { max_body_bytes: 1024, ..ApiSettings::default() },

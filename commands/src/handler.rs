@@ -76,6 +76,11 @@ impl Commands {
         self.clock.now()
     }
 
+    /// The clock the commands read, for the edges that stamp, sign or expire on their behalf.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// The events of a stream decoded as `E`.
     pub async fn load<E: AggregateEvent>(&self, stream_id: &str) -> Result<Loaded<E>, CommandError> {
         let stored = self.store.read_stream(stream_id).await?;

@@ -9,8 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-
+use crate::Clock;
 use store::{IdempotencyStore, Reservation, StoreError, StoredResponse};
 
 /// What to do with a request that carries an idempotency key.
@@ -28,6 +27,8 @@ pub enum IdempotentRequest {
 #[derive(Clone)]
 pub struct Idempotency {
     store: Arc<dyn IdempotencyStore>,
+    /// What decides which reservations the sweep finds expired.
+    clock: Arc<dyn Clock>,
 }
 
 /// Keys are opaque to us but bounded: printable ASCII, 1 to 255 characters.
@@ -54,8 +55,8 @@ const SWEEP_PAUSE: Duration = Duration::from_millis(20);
 pub const SWEEP_EVERY: Duration = Duration::from_secs(15 * 60);
 
 impl Idempotency {
-    pub fn new(store: Arc<dyn IdempotencyStore>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn IdempotencyStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
     }
 
     /// Reserves `key` for a request that would create `fresh_id`, or finds the earlier use.
@@ -90,7 +91,7 @@ impl Idempotency {
     /// Deletes every reservation expired at the current time, [`SWEEP_BATCH`] at a time (each
     /// batch runs on the blocking pool), and returns how many it deleted.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut total = 0;
         loop {
             let deleted = self.store.sweep_expired(now, SWEEP_BATCH).await?;

@@ -2,14 +2,12 @@
 //!
 //! - [`handler`]: [`Commands`], the generic executor with conflict retry, and [`CommandError`].
 //! - [`context`]: who asks, for which tenant, under which trace ([`CommandContext`]).
-//! - [`clock`]: the clock port; the domain never reads time itself.
 //! - [`states`]: aggregate states cached by stream and version ([`Folded`]).
 //! - [`idempotency`]: `Idempotency-Key` handling over the store's reservation table.
 //! - One module per use case family: [`connections`], [`providers`], [`subscriptions`],
 //!   [`deliveries`], [`credentials`], [`runs`].
 #![forbid(unsafe_code)]
 
-pub mod clock;
 pub mod connections;
 pub mod context;
 pub mod credentials;
@@ -22,8 +20,8 @@ pub mod runs;
 pub mod states;
 pub mod subscriptions;
 
-pub use clock::{Clock, SystemClock};
 pub use context::CommandContext;
+pub use domain::clock::{Clock, SystemClock};
 pub use handler::{Aggregate, CommandError, Commands, Executed, Loaded};
 pub use states::Folded;
 

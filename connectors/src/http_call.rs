@@ -4,8 +4,6 @@
 //! Signature: `X-CS-Timestamp: <unix seconds>` and
 //! `X-CS-Signature: v1=<hex HMAC-SHA256(credential, "<timestamp>.<METHOD>.<path and query>.<body>")>`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -83,14 +81,16 @@ pub fn signature(credential: &[u8], timestamp: u64, method: &str, path: &str, bo
     format!("v1={}", hex::encode(context.sign().as_ref()))
 }
 
-/// Sends the request; the output is `{status, body}` (JSON when the answer is JSON). With a
-/// `bearer` token (OAuth2 client credentials) it is sent as `Authorization: Bearer` too.
+/// Sends the request, signed as made at `now`; the output is `{status, body}` (JSON when the
+/// answer is JSON). With a `bearer` token (OAuth2 client credentials) it is sent as
+/// `Authorization: Bearer` too.
 pub async fn call(
     http: &reqwest::Client,
     base_url: &reqwest::Url,
     input: &HttpRequestInput,
     credential: &Credential,
     bearer: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Value, CallError> {
     let base = base_url.as_str().trim_end_matches('/');
     let url = reqwest::Url::parse(&format!("{base}{}", input.path))
@@ -104,7 +104,7 @@ pub async fn call(
         Some(value) => serde_json::to_vec(value).map_err(|e| CallError::Permanent(e.to_string()))?,
         None => Vec::new(),
     };
-    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let timestamp = u64::try_from(now.timestamp()).unwrap_or_default();
     let signed = signature(credential.expose(), timestamp, input.method.as_str(), &signed_path, &body);
     let mut request = http
         .request(input.method.clone(), url)

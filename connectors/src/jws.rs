@@ -1,5 +1,5 @@
-//! JWS deliveries: the body is a compact JWS (`header.payload.signature`, RFC 7515) signed RS256
-//! or ES256 by the provider, whose public keys come from its JSON Web Key Set (named by the
+//! JWS deliveries: the body is a compact JWS (`header.payload.signature`, RFC 7515) signed RS256,
+//! RS384, RS512, ES256 or EdDSA by the provider, whose public keys come from its JSON Web Key Set (named by the
 //! connection's configuration). The algorithm is pinned by the key: a JWS cannot pick `none`,
 //! HS256 or another key type. The delivery is the JWS payload.
 
@@ -8,62 +8,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde_json::Value;
 
+use crate::jwk::{self, KeyMaterial};
+pub use crate::jwk::{Algorithm, PublicJwk};
 use crate::signature::SignedRequest;
 use crate::signature::{SignatureError, check_timestamp};
 
 /// A compact JWS longer than this is refused before decoding (the body limit applies too).
 const MAX_JWS_BYTES: usize = 1024 * 1024;
 
-/// The algorithms a provider's key may sign deliveries with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    Rs256,
-    Es256,
-}
-
-impl Algorithm {
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "RS256" => Some(Self::Rs256),
-            "ES256" => Some(Self::Es256),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Rs256 => "RS256",
-            Self::Es256 => "ES256",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum KeyMaterial {
-    /// Modulus and exponent, big-endian without leading zeros.
-    Rsa { n: Vec<u8>, e: Vec<u8> },
-    /// The uncompressed P-256 point `04 || x || y`.
-    P256 { point: Vec<u8> },
-}
-
-impl KeyMaterial {
-    fn algorithm(&self) -> Algorithm {
-        match self {
-            Self::Rsa { .. } => Algorithm::Rs256,
-            Self::P256 { .. } => Algorithm::Es256,
-        }
-    }
-}
-
-/// One public signing key of a JWKS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicJwk {
-    pub kid: Option<String>,
-    material: KeyMaterial,
-}
-
-/// The usable signing keys of a provider's JWKS: RSA (RS256) and EC P-256 (ES256) keys whose
-/// `use`, if given, is `sig` and whose `alg`, if given, matches their type. Others are skipped.
+/// The usable signing keys of a provider's JWKS, read by the engine's one JWK parser
+/// ([`crate::jwk`]): each pinned to one algorithm by its type and curve.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JwkSet {
     pub keys: Vec<PublicJwk>,
@@ -71,49 +25,17 @@ pub struct JwkSet {
 
 impl JwkSet {
     pub fn parse(json: &[u8]) -> Result<Self, String> {
-        let document: Value = serde_json::from_slice(json).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
-        let keys = document.get("keys").and_then(Value::as_array).ok_or("the JWKS has no keys array")?;
-        let keys: Vec<PublicJwk> = keys.iter().filter_map(public_jwk).collect();
-        if keys.is_empty() {
-            return Err("the JWKS holds no RS256 or ES256 signing key".into());
+        let parsed = jwk::parse_set(json)?;
+        if parsed.keys.is_empty() {
+            return Err(format!("the JWKS holds no usable signing key ({})", parsed.skipped.join("; ")));
         }
-        Ok(Self { keys })
+        Ok(Self { keys: parsed.keys })
     }
 
     /// Whether a key has this `kid` (to decide whether a refetch could help).
     pub fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
-}
-
-fn public_jwk(jwk: &Value) -> Option<PublicJwk> {
-    let text = |name: &str| jwk.get(name).and_then(Value::as_str);
-    let bytes = |name: &str| text(name).and_then(|t| URL_SAFE_NO_PAD.decode(t).ok());
-    if text("use").is_some_and(|u| u != "sig") || jwk.get("d").is_some() {
-        return None;
-    }
-    let material = match (text("kty")?, text("crv")) {
-        ("RSA", _) => {
-            let n = strip_leading_zeros(bytes("n")?);
-            let e = strip_leading_zeros(bytes("e")?);
-            (n.len() >= 256 && !e.is_empty()).then_some(KeyMaterial::Rsa { n, e })?
-        }
-        ("EC", Some("P-256")) => {
-            let (x, y) = (bytes("x")?, bytes("y")?);
-            (x.len() == 32 && y.len() == 32).then(|| KeyMaterial::P256 { point: [&[4u8][..], &x, &y].concat() })?
-        }
-        _ => return None,
-    };
-    if text("alg").is_some_and(|alg| alg != material.algorithm().name()) {
-        return None;
-    }
-    Some(PublicJwk { kid: text("kid").map(String::from), material })
-}
-
-fn strip_leading_zeros(mut bytes: Vec<u8>) -> Vec<u8> {
-    let zeros = bytes.iter().take_while(|b| **b == 0).count();
-    bytes.drain(..zeros);
-    bytes
 }
 
 /// The parts of a compact JWS.
@@ -153,7 +75,7 @@ pub fn parse_compact(text: &[u8]) -> Result<CompactJws, SignatureError> {
         .get("alg")
         .and_then(Value::as_str)
         .and_then(Algorithm::from_name)
-        .ok_or(SignatureError::Malformed("the algorithm must be RS256 or ES256"))?;
+        .ok_or(SignatureError::Malformed("the algorithm must be RS256, RS384, RS512, ES256 or EdDSA"))?;
     let kid = match header_json.get("kid") {
         None => None,
         Some(Value::String(kid)) => Some(kid.clone()),
@@ -178,20 +100,13 @@ pub fn verify(request: &SignedRequest<'_>, keys: &JwkSet) -> Result<Vec<u8>, Sig
         .keys
         .iter()
         .filter(|k| jws.kid.is_none() || k.kid == jws.kid)
-        .filter(|k| k.material.algorithm() == jws.algorithm)
+        .filter(|k| k.algorithm == jws.algorithm)
         .collect();
     if candidates.is_empty() {
         return Err(SignatureError::UnknownKey("no key of the provider's JWKS has this kid and algorithm"));
     }
     let message = jws.signing_input.as_bytes();
-    let verified = candidates.iter().any(|key| match &key.material {
-        KeyMaterial::Rsa { n, e } => RsaPublicKeyComponents { n, e }
-            .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, &jws.signature)
-            .is_ok(),
-        KeyMaterial::P256 { point } => {
-            UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point).verify(message, &jws.signature).is_ok()
-        }
-    });
+    let verified = candidates.iter().any(|key| verifies(key, message, &jws.signature));
     if !verified {
         return Err(SignatureError::Mismatch);
     }
@@ -206,6 +121,27 @@ pub fn verify(request: &SignedRequest<'_>, keys: &JwkSet) -> Result<Vec<u8>, Sig
         }
     }
     Ok(jws.payload)
+}
+
+/// Whether `signature` over `message` verifies with `key`, by the algorithm the key is pinned to.
+fn verifies(key: &PublicJwk, message: &[u8], signature: &[u8]) -> bool {
+    let rsa = |params| match &key.material {
+        KeyMaterial::Rsa { n, e } => RsaPublicKeyComponents { n, e }.verify(params, message, signature).is_ok(),
+        _ => false,
+    };
+    match (key.algorithm, &key.material) {
+        (Algorithm::Rs256, _) => rsa(&signature::RSA_PKCS1_2048_8192_SHA256),
+        (Algorithm::Rs384, _) => rsa(&signature::RSA_PKCS1_2048_8192_SHA384),
+        (Algorithm::Rs512, _) => rsa(&signature::RSA_PKCS1_2048_8192_SHA512),
+        (Algorithm::Es256, KeyMaterial::P256 { x, y }) => {
+            let point = [&[4u8][..], x, y].concat();
+            UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point).verify(message, signature).is_ok()
+        }
+        (Algorithm::EdDsa, KeyMaterial::Ed25519 { x }) => {
+            UnparsedPublicKey::new(&signature::ED25519, x).verify(message, signature).is_ok()
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]

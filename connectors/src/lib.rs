@@ -16,7 +16,9 @@ pub mod form;
 pub mod gitlab;
 /// Choosing and running a connection's scheme; reading vendor-native deliveries.
 pub mod inbound;
-/// Compact JWS deliveries (RS256/ES256) verified with the provider's JWKS.
+/// JSON Web Keys: the one parser of the identity provider's and the providers' key sets.
+pub mod jwk;
+/// Compact JWS deliveries (RS256/384/512, ES256, EdDSA) verified with the provider's JWKS.
 pub mod jws;
 /// Providers' key sets for JWS deliveries, fetched through the webhook egress rules and cached.
 pub mod key_sets;

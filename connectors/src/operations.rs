@@ -22,6 +22,7 @@
 
 use std::time::Duration;
 
+use domain::clock::Clock;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -216,17 +217,25 @@ pub fn supported_operations(target: &ProviderTarget) -> Vec<&'static str> {
 }
 
 /// The API clients, sharing one egress-checked HTTP client and the OAuth2 token cache.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiClients {
     http: reqwest::Client,
     policy: EgressPolicy,
     tokens: std::sync::Arc<TokenCache>,
+    /// The time signed requests carry.
+    clock: std::sync::Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for ApiClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClients").field("policy", &self.policy).finish_non_exhaustive()
+    }
 }
 
 impl ApiClients {
-    pub fn new(policy: EgressPolicy) -> Result<Self, EgressError> {
+    pub fn new(policy: EgressPolicy, clock: std::sync::Arc<dyn Clock>) -> Result<Self, EgressError> {
         let http = http_client(policy, Duration::from_secs(10))?;
-        Ok(Self { tokens: std::sync::Arc::new(TokenCache::new(http.clone())), http, policy })
+        Ok(Self { tokens: std::sync::Arc::new(TokenCache::new(http.clone())), http, policy, clock })
     }
 
     /// The bearer token of a connection with an OAuth2 client credentials grant (its
@@ -271,7 +280,7 @@ impl ApiClients {
         };
         match operation {
             ResolvedOperation::HttpRequest(input) => {
-                http_call::call(&self.http, &base, input, credential, bearer).await
+                http_call::call(&self.http, &base, input, credential, bearer, self.clock.now()).await
             }
             ResolvedOperation::OpenPullRequest(input) => {
                 github_api::open_pull_request(&self.http, &base, input, &token()?).await
@@ -283,7 +292,7 @@ impl ApiClients {
                 github_api::get_authenticated_user(&self.http, &base, token).await
             }
             ResolvedOperation::CheckHealth(HealthCheck::SignedGet(input)) => {
-                http_call::call(&self.http, &base, input, credential, bearer).await
+                http_call::call(&self.http, &base, input, credential, bearer, self.clock.now()).await
             }
             ResolvedOperation::CheckHealth(HealthCheck::TwilioBalance(sid)) => {
                 let account = twilio_api::Account::new(base, sid).map_err(CallError::Permanent)?;

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use domain::clock::Clock;
 use serde_json::{Value, json};
 
 use crate::standard_webhooks::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_v1};
@@ -133,8 +134,14 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
-/// Sends one attempt within `timeout` (connect, send and the whole answer) and reads the answer.
-pub async fn send(client: &reqwest::Client, request: &OutboundRequest, timeout: Duration) -> AttemptResult {
+/// Sends one attempt within `timeout` (connect, send and the whole answer) and reads the answer;
+/// a `Retry-After` date is read against `clock`.
+pub async fn send(
+    client: &reqwest::Client,
+    request: &OutboundRequest,
+    timeout: Duration,
+    clock: &dyn Clock,
+) -> AttemptResult {
     let started = Instant::now();
     let time = request.message_time.to_rfc3339_opts(SecondsFormat::Millis, true);
     let mut builder = client
@@ -166,7 +173,7 @@ pub async fn send(client: &reqwest::Client, request: &OutboundRequest, timeout: 
     let latency = started.elapsed();
     match result {
         Ok(Ok((status, control, retry_after, bytes))) => {
-            let verdict = classify(status, control.as_deref(), retry_after.as_deref(), Utc::now());
+            let verdict = classify(status, control.as_deref(), retry_after.as_deref(), clock.now());
             let body_excerpt = (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned());
             let error = match &verdict {
                 Verdict::Delivered | Verdict::DeliveredThenDeactivate { .. } => None,
@@ -296,7 +303,7 @@ mod tests {
             tenant_id: "t".into(),
             project_id: None,
         };
-        let result = send(&client, &request, Duration::from_secs(3)).await;
+        let result = send(&client, &request, Duration::from_secs(3), &domain::clock::SystemClock).await;
         assert_eq!(result.verdict, Verdict::Delivered, "{:?}", result.error);
         assert_eq!(result.body_excerpt.map(|b| b.len()), Some(MAX_RECORDED_BODY));
         assert!(result.latency < Duration::from_secs(2), "{:?}", result.latency);

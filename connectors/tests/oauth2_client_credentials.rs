@@ -180,7 +180,7 @@ async fn a_github_health_check_of_an_oauth2_connection_authenticates_with_the_ac
         base_url: base.clone(),
         configuration,
     };
-    let clients = ApiClients::new(EgressPolicy::AllowPrivate).unwrap();
+    let clients = ApiClients::new(EgressPolicy::AllowPrivate, Arc::new(domain::clock::SystemClock)).unwrap();
     let check = resolve(CHECK_HEALTH, &target, &json!({})).unwrap();
     let secret = Credential::new(b"s3cret-v1".to_vec());
     let output = clients.call(&check, &target, &secret).await.unwrap();

@@ -1,13 +1,17 @@
 //! The integration engine's domain: pure deciders, versioned events and the event envelope.
 //!
-//! Nothing here does I/O, reads a clock or draws random numbers: ids and `now` arrive inside the
-//! commands, so every rule can be tested as Given events / When command / Then events.
+//! No decider does I/O, reads a clock or draws random numbers: ids and `now` arrive inside the
+//! commands, so every rule can be tested as Given events / When command / Then events. The one
+//! exception to "no clock" is the [`clock`] port itself, which lives here, below every crate,
+//! so that every edge that stamps, signs or expires reads time through one port.
 #![forbid(unsafe_code)]
 
 /// Any event of any aggregate, decoded by type, for readers of the global order.
 pub mod any_event;
 /// Exponential backoff between retries (arithmetic only: callers sleep).
 pub mod backoff;
+/// The clock port and the system clock.
+pub mod clock;
 /// The decider pattern every aggregate implements.
 pub mod decider;
 /// The stored and published event envelope, and the event about to be appended.

@@ -557,6 +557,8 @@ fn strip_generation(suffix: &str) -> &str {
     if rest.len() < digits_on.len() && (rest.is_empty() || rest.starts_with('_')) { rest } else { suffix }
 }
 
+/// The machine's wall clock, not a `Clock` port: heartbeats are compared by other processes'
+/// rebuilds and `projections status`, which read the same wall clock.
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

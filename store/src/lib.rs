@@ -10,6 +10,8 @@
 //!   and [`sqlite_leases`], its adapter in the event store's SQLite file.
 //! - [`sqlite_readers`]: read-only connections to an SQLite file, kept and reused (the event
 //!   store's and the read models'); point reads run on the calling task when one is idle.
+//! - [`audit`]: the auditors' read (the audit API's and `replay`'s): a question checked,
+//!   its events paged in global order, each shown as stored or upcast.
 //! - [`cached_vault`]: a read-through cache in front of any `SecretStore`.
 //! - [`vault`]: the `SecretStore` port (`kv://` refs), and [`sqlite_vault`], its adapter
 //!   encrypting every version under the master key in a SQLite file of its own.
@@ -17,6 +19,7 @@
 //!   `SecretStore` adapter must pass.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cached_vault;
 pub mod event_store;
 pub mod hash_chain;

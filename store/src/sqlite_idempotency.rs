@@ -1,10 +1,12 @@
 //! The SQLite [`IdempotencyStore`]: a table in the event store's database file.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
+use domain::clock::{Clock, SystemClock};
 use rusqlite::params;
 
 use crate::idempotency::{DEFAULT_IDEMPOTENCY_RETENTION, ExpiryCutoffs};
@@ -45,13 +47,21 @@ fn timestamp(at: DateTime<Utc>) -> String {
 pub struct SqliteIdempotencyStore {
     conn: OwnConnection,
     retention: Duration,
+    /// What dates reservations and decides which have expired.
+    clock: Arc<dyn Clock>,
 }
 
 impl SqliteIdempotencyStore {
     /// Opens the store at `path`, creating the file and the table if absent. Blocks on file I/O.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = OwnConnection::open(path, "idempotency", IDEMPOTENCY_MIGRATIONS)?;
-        Ok(Self { conn, retention: DEFAULT_IDEMPOTENCY_RETENTION })
+        Ok(Self { conn, retention: DEFAULT_IDEMPOTENCY_RETENTION, clock: Arc::new(SystemClock) })
+    }
+
+    /// Dates reservations with `clock`'s time instead of the system clock's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Keeps completed reservations for `retention` instead of the default 24 hours.
@@ -73,10 +83,9 @@ impl IdempotencyStore for SqliteIdempotencyStore {
     ) -> Result<Reservation, StoreError> {
         let (tenant_id, operation, key) = (tenant_id.to_owned(), operation.to_owned(), key.to_owned());
         let (request_hash, resource_id) = (request_hash.to_owned(), resource_id.to_owned());
-        let retention = self.retention;
+        let (retention, now) = (self.retention, self.clock.now());
         self.conn
             .run(move |conn| {
-                let now = Utc::now();
                 let expiry = ExpiryCutoffs::at(now, retention);
                 // A key whose reservation expired is free, whether or not the sweep has deleted the
                 // row yet: the upsert takes it over (fresh hash, id and time, no response) in the

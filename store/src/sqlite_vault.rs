@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{SecondsFormat, Utc};
+use domain::clock::{Clock, SystemClock};
 use domain::secret_ref::SecretRef;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::digest;
@@ -243,6 +244,8 @@ pub struct SqliteVault {
     conn: Arc<Mutex<Connection>>,
     readers: Arc<Readers>,
     cipher: Arc<VaultCipher>,
+    /// What stamps versions' creation and supersession.
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for SqliteVault {
@@ -259,7 +262,18 @@ impl SqliteVault {
         let key = UnboundKey::new(&AES_256_GCM, &master_key.bytes)
             .map_err(|_| VaultError::Backend("the master key is not a valid AES-256 key".into()))?;
         let cipher = VaultCipher { key: LessSafeKey::new(key), key_id: master_key.id, random: SystemRandom::new() };
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), readers: Readers::new(path, READERS), cipher: Arc::new(cipher) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            readers: Readers::new(path, READERS),
+            cipher: Arc::new(cipher),
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// Stamps versions with `clock`'s time instead of the system clock's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Re-encrypts every version under `new_key` (the master key rotation), in one transaction:
@@ -450,8 +464,8 @@ fn drop_label(conn: &Connection, secret: &SecretRef, stage: Stage) -> rusqlite::
     Ok(())
 }
 
-fn now_text() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+fn at_text(at: chrono::DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn parse_time(secret: &SecretRef, text: &str) -> Result<chrono::DateTime<Utc>, VaultError> {
@@ -517,6 +531,7 @@ fn metadata_of(conn: &Connection, secret: SecretRef) -> Result<Option<SecretMeta
 impl SecretStore for SqliteVault {
     async fn put(&self, secret: &SecretRef, value: &[u8], expected_current: Option<u32>) -> Result<u32, VaultError> {
         let (secret, value) = (secret.unversioned(), value.to_vec());
+        let now = self.clock.now();
         self.with_connection(move |conn, cipher| {
             // IMMEDIATE takes the write lock before reading the current version, so two writers
             // cannot both pass the check-and-set with the same version.
@@ -527,7 +542,7 @@ impl SecretStore for SqliteVault {
             {
                 return Err(VaultError::VersionConflict { secret: secret.to_string(), expected, actual: current });
             }
-            let at = now_text();
+            let at = at_text(now);
             let version = insert_version(&tx, cipher, &secret, &value, &at)?;
             if current > 0 {
                 set_label(&tx, &secret, Stage::Previous, current, &at).map_err(VaultError::from)?;
@@ -547,6 +562,7 @@ impl SecretStore for SqliteVault {
         expected_pending: Option<u32>,
     ) -> Result<u32, VaultError> {
         let (secret, value) = (secret.unversioned(), value.to_vec());
+        let now = self.clock.now();
         self.with_connection(move |conn, cipher| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(VaultError::from)?;
             let pending = labelled(&tx, &secret, Stage::Pending).map_err(VaultError::from)?.unwrap_or(0);
@@ -555,7 +571,7 @@ impl SecretStore for SqliteVault {
             {
                 return Err(VaultError::VersionConflict { secret: secret.to_string(), expected, actual: pending });
             }
-            let at = now_text();
+            let at = at_text(now);
             let version = insert_version(&tx, cipher, &secret, &value, &at)?;
             set_label(&tx, &secret, Stage::Pending, version, &at).map_err(VaultError::from)?;
             tx.commit().map_err(VaultError::from)?;
@@ -566,6 +582,7 @@ impl SecretStore for SqliteVault {
 
     async fn promote(&self, secret: &SecretRef, version: u32, expected_current: Option<u32>) -> Result<(), VaultError> {
         let secret = secret.unversioned();
+        let now = self.clock.now();
         self.with_connection(move |conn, _| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(VaultError::from)?;
             let current = current_version(&tx, &secret).map_err(VaultError::from)?;
@@ -589,7 +606,7 @@ impl SecretStore for SqliteVault {
             if read_version(&tx, &secret, version)?.is_none() {
                 return Err(VaultError::NotFound(secret.with_version(version).to_string()));
             }
-            let at = now_text();
+            let at = at_text(now);
             if current > 0 {
                 set_label(&tx, &secret, Stage::Previous, current, &at).map_err(VaultError::from)?;
             }
@@ -746,6 +763,27 @@ impl SecretStore for SqliteVault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clock stopped at one instant.
+    struct Stopped(chrono::DateTime<Utc>);
+
+    impl Clock for Stopped {
+        fn now(&self) -> chrono::DateTime<Utc> {
+            self.0
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_are_stamped_by_the_vaults_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339("2020-02-03T04:05:06.789Z").unwrap().with_timezone(&Utc);
+        let vault = SqliteVault::open(&dir.path().join("vault.db"), MasterKey::from_hex(KEY_HEX).unwrap())
+            .unwrap()
+            .with_clock(Arc::new(Stopped(at)));
+        let secret = SecretRef::parse("kv://v/s").unwrap();
+        vault.put(&secret, b"one", None).await.unwrap();
+        assert_eq!(vault.versions(&secret).await.unwrap()[0].created_at, at);
+    }
 
     const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 

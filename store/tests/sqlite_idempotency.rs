@@ -210,3 +210,25 @@ async fn an_expired_reservation_is_free_before_the_sweep_runs() {
         Reservation::Existing { resource_id, .. } if resource_id == "r2"
     ));
 }
+
+/// A clock stopped at one instant.
+struct Stopped(chrono::DateTime<chrono::Utc>);
+
+impl domain::clock::Clock for Stopped {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn reservations_are_dated_by_the_stores_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(30);
+    let keys =
+        SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap().with_clock(Arc::new(Stopped(long_ago)));
+    keys.reserve("t1", "op", "k", "h", "r").await.unwrap();
+    // Thirty days after its clock's time, the reservation is past the 24-hour retention; a day
+    // after, it is not.
+    assert_eq!(keys.sweep_expired(long_ago + chrono::Duration::hours(1), 10).await.unwrap(), 0);
+    assert_eq!(keys.sweep_expired(chrono::Utc::now(), 10).await.unwrap(), 1);
+}

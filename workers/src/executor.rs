@@ -748,16 +748,13 @@ fn outcome_of(events: &[RunEvent]) -> Option<Outcome> {
 }
 
 /// The wait before attempt `failed_attempt + 1`: `first_backoff × 2^(failed_attempt-1)` capped
-/// at `max_backoff`, of which a random half is taken off ("equal jitter"), so runs that failed
-/// together do not retry together.
+/// at `max_backoff`, of which a random half is taken off, so runs that failed together do not
+/// retry together and none waits longer than `max_backoff`. Drawn with the engine's one jitter
+/// model ([`crate::jitter::jittered`]): three quarters of the wait, a third of that either way.
 pub fn backoff_with_jitter(policy: &RetryPolicy, failed_attempt: u32) -> Duration {
     let exponent = failed_attempt.saturating_sub(1).min(20);
     let base = policy.first_backoff.saturating_mul(1 << exponent).min(policy.max_backoff);
-    let half = base / 2;
-    let random = (uuid::Uuid::new_v4().as_u128() & u128::from(u64::MAX)) as u64;
-    let jitter_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-    let jitter = if jitter_nanos == 0 { Duration::ZERO } else { Duration::from_nanos(random % (jitter_nanos + 1)) };
-    half + jitter
+    crate::jitter::jittered(base.mul_f64(0.75), 1.0 / 3.0)
 }
 
 fn delta(duration: Duration) -> TimeDelta {

@@ -16,6 +16,7 @@
 //!   verification run from their events, with deterministic run ids.
 //! - [`schedules`]: periodic, jittered health checks and the retirement of previous credential
 //!   versions after their overlap.
+//! - [`jitter`]: the one jitter of every retry schedule (runs' backoff, webhook deliveries').
 //! - [`pace`]: `Pace`, which spaces health checks while the API is busy (the `Foreground` port).
 //! - [`checkpoints`]: `SqliteCheckpoints`, the durable positions of the embedded consumers.
 //! - [`consumer`]: the `EventHandler` trait the workers implement and `run_consumer`, the loop
@@ -30,6 +31,7 @@ pub mod embedded;
 pub mod executor;
 pub mod fanout;
 pub mod feed;
+pub mod jitter;
 pub mod kafka;
 pub mod messages;
 pub mod pace;

@@ -1,6 +1,8 @@
 //! The identity provider's key set (JWKS): keys pinned to one algorithm each, cached, and
 //! fetched again on an unknown `kid` (at most every 30 s) or when older than ten minutes.
 
+use connectors::jwk;
+
 use super::*;
 
 pub(super) struct VerificationKey {
@@ -207,60 +209,30 @@ pub(super) async fn fetch_url(client: &reqwest::Client, url: &reqwest::Url) -> R
     Ok(body)
 }
 
-#[derive(Deserialize)]
-pub(super) struct JwksDocument {
-    pub(super) keys: Vec<serde_json::Value>,
-}
-
-/// The JWK members we read (RFC 7517/7518/8037). Parsed by hand rather than with
-/// `jsonwebtoken::jwk::JwkSet` so one key of a type we do not support (an encryption key, a
-/// P-384 key) is skipped instead of failing the whole set.
-#[derive(Deserialize)]
-pub(super) struct JwkMembers {
-    pub(super) kty: String,
-    #[serde(default)]
-    pub(super) kid: Option<String>,
-    #[serde(default)]
-    pub(super) alg: Option<String>,
-    #[serde(default, rename = "use")]
-    pub(super) public_key_use: Option<String>,
-    #[serde(default)]
-    pub(super) key_ops: Option<Vec<String>>,
-    #[serde(default)]
-    pub(super) crv: Option<String>,
-    #[serde(default)]
-    pub(super) n: Option<String>,
-    #[serde(default)]
-    pub(super) e: Option<String>,
-    #[serde(default)]
-    pub(super) x: Option<String>,
-    #[serde(default)]
-    pub(super) y: Option<String>,
-}
-
+/// The identity provider's keys by `kid`, read by the engine's one JWK parser
+/// ([`connectors::jwk`]). Keys it skips, keys without a `kid` and keys whose `kid` repeats an
+/// earlier one are left out with a warning; a set with no key left is an error.
 pub(super) fn parse_jwks(document: &[u8]) -> Result<HashMap<String, Arc<VerificationKey>>, String> {
-    let document: JwksDocument = serde_json::from_slice(document).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let parsed = jwk::parse_set(document)?;
+    for reason in &parsed.skipped {
+        tracing::warn!(%reason, "skipping an unusable JWK");
+    }
     let mut keys = HashMap::new();
-    for (index, value) in document.keys.into_iter().enumerate() {
-        let members = match serde_json::from_value::<JwkMembers>(value) {
-            Ok(members) => members,
-            Err(e) => {
-                tracing::warn!(index, error = %e, "skipping a malformed JWK");
-                continue;
-            }
+    for key in parsed.keys {
+        let Some(kid) = key.kid.clone() else {
+            tracing::warn!("skipping a JWK without kid");
+            continue;
         };
-        let kid = members.kid.clone();
-        match (kid, verification_key(&members)) {
-            (Some(kid), Ok(key)) => match keys.entry(kid) {
+        match verification_key(&key) {
+            Ok(verification) => match keys.entry(kid) {
                 Entry::Vacant(slot) => {
-                    slot.insert(Arc::new(key));
+                    slot.insert(Arc::new(verification));
                 }
                 Entry::Occupied(taken) => {
                     tracing::warn!(kid = %taken.key(), "skipping a JWK whose kid repeats an earlier key");
                 }
             },
-            (None, _) => tracing::warn!(index, "skipping a JWK without kid"),
-            (Some(kid), Err(reason)) => tracing::warn!(%kid, %reason, "skipping an unusable JWK"),
+            Err(reason) => tracing::warn!(%kid, %reason, "skipping an unusable JWK"),
         }
     }
     if keys.is_empty() {
@@ -269,63 +241,25 @@ pub(super) fn parse_jwks(document: &[u8]) -> Result<HashMap<String, Arc<Verifica
     Ok(keys)
 }
 
-/// Pins the key's algorithm from its type and curve; a declared `alg` must agree with them.
-pub(super) fn verification_key(jwk: &JwkMembers) -> Result<VerificationKey, String> {
-    if jwk.public_key_use.as_deref().is_some_and(|u| u != "sig") {
-        return Err("not a signature key (use)".to_owned());
-    }
-    if jwk.key_ops.as_ref().is_some_and(|ops| !ops.iter().any(|op| op == "verify")) {
-        return Err("not a verification key (key_ops)".to_owned());
-    }
-    let member = |name: &str, value: &Option<String>| -> Result<(String, Vec<u8>), String> {
-        let text = value.clone().ok_or_else(|| format!("missing {name}"))?;
-        let bytes = URL_SAFE_NO_PAD.decode(&text).map_err(|_| format!("{name} is not base64url"))?;
-        Ok((text, bytes))
-    };
-    let declared = jwk.alg.as_deref();
-    let (algorithm, decoding_key) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
-        ("RSA", _) => {
-            let algorithm = match declared {
-                None | Some("RS256") => Algorithm::RS256,
-                Some("RS384") => Algorithm::RS384,
-                Some("RS512") => Algorithm::RS512,
-                Some(other) => return Err(format!("alg {other} does not fit an RSA key")),
+/// The `jsonwebtoken` key of a parsed JWK, with the algorithm the JWK is pinned to.
+pub(super) fn verification_key(key: &jwk::PublicJwk) -> Result<VerificationKey, String> {
+    let base64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+    let (algorithm, decoding_key) = match &key.material {
+        jwk::KeyMaterial::Rsa { n, e } => {
+            let algorithm = match key.algorithm {
+                jwk::Algorithm::Rs384 => Algorithm::RS384,
+                jwk::Algorithm::Rs512 => Algorithm::RS512,
+                _ => Algorithm::RS256,
             };
-            let (n, n_bytes) = member("n", &jwk.n)?;
-            let (e, _) = member("e", &jwk.e)?;
-            let significant = n_bytes.iter().skip_while(|b| **b == 0).count();
-            if significant < MIN_RSA_MODULUS_BYTES {
-                return Err("RSA modulus shorter than 2048 bits".to_owned());
-            }
-            let key = DecodingKey::from_rsa_components(&n, &e).map_err(|err| err.to_string())?;
-            (algorithm, key)
+            (algorithm, DecodingKey::from_rsa_raw_components(n, e))
         }
-        ("EC", Some("P-256")) => {
-            if declared.is_some_and(|alg| alg != "ES256") {
-                return Err("a P-256 key is only for ES256".to_owned());
-            }
-            let (x, x_bytes) = member("x", &jwk.x)?;
-            let (y, y_bytes) = member("y", &jwk.y)?;
-            if x_bytes.len() != 32 || y_bytes.len() != 32 {
-                return Err("P-256 coordinates must be 32 bytes".to_owned());
-            }
-            let key = DecodingKey::from_ec_components(&x, &y).map_err(|err| err.to_string())?;
+        jwk::KeyMaterial::P256 { x, y } => {
+            let key = DecodingKey::from_ec_components(&base64(x), &base64(y)).map_err(|err| err.to_string())?;
             (Algorithm::ES256, key)
         }
-        ("OKP", Some("Ed25519")) => {
-            // "Ed25519" is the fully-specified name from RFC 9864.
-            if declared.is_some_and(|alg| alg != "EdDSA" && alg != "Ed25519") {
-                return Err("an Ed25519 key is only for EdDSA".to_owned());
-            }
-            let (x, x_bytes) = member("x", &jwk.x)?;
-            // Checked here because the verifier slices the first 32 bytes without looking.
-            if x_bytes.len() != 32 {
-                return Err("an Ed25519 public key must be 32 bytes".to_owned());
-            }
-            let key = DecodingKey::from_ed_components(&x).map_err(|err| err.to_string())?;
-            (Algorithm::EdDSA, key)
+        jwk::KeyMaterial::Ed25519 { x } => {
+            (Algorithm::EdDSA, DecodingKey::from_ed_components(&base64(x)).map_err(|err| err.to_string())?)
         }
-        (kty, crv) => return Err(format!("unsupported key type {kty} {}", crv.unwrap_or_default())),
     };
     // Building a verifier parses the key (curve point, Edwards point), so a broken key is
     // reported when the JWKS is loaded instead of on every token.

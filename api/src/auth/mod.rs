@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
@@ -73,8 +73,6 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const TOKEN_CACHE_CAPACITY: usize = 10_000;
 /// Tokens this large are not access tokens; refuse them before hashing or decoding.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// RSA keys under 2048 bits are no longer considered safe (NIST SP 800-131A).
-const MIN_RSA_MODULUS_BYTES: usize = 256;
 
 /// Where the identity provider's JSON Web Key Set comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! The authenticator's tests: real keys (the fixtures' RSA pair, generated EC and Ed25519 keys),
 //! key sets served over loopback HTTP, and every rejection RFC 6750 names.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::routing::get;
@@ -812,7 +813,7 @@ fn principal(subject: &str) -> Principal {
 
 #[test]
 fn token_cache_serves_an_entry_only_before_its_exp() {
-    let mut cache = TokenCache::new(10);
+    let cache = TokenCache::new(10);
     let key = token_digest("token");
     cache.insert(key, principal("a"), 1_000, 900);
 
@@ -825,21 +826,15 @@ fn token_cache_serves_an_entry_only_before_its_exp() {
 }
 
 #[test]
-fn token_cache_stays_bounded_and_evicts_the_soonest_to_expire() {
-    let mut cache = TokenCache::new(100);
+fn token_cache_stays_bounded_and_keeps_a_token_in_use() {
+    let cache = TokenCache::new(100);
     let now = 1_000;
-    for i in 0..100u64 {
-        cache.insert(token_digest(&format!("t{i}")), principal("a"), now + 10 + i, now);
-    }
-    cache.insert(token_digest("newest"), principal("b"), now + 10_000, now);
-
-    assert!(cache.entries.len() <= 100);
-    assert!(cache.get(&token_digest("newest"), now).is_some());
-    assert!(cache.get(&token_digest("t0"), now).is_none(), "the soonest to expire went first");
-    assert!(cache.get(&token_digest("t99"), now).is_some());
-
+    let busy = token_digest("busy");
+    cache.insert(busy, principal("b"), now + 10_000, now);
     for i in 0..1_000u64 {
         cache.insert(token_digest(&format!("u{i}")), principal("c"), now + 50 + i, now);
-        assert!(cache.entries.len() <= 100);
+        assert!(cache.entries.len() <= 100, "{} entries", cache.entries.len());
+        // A token every request carries stays while one-off tokens come and go.
+        assert!(cache.get(&busy, now).is_some(), "the busy token was evicted after {i} others");
     }
 }

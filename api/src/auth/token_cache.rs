@@ -11,58 +11,44 @@ pub(super) fn token_digest(token: &str) -> TokenDigest {
     key
 }
 
+#[derive(Clone)]
 pub(super) struct CachedPrincipal {
     pub(super) principal: Principal,
     pub(super) expires_at: u64,
 }
 
 /// Principals of verified tokens, keyed by the token's SHA-256 so the cache never holds a
-/// usable credential. An entry is served only while `now < exp`.
+/// usable credential. An entry is served only while `now < exp`. Bounded by `quick_cache`
+/// (the engine's cache crate), which keeps the tokens used often when it is full; it needs no
+/// lock around it, so concurrent requests do not queue on the cache.
 pub(super) struct TokenCache {
-    pub(super) capacity: usize,
-    pub(super) entries: HashMap<TokenDigest, CachedPrincipal>,
+    pub(super) entries: quick_cache::sync::Cache<TokenDigest, CachedPrincipal>,
 }
 
 impl TokenCache {
     pub(super) fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), entries: HashMap::new() }
+        Self { entries: quick_cache::sync::Cache::new(capacity.max(1)) }
     }
 
-    pub(super) fn get(&mut self, key: &TokenDigest, now: u64) -> Option<Principal> {
+    pub(super) fn get(&self, key: &TokenDigest, now: u64) -> Option<Principal> {
         let entry = self.entries.get(key)?;
         if now < entry.expires_at {
-            return Some(entry.principal.clone());
+            return Some(entry.principal);
         }
         self.entries.remove(key);
         None
     }
 
-    pub(super) fn insert(&mut self, key: TokenDigest, principal: Principal, expires_at: u64, now: u64) {
+    pub(super) fn insert(&self, key: TokenDigest, principal: Principal, expires_at: u64, now: u64) {
         // Accepted inside the leeway but already past exp: caching would serve nothing.
-        if now >= expires_at {
-            return;
+        if now < expires_at {
+            self.entries.insert(key, CachedPrincipal { principal, expires_at });
         }
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
-            self.evict(now);
-        }
-        self.entries.insert(key, CachedPrincipal { principal, expires_at });
-    }
-
-    /// Drops expired entries, then if still full the tenth expiring soonest, so the O(n) scan
-    /// runs once per many inserts rather than on each.
-    pub(super) fn evict(&mut self, now: u64) {
-        self.entries.retain(|_, entry| now < entry.expires_at);
-        if self.entries.len() < self.capacity {
-            return;
-        }
-        let mut expiries: Vec<u64> = self.entries.values().map(|e| e.expires_at).collect();
-        let cut = (self.capacity / 10).max(1).min(expiries.len()) - 1;
-        let (_, threshold, _) = expiries.select_nth_unstable(cut);
-        let threshold = *threshold;
-        self.entries.retain(|_, entry| entry.expires_at > threshold);
     }
 }
 
+/// The system clock, not a `Clock` port: `jsonwebtoken` checks `exp` and `nbf` against it
+/// itself, and a cached token must expire by the same clock that verified it.
 pub(super) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
 }

@@ -16,7 +16,7 @@ pub(super) struct AuthenticatorInner {
     pub(super) dev_key: Option<DecodingKey>,
     pub(super) jwks: Option<JwksCache>,
     // A std mutex is right here: it is held for a map operation and never across an await.
-    pub(super) verified_tokens: Mutex<TokenCache>,
+    pub(super) verified_tokens: TokenCache,
 }
 
 /// Knobs that tests shorten; production uses [`Tuning::default`].
@@ -92,7 +92,7 @@ impl Authenticator {
                 leeway_seconds: config.leeway_seconds,
                 dev_key,
                 jwks,
-                verified_tokens: Mutex::new(TokenCache::new(tuning.token_cache_capacity)),
+                verified_tokens: TokenCache::new(tuning.token_cache_capacity),
             }),
         })
     }
@@ -109,17 +109,12 @@ impl Authenticator {
         let (principal, expires_at) = self.verify(token).await.inspect_err(|e| {
             tracing::debug!(error = %e, "bearer token refused");
         })?;
-        self.inner.verified_tokens.lock().unwrap_or_else(PoisonError::into_inner).insert(
-            cache_key,
-            principal.clone(),
-            expires_at,
-            unix_now(),
-        );
+        self.inner.verified_tokens.insert(cache_key, principal.clone(), expires_at, unix_now());
         Ok(principal)
     }
 
     pub(super) fn cached(&self, cache_key: &TokenDigest) -> Option<Principal> {
-        self.inner.verified_tokens.lock().unwrap_or_else(PoisonError::into_inner).get(cache_key, unix_now())
+        self.inner.verified_tokens.get(cache_key, unix_now())
     }
 
     pub(super) async fn verify(&self, token: &str) -> Result<(Principal, u64), AuthError> {

@@ -50,8 +50,12 @@ pub fn spawn_engine() -> TestEngine {
     let vault = Arc::new(
         SqliteVault::open(&data_dir.path().join("vault.db"), MasterKey::from_hex(MASTER_KEY).unwrap()).unwrap(),
     );
-    let idempotency = Idempotency::new(Arc::new(SqliteIdempotencyStore::open(&engine_db).unwrap()));
-    let commands = Commands::new(store.clone(), vault.clone(), Arc::new(FixedClock(t0())));
+    let clock: Arc<dyn Clock> = Arc::new(FixedClock(t0()));
+    let idempotency = Idempotency::new(
+        Arc::new(SqliteIdempotencyStore::open(&engine_db).unwrap().with_clock(clock.clone())),
+        clock.clone(),
+    );
+    let commands = Commands::new(store.clone(), vault.clone(), clock);
     TestEngine { commands, store, vault, idempotency, _data_dir: data_dir }
 }
 

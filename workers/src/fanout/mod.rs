@@ -115,18 +115,12 @@ impl WebhookSettings {
     pub fn next_delay(&self, failed_attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
         let index = usize::try_from(failed_attempt.checked_sub(1)?).ok()?;
         let base = *self.retry_schedule.get(index)?;
-        let factor = 1.0 - self.jitter + 2.0 * self.jitter * random_unit();
-        let jittered = base.mul_f64(factor.max(0.0));
+        let jittered = crate::jitter::jittered(base, self.jitter);
         Some(match retry_after {
             Some(asked) => jittered.max(asked.min(self.max_retry_after)),
             None => jittered,
         })
     }
-}
-
-/// A uniform number in [0, 1).
-fn random_unit() -> f64 {
-    (Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 
 /// The run delivering `message_id` to `subscription_id`: `run-` and 32 hex digits of SHA-256

@@ -107,7 +107,8 @@ impl AttemptTask {
             let error = "too little of the attempt's lease was left to send it after preparing it".to_owned();
             return self.fail_unsent(&attempt, counted, NotSendable { error, retry: true }).await;
         };
-        let result = outbound_webhooks::send(&self.shared.client, &request, timeout).await;
+        let clock = self.shared.commands.clock().as_ref();
+        let result = outbound_webhooks::send(&self.shared.client, &request, timeout, clock).await;
         let finished_at = self.shared.commands.now();
         let response = AttemptResponse {
             status_code: result.status,
