@@ -219,6 +219,26 @@ mod tests {
     }
 
     #[test]
+    fn an_ed25519_key_verifies_eddsa_and_nothing_else() {
+        use ring::signature::{Ed25519KeyPair, KeyPair};
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        let keys = JwkSet::parse(
+            json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": x}]}).to_string().as_bytes(),
+        )
+        .unwrap();
+        let sign = |header: &str| {
+            let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(br#"{"type":"ping"}"#));
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes())))
+        };
+        let jws = sign(r#"{"alg":"EdDSA","kid":"ed"}"#);
+        assert_eq!(verify(&request(jws.as_bytes(), 0), &keys).unwrap(), br#"{"type":"ping"}"#);
+        let claimed_es256 = sign(r#"{"alg":"ES256","kid":"ed"}"#);
+        assert!(matches!(verify(&request(claimed_es256.as_bytes(), 0), &keys), Err(SignatureError::UnknownKey(_))));
+    }
+
+    #[test]
     fn jwks_keep_only_usable_signing_keys() {
         let set = json!({"keys": [
             {"kty": "RSA", "n": "AQAB", "e": "AQAB"},

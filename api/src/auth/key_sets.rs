@@ -1,7 +1,9 @@
 //! The identity provider's key set (JWKS): keys pinned to one algorithm each, cached, and
-//! fetched again on an unknown `kid` (at most every 30 s) or when older than ten minutes.
+//! fetched again on an unknown `kid` (at most every 30 s) or when older than ten minutes, by the
+//! engine's one key-set cache and JWK parser (`connectors::key_sets`, `connectors::jwk`).
 
 use connectors::jwk;
+use connectors::key_sets::{CacheTuning, KeySetCache};
 
 use super::*;
 
@@ -12,103 +14,56 @@ pub(super) struct VerificationKey {
 
 pub(super) struct KeySet {
     pub(super) keys: HashMap<String, Arc<VerificationKey>>,
-    pub(super) fetched_at: Instant,
 }
 
-#[derive(Default)]
-pub(super) struct RefreshState {
-    pub(super) last_attempt: Option<Instant>,
-    /// Why the last attempt failed, so requests arriving inside the back-off interval get the
-    /// same answer (503) as the one that triggered the fetch.
-    pub(super) last_failure: Option<String>,
-}
-
-impl RefreshState {
-    pub(super) fn may_attempt(&self, interval: Duration) -> bool {
-        self.last_attempt.is_none_or(|at| at.elapsed() >= interval)
-    }
-}
-
+/// The identity provider's key set, in the engine's one key-set cache
+/// ([`connectors::key_sets::KeySetCache`]): loaded at start, refreshed when older than
+/// `jwks_max_age`, fetched again on an unknown `kid` at most every `jwks_refetch_interval`.
 pub(super) struct JwksCache {
     pub(super) fetcher: JwksFetcher,
-    // Readers clone the Arc and let go at once, so the lock is never held across an await.
-    pub(super) keys: RwLock<Arc<KeySet>>,
-    // Held across the fetch on purpose: it is the single flight that concurrent misses queue on.
-    pub(super) refresh: tokio::sync::Mutex<RefreshState>,
-    pub(super) refetch_interval: Duration,
-    pub(super) max_age: Duration,
+    cache: KeySetCache<KeySet>,
 }
+
+/// The cache's one key: the cache holds the identity provider's set only.
+const SOURCE: &str = "identity-provider";
 
 impl JwksCache {
     pub(super) async fn load(source: JwksSource, tuning: Tuning) -> Result<Self, AuthError> {
         let fetcher = JwksFetcher::new(source)?;
         let keys = fetcher.fetch().await?;
         tracing::info!(source = ?fetcher, keys = keys.keys.len(), "JWKS loaded");
-        Ok(Self {
-            fetcher,
-            keys: RwLock::new(Arc::new(keys)),
-            // The start-up load does not count against the back-off, so a key rotated in right
-            // after start is still picked up by the first token that uses it.
-            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+        let cache = KeySetCache::new(CacheTuning {
             refetch_interval: tuning.jwks_refetch_interval,
             max_age: tuning.jwks_max_age,
-        })
+        });
+        // The start-up load does not count against the refetch interval, so a key rotated in
+        // right after start is still picked up by the first token that uses it.
+        cache.hold(SOURCE, keys);
+        Ok(Self { fetcher, cache })
     }
 
-    pub(super) fn snapshot(&self) -> Arc<KeySet> {
-        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    pub(super) fn lookup(&self, kid: &str) -> Option<Arc<VerificationKey>> {
-        self.snapshot().keys.get(kid).cloned()
-    }
-
+    /// The key named `kid`; `None` when the provider's set lacks it even after fetching it
+    /// again (or when it was fetched too recently to try), an error when that fetch failed.
     pub(super) async fn key_for(&self, kid: &str) -> Result<Option<Arc<VerificationKey>>, AuthError> {
-        let current = self.snapshot();
-        if current.keys.contains_key(kid) {
-            if current.fetched_at.elapsed() >= self.max_age {
-                // Stale: refresh so withdrawn keys stop verifying, but never queue behind a
-                // fetch already in flight and never fail a request because the provider blipped.
-                if let Ok(mut state) = self.refresh.try_lock()
-                    && state.may_attempt(self.refetch_interval)
-                {
-                    let _ = self.refresh_locked(&mut state).await;
-                }
+        let fetch = || async {
+            let fetched = self.fetcher.fetch().await;
+            match &fetched {
+                Ok(keys) => tracing::info!(source = ?self.fetcher, keys = keys.keys.len(), "JWKS re-fetched"),
+                // The keys held stay in use: an outage must not lock out every caller.
+                Err(error) => tracing::warn!(source = ?self.fetcher, %error, "JWKS re-fetch failed"),
             }
-            return Ok(self.lookup(kid));
+            fetched.map_err(|e| match e {
+                AuthError::JwksUnavailable { reason } => reason,
+                other => other.to_string(),
+            })
+        };
+        let unavailable = |reason| AuthError::JwksUnavailable { reason };
+        let held = self.cache.get(SOURCE, fetch).await.map_err(unavailable)?;
+        if let Some(key) = held.keys.get(kid) {
+            return Ok(Some(key.clone()));
         }
-
-        let mut state = self.refresh.lock().await;
-        // Whoever held the lock before us may just have fetched the key.
-        if let Some(key) = self.lookup(kid) {
-            return Ok(Some(key));
-        }
-        if !state.may_attempt(self.refetch_interval) {
-            return match &state.last_failure {
-                Some(reason) => Err(AuthError::JwksUnavailable { reason: reason.clone() }),
-                None => Ok(None),
-            };
-        }
-        self.refresh_locked(&mut state).await?;
-        Ok(self.lookup(kid))
-    }
-
-    pub(super) async fn refresh_locked(&self, state: &mut RefreshState) -> Result<(), AuthError> {
-        state.last_attempt = Some(Instant::now());
-        match self.fetcher.fetch().await {
-            Ok(keys) => {
-                tracing::info!(source = ?self.fetcher, keys = keys.keys.len(), "JWKS re-fetched");
-                state.last_failure = None;
-                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
-                Ok(())
-            }
-            Err(error) => {
-                // The keys we have stay in use: an outage must not lock out every caller.
-                tracing::warn!(source = ?self.fetcher, error = %error, "JWKS re-fetch failed");
-                state.last_failure = Some(error.to_string());
-                Err(error)
-            }
-        }
+        let set = self.cache.refetch(SOURCE, |set| set.keys.contains_key(kid), fetch).await.map_err(unavailable)?;
+        Ok(set.keys.get(kid).cloned())
     }
 }
 
@@ -176,7 +131,7 @@ impl JwksFetcher {
                 .map_err(|reason| AuthError::JwksUnavailable { reason: format!("GET {url}: {reason}") })?,
         };
         let keys = parse_jwks(&document).map_err(|reason| AuthError::JwksUnavailable { reason })?;
-        Ok(KeySet { keys, fetched_at: Instant::now() })
+        Ok(KeySet { keys })
     }
 }
 

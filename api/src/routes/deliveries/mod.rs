@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use commands::CommandContext;
 use connectors::inbound::{
-    self, Arrival, CalledUrl, Content, Headers, InboundSettings, Received, Refused, Scheme, Shape,
+    self, Arrival, CalledUrl, Content, Headers, InboundSettings, Received, Refused, Scheme, Shape, VerificationKeys,
 };
 use connectors::signature::SignatureError;
 use domain::delivery::AcceptDelivery;
@@ -152,17 +152,17 @@ async fn gateway(
         now: now.timestamp(),
         tolerance_seconds: app.settings.webhook_timestamp_tolerance.as_secs(),
     };
-    let (key_index, content) = match inbound::receive(&arrival, &keys) {
-        Ok(Received::Delivery { key_index, content }) => (key_index, content),
-        Ok(Received::Handshake(answer)) => return Ok(axum::Json(answer).into_response()),
-        Err(refused) => {
-            // A key set that lacks the signing key may have been rotated at the provider: the
-            // next delivery fetches it again.
-            if let (Refused::Signature(SignatureError::UnknownKey(_)), Some(source)) = (&refused, settings.jwks) {
-                app.provider_key_sets.forget(source);
-            }
-            return Err(refused.into());
-        }
+    let mut received = inbound::receive(&arrival, &keys);
+    // A key set that lacks the signing key may have been rotated at the provider: fetched again
+    // (at most every 30 s per provider) and tried once more.
+    if let (Err(Refused::Signature(SignatureError::UnknownKey(_))), Some(source)) = (&received, settings.jwks)
+        && let Ok(set) = app.provider_key_sets.refetch(source).await
+    {
+        received = inbound::receive(&arrival, &VerificationKeys::Jwks(set));
+    }
+    let (key_index, content) = match received? {
+        Received::Delivery { key_index, content } => (key_index, content),
+        Received::Handshake(answer) => return Ok(axum::Json(answer).into_response()),
     };
     if key_index > 0 {
         metrics::counter!(PREVIOUS_SECRET_COUNTER, "provider" => scheme.name()).increment(1);
