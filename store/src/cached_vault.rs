@@ -1,17 +1,21 @@
 //! A read-through cache in front of a [`SecretStore`], so hot paths (verifying every inbound
 //! webhook) do not decrypt the same secret from disk on each request.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use domain::secret_ref::SecretRef;
+use quick_cache::sync::Cache;
 
 use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, VaultError, VersionMetadata};
 
-/// Entries kept at most; the cache is cleared when full (secrets are few, so this is rare).
+/// Entries kept at most of each kind; past it `quick_cache` (the engine's cache crate) keeps the
+/// ones in use.
 const CAPACITY: usize = 4096;
+
+/// A cached answer and until when it holds (`None`: for good).
+type Timed<V> = (V, Option<Instant>);
 
 /// Caches `get`: a pinned version forever (versions are immutable), an unversioned ref (the
 /// current version) for `current_ttl`, so a promoted version is picked up within that time.
@@ -19,10 +23,10 @@ const CAPACITY: usize = 4096;
 pub struct CachedSecretStore {
     inner: Arc<dyn SecretStore>,
     current_ttl: Duration,
-    entries: Mutex<HashMap<SecretRef, (SecretValue, Option<Instant>)>>,
-    previous: Mutex<HashMap<SecretRef, (Option<PreviousSecret>, Instant)>>,
+    entries: Cache<SecretRef, Timed<SecretValue>>,
+    previous: Cache<SecretRef, Timed<Option<PreviousSecret>>>,
     /// Vault owners, kept as long as a current version.
-    owners: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    owners: Cache<String, Timed<Option<String>>>,
 }
 
 impl CachedSecretStore {
@@ -30,27 +34,32 @@ impl CachedSecretStore {
         Self {
             inner,
             current_ttl,
-            entries: Mutex::new(HashMap::new()),
-            previous: Mutex::new(HashMap::new()),
-            owners: Mutex::new(HashMap::new()),
+            entries: Cache::new(CAPACITY),
+            previous: Cache::new(CAPACITY),
+            owners: Cache::new(CAPACITY),
         }
     }
 
-    fn cached(&self, secret: &SecretRef) -> Option<SecretValue> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        match entries.get(secret) {
-            Some((value, None)) => Some(value.clone()),
-            Some((value, Some(expires))) if Instant::now() < *expires => Some(value.clone()),
-            _ => None,
-        }
+    /// Until when an answer about the current version holds.
+    fn current_until(&self) -> Option<Instant> {
+        Some(Instant::now() + self.current_ttl)
     }
+}
+
+/// The answer `cache` holds for `key`, unless it has expired.
+fn fresh<K, V>(cache: &Cache<K, Timed<V>>, key: &K) -> Option<V>
+where
+    K: Eq + std::hash::Hash + Clone,
+    V: Clone,
+{
+    cache.get(key).filter(|(_, until)| until.is_none_or(|until| Instant::now() < until)).map(|(value, _)| value)
 }
 
 impl CachedSecretStore {
     /// Forgets what the labels resolved to (current and previous) for `secret`.
     fn forget_labels(&self, secret: &SecretRef) {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret.unversioned());
-        self.previous.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret.unversioned());
+        self.entries.remove(&secret.unversioned());
+        self.previous.remove(&secret.unversioned());
     }
 }
 
@@ -95,16 +104,13 @@ impl SecretStore for CachedSecretStore {
     }
 
     async fn get(&self, secret: &SecretRef) -> Result<SecretValue, VaultError> {
-        if let Some(value) = self.cached(secret) {
+        if let Some(value) = fresh(&self.entries, secret) {
             return Ok(value);
         }
         let value = self.inner.get(secret).await?;
-        let expires = secret.version.is_none().then(|| Instant::now() + self.current_ttl);
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= CAPACITY {
-            entries.clear();
-        }
-        entries.insert(secret.clone(), (value.clone(), expires));
+        // A pinned version never changes; the current one may.
+        let until = if secret.version.is_some() { None } else { self.current_until() };
+        self.entries.insert(secret.clone(), (value.clone(), until));
         Ok(value)
     }
 
@@ -119,44 +125,26 @@ impl SecretStore for CachedSecretStore {
     /// Cached like the current version (for `current_ttl`): verifying a webhook during a
     /// rotation asks for it on every request.
     async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError> {
-        {
-            let owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((owner, expires)) = owners.get(vault)
-                && Instant::now() < *expires
-            {
-                return Ok(owner.clone());
-            }
+        if let Some(owner) = fresh(&self.owners, &vault.to_string()) {
+            return Ok(owner);
         }
         let owner = self.inner.owner(vault).await?;
-        let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
-        if owners.len() >= CAPACITY {
-            owners.clear();
-        }
-        owners.insert(vault.to_string(), (owner.clone(), Instant::now() + self.current_ttl));
+        self.owners.insert(vault.to_string(), (owner.clone(), self.current_until()));
         Ok(owner)
     }
 
     async fn claim(&self, vault: &str, tenant_id: &str) -> Result<(), VaultError> {
         self.inner.claim(vault, tenant_id).await?;
-        self.owners.lock().unwrap_or_else(PoisonError::into_inner).remove(vault);
+        self.owners.remove(vault);
         Ok(())
     }
 
     async fn previous(&self, secret: &SecretRef) -> Result<Option<PreviousSecret>, VaultError> {
-        {
-            let previous = self.previous.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((value, expires)) = previous.get(secret)
-                && Instant::now() < *expires
-            {
-                return Ok(value.clone());
-            }
+        if let Some(value) = fresh(&self.previous, secret) {
+            return Ok(value);
         }
         let value = self.inner.previous(secret).await?;
-        let mut previous = self.previous.lock().unwrap_or_else(PoisonError::into_inner);
-        if previous.len() >= CAPACITY {
-            previous.clear();
-        }
-        previous.insert(secret.clone(), (value.clone(), Instant::now() + self.current_ttl));
+        self.previous.insert(secret.clone(), (value.clone(), self.current_until()));
         Ok(value)
     }
 }
