@@ -1,12 +1,15 @@
-//! The subscriptions (and the connections' projects) as of a position in the store, shared by
-//! the fan-out and the dispatcher. The dispatcher's follower feeds it in the store's order.
+//! The subscriptions as of a position in the store, shared by the fan-out and the dispatcher.
+//! The dispatcher's follower feeds it in the store's order. The project of a normalized event's
+//! connection is looked up in the store when a subscription could want it, through a bounded
+//! cache, so the directory does not grow with the connections.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use domain::connection::ConnectionEvent;
 use domain::subscription::{SubscriptionEvent, WebhookSubscriptionCreated, subscription_matches};
 use domain::{AnyEvent, EventEnvelope};
+use store::{EventStore, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -30,31 +33,33 @@ impl Entry {
 struct State {
     /// By tenant, then subscription id: a message is matched against its tenant's only.
     subscriptions: HashMap<String, HashMap<String, Entry>>,
-    /// The project of each connection, by tenant and connection id: the project of its
-    /// normalized events. One entry for every connection there is, so kept small: the
-    /// connection id boxed, the project id shared with every connection of that project.
-    connection_projects: HashMap<String, HashMap<Box<str>, Arc<str>>>,
-    /// Every project id named by a connection, held once.
-    projects: HashSet<Arc<str>>,
 }
+
+/// Connections' projects kept at most: the connections whose events are being fanned out.
+const PROJECTS_CACHED: usize = 4096;
 
 /// The subscription directory. Cheap to share (`Arc`); the lock is never held across an await.
 pub struct Directory {
     state: Mutex<State>,
     position: watch::Sender<u64>,
+    /// The project of a connection, by tenant and connection id (`None`: no such connection).
+    projects: quick_cache::sync::Cache<(String, String), Option<String>>,
 }
 
 impl Directory {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new(State::default()), position: watch::channel(0).0 })
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            position: watch::channel(0).0,
+            projects: quick_cache::sync::Cache::new(PROJECTS_CACHED),
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes in one event of the store's order (subscriptions and connections; others are
-    /// ignored).
+    /// Takes in one event of the store's order (subscriptions; others are ignored).
     pub(crate) fn apply(&self, event: &EventEnvelope, decoded: &AnyEvent) {
         let mut state = self.state();
         match decoded {
@@ -77,21 +82,6 @@ impl Directory {
                     entry.created.active = false;
                     entry.deactivated_position.get_or_insert(event.global_position);
                 }
-            }
-            AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(c)) => {
-                let project = match state.projects.get(c.project_id.as_str()) {
-                    Some(project) => project.clone(),
-                    None => {
-                        let project: Arc<str> = c.project_id.as_str().into();
-                        state.projects.insert(project.clone());
-                        project
-                    }
-                };
-                state
-                    .connection_projects
-                    .entry(event.tenant_id.clone())
-                    .or_default()
-                    .insert(c.connection_id.as_str().into(), project);
             }
             _ => {}
         }
@@ -120,14 +110,18 @@ impl Directory {
         }
     }
 
-    /// The subscriptions a message at `position` goes to: same tenant, matching type and
-    /// project, active at that position. The answer depends only on the events up to
-    /// `position`, so handling a message again gives the same subscriptions.
-    pub fn matching(
+    /// A subscription as it is now, and whether it is active.
+    pub fn subscription(&self, tenant_id: &str, subscription_id: &str) -> Option<WebhookSubscriptionCreated> {
+        self.state().subscriptions.get(tenant_id).and_then(|t| t.get(subscription_id)).map(|e| e.created.clone())
+    }
+
+    /// The subscriptions a message at `position` of `tenant_id` and `event_type` could go to,
+    /// whatever its project (each matched with the project it asks for, if any): active at that
+    /// position, so handling a message again gives the same subscriptions.
+    pub fn matching_any_project(
         &self,
         position: u64,
         tenant_id: &str,
-        project_id: Option<&str>,
         event_type: &str,
     ) -> Vec<WebhookSubscriptionCreated> {
         let mut found: Vec<_> = self
@@ -136,20 +130,36 @@ impl Directory {
             .get(tenant_id)
             .into_iter()
             .flat_map(HashMap::values)
-            .filter(|e| e.active_at(position) && subscription_matches(&e.created, tenant_id, project_id, event_type))
+            .filter(|e| {
+                e.active_at(position)
+                    && subscription_matches(&e.created, tenant_id, e.created.project_id.as_deref(), event_type)
+            })
             .map(|e| e.created.clone())
             .collect();
         found.sort_by(|a, b| a.subscription_id.cmp(&b.subscription_id));
         found
     }
 
-    /// A subscription as it is now, and whether it is active.
-    pub fn subscription(&self, tenant_id: &str, subscription_id: &str) -> Option<WebhookSubscriptionCreated> {
-        self.state().subscriptions.get(tenant_id).and_then(|t| t.get(subscription_id)).map(|e| e.created.clone())
-    }
-
-    /// The project of a connection.
-    pub fn connection_project(&self, tenant_id: &str, connection_id: &str) -> Option<String> {
-        self.state().connection_projects.get(tenant_id)?.get(connection_id).map(|project| project.to_string())
+    /// The project of a connection: its `ConnectionEstablished`, the first event of its stream
+    /// (a connection's project never changes), read from `store` once and then cached.
+    pub async fn connection_project(
+        &self,
+        store: &dyn EventStore,
+        tenant_id: &str,
+        connection_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let key = (tenant_id.to_owned(), connection_id.to_owned());
+        if let Some(project) = self.projects.get(&key) {
+            return Ok(project);
+        }
+        let first = store.read_stream_first(&domain::ids::stream_id(tenant_id, connection_id)).await?;
+        let project = first.filter(|e| e.tenant_id == tenant_id).and_then(|e| {
+            match AnyEvent::decode(&e.event_type, e.schema_version, &e.data) {
+                Ok(AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(c))) => Some(c.project_id),
+                _ => None,
+            }
+        });
+        self.projects.insert(key, project.clone());
+        Ok(project)
     }
 }

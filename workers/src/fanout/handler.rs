@@ -7,10 +7,11 @@ use chrono::{DateTime, Utc};
 use commands::{CommandContext, CommandError, Commands};
 use domain::delivery::{NORMALIZED_EVENT_TYPES, NormalizedIntegrationEvent};
 use domain::outbound::{DELIVER_WEBHOOK_OPERATION, OutboundMessageEvent};
-use domain::subscription::WebhookSubscriptionCreated;
+use domain::subscription::{WebhookSubscriptionCreated, subscription_matches};
 use domain::{AggregateEvent, EventEnvelope};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use store::{EventStore, StoreError};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -36,9 +37,10 @@ pub fn is_publishable(event_type: &str) -> bool {
     OutboundMessageEvent::TYPES.contains(&event_type) || NORMALIZED_EVENT_TYPES.contains(&event_type)
 }
 
-/// The message an event carries; `None` for other events and unreadable ones. The project of
-/// a normalized event is its connection's, looked up in `directory`.
-pub fn message_of(event: &EventEnvelope, directory: &Directory) -> Option<Message> {
+/// The message an event carries; `None` for other events and unreadable ones. A normalized
+/// event does not carry its project (its connection's): [`matched_message`] looks it up, and the
+/// message here has none.
+pub fn message_of(event: &EventEnvelope) -> Option<Message> {
     if OutboundMessageEvent::TYPES.contains(&event.event_type.as_str()) {
         let OutboundMessageEvent::PlatformEventPublished(p) =
             OutboundMessageEvent::decode(&event.event_type, event.schema_version, &event.data).ok()?;
@@ -51,36 +53,50 @@ pub fn message_of(event: &EventEnvelope, directory: &Directory) -> Option<Messag
             data: p.data,
         });
     }
-    if NORMALIZED_EVENT_TYPES.contains(&event.event_type.as_str()) {
-        let normalized = NormalizedIntegrationEvent::deserialize(&*event.data).ok()?;
-        return Some(Message {
-            message_id: format!("{}-{}", domain::outbound::MESSAGE, event.event_id.simple()),
-            tenant_id: event.tenant_id.clone(),
-            project_id: directory.connection_project(&event.tenant_id, &normalized.connection_id),
-            event_type: event.event_type.clone(),
-            time: event.occurred_at,
-            data: (*event.data).clone(),
-        });
+    normalized_connection(event)?;
+    Some(Message {
+        message_id: format!("{}-{}", domain::outbound::MESSAGE, event.event_id.simple()),
+        tenant_id: event.tenant_id.clone(),
+        project_id: None,
+        event_type: event.event_type.clone(),
+        time: event.occurred_at,
+        data: (*event.data).clone(),
+    })
+}
+
+/// The connection of a normalized event; `None` for other events and unreadable ones.
+fn normalized_connection(event: &EventEnvelope) -> Option<String> {
+    if !NORMALIZED_EVENT_TYPES.contains(&event.event_type.as_str()) {
+        return None;
     }
-    None
+    NormalizedIntegrationEvent::deserialize(&*event.data).ok().map(|n| n.connection_id)
 }
 
 /// The message an event carries and the subscriptions it goes to: same tenant, matching type
 /// and project, active at the event's position (the directory must have taken in everything up
-/// to it). The same answer each time, so the fan-out and the dispatcher agree on it. `None` for
-/// other events and unreadable ones.
-pub fn matched_message(
+/// to it). The same answer each time, so the fan-out and the dispatcher agree on it. A normalized
+/// event's project is its connection's, read from `store` only when some subscription of its
+/// type exists, so events nobody subscribed to cost no read. `None` for other events and
+/// unreadable ones.
+pub async fn matched_message(
     event: &EventEnvelope,
     directory: &Directory,
-) -> Option<(Message, Vec<WebhookSubscriptionCreated>)> {
-    let message = message_of(event, directory)?;
-    let subscriptions = directory.matching(
-        event.global_position,
-        &message.tenant_id,
-        message.project_id.as_deref(),
-        &message.event_type,
-    );
-    Some((message, subscriptions))
+    store: &dyn EventStore,
+) -> Result<Option<(Message, Vec<WebhookSubscriptionCreated>)>, StoreError> {
+    let Some(mut message) = message_of(event) else { return Ok(None) };
+    let candidates = directory.matching_any_project(event.global_position, &message.tenant_id, &message.event_type);
+    if candidates.is_empty() {
+        return Ok(Some((message, candidates)));
+    }
+    if let Some(connection_id) = normalized_connection(event) {
+        message.project_id = directory.connection_project(store, &message.tenant_id, &connection_id).await?;
+    }
+    let project = message.project_id.as_deref();
+    let subscriptions = candidates
+        .into_iter()
+        .filter(|s| subscription_matches(s, &message.tenant_id, project, &message.event_type))
+        .collect();
+    Ok(Some((message, subscriptions)))
 }
 
 /// The input of a `DeliverWebhook` run: which subscription, which message, and where the
@@ -100,6 +116,8 @@ pub fn run_input(subscription_id: &str, message: &Message, source: &EventEnvelop
 pub enum FanOutError {
     #[error(transparent)]
     Command(#[from] CommandError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("shutting down")]
     ShuttingDown,
 }
@@ -107,14 +125,21 @@ pub enum FanOutError {
 /// The fan-out handler; an [`EventHandler`] for [`crate::run_consumer`].
 pub struct FanOut {
     commands: Commands,
+    /// Where normalized events' connections are read (for their projects).
+    store: Arc<dyn EventStore>,
     directory: Arc<Directory>,
     shutdown: CancellationToken,
 }
 
 impl FanOut {
-    /// `directory` must be followed by a [`super::Dispatcher`] of the same store.
-    pub fn new(commands: Commands, directory: Arc<Directory>, shutdown: CancellationToken) -> Self {
-        Self { commands, directory, shutdown }
+    /// `directory` must be followed by a [`super::Dispatcher`] of `store`.
+    pub fn new(
+        commands: Commands,
+        store: Arc<dyn EventStore>,
+        directory: Arc<Directory>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { commands, store, directory, shutdown }
     }
 }
 
@@ -130,7 +155,7 @@ impl EventHandler for FanOut {
         if !self.directory.wait_for(event.global_position, &self.shutdown).await {
             return Err(FanOutError::ShuttingDown);
         }
-        let Some((message, subscriptions)) = matched_message(event, &self.directory) else {
+        let Some((message, subscriptions)) = matched_message(event, &self.directory, self.store.as_ref()).await? else {
             tracing::error!(event_id = %event.event_id, event_type = %event.event_type, "skipping an unreadable message event");
             return Ok(());
         };

@@ -241,13 +241,14 @@ impl AttemptTask {
         if event.tenant_id != self.tenant_id {
             return Err(foreign(&format!("event {source_event}")));
         }
-        let mut message = message_of(event, &self.shared.directory)
-            .ok_or_else(|| permanent(format!("event {source_event} is not a message")))?;
+        let mut message =
+            message_of(event).ok_or_else(|| permanent(format!("event {source_event} is not a message")))?;
         let message_id = self.input.get("messageId").and_then(Value::as_str).unwrap_or_default();
         if message.message_id != message_id {
             return Err(permanent(format!("event {source_event} is message {}, not {message_id}", message.message_id)));
         }
-        // The project the fan-out matched on (a connection's project is looked up then).
+        // The project the fan-out matched on (a normalized event's is its connection's, looked
+        // up then).
         if let Some(project) = self.input.get("projectId").and_then(Value::as_str) {
             message.project_id = Some(project.to_owned());
         }

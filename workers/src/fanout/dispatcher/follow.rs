@@ -69,7 +69,11 @@ pub(super) async fn follow(shared: Arc<Shared>, out: mpsc::Sender<Followed>, shu
                     }
                     continue;
                 }
-                relevant.extend(seen(&shared, event, decoded));
+                let matched = match matched_for(&shared, &event, &decoded, &mut backoff, &shutdown).await {
+                    Some(matched) => matched,
+                    None => return,
+                };
+                relevant.extend(seen(&shared, event, decoded, matched));
             }
             shared.directory.advance(position);
             if !relevant.is_empty() && out.send(Followed::Events(relevant)).await.is_err() {
@@ -103,18 +107,46 @@ pub(super) enum Seen {
     Message { position: u64, runs: Vec<(LaneKey, String)> },
 }
 
+/// What the fan-out matches for a message event, by the same rule ([`matched_message`]); `None`
+/// inside for other events. A store that fails the lookup of a connection's project is asked
+/// again after a backoff; `None` only when shutdown came first.
+async fn matched_for(
+    shared: &Shared,
+    event: &EventEnvelope,
+    decoded: &AnyEvent,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Option<Option<Matched>> {
+    if matches!(decoded, AnyEvent::Run(_) | AnyEvent::Subscription(_)) || !is_publishable(&event.event_type) {
+        return Some(None);
+    }
+    loop {
+        match matched_message(event, &shared.directory, shared.store.as_ref()).await {
+            Ok(matched) => {
+                backoff.reset();
+                return Some(matched);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "webhook dispatcher: looking up a message's project failed");
+                if !pause(backoff.next_delay(), shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A message and the subscriptions it goes to.
+pub(super) type Matched = (Message, Vec<WebhookSubscriptionCreated>);
+
 /// What the scheduler must know of an event the directory has taken in: run and subscription
-/// events, and the messages some subscription matches. Those are also kept in memory for the
-/// attempts that will deliver them.
-pub(super) fn seen(shared: &Shared, event: EventEnvelope, decoded: AnyEvent) -> Option<Seen> {
+/// events, and the messages some subscription matches (`matched`, from [`matched_for`]). Those
+/// are also kept in memory for the attempts that will deliver them.
+pub(super) fn seen(shared: &Shared, event: EventEnvelope, decoded: AnyEvent, matched: Option<Matched>) -> Option<Seen> {
     if matches!(decoded, AnyEvent::Run(_) | AnyEvent::Subscription(_)) {
         return Some(Seen::Event(event, decoded));
     }
-    if !is_publishable(&event.event_type) {
-        return None;
-    }
-    // What the fan-out matches for this message, by the same rule.
-    let (message, matched) = matched_message(&event, &shared.directory)?;
+    let (message, matched) = matched?;
     if matched.is_empty() {
         return None;
     }

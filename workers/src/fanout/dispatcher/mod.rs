@@ -30,7 +30,7 @@ use domain::ids::stream_id;
 use domain::outbound::DELIVER_WEBHOOK_OPERATION;
 use domain::run::{AttemptOutcome, AttemptResponse, RecordAttempt, Run, RunCommand, RunEvent, RunState};
 use domain::secret_ref::SecretRef;
-use domain::subscription::SubscriptionEvent;
+use domain::subscription::{SubscriptionEvent, WebhookSubscriptionCreated};
 use domain::{Actor, AnyEvent, Decider, EventEnvelope};
 use serde_json::{Value, json};
 use store::{EventStore, Lease, Leases, SecretStore, StoreError, VaultError};
@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{is_publishable, matched_message, message_of};
+use super::handler::{Message, is_publishable, matched_message, message_of};
 use super::{Directory, WebhookSettings};
 
 mod attempt;

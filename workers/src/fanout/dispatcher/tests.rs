@@ -96,9 +96,13 @@ impl Engine {
             self.position = event.global_position;
             let decoded = AnyEvent::decode(&event.event_type, event.schema_version, &event.data).unwrap();
             self.shared.directory.apply(&event, &decoded);
-            if let Some(schedule) = schedule.as_deref_mut()
-                && let Some(seen) = seen(&self.shared, event, decoded)
-            {
+            let Some(schedule) = schedule.as_deref_mut() else { continue };
+            let matched = if matches!(decoded, AnyEvent::Run(_) | AnyEvent::Subscription(_)) {
+                None
+            } else {
+                super::matched_message(&event, &self.shared.directory, self.shared.store.as_ref()).await.unwrap()
+            };
+            if let Some(seen) = seen(&self.shared, event, decoded, matched) {
                 schedule.take(seen);
             }
         }
@@ -134,7 +138,7 @@ impl Engine {
 
     /// Requests the run the fan-out would for `message` and `subscription_id`.
     async fn fan_out(&self, tenant: &str, subscription_id: &str, source: &EventEnvelope) -> String {
-        let message = super::message_of(source, &self.shared.directory).unwrap();
+        let message = super::message_of(source).unwrap();
         let run_id = webhook_run_id(tenant, subscription_id, &message.message_id);
         let input = run_input(subscription_id, &message, source);
         self.shared
@@ -176,7 +180,7 @@ async fn a_webhook_run_never_reads_another_tenants_message() {
     engine.subscribe("attacker", "sub-a").await;
     let victims = engine.publish("victim", "msg-secret", json!({"card": "4111"})).await;
     engine.follow(None).await;
-    let message = super::message_of(&victims, &engine.shared.directory).unwrap();
+    let message = super::message_of(&victims).unwrap();
     let input = run_input("sub-a", &message, &victims);
     let crafted_id = "run-crafted";
     engine
@@ -204,7 +208,7 @@ async fn a_webhook_run_never_reads_another_tenants_message() {
     // The tenant's own message prepares.
     let own = engine.publish("attacker", "msg-own", json!({"a": 1})).await;
     engine.follow(None).await;
-    let message = super::message_of(&own, &engine.shared.directory).unwrap();
+    let message = super::message_of(&own).unwrap();
     let own_input = run_input("sub-a", &message, &own);
     let run_id = webhook_run_id("attacker", "sub-a", "msg-own");
     let request = engine.task("attacker", "sub-a", &run_id, own_input).await.prepare(Utc::now()).await.ok().unwrap();
@@ -387,7 +391,7 @@ async fn preparing_an_attempt_is_bounded_by_its_lease() {
     let source = engine.publish("t", "msg-1", json!({})).await;
     engine.follow(None).await;
     let run_id = engine.fan_out("t", "sub-1", &source).await;
-    let message = super::message_of(&source, &engine.shared.directory).unwrap();
+    let message = super::message_of(&source).unwrap();
     let task = engine.task("t", "sub-1", &run_id, run_input("sub-1", &message, &source)).await;
     let began = Instant::now();
     let outcome = task.attempt(None).await;
@@ -411,7 +415,7 @@ async fn the_directory_matches_a_message_against_its_tenants_subscriptions_only(
     let directory = &engine.shared.directory;
     let after = directory.position() + 1;
     let ids = |tenant: &str| -> Vec<String> {
-        directory.matching(after, tenant, None, "OrderPlaced").into_iter().map(|s| s.subscription_id).collect()
+        directory.matching_any_project(after, tenant, "OrderPlaced").into_iter().map(|s| s.subscription_id).collect()
     };
     assert_eq!(ids("a"), ["sub-1"]);
     assert_eq!(ids("b"), ["sub-1", "sub-2"]);
