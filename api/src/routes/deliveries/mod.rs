@@ -14,26 +14,27 @@ use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use commands::CommandContext;
 use connectors::inbound::{
     self, Arrival, CalledUrl, Content, Headers, InboundSettings, Received, Refused, Scheme, Shape, VerificationKeys,
 };
 use connectors::signature::SignatureError;
-use domain::delivery::AcceptDelivery;
-use domain::{Actor, ids};
+use domain::ids;
 use serde::Deserialize;
 
 use crate::bodies::{DeliveryAcceptedResponse, InboundDeliveryRequest, require_text};
-use crate::extract::{DeliveriesIngest, Scope, authenticate_header, parse_json};
+use crate::extract::parse_json;
 use crate::problem::Problem;
-use crate::trace::current_trace_id;
 use crate::{AppState, Shared};
 
 mod keys;
+mod record;
 mod refusal;
+mod target;
 
 use keys::verification_keys;
+use record::{Delivery, record};
 use refusal::{Refusal, too_large};
+use target::target_connection;
 
 pub const PROVIDER_HEADER: &str = "x-cs-provider";
 pub const CONNECTION_HEADER: &str = "x-cs-connection";
@@ -50,8 +51,8 @@ pub fn router() -> Router<Shared> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Target {
-    connection_id: Option<String>,
+pub(super) struct Target {
+    pub(super) connection_id: Option<String>,
 }
 
 async fn ingest(State(app): State<Shared>, Query(target): Query<Target>, request: Request) -> Response {
@@ -90,35 +91,7 @@ async fn gateway(
         *provider_label = scheme.name();
     }
     let shape = if claimed_provider.is_some() { Shape::Envelope } else { Shape::Native };
-    let connection_id = target
-        .connection_id
-        .filter(|id| !id.is_empty())
-        .or_else(|| header_text(CONNECTION_HEADER).filter(|id| !id.is_empty()).map(String::from))
-        .ok_or_else(|| {
-            Refusal::bad_request(
-                "missing_connection",
-                "name the target connection with ?connectionId= or X-CS-Connection",
-            )
-        })?;
-    // A bearer token is optional here, but one that is sent must be valid and scoped.
-    let bearer = match headers.get(header::AUTHORIZATION) {
-        Some(h) => Some(
-            authenticate_header(app, Some(h), DeliveriesIngest::NAME)
-                .await
-                .map_err(|problem| Refusal::new("invalid_token", problem))?,
-        ),
-        None => None,
-    };
-
-    // Unknown connection, another tenant's, no verifier, no secret: the same 401, so a caller
-    // without the secret learns nothing about which connections exist.
-    let connection = app
-        .read_models
-        .connection_by_id(&connection_id)
-        .await
-        .map_err(|e| Refusal::new("store_unavailable", Problem::from(e)))?
-        .filter(|c| bearer.as_ref().is_none_or(|p| p.tenant_id == c.tenant_id))
-        .ok_or_else(|| Refusal::unauthorized("unknown_connection", "unknown connection"))?;
+    let connection = target_connection(app, target, &headers).await?;
     let provider_key = connection.provider_id.strip_prefix("prov-").unwrap_or_default();
     let settings = InboundSettings::of(&connection.configuration, provider_key);
     let scheme = settings
@@ -166,7 +139,7 @@ async fn gateway(
     };
     if key_index > 0 {
         metrics::counter!(PREVIOUS_SECRET_COUNTER, "provider" => scheme.name()).increment(1);
-        tracing::info!(connection_id, provider = scheme.name(), "delivery verified with the previous secret");
+        tracing::info!(connection_id = %connection.connection_id, provider = scheme.name(), "delivery verified with the previous secret");
     }
     // Authenticated from here on: a contradicting X-CS-Provider is the sender's mistake.
     if let Some((claimed, _)) = claimed_provider
@@ -183,25 +156,8 @@ async fn gateway(
         Content::Native(native) => (native.provider_delivery_id, native.event_name, native.payload),
     };
 
-    let normalized = app.settings.normalization_rules.normalize(scheme.name(), &event_name, shape, &payload);
-    let actor = Actor { subject: format!("webhook:{}", scheme.name()), client_id: None };
-    let ctx = CommandContext::new(connection.tenant_id.clone(), current_trace_id(), actor);
-    let command = AcceptDelivery {
-        delivery_id: String::new(),
-        tenant_id: ctx.tenant_id.clone(),
-        connection_id: connection.connection_id.clone(),
-        provider: scheme.name().to_string(),
-        provider_delivery_id,
-        event_name,
-        normalized_event_type: normalized.event_type,
-        attributes: normalized.attributes,
-        payload_digest: payload_digest(&raw),
-        received_at: now,
-    };
-    let outcome = app.commands.accept_delivery(&ctx, command).await.map_err(|e| {
-        let problem = Problem::from(e);
-        Refusal::new(if problem.status >= 500 { "store_unavailable" } else { "malformed_body" }, problem)
-    })?;
+    let delivery = Delivery { provider_delivery_id, event_name, payload, raw };
+    let (ctx, outcome) = record(app, &connection, scheme, shape, delivery, now).await?;
     if let Some(position) = outcome.last_position
         && !app.projections.wait_for(position, app.settings.read_your_writes_timeout).await
     {
@@ -240,8 +196,4 @@ fn read_envelope(signed_body: &[u8]) -> Result<(String, String, serde_json::Valu
         return Err(Refusal::new("malformed_body", Problem::invalid(errors)));
     }
     Ok((envelope.provider_delivery_id, envelope.event_name, envelope.payload))
-}
-
-fn payload_digest(raw: &Bytes) -> String {
-    format!("sha256:{}", hex::encode(ring::digest::digest(&ring::digest::SHA256, raw)))
 }

@@ -1,0 +1,46 @@
+//! Which connection a delivery is for: named by `?connectionId=` or `X-CS-Connection`, and, when
+//! the caller also sends a bearer token (optional here), one of that token's tenant.
+
+use axum::http::{HeaderMap, header};
+use projections::ConnectionView;
+
+use super::refusal::Refusal;
+use super::{CONNECTION_HEADER, Target};
+use crate::AppState;
+use crate::extract::{DeliveriesIngest, Scope, authenticate_header};
+use crate::problem::Problem;
+
+/// The target connection. Unknown, another tenant's: the same 401 as a bad signature, so a
+/// caller without the secret learns nothing about which connections exist.
+pub(super) async fn target_connection(
+    app: &AppState,
+    target: Target,
+    headers: &HeaderMap,
+) -> Result<ConnectionView, Refusal> {
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let connection_id = target
+        .connection_id
+        .filter(|id| !id.is_empty())
+        .or_else(|| header_text(CONNECTION_HEADER).filter(|id| !id.is_empty()).map(String::from))
+        .ok_or_else(|| {
+            Refusal::bad_request(
+                "missing_connection",
+                "name the target connection with ?connectionId= or X-CS-Connection",
+            )
+        })?;
+    // A bearer token is optional here, but one that is sent must be valid and scoped.
+    let bearer = match headers.get(header::AUTHORIZATION) {
+        Some(h) => Some(
+            authenticate_header(app, Some(h), DeliveriesIngest::NAME)
+                .await
+                .map_err(|problem| Refusal::new("invalid_token", problem))?,
+        ),
+        None => None,
+    };
+    app.read_models
+        .connection_by_id(&connection_id)
+        .await
+        .map_err(|e| Refusal::new("store_unavailable", Problem::from(e)))?
+        .filter(|c| bearer.as_ref().is_none_or(|p| p.tenant_id == c.tenant_id))
+        .ok_or_else(|| Refusal::unauthorized("unknown_connection", "unknown connection"))
+}
