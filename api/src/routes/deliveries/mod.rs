@@ -14,10 +14,7 @@ use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use connectors::inbound::{
-    self, Arrival, CalledUrl, Content, Headers, InboundSettings, Received, Refused, Scheme, Shape, VerificationKeys,
-};
-use connectors::signature::SignatureError;
+use connectors::inbound::{Content, InboundSettings, Received, Scheme, Shape};
 use domain::ids;
 use serde::Deserialize;
 
@@ -26,15 +23,15 @@ use crate::extract::parse_json;
 use crate::problem::Problem;
 use crate::{AppState, Shared};
 
-mod keys;
 mod record;
 mod refusal;
 mod target;
+mod verify;
 
-use keys::verification_keys;
 use record::{Delivery, record};
 use refusal::{Refusal, too_large};
 use target::target_connection;
+use verify::{Signed, verification_keys, verify};
 
 pub const PROVIDER_HEADER: &str = "x-cs-provider";
 pub const CONNECTION_HEADER: &str = "x-cs-connection";
@@ -109,38 +106,11 @@ async fn gateway(
             Refusal::bad_request("unreadable_body", rejection.body_text())
         }
     })?;
-    let lowercase_headers =
-        Headers::from_pairs(headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))));
-    let arrival = Arrival {
-        scheme,
-        shape,
-        headers: &lowercase_headers,
-        url: CalledUrl {
-            configured: settings.webhook_url,
-            forwarded_proto: header_text("x-forwarded-proto"),
-            host: header_text("x-forwarded-host").or_else(|| header_text(header::HOST.as_str())),
-            path_and_query: &path_and_query,
-        },
-        body: &raw,
-        now: now.timestamp(),
-        tolerance_seconds: app.settings.webhook_timestamp_tolerance.as_secs(),
-    };
-    let mut received = inbound::receive(&arrival, &keys);
-    // A key set that lacks the signing key may have been rotated at the provider: fetched again
-    // (at most every 30 s per provider) and tried once more.
-    if let (Err(Refused::Signature(SignatureError::UnknownKey(_))), Some(source)) = (&received, settings.jwks)
-        && let Ok(set) = app.provider_key_sets.refetch(source).await
-    {
-        received = inbound::receive(&arrival, &VerificationKeys::Jwks(set));
-    }
-    let (key_index, content) = match received? {
-        Received::Delivery { key_index, content } => (key_index, content),
+    let signed = Signed { scheme, shape, headers: &headers, path_and_query: &path_and_query, body: &raw, now };
+    let content = match verify(app, &connection, &settings, &keys, signed).await? {
+        Received::Delivery { content, .. } => content,
         Received::Handshake(answer) => return Ok(axum::Json(answer).into_response()),
     };
-    if key_index > 0 {
-        metrics::counter!(PREVIOUS_SECRET_COUNTER, "provider" => scheme.name()).increment(1);
-        tracing::info!(connection_id = %connection.connection_id, provider = scheme.name(), "delivery verified with the previous secret");
-    }
     // Authenticated from here on: a contradicting X-CS-Provider is the sender's mistake.
     if let Some((claimed, _)) = claimed_provider
         && claimed != scheme.name()
