@@ -12,9 +12,8 @@
 //! A connection opts in with `configuration.tokenUrl` and `configuration.clientId` (and
 //! optionally `configuration.scope`, space-separated).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oauth2::basic::BasicClient;
@@ -38,7 +37,7 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The largest token response read; a larger one is refused (a token response is a few hundred
 /// bytes, a misbehaving endpoint must not fill the memory).
 pub const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
-/// Entries kept at most; cleared when full (connections are few).
+/// Grants kept at most (connections with a client credentials grant are few).
 const CAPACITY: usize = 1024;
 
 /// A connection's client credentials grant, from its configuration.
@@ -99,7 +98,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 /// Cached access tokens, shared by every run of the process.
 pub struct TokenCache {
     http: reqwest::Client,
-    slots: Mutex<HashMap<(ClientCredentialsGrant, Vec<u8>), Slot>>,
+    /// By grant and client secret digest, bounded by `quick_cache` (the engine's cache crate),
+    /// which keeps the slots in use.
+    slots: quick_cache::sync::Cache<(ClientCredentialsGrant, Vec<u8>), Slot>,
 }
 
 impl fmt::Debug for TokenCache {
@@ -117,7 +118,7 @@ pub fn refresh_margin(lifetime: Duration) -> Duration {
 impl TokenCache {
     /// Tokens fetched with `http` (the egress-checked client, which follows no redirects).
     pub fn new(http: reqwest::Client) -> Self {
-        Self { http, slots: Mutex::new(HashMap::new()) }
+        Self { http, slots: quick_cache::sync::Cache::new(CAPACITY) }
     }
 
     /// A valid access token for `grant` with `client_secret`: the cached one, or a new one.
@@ -128,13 +129,9 @@ impl TokenCache {
     ) -> Result<AccessToken, CallError> {
         // Keyed by the secret's digest, never the secret: a rotated secret gets its own token.
         let secret_digest = digest::digest(&digest::SHA256, client_secret.expose()).as_ref().to_vec();
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            if slots.len() >= CAPACITY {
-                slots.clear();
-            }
-            Arc::clone(slots.entry((grant.clone(), secret_digest)).or_default())
-        };
+        let key = (grant.clone(), secret_digest);
+        let slot = self.slots.get_or_insert_with(&key, || Ok::<_, std::convert::Infallible>(Slot::default()));
+        let Ok(slot) = slot;
         // Concurrent callers queue here; the first refreshes, the others find its token.
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref()
