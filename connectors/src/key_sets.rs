@@ -47,14 +47,20 @@ struct Held<K> {
 
 #[derive(Default)]
 struct Attempts {
-    last: Option<Instant>,
-    /// Why the last fetch failed, answered again until the next may be tried.
-    last_failure: Option<String>,
+    /// The last fetch an unknown key caused: the next waits `refetch_interval`.
+    last_refetch: Option<Instant>,
+    /// When and why the last fetch failed: answered again for `refetch_interval` instead of
+    /// trying again.
+    last_failure: Option<(Instant, String)>,
 }
 
 impl Attempts {
-    fn may_try(&self, interval: Duration) -> bool {
-        self.last.is_none_or(|at| at.elapsed() >= interval)
+    fn recent_failure(&self, interval: Duration) -> Option<String> {
+        self.last_failure.as_ref().filter(|(at, _)| at.elapsed() < interval).map(|(_, why)| why.clone())
+    }
+
+    fn may_refetch(&self, interval: Duration) -> bool {
+        self.last_refetch.is_none_or(|at| at.elapsed() >= interval)
     }
 }
 
@@ -84,7 +90,7 @@ impl<K: Send + Sync + 'static> KeySetCache<K> {
                 // Stale: refresh, but never queue behind a fetch in flight and never fail a
                 // caller because the source blipped.
                 if let Ok(mut attempts) = entry.attempts.try_lock()
-                    && attempts.may_try(self.tuning.refetch_interval)
+                    && attempts.recent_failure(self.tuning.refetch_interval).is_none()
                 {
                     return Ok(entry.fetch(&mut attempts, fetch).await.unwrap_or(keys));
                 }
@@ -96,9 +102,7 @@ impl<K: Send + Sync + 'static> KeySetCache<K> {
                 if let Some((keys, _)) = entry.held() {
                     return Ok(keys);
                 }
-                if let (false, Some(failure)) =
-                    (attempts.may_try(self.tuning.refetch_interval), attempts.last_failure.clone())
-                {
+                if let Some(failure) = attempts.recent_failure(self.tuning.refetch_interval) {
                     return Err(failure);
                 }
                 entry.fetch(&mut attempts, fetch).await
@@ -107,9 +111,9 @@ impl<K: Send + Sync + 'static> KeySetCache<K> {
     }
 
     /// The key set of `source` after a signature named a key the held set lacks (`has_key`
-    /// tells whether a set holds it): fetched again by `fetch`, unless it was fetched within
-    /// `refetch_interval` (then the set held is answered, or the last failure). `Ok` does not
-    /// promise the key is there: the caller looks.
+    /// tells whether a set holds it): fetched again by `fetch`, unless an unknown key caused a
+    /// fetch within `refetch_interval` or a fetch failed within it (then the set held is
+    /// answered, or that failure). `Ok` does not promise the key is there: the caller looks.
     pub async fn refetch<F, Fut>(&self, source: &str, has_key: impl Fn(&K) -> bool, fetch: F) -> Result<Arc<K>, String>
     where
         F: FnOnce() -> Fut,
@@ -122,13 +126,14 @@ impl<K: Send + Sync + 'static> KeySetCache<K> {
         if let Some((keys, _)) = held.as_ref().filter(|(keys, _)| has_key(keys)) {
             return Ok(keys.clone());
         }
-        if !attempts.may_try(self.tuning.refetch_interval) {
-            return match (&attempts.last_failure, held) {
-                (Some(failure), _) => Err(failure.clone()),
-                (None, Some((keys, _))) => Ok(keys),
-                (None, None) => Err("the key set has not been fetched yet".into()),
-            };
+        let interval = self.tuning.refetch_interval;
+        if let Some(failure) = attempts.recent_failure(interval) {
+            return Err(failure);
         }
+        if !attempts.may_refetch(interval) {
+            return held.map(|(keys, _)| keys).ok_or_else(|| "the key set has not been fetched yet".into());
+        }
+        attempts.last_refetch = Some(Instant::now());
         entry.fetch(&mut attempts, fetch).await
     }
 
@@ -152,7 +157,6 @@ impl<K> Source<K> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<K, String>>,
     {
-        attempts.last = Some(Instant::now());
         match fetch().await {
             Ok(keys) => {
                 attempts.last_failure = None;
@@ -162,7 +166,7 @@ impl<K> Source<K> {
                 Ok(keys)
             }
             Err(failure) => {
-                attempts.last_failure = Some(failure.clone());
+                attempts.last_failure = Some((Instant::now(), failure.clone()));
                 Err(failure)
             }
         }
@@ -302,17 +306,19 @@ mod tests {
         let (cache, source) = (KeySetCache::new(TUNING), Counted::default());
         cache.get("s", || source.fetch()).await.unwrap();
         let lacks_key = |_: &usize| false;
+        // The first unknown key fetches at once, even right after the first fetch (a provider
+        // may rotate at any moment); the next ones within the interval do not.
         for _ in 0..5 {
-            cache.refetch("s", lacks_key, || source.fetch()).await.unwrap();
+            assert_eq!(cache.refetch("s", lacks_key, || source.fetch()).await.as_deref(), Ok(&2));
         }
-        assert_eq!(source.count(), 1, "fetched within the interval: no refetch");
+        assert_eq!(source.count(), 2, "one refetch within the interval");
         tokio::time::sleep(TUNING.refetch_interval).await;
         let sets = futures::future::join_all((0..5).map(|_| cache.refetch("s", lacks_key, || source.fetch()))).await;
-        assert!(sets.iter().all(|set| set.as_deref() == Ok(&2)), "{sets:?}");
-        assert_eq!(source.count(), 2, "a burst of unknown keys fetches once");
+        assert!(sets.iter().all(|set| set.as_deref() == Ok(&3)), "{sets:?}");
+        assert_eq!(source.count(), 3, "a burst of unknown keys fetches once");
         // A set that has the key is answered without a fetch.
-        assert_eq!(cache.refetch("s", |n| *n == 2, || source.fetch()).await.as_deref(), Ok(&2));
-        assert_eq!(source.count(), 2);
+        assert_eq!(cache.refetch("s", |n| *n == 3, || source.fetch()).await.as_deref(), Ok(&3));
+        assert_eq!(source.count(), 3);
     }
 
     #[tokio::test]

@@ -543,3 +543,106 @@ async fn payloads_never_reach_the_log_accepted_or_refused() {
     assert!(!log.contains(&marker), "the payload reached the log:\n{log}");
     assert!(!log.contains("gh-secret"), "the secret reached the log");
 }
+
+/// A provider's key set served from a thread on loopback, which the test can change, counting
+/// the engine's fetches.
+struct RotatingJwks {
+    url: String,
+    keys: std::sync::Arc<std::sync::Mutex<Value>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RotatingJwks {
+    fn start(keys: Value) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let served = std::sync::Arc::new(std::sync::Mutex::new(keys));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (body_of, count) = (served.clone(), fetches.clone());
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = body_of.lock().unwrap().to_string();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes()));
+            }
+        });
+        Self { url, keys: served, fetches }
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// An Ed25519 signing key with its `kid`, and its public JWK.
+struct SigningKey {
+    kid: &'static str,
+    pair: ring::signature::Ed25519KeyPair,
+}
+
+impl SigningKey {
+    fn new(kid: &'static str) -> Self {
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        Self { kid, pair: ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap() }
+    }
+
+    fn jwk(&self) -> Value {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.pair.public_key().as_ref());
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": self.kid, "x": x})
+    }
+
+    /// A compact JWS of a delivery with id `jti`.
+    fn sign(&self, jti: &str) -> String {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let header = json!({"alg": "EdDSA", "kid": self.kid}).to_string();
+        let payload = json!({"type": "account.updated", "jti": jti, "iat": now()}).to_string();
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        format!("{input}.{}", b64(self.pair.sign(input.as_bytes()).as_ref()))
+    }
+}
+
+/// A provider that rotates its signing key is followed at once: a JWS signed with a key the
+/// held set lacks fetches the set again and is verified with it. Made-up key ids do not make
+/// the engine fetch the provider's key set again within 30 s.
+#[tokio::test]
+async fn a_rotated_provider_key_is_fetched_at_once_and_made_up_keys_do_not_hammer_the_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_in(dir.path(), &["--no-workers", "--webhook-allow-hosts", "127.0.0.1"]);
+    let token = app.token(TENANT, ALL_SCOPES);
+    let (first, rotated, made_up) = (SigningKey::new("k-1"), SigningKey::new("k-2"), SigningKey::new("k-forged"));
+    let provider = RotatingJwks::start(json!({"keys": [first.jwk()]}));
+    register_provider(&app, &token, provider_key("jws")).await;
+    let configuration = json!({"webhookScheme": "jws", "webhookJwks": provider.url});
+    let connection_id = connect(&app, &token, provider_key("jws"), configuration).await;
+    let post = |jws: String| {
+        let url = app.url(&format!("/webhooks/deliveries?connectionId={connection_id}"));
+        app.client.post(url).header("content-type", "application/jose").body(jws).send()
+    };
+
+    let accepted = post(first.sign("d-1")).await.unwrap();
+    let status = accepted.status();
+    let body = accepted.text().await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(provider.fetches(), 1);
+
+    // The provider rotates: the next delivery, signed with the new key, is accepted at once.
+    *provider.keys.lock().unwrap() = json!({"keys": [rotated.jwk()]});
+    assert_eq!(post(rotated.sign("d-2")).await.unwrap().status(), 202);
+    assert_eq!(provider.fetches(), 2, "one fetch for the rotation");
+
+    // Forged key ids right after: refused, and the provider is not asked again.
+    for n in 0..5 {
+        assert_problem(post(made_up.sign(&format!("f-{n}"))).await.unwrap(), 401).await;
+    }
+    assert_eq!(provider.fetches(), 2, "no fetch for made-up keys within 30 s of the last");
+    assert_eq!(events_of_type(dir.path(), "DeliveryAccepted").len(), 2);
+}
