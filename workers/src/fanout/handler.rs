@@ -41,35 +41,37 @@ pub fn is_publishable(event_type: &str) -> bool {
 /// event does not carry its project (its connection's): [`matched_message`] looks it up, and the
 /// message here has none.
 pub fn message_of(event: &EventEnvelope) -> Option<Message> {
+    read_message(event).map(|(message, _)| message)
+}
+
+/// The message an event carries and, for a normalized event, its connection.
+fn read_message(event: &EventEnvelope) -> Option<(Message, Option<String>)> {
     if OutboundMessageEvent::TYPES.contains(&event.event_type.as_str()) {
         let OutboundMessageEvent::PlatformEventPublished(p) =
             OutboundMessageEvent::decode(&event.event_type, event.schema_version, &event.data).ok()?;
-        return Some(Message {
+        let message = Message {
             message_id: p.message_id,
             tenant_id: event.tenant_id.clone(),
             project_id: p.project_id,
             event_type: p.event_type,
             time: p.published_at,
             data: p.data,
-        });
+        };
+        return Some((message, None));
     }
-    normalized_connection(event)?;
-    Some(Message {
+    if !NORMALIZED_EVENT_TYPES.contains(&event.event_type.as_str()) {
+        return None;
+    }
+    let normalized = NormalizedIntegrationEvent::deserialize(&*event.data).ok()?;
+    let message = Message {
         message_id: format!("{}-{}", domain::outbound::MESSAGE, event.event_id.simple()),
         tenant_id: event.tenant_id.clone(),
         project_id: None,
         event_type: event.event_type.clone(),
         time: event.occurred_at,
         data: (*event.data).clone(),
-    })
-}
-
-/// The connection of a normalized event; `None` for other events and unreadable ones.
-fn normalized_connection(event: &EventEnvelope) -> Option<String> {
-    if !NORMALIZED_EVENT_TYPES.contains(&event.event_type.as_str()) {
-        return None;
-    }
-    NormalizedIntegrationEvent::deserialize(&*event.data).ok().map(|n| n.connection_id)
+    };
+    Some((message, Some(normalized.connection_id)))
 }
 
 /// The message an event carries and the subscriptions it goes to: same tenant, matching type
@@ -83,12 +85,12 @@ pub async fn matched_message(
     directory: &Directory,
     store: &dyn EventStore,
 ) -> Result<Option<(Message, Vec<WebhookSubscriptionCreated>)>, StoreError> {
-    let Some(mut message) = message_of(event) else { return Ok(None) };
+    let Some((mut message, connection_id)) = read_message(event) else { return Ok(None) };
     let candidates = directory.matching_any_project(event.global_position, &message.tenant_id, &message.event_type);
     if candidates.is_empty() {
         return Ok(Some((message, candidates)));
     }
-    if let Some(connection_id) = normalized_connection(event) {
+    if let Some(connection_id) = connection_id {
         message.project_id = directory.connection_project(store, &message.tenant_id, &connection_id).await?;
     }
     let project = message.project_id.as_deref();
