@@ -125,24 +125,9 @@ async fn connection_for(app: &App, token: &str, scheme: &str, secret: &str, url:
 /// fetches a provider's JWKS like any egress, so the apps that verify JWS samples allow-list
 /// 127.0.0.1.
 fn jwks_url() -> &'static str {
-    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    URL.get_or_init(|| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-        let body = std::fs::read(fixtures().join("jws/jwks.json")).unwrap();
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request);
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
-            }
-        });
-        url
-    })
+    static SERVER: std::sync::OnceLock<JwksServer> = std::sync::OnceLock::new();
+    let keys = || serde_json::from_slice(&std::fs::read(fixtures().join("jws/jwks.json")).unwrap()).unwrap();
+    &SERVER.get_or_init(|| JwksServer::start(keys())).url
 }
 
 fn events_of_type(data_dir: &Path, event_type: &str) -> Vec<Value> {
@@ -544,15 +529,15 @@ async fn payloads_never_reach_the_log_accepted_or_refused() {
     assert!(!log.contains("gh-secret"), "the secret reached the log");
 }
 
-/// A provider's key set served from a thread on loopback, which the test can change, counting
-/// the engine's fetches.
-struct RotatingJwks {
+/// A provider's key set served over plain HTTP on loopback from a thread; a test can change it
+/// and count the engine's fetches.
+struct JwksServer {
     url: String,
     keys: std::sync::Arc<std::sync::Mutex<Value>>,
     fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl RotatingJwks {
+impl JwksServer {
     fn start(keys: Value) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
@@ -619,7 +604,7 @@ async fn a_rotated_provider_key_is_fetched_at_once_and_made_up_keys_do_not_hamme
     let app = spawn_app_in(dir.path(), &["--no-workers", "--webhook-allow-hosts", "127.0.0.1"]);
     let token = app.token(TENANT, ALL_SCOPES);
     let (first, rotated, made_up) = (SigningKey::new("k-1"), SigningKey::new("k-2"), SigningKey::new("k-forged"));
-    let provider = RotatingJwks::start(json!({"keys": [first.jwk()]}));
+    let provider = JwksServer::start(json!({"keys": [first.jwk()]}));
     register_provider(&app, &token, provider_key("jws")).await;
     let configuration = json!({"webhookScheme": "jws", "webhookJwks": provider.url});
     let connection_id = connect(&app, &token, provider_key("jws"), configuration).await;
