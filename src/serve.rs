@@ -112,8 +112,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let idempotency = Idempotency::new(
         Arc::new(
             SqliteIdempotencyStore::open(&dir.join(EVENTS_DB))?
-                .with_retention(Duration::from_secs(args.idempotency_retention_hours.saturating_mul(3600)))
-                .with_clock(stores.clock.clone()),
+                .with_retention(Duration::from_secs(args.idempotency_retention_hours.saturating_mul(3600))),
         ),
         stores.clock.clone(),
     );

@@ -27,7 +27,7 @@ pub enum IdempotentRequest {
 #[derive(Clone)]
 pub struct Idempotency {
     store: Arc<dyn IdempotencyStore>,
-    /// What decides which reservations the sweep finds expired.
+    /// What dates reservations and decides which the sweep finds expired.
     clock: Arc<dyn Clock>,
 }
 
@@ -69,7 +69,7 @@ impl Idempotency {
         fresh_id: &str,
     ) -> Result<IdempotentRequest, StoreError> {
         let hash = request_hash(operation, body);
-        Ok(match self.store.reserve(tenant_id, operation, key, &hash, fresh_id).await? {
+        Ok(match self.store.reserve(tenant_id, operation, key, &hash, fresh_id, self.clock.now()).await? {
             Reservation::New => IdempotentRequest::Proceed { resource_id: fresh_id.into() },
             Reservation::Existing { request_hash, .. } if request_hash != hash => IdempotentRequest::KeyReused,
             Reservation::Existing { response: Some(response), .. } => IdempotentRequest::Replay(response),

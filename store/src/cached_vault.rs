@@ -47,9 +47,10 @@ impl CachedSecretStore {
 }
 
 /// The answer `cache` holds for `key`, unless it has expired.
-fn fresh<K, V>(cache: &Cache<K, Timed<V>>, key: &K) -> Option<V>
+fn fresh<K, Q, V>(cache: &Cache<K, Timed<V>>, key: &Q) -> Option<V>
 where
     K: Eq + std::hash::Hash + Clone,
+    Q: std::hash::Hash + quick_cache::Equivalent<K> + ?Sized,
     V: Clone,
 {
     cache.get(key).filter(|(_, until)| until.is_none_or(|until| Instant::now() < until)).map(|(value, _)| value)
@@ -125,7 +126,7 @@ impl SecretStore for CachedSecretStore {
     /// Cached like the current version (for `current_ttl`): verifying a webhook during a
     /// rotation asks for it on every request.
     async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError> {
-        if let Some(owner) = fresh(&self.owners, &vault.to_string()) {
+        if let Some(owner) = fresh(&self.owners, vault) {
             return Ok(owner);
         }
         let owner = self.inner.owner(vault).await?;

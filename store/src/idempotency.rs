@@ -66,7 +66,7 @@ impl ExpiryCutoffs {
 /// `sweep_expired` deletes them so the table does not grow without bound.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Reserves `key` for `resource_id` unless it is already taken; atomic.
+    /// Reserves `key` for `resource_id` at `now` unless it is already taken; atomic.
     async fn reserve(
         &self,
         tenant_id: &str,
@@ -74,6 +74,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         key: &str,
         request_hash: &str,
         resource_id: &str,
+        now: DateTime<Utc>,
     ) -> Result<Reservation, StoreError>;
 
     /// Records the response of the request that reserved `key`.

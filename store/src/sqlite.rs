@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use domain::{Actor, EventData, EventEnvelope, NewEvent};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -623,6 +623,12 @@ where
     // Parsed where SQLite holds it: no copy of the text first.
     let text = row.get_ref(index)?.as_str()?;
     parse(text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
+}
+
+/// A time as the SQLite stores other than the events keep it (idempotency reservations, vault
+/// versions): fixed-width RFC 3339 in UTC to the millisecond, so text order is time order.
+pub(crate) fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {

@@ -1,16 +1,14 @@
 //! The SQLite [`IdempotencyStore`]: a table in the event store's database file.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
-use domain::clock::{Clock, SystemClock};
+use chrono::{DateTime, Utc};
 use rusqlite::params;
 
 use crate::idempotency::{DEFAULT_IDEMPOTENCY_RETENTION, ExpiryCutoffs};
-use crate::sqlite::OwnConnection;
+use crate::sqlite::{OwnConnection, timestamp};
 use crate::sqlite_readers::cached_row;
 use crate::{IdempotencyStore, Reservation, StoreError, StoredResponse};
 
@@ -35,11 +33,6 @@ const IDEMPOTENCY_MIGRATIONS: &[&str] = &[
 ",
 ];
 
-/// `created_at` as stored: fixed-width RFC 3339 in UTC, so text order is time order.
-fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 /// Idempotency keys in an SQLite file, usually the one [`crate::SqliteEventStore`] uses.
 ///
 /// It writes through a connection of its own; the busy timeout makes it wait for the event
@@ -47,21 +40,13 @@ fn timestamp(at: DateTime<Utc>) -> String {
 pub struct SqliteIdempotencyStore {
     conn: OwnConnection,
     retention: Duration,
-    /// What dates reservations and decides which have expired.
-    clock: Arc<dyn Clock>,
 }
 
 impl SqliteIdempotencyStore {
     /// Opens the store at `path`, creating the file and the table if absent. Blocks on file I/O.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = OwnConnection::open(path, "idempotency", IDEMPOTENCY_MIGRATIONS)?;
-        Ok(Self { conn, retention: DEFAULT_IDEMPOTENCY_RETENTION, clock: Arc::new(SystemClock) })
-    }
-
-    /// Dates reservations with `clock`'s time instead of the system clock's.
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
+        Ok(Self { conn, retention: DEFAULT_IDEMPOTENCY_RETENTION })
     }
 
     /// Keeps completed reservations for `retention` instead of the default 24 hours.
@@ -80,10 +65,11 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         key: &str,
         request_hash: &str,
         resource_id: &str,
+        now: DateTime<Utc>,
     ) -> Result<Reservation, StoreError> {
         let (tenant_id, operation, key) = (tenant_id.to_owned(), operation.to_owned(), key.to_owned());
         let (request_hash, resource_id) = (request_hash.to_owned(), resource_id.to_owned());
-        let (retention, now) = (self.retention, self.clock.now());
+        let retention = self.retention;
         self.conn
             .run(move |conn| {
                 let expiry = ExpiryCutoffs::at(now, retention);

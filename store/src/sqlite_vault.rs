@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use domain::clock::{Clock, SystemClock};
 use domain::secret_ref::SecretRef;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -20,7 +20,7 @@ use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::sqlite::open_database;
+use crate::sqlite::{open_database, timestamp};
 use crate::sqlite_readers::{Readers, cached_row};
 use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, Stage, VaultError, VersionMetadata};
 
@@ -464,10 +464,6 @@ fn drop_label(conn: &Connection, secret: &SecretRef, stage: Stage) -> rusqlite::
     Ok(())
 }
 
-fn at_text(at: chrono::DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 fn parse_time(secret: &SecretRef, text: &str) -> Result<chrono::DateTime<Utc>, VaultError> {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
@@ -531,7 +527,7 @@ fn metadata_of(conn: &Connection, secret: SecretRef) -> Result<Option<SecretMeta
 impl SecretStore for SqliteVault {
     async fn put(&self, secret: &SecretRef, value: &[u8], expected_current: Option<u32>) -> Result<u32, VaultError> {
         let (secret, value) = (secret.unversioned(), value.to_vec());
-        let now = self.clock.now();
+        let at = timestamp(self.clock.now());
         self.with_connection(move |conn, cipher| {
             // IMMEDIATE takes the write lock before reading the current version, so two writers
             // cannot both pass the check-and-set with the same version.
@@ -542,7 +538,6 @@ impl SecretStore for SqliteVault {
             {
                 return Err(VaultError::VersionConflict { secret: secret.to_string(), expected, actual: current });
             }
-            let at = at_text(now);
             let version = insert_version(&tx, cipher, &secret, &value, &at)?;
             if current > 0 {
                 set_label(&tx, &secret, Stage::Previous, current, &at).map_err(VaultError::from)?;
@@ -562,7 +557,7 @@ impl SecretStore for SqliteVault {
         expected_pending: Option<u32>,
     ) -> Result<u32, VaultError> {
         let (secret, value) = (secret.unversioned(), value.to_vec());
-        let now = self.clock.now();
+        let at = timestamp(self.clock.now());
         self.with_connection(move |conn, cipher| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(VaultError::from)?;
             let pending = labelled(&tx, &secret, Stage::Pending).map_err(VaultError::from)?.unwrap_or(0);
@@ -571,7 +566,6 @@ impl SecretStore for SqliteVault {
             {
                 return Err(VaultError::VersionConflict { secret: secret.to_string(), expected, actual: pending });
             }
-            let at = at_text(now);
             let version = insert_version(&tx, cipher, &secret, &value, &at)?;
             set_label(&tx, &secret, Stage::Pending, version, &at).map_err(VaultError::from)?;
             tx.commit().map_err(VaultError::from)?;
@@ -582,7 +576,7 @@ impl SecretStore for SqliteVault {
 
     async fn promote(&self, secret: &SecretRef, version: u32, expected_current: Option<u32>) -> Result<(), VaultError> {
         let secret = secret.unversioned();
-        let now = self.clock.now();
+        let at = timestamp(self.clock.now());
         self.with_connection(move |conn, _| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(VaultError::from)?;
             let current = current_version(&tx, &secret).map_err(VaultError::from)?;
@@ -606,7 +600,6 @@ impl SecretStore for SqliteVault {
             if read_version(&tx, &secret, version)?.is_none() {
                 return Err(VaultError::NotFound(secret.with_version(version).to_string()));
             }
-            let at = at_text(now);
             if current > 0 {
                 set_label(&tx, &secret, Stage::Previous, current, &at).map_err(VaultError::from)?;
             }
@@ -764,22 +757,13 @@ impl SecretStore for SqliteVault {
 mod tests {
     use super::*;
 
-    /// A clock stopped at one instant.
-    struct Stopped(chrono::DateTime<Utc>);
-
-    impl Clock for Stopped {
-        fn now(&self) -> chrono::DateTime<Utc> {
-            self.0
-        }
-    }
-
     #[tokio::test]
     async fn versions_are_stamped_by_the_vaults_clock() {
         let dir = tempfile::tempdir().unwrap();
         let at = chrono::DateTime::parse_from_rfc3339("2020-02-03T04:05:06.789Z").unwrap().with_timezone(&Utc);
         let vault = SqliteVault::open(&dir.path().join("vault.db"), MasterKey::from_hex(KEY_HEX).unwrap())
             .unwrap()
-            .with_clock(Arc::new(Stopped(at)));
+            .with_clock(Arc::new(domain::clock::FixedClock(at)));
         let secret = SecretRef::parse("kv://v/s").unwrap();
         vault.put(&secret, b"one", None).await.unwrap();
         assert_eq!(vault.versions(&secret).await.unwrap()[0].created_at, at);

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use chrono::Utc;
 use store::contract::sample_events;
 use store::{
     EventStore, ExpectedVersion, IdempotencyStore, Reservation, SqliteEventStore, SqliteIdempotencyStore,
@@ -21,14 +22,17 @@ fn created(location: &str) -> StoredResponse {
 #[tokio::test]
 async fn a_free_key_is_reserved() {
     let (_dir, keys) = open();
-    assert_eq!(keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-1").await.unwrap(), Reservation::New);
+    assert_eq!(
+        keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-1", Utc::now()).await.unwrap(),
+        Reservation::New
+    );
 }
 
 #[tokio::test]
 async fn a_taken_key_reports_the_first_reservation() {
     let (_dir, keys) = open();
-    keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-1").await.unwrap();
-    let second = keys.reserve("t1", "create-connection", "k1", "hash-b", "conn-2").await.unwrap();
+    keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-1", Utc::now()).await.unwrap();
+    let second = keys.reserve("t1", "create-connection", "k1", "hash-b", "conn-2", Utc::now()).await.unwrap();
     assert_eq!(
         second,
         Reservation::Existing { request_hash: "hash-a".into(), resource_id: "conn-1".into(), response: None }
@@ -38,11 +42,11 @@ async fn a_taken_key_reports_the_first_reservation() {
 #[tokio::test]
 async fn a_completed_key_replays_the_first_response() {
     let (_dir, keys) = open();
-    keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-1").await.unwrap();
+    keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-1", Utc::now()).await.unwrap();
     keys.complete("t1", "create-connection", "k1", &created("/connections/conn-1")).await.unwrap();
     // A second completion (a retry that raced the first) does not replace the response.
     keys.complete("t1", "create-connection", "k1", &created("/connections/other")).await.unwrap();
-    let retry = keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-9").await.unwrap();
+    let retry = keys.reserve("t1", "create-connection", "k1", "hash-a", "conn-9", Utc::now()).await.unwrap();
     assert_eq!(
         retry,
         Reservation::Existing {
@@ -56,11 +60,11 @@ async fn a_completed_key_replays_the_first_response() {
 #[tokio::test]
 async fn a_response_without_location_or_body_round_trips() {
     let (_dir, keys) = open();
-    keys.reserve("t1", "op", "k", "h", "r").await.unwrap();
+    keys.reserve("t1", "op", "k", "h", "r", Utc::now()).await.unwrap();
     let accepted = StoredResponse { status: 202, location: None, body: Vec::new() };
     keys.complete("t1", "op", "k", &accepted).await.unwrap();
     assert!(matches!(
-        keys.reserve("t1", "op", "k", "h", "r").await.unwrap(),
+        keys.reserve("t1", "op", "k", "h", "r", Utc::now()).await.unwrap(),
         Reservation::Existing { response: Some(r), .. } if r == accepted
     ));
 }
@@ -68,9 +72,12 @@ async fn a_response_without_location_or_body_round_trips() {
 #[tokio::test]
 async fn keys_are_scoped_by_tenant_and_operation() {
     let (_dir, keys) = open();
-    keys.reserve("t1", "create-connection", "k1", "h", "conn-1").await.unwrap();
-    assert_eq!(keys.reserve("t2", "create-connection", "k1", "h", "conn-2").await.unwrap(), Reservation::New);
-    assert_eq!(keys.reserve("t1", "create-provider", "k1", "h", "prov-1").await.unwrap(), Reservation::New);
+    keys.reserve("t1", "create-connection", "k1", "h", "conn-1", Utc::now()).await.unwrap();
+    assert_eq!(
+        keys.reserve("t2", "create-connection", "k1", "h", "conn-2", Utc::now()).await.unwrap(),
+        Reservation::New
+    );
+    assert_eq!(keys.reserve("t1", "create-provider", "k1", "h", "prov-1", Utc::now()).await.unwrap(), Reservation::New);
 }
 
 #[tokio::test]
@@ -86,7 +93,9 @@ async fn concurrent_reservations_of_one_key_make_one_new() {
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let keys = keys.clone();
-            tokio::spawn(async move { keys.reserve("t1", "op", "same", "h", &format!("res-{i}")).await.unwrap() })
+            tokio::spawn(async move {
+                keys.reserve("t1", "op", "same", "h", &format!("res-{i}"), Utc::now()).await.unwrap()
+            })
         })
         .collect();
     let mut new = 0;
@@ -114,7 +123,7 @@ async fn it_shares_a_database_file_with_a_busy_event_store() {
         .collect();
     for i in 0..50 {
         let key = format!("k-{i}");
-        assert_eq!(keys.reserve("t1", "op", &key, "h", "r").await.unwrap(), Reservation::New);
+        assert_eq!(keys.reserve("t1", "op", &key, "h", "r", Utc::now()).await.unwrap(), Reservation::New);
         keys.complete("t1", "op", &key, &created("/r")).await.unwrap();
     }
     for append in appends {
@@ -137,18 +146,21 @@ fn after(d: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
 async fn the_sweep_deletes_completed_reservations_past_retention_only() {
     let dir = tempfile::tempdir().unwrap();
     let keys = SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap().with_retention(hours(24));
-    keys.reserve("t1", "op", "done", "h", "r1").await.unwrap();
+    keys.reserve("t1", "op", "done", "h", "r1", Utc::now()).await.unwrap();
     keys.complete("t1", "op", "done", &created("/r1")).await.unwrap();
     // Reserved, never answered: its request may still be running.
-    keys.reserve("t1", "op", "running", "h", "r2").await.unwrap();
+    keys.reserve("t1", "op", "running", "h", "r2", Utc::now()).await.unwrap();
 
     assert_eq!(keys.sweep_expired(after(hours(23)), 100).await.unwrap(), 0, "nothing is 24 hours old yet");
-    assert!(matches!(keys.reserve("t1", "op", "done", "h", "r9").await.unwrap(), Reservation::Existing { .. }));
+    assert!(matches!(
+        keys.reserve("t1", "op", "done", "h", "r9", Utc::now()).await.unwrap(),
+        Reservation::Existing { .. }
+    ));
 
     // Past retention: the completed one goes; the one without a response is kept for the margin.
     assert_eq!(keys.sweep_expired(after(hours(24) + hours(1) / 2), 100).await.unwrap(), 1);
     assert!(matches!(
-        keys.reserve("t1", "op", "running", "h", "r9").await.unwrap(),
+        keys.reserve("t1", "op", "running", "h", "r9", Utc::now()).await.unwrap(),
         Reservation::Existing { resource_id, response: None, .. } if resource_id == "r2"
     ));
     // Past retention plus the margin, an unanswered reservation is abandoned: swept too.
@@ -160,11 +172,11 @@ async fn the_sweep_deletes_completed_reservations_past_retention_only() {
 async fn a_swept_key_is_reserved_anew() {
     let dir = tempfile::tempdir().unwrap();
     let keys = SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap().with_retention(hours(1));
-    keys.reserve("t1", "op", "k", "hash-a", "r1").await.unwrap();
+    keys.reserve("t1", "op", "k", "hash-a", "r1", Utc::now()).await.unwrap();
     keys.complete("t1", "op", "k", &created("/r1")).await.unwrap();
     assert_eq!(keys.sweep_expired(after(hours(2)), 100).await.unwrap(), 1);
     // Even with another body: the old use is forgotten.
-    assert_eq!(keys.reserve("t1", "op", "k", "hash-b", "r2").await.unwrap(), Reservation::New);
+    assert_eq!(keys.reserve("t1", "op", "k", "hash-b", "r2", Utc::now()).await.unwrap(), Reservation::New);
 }
 
 #[tokio::test]
@@ -173,7 +185,7 @@ async fn the_sweep_works_in_batches_of_the_limit() {
     let keys = SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap().with_retention(hours(1));
     for i in 0..7 {
         let key = format!("k-{i}");
-        keys.reserve("t1", "op", &key, "h", "r").await.unwrap();
+        keys.reserve("t1", "op", &key, "h", "r", Utc::now()).await.unwrap();
         keys.complete("t1", "op", &key, &created("/r")).await.unwrap();
     }
     let now = after(hours(2));
@@ -194,41 +206,31 @@ async fn an_expired_reservation_is_free_before_the_sweep_runs() {
     // Retention zero: a completed reservation expires as soon as time moves on.
     let keys =
         SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap().with_retention(std::time::Duration::ZERO);
-    keys.reserve("t1", "op", "done", "hash-a", "r1").await.unwrap();
+    keys.reserve("t1", "op", "done", "hash-a", "r1", Utc::now()).await.unwrap();
     keys.complete("t1", "op", "done", &created("/r1")).await.unwrap();
-    keys.reserve("t1", "op", "running", "hash-a", "r2").await.unwrap();
+    keys.reserve("t1", "op", "running", "hash-a", "r2", Utc::now()).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    assert_eq!(keys.reserve("t1", "op", "done", "hash-b", "r3").await.unwrap(), Reservation::New);
+    assert_eq!(keys.reserve("t1", "op", "done", "hash-b", "r3", Utc::now()).await.unwrap(), Reservation::New);
     // The retry now holds the key: a second one finds its reservation, not another `New`.
     assert_eq!(
-        keys.reserve("t1", "op", "done", "hash-b", "r4").await.unwrap(),
+        keys.reserve("t1", "op", "done", "hash-b", "r4", Utc::now()).await.unwrap(),
         Reservation::Existing { request_hash: "hash-b".into(), resource_id: "r3".into(), response: None }
     );
     // Unanswered reservations are kept for the in-progress margin past retention.
     assert!(matches!(
-        keys.reserve("t1", "op", "running", "hash-a", "r5").await.unwrap(),
+        keys.reserve("t1", "op", "running", "hash-a", "r5", Utc::now()).await.unwrap(),
         Reservation::Existing { resource_id, .. } if resource_id == "r2"
     ));
 }
 
-/// A clock stopped at one instant.
-struct Stopped(chrono::DateTime<chrono::Utc>);
-
-impl domain::clock::Clock for Stopped {
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        self.0
-    }
-}
-
 #[tokio::test]
-async fn reservations_are_dated_by_the_stores_clock() {
+async fn reservations_are_dated_by_the_time_they_are_made_at() {
     let dir = tempfile::tempdir().unwrap();
-    let long_ago = chrono::Utc::now() - chrono::Duration::days(30);
-    let keys =
-        SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap().with_clock(Arc::new(Stopped(long_ago)));
-    keys.reserve("t1", "op", "k", "h", "r").await.unwrap();
-    // Thirty days after its clock's time, the reservation is past the 24-hour retention; a day
-    // after, it is not.
+    let long_ago = Utc::now() - chrono::Duration::days(30);
+    let keys = SqliteIdempotencyStore::open(&dir.path().join("engine.db")).unwrap();
+    keys.reserve("t1", "op", "k", "h", "r", long_ago).await.unwrap();
+    // Thirty days after the time it was made at, the reservation is past the 24-hour retention;
+    // an hour after, it is not.
     assert_eq!(keys.sweep_expired(long_ago + chrono::Duration::hours(1), 10).await.unwrap(), 0);
-    assert_eq!(keys.sweep_expired(chrono::Utc::now(), 10).await.unwrap(), 1);
+    assert_eq!(keys.sweep_expired(Utc::now(), 10).await.unwrap(), 1);
 }

@@ -21,13 +21,7 @@ pub const GITHUB_CREDENTIAL: &str = "cred-github-booking";
 const MASTER_KEY: &str = "8f1c2a3b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 
 /// `now` never moves, so every time a command stamps is known in advance.
-pub struct FixedClock(pub DateTime<Utc>);
-
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0
-    }
-}
+pub use domain::clock::FixedClock;
 
 /// The time the engine's clock shows, unless a test asks for another.
 pub fn t0() -> DateTime<Utc> {
@@ -51,10 +45,7 @@ pub fn spawn_engine() -> TestEngine {
         SqliteVault::open(&data_dir.path().join("vault.db"), MasterKey::from_hex(MASTER_KEY).unwrap()).unwrap(),
     );
     let clock: Arc<dyn Clock> = Arc::new(FixedClock(t0()));
-    let idempotency = Idempotency::new(
-        Arc::new(SqliteIdempotencyStore::open(&engine_db).unwrap().with_clock(clock.clone())),
-        clock.clone(),
-    );
+    let idempotency = Idempotency::new(Arc::new(SqliteIdempotencyStore::open(&engine_db).unwrap()), clock.clone());
     let commands = Commands::new(store.clone(), vault.clone(), clock);
     TestEngine { commands, store, vault, idempotency, _data_dir: data_dir }
 }

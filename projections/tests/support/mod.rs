@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use commands::connections::EstablishConnectionInput;
-use commands::{Clock, CommandContext, Commands, new_resource_id};
+use commands::{CommandContext, Commands, new_resource_id};
 use domain::Actor;
 use domain::delivery::AcceptDelivery;
 use domain::ids::{self, stream_id};
@@ -32,14 +32,6 @@ pub fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 6, 11, 9, 0, 0).unwrap()
 }
 
-struct FixedClock;
-
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        now()
-    }
-}
-
 /// A data directory with an event store, a vault and the write side over them.
 pub struct Engine {
     pub dir: TempDir,
@@ -53,7 +45,7 @@ impl Engine {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).unwrap());
         let vault = Arc::new(SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap());
-        let commands = Commands::new(store.clone(), vault.clone(), Arc::new(FixedClock));
+        let commands = Commands::new(store.clone(), vault.clone(), Arc::new(domain::clock::FixedClock(now())));
         Self { dir, store, commands, vault }
     }
 
