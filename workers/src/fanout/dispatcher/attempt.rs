@@ -271,26 +271,18 @@ impl AttemptTask {
     }
 
     /// The signing secret's current version and, within the grace period after a rotation, the
-    /// previous one: receivers that have not switched yet still verify.
+    /// previous one: receivers that have not switched yet still verify (the values that verify
+    /// an inbound delivery, [`store::vault::verifying_values`], by the same rule).
     pub(super) async fn secrets(&self, secret_ref: &str, now: DateTime<Utc>) -> Result<Vec<Vec<u8>>, NotSendable> {
         let retry = |error: String| NotSendable { error, retry: true };
         let secret = SecretRef::parse(secret_ref).map_err(|e| retry(format!("signingSecretRef: {e}")))?;
-        let vault = self.shared.vault.as_ref();
-        match store::vault::check_access(vault, &secret, &self.tenant_id).await {
-            Ok(()) => {}
-            Err(VaultError::Forbidden(name)) => {
-                return Err(retry(format!("signing secret {name} belongs to another tenant")));
-            }
-            Err(e) => return Err(retry(format!("vault: {e}"))),
-        }
-        let current = vault.get(&secret).await.map_err(|e| retry(format!("signing secret: {e}")))?;
-        let mut secrets = vec![current.value];
-        if let Ok(Some(previous)) = vault.previous(&secret).await
-            && now - previous.superseded_at <= delta(self.shared.settings.secret_grace)
-        {
-            secrets.push(previous.value.value);
-        }
-        Ok(secrets)
+        let grace = self.shared.settings.secret_grace;
+        store::vault::verifying_values(self.shared.vault.as_ref(), &secret, &self.tenant_id, now, grace).await.map_err(
+            |e| match e {
+                VaultError::Forbidden(name) => retry(format!("signing secret {name} belongs to another tenant")),
+                e => retry(format!("signing secret: {e}")),
+            },
+        )
     }
 }
 
