@@ -7,6 +7,8 @@ use crate::provider::ProviderEvent;
 use crate::run::RunEvent;
 use crate::subscription::SubscriptionEvent;
 use crate::upcast::{schema_version_of, upcast};
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 /// Any event of any aggregate, for readers of the global order (projections, relays, replay).
@@ -69,30 +71,34 @@ impl AnyEvent {
     }
 }
 
-/// An event's data brought to the current schema version of its type: `(version, data)`.
-/// Types this build does not know are returned as stored (a newer build wrote them; there is
-/// nothing to upcast them to here).
-pub fn upcast_to_current(event_type: &str, version: u32, data: Value) -> Result<(u32, Value), DecodeError> {
-    if !all_event_types().any(|t| t == event_type) {
-        return Ok((version, data));
-    }
+/// An event's data brought to the current schema version of its type: `(version, data)`,
+/// borrowed when there was nothing to change. Types this build does not know are returned as
+/// stored (a newer build wrote them; there is nothing to upcast them to here).
+pub fn upcast_to_current<'a>(
+    event_type: &str,
+    version: u32,
+    data: &'a Value,
+) -> Result<(u32, Cow<'a, Value>), DecodeError> {
     let current = schema_version_of(event_type);
-    if version == current {
-        return Ok((version, data));
+    // Most events are at their type's current version: they are not looked up any further.
+    if version == current || !all_event_types().any(|t| t == event_type) {
+        return Ok((version, Cow::Borrowed(data)));
     }
-    upcast(event_type, version, &data).map(|data| (current, data.into_owned()))
+    upcast(event_type, version, data).map(|data| (current, data))
 }
 
 /// Brings a stored event to the current schema version of its type, in place (what auditors
-/// read by default). On an error the event is left as stored, and its `schema_version` says so.
+/// read by default); only an older event's data is copied. On an error the event is left as
+/// stored, and its `schema_version` says so.
 pub fn upcast_envelope(event: &mut crate::EventEnvelope) -> Result<(), DecodeError> {
-    // Most events are at their type's current version: only the others pay for a copy.
-    if event.schema_version == schema_version_of(&event.event_type) {
-        return Ok(());
+    let lifted = match upcast_to_current(&event.event_type, event.schema_version, &event.data)? {
+        (version, Cow::Owned(data)) => Some((version, data)),
+        (_, Cow::Borrowed(_)) => None,
+    };
+    if let Some((version, data)) = lifted {
+        event.schema_version = version;
+        event.data = data.into();
     }
-    let (version, data) = upcast_to_current(&event.event_type, event.schema_version, (*event.data).clone())?;
-    event.schema_version = version;
-    event.data = data.into();
     Ok(())
 }
 
@@ -136,10 +142,11 @@ mod tests {
     #[test]
     fn upcasting_to_current_leaves_current_and_unknown_types_as_stored() {
         let data = json!({ "runId": "run-1" });
-        assert_eq!(upcast_to_current("RunStarted", 1, data.clone()).unwrap(), (1, data.clone()));
-        assert_eq!(upcast_to_current("SomethingNewer", 7, data.clone()).unwrap(), (7, data.clone()));
-        let (version, lifted) = upcast_to_current("ProviderRegistered", 1, json!({})).unwrap();
-        assert_eq!((version, lifted), (2, json!({ "apiClientVersion": 1 })));
+        assert_eq!(upcast_to_current("RunStarted", 1, &data).unwrap(), (1, Cow::Borrowed(&data)));
+        assert_eq!(upcast_to_current("SomethingNewer", 7, &data).unwrap(), (7, Cow::Borrowed(&data)));
+        let empty = json!({});
+        let (version, lifted) = upcast_to_current("ProviderRegistered", 1, &empty).unwrap();
+        assert_eq!((version, lifted.into_owned()), (2, json!({ "apiClientVersion": 1 })));
     }
 
     #[test]
