@@ -352,9 +352,8 @@ mod tests {
 
     #[test]
     fn an_outcome_recorded_twice_counts_once() {
-        let given = || Given::<Connection>::commands(&[ConnectionCommand::Establish(establish_cmd()), check(false, 1)]);
-        given().when(&check(false, 1)).then(&[]);
-        let state = given().into_state();
+        let given = Given::<Connection>::commands(&[ConnectionCommand::Establish(establish_cmd()), check(false, 1)]);
+        let state = given.when(&check(false, 1)).then(&[]);
         let events = Connection::decide(&check(false, 2), &state).unwrap();
         assert!(matches!(
             &events[..],

@@ -717,9 +717,12 @@ mod tests {
             Err(DomainError::Invalid { field, .. }) if field == "credentialRef"
         ));
         // A connection that signs with the same secret links to it.
-        let state = [link_subscription("sub-1"), link_signing("conn-1"), link_subscription("sub-2")]
-            .iter()
-            .fold(CredentialState::None, |s, c| Credential::decide(c, &s).unwrap().iter().fold(s, Credential::evolve));
+        let state = Given::<Credential>::commands(&[
+            link_subscription("sub-1"),
+            link_signing("conn-1"),
+            link_subscription("sub-2"),
+        ])
+        .into_state();
         let CredentialState::Registered { first_connection, first_subscription, auth_kind, .. } = &state else {
             panic!()
         };
@@ -745,11 +748,7 @@ mod tests {
 
     #[test]
     fn a_rotation_is_verified_against_the_first_connection_else_the_first_subscription() {
-        let fold = |given: &[CredentialCommand]| {
-            given.iter().fold(CredentialState::None, |s, c| {
-                Credential::decide(c, &s).unwrap().iter().fold(s, Credential::evolve)
-            })
-        };
+        let fold = |given: &[CredentialCommand]| Given::<Credential>::commands(given).into_state();
         assert_eq!(fold(&[]).verification_target(), None);
         assert_eq!(
             fold(&[link_subscription("sub-1"), link_subscription("sub-2")]).verification_target(),

@@ -27,7 +27,8 @@ pub mod schemas;
 /// `kv://VAULT/NAME?version=N` references to vault secrets.
 pub mod secret_ref;
 /// Given / when / then: the shape of every decider's tests.
-pub mod spec;
+#[cfg(test)]
+pub(crate) mod spec;
 /// Each event type's schema version and the upcasters from older ones.
 pub mod upcast;
 
