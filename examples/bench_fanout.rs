@@ -193,7 +193,7 @@ async fn run_mode(
     settings.allow = Arc::new(EgressAllowList::parse("127.0.0.1").map_err(anyhow::Error::msg)?);
     let leases: Arc<dyn Leases> = Arc::new(SqliteLeases::open(&dir.path().join("events.db"))?);
     let dispatcher = Dispatcher::new(store.clone(), leases, commands.clone(), vault.clone(), settings)?;
-    let fan_out = FanOut::new(commands.clone(), store.clone(), dispatcher.directory(), shutdown.child_token());
+    let fan_out = FanOut::new(commands.clone(), dispatcher.directory(), shutdown.child_token());
     tokio::spawn(dispatcher.run(shutdown.child_token()));
     let checkpoints = SqliteCheckpoints::open(dir.path().join("workers.db")).await?;
     // As `serve` runs it (src/webhooks.rs).

@@ -28,8 +28,8 @@ use store::{EventFilter, EventStore};
 use tokio::sync::mpsc;
 use workers::messages::CloudEvent;
 
-/// The event store's file in the data dir (the file `serve` writes).
 use crate::data_dir::EVENTS_DB;
+
 /// Events per read: large enough that a read's fixed cost disappears, small enough to bound
 /// memory (at most [`PAGES_IN_FLIGHT`] + 3 pages are held at once).
 pub const PAGE: usize = 2000;

@@ -94,7 +94,7 @@ pub async fn start(
         stores.vault.clone(),
         args.settings(worker_id)?,
     )?;
-    let fan_out = FanOut::new(commands, stores.store.clone(), dispatcher.directory(), shutdown.child_token());
+    let fan_out = FanOut::new(commands, dispatcher.directory(), shutdown.child_token());
     let token = shutdown.child_token();
     tasks.push(("webhook-dispatcher", tokio::spawn(async move { Ok(dispatcher.run(token).await?) })));
     // Messages are streams of their own: a batch's messages are fanned out at once, so their

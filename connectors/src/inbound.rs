@@ -136,11 +136,11 @@ pub fn verify(scheme: Scheme, request: &SignedRequest<'_>, keys: Keys<'_>) -> Re
     }
 }
 
-/// The configuration keys of a connection that say how its deliveries are verified.
-pub const SCHEME_KEY: &str = "webhookScheme";
-pub const SECRET_REF_KEY: &str = "webhookSecretRef";
-pub const JWKS_KEY: &str = "webhookJwks";
-pub const URL_KEY: &str = "webhookUrl";
+// The configuration keys of a connection that say how its deliveries are verified.
+const SCHEME_KEY: &str = "webhookScheme";
+const SECRET_REF_KEY: &str = "webhookSecretRef";
+const JWKS_KEY: &str = "webhookJwks";
+const URL_KEY: &str = "webhookUrl";
 
 /// How a connection's deliveries are verified, read from its configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,16 +226,24 @@ pub enum Refused {
     Shape(#[from] ShapeError),
 }
 
+/// Refuses a media type `scheme`'s vendor never sends for `shape` ([`receive`] checks it first;
+/// a gateway calls it before reading the body, so such a request is refused unread).
+pub fn check_media_type(scheme: Scheme, shape: Shape, headers: &Headers) -> Result<(), Refused> {
+    let content_type = headers.get("content-type").unwrap_or_default();
+    if accepts_media_type(scheme, shape, content_type) {
+        return Ok(());
+    }
+    Err(Refused::MediaType { scheme: scheme.name(), media: media_type(content_type) })
+}
+
 /// The vendor's rules over one request, in order: the media types the vendor sends, its
 /// signature over the raw bytes (and the URL, for Twilio), then the delivery read from the
 /// verified bytes only, or the answer to its handshake.
 pub fn receive(arrival: &Arrival<'_>, keys: &VerificationKeys) -> Result<Received, Refused> {
     let Arrival { scheme, shape, headers, .. } = *arrival;
-    let content_type = headers.get("content-type").unwrap_or_default();
-    if !accepts_media_type(scheme, shape, content_type) {
-        return Err(Refused::MediaType { scheme: scheme.name(), media: media_type(content_type) });
-    }
-    let url = arrival.url.signed();
+    check_media_type(scheme, shape, headers)?;
+    // Only Twilio signs the URL it called.
+    let url = if scheme == Scheme::Twilio { arrival.url.signed() } else { String::new() };
     let request = SignedRequest {
         headers,
         body: arrival.body,

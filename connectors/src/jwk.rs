@@ -86,7 +86,7 @@ pub fn parse_set(document: &[u8]) -> Result<ParsedSet, String> {
 }
 
 /// One key, pinned to its algorithm, or why it cannot verify signatures.
-pub fn parse_key(jwk: &Value) -> Result<PublicJwk, String> {
+fn parse_key(jwk: &Value) -> Result<PublicJwk, String> {
     let text = |name: &str| jwk.get(name).and_then(Value::as_str);
     let bytes = |name: &str| -> Result<Vec<u8>, String> {
         let text = text(name).ok_or_else(|| format!("missing {name}"))?;

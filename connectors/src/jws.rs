@@ -125,16 +125,16 @@ pub fn verify(request: &SignedRequest<'_>, keys: &JwkSet) -> Result<Vec<u8>, Sig
 
 /// Whether `signature` over `message` verifies with `key`, by the algorithm the key is pinned to.
 fn verifies(key: &PublicJwk, message: &[u8], signature: &[u8]) -> bool {
-    let rsa = |params| match &key.material {
-        KeyMaterial::Rsa { n, e } => RsaPublicKeyComponents { n, e }.verify(params, message, signature).is_ok(),
-        _ => false,
-    };
+    let rsa = |params, n, e| RsaPublicKeyComponents { n, e }.verify(params, message, signature).is_ok();
     match (key.algorithm, &key.material) {
-        (Algorithm::Rs256, _) => rsa(&signature::RSA_PKCS1_2048_8192_SHA256),
-        (Algorithm::Rs384, _) => rsa(&signature::RSA_PKCS1_2048_8192_SHA384),
-        (Algorithm::Rs512, _) => rsa(&signature::RSA_PKCS1_2048_8192_SHA512),
+        (Algorithm::Rs256, KeyMaterial::Rsa { n, e }) => rsa(&signature::RSA_PKCS1_2048_8192_SHA256, n, e),
+        (Algorithm::Rs384, KeyMaterial::Rsa { n, e }) => rsa(&signature::RSA_PKCS1_2048_8192_SHA384, n, e),
+        (Algorithm::Rs512, KeyMaterial::Rsa { n, e }) => rsa(&signature::RSA_PKCS1_2048_8192_SHA512, n, e),
         (Algorithm::Es256, KeyMaterial::P256 { x, y }) => {
-            let point = [&[4u8][..], x, y].concat();
+            // The uncompressed point, `04 || x || y` (the parser checked both are 32 bytes).
+            let mut point = [4u8; 65];
+            point[1..33].copy_from_slice(x);
+            point[33..].copy_from_slice(y);
             UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point).verify(message, signature).is_ok()
         }
         (Algorithm::EdDsa, KeyMaterial::Ed25519 { x }) => {

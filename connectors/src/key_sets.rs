@@ -139,6 +139,9 @@ impl<K: Send + Sync + 'static> KeySetCache<K> {
 
     fn source(&self, source: &str) -> Arc<Source<K>> {
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = sources.get(source) {
+            return held.clone();
+        }
         sources
             .entry(source.to_owned())
             .or_insert_with(|| Arc::new(Source { held: RwLock::new(None), attempts: Default::default() }))

@@ -99,7 +99,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 pub struct TokenCache {
     http: reqwest::Client,
     /// By grant and client secret digest, bounded by `quick_cache` (the engine's cache crate),
-    /// which keeps the slots in use.
+    /// which keeps the grants used most.
     slots: quick_cache::sync::Cache<(ClientCredentialsGrant, Vec<u8>), Slot>,
 }
 

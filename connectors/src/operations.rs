@@ -279,7 +279,7 @@ impl ApiClients {
             None => Ok(credential.clone()),
         };
         match operation {
-            ResolvedOperation::HttpRequest(input) => {
+            ResolvedOperation::HttpRequest(input) | ResolvedOperation::CheckHealth(HealthCheck::SignedGet(input)) => {
                 http_call::call(&self.http, &base, input, credential, bearer, self.clock.now()).await
             }
             ResolvedOperation::OpenPullRequest(input) => {
@@ -290,9 +290,6 @@ impl ApiClients {
                 let token = std::str::from_utf8(token.expose())
                     .map_err(|_| CallError::Permanent("the connection's credential is not a valid token".into()))?;
                 github_api::get_authenticated_user(&self.http, &base, token).await
-            }
-            ResolvedOperation::CheckHealth(HealthCheck::SignedGet(input)) => {
-                http_call::call(&self.http, &base, input, credential, bearer, self.clock.now()).await
             }
             ResolvedOperation::CheckHealth(HealthCheck::TwilioBalance(sid)) => {
                 let account = twilio_api::Account::new(base, sid).map_err(CallError::Permanent)?;

@@ -11,7 +11,7 @@ use quick_cache::sync::Cache;
 use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, VaultError, VersionMetadata};
 
 /// Entries kept at most of each kind; past it `quick_cache` (the engine's cache crate) keeps the
-/// ones in use.
+/// ones used most.
 const CAPACITY: usize = 4096;
 
 /// A cached answer and until when it holds (`None`: for good).

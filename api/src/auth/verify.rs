@@ -15,7 +15,6 @@ pub(super) struct AuthenticatorInner {
     pub(super) leeway_seconds: u64,
     pub(super) dev_key: Option<DecodingKey>,
     pub(super) jwks: Option<JwksCache>,
-    // A std mutex is right here: it is held for a map operation and never across an await.
     pub(super) verified_tokens: TokenCache,
 }
 

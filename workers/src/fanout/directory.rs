@@ -1,15 +1,17 @@
 //! The subscriptions as of a position in the store, shared by the fan-out and the dispatcher.
 //! The dispatcher's follower feeds it in the store's order. The project of a normalized event's
-//! connection is looked up in the store when a subscription could want it, through a bounded
-//! cache, so the directory does not grow with the connections.
+//! connection is kept in a bounded cache (filled as connections are established, else read
+//! from the store when a subscription could want it), so the directory does not grow with the
+//! connections.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use commands::{CommandError, Commands};
 use domain::connection::ConnectionEvent;
-use domain::subscription::{SubscriptionEvent, WebhookSubscriptionCreated, subscription_matches};
+use domain::ids::stream_id;
+use domain::subscription::{SubscriptionEvent, WebhookSubscriptionCreated, event_type_matches};
 use domain::{AnyEvent, EventEnvelope};
-use store::{EventStore, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +85,10 @@ impl Directory {
                     entry.deactivated_position.get_or_insert(event.global_position);
                 }
             }
+            AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(c)) => {
+                let key = (event.tenant_id.clone(), c.connection_id.clone());
+                self.projects.insert(key, Some(c.project_id.clone()));
+            }
             _ => {}
         }
     }
@@ -130,10 +136,7 @@ impl Directory {
             .get(tenant_id)
             .into_iter()
             .flat_map(HashMap::values)
-            .filter(|e| {
-                e.active_at(position)
-                    && subscription_matches(&e.created, tenant_id, e.created.project_id.as_deref(), event_type)
-            })
+            .filter(|e| e.active_at(position) && event_type_matches(&e.created.event_type, event_type))
             .map(|e| e.created.clone())
             .collect();
         found.sort_by(|a, b| a.subscription_id.cmp(&b.subscription_id));
@@ -141,24 +144,23 @@ impl Directory {
     }
 
     /// The project of a connection: its `ConnectionEstablished`, the first event of its stream
-    /// (a connection's project never changes), read from `store` once and then cached.
+    /// (a connection's project never changes), taken in while following the store or read from
+    /// it once, and then cached.
     pub async fn connection_project(
         &self,
-        store: &dyn EventStore,
+        commands: &Commands,
         tenant_id: &str,
         connection_id: &str,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<String>, CommandError> {
         let key = (tenant_id.to_owned(), connection_id.to_owned());
         if let Some(project) = self.projects.get(&key) {
             return Ok(project);
         }
-        let first = store.read_stream_first(&domain::ids::stream_id(tenant_id, connection_id)).await?;
-        let project = first.filter(|e| e.tenant_id == tenant_id).and_then(|e| {
-            match AnyEvent::decode(&e.event_type, e.schema_version, &e.data) {
-                Ok(AnyEvent::Connection(ConnectionEvent::ConnectionEstablished(c))) => Some(c.project_id),
-                _ => None,
-            }
-        });
+        let project = match commands.load_first::<ConnectionEvent>(&stream_id(tenant_id, connection_id)).await {
+            Ok(Some(ConnectionEvent::ConnectionEstablished(c))) => Some(c.project_id),
+            Ok(_) | Err(CommandError::Corrupt { .. }) => None,
+            Err(e) => return Err(e),
+        };
         self.projects.insert(key, project.clone());
         Ok(project)
     }

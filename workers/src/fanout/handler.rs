@@ -7,11 +7,10 @@ use chrono::{DateTime, Utc};
 use commands::{CommandContext, CommandError, Commands};
 use domain::delivery::{NORMALIZED_EVENT_TYPES, NormalizedIntegrationEvent};
 use domain::outbound::{DELIVER_WEBHOOK_OPERATION, OutboundMessageEvent};
-use domain::subscription::{WebhookSubscriptionCreated, subscription_matches};
+use domain::subscription::WebhookSubscriptionCreated;
 use domain::{AggregateEvent, EventEnvelope};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use store::{EventStore, StoreError};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -77,27 +76,25 @@ fn read_message(event: &EventEnvelope) -> Option<(Message, Option<String>)> {
 /// The message an event carries and the subscriptions it goes to: same tenant, matching type
 /// and project, active at the event's position (the directory must have taken in everything up
 /// to it). The same answer each time, so the fan-out and the dispatcher agree on it. A normalized
-/// event's project is its connection's, read from `store` only when some subscription of its
-/// type exists, so events nobody subscribed to cost no read. `None` for other events and
+/// event's project is its connection's ([`Directory::connection_project`]), looked up only when
+/// some subscription of its type exists, so events nobody subscribed to cost nothing more. `None` for other events and
 /// unreadable ones.
 pub async fn matched_message(
     event: &EventEnvelope,
     directory: &Directory,
-    store: &dyn EventStore,
-) -> Result<Option<(Message, Vec<WebhookSubscriptionCreated>)>, StoreError> {
+    commands: &Commands,
+) -> Result<Option<(Message, Vec<WebhookSubscriptionCreated>)>, CommandError> {
     let Some((mut message, connection_id)) = read_message(event) else { return Ok(None) };
     let candidates = directory.matching_any_project(event.global_position, &message.tenant_id, &message.event_type);
     if candidates.is_empty() {
         return Ok(Some((message, candidates)));
     }
     if let Some(connection_id) = connection_id {
-        message.project_id = directory.connection_project(store, &message.tenant_id, &connection_id).await?;
+        message.project_id = directory.connection_project(commands, &message.tenant_id, &connection_id).await?;
     }
     let project = message.project_id.as_deref();
-    let subscriptions = candidates
-        .into_iter()
-        .filter(|s| subscription_matches(s, &message.tenant_id, project, &message.event_type))
-        .collect();
+    let subscriptions =
+        candidates.into_iter().filter(|s| s.project_id.as_deref().is_none_or(|p| Some(p) == project)).collect();
     Ok(Some((message, subscriptions)))
 }
 
@@ -118,8 +115,6 @@ pub fn run_input(subscription_id: &str, message: &Message, source: &EventEnvelop
 pub enum FanOutError {
     #[error(transparent)]
     Command(#[from] CommandError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error("shutting down")]
     ShuttingDown,
 }
@@ -127,21 +122,14 @@ pub enum FanOutError {
 /// The fan-out handler; an [`EventHandler`] for [`crate::run_consumer`].
 pub struct FanOut {
     commands: Commands,
-    /// Where normalized events' connections are read (for their projects).
-    store: Arc<dyn EventStore>,
     directory: Arc<Directory>,
     shutdown: CancellationToken,
 }
 
 impl FanOut {
-    /// `directory` must be followed by a [`super::Dispatcher`] of `store`.
-    pub fn new(
-        commands: Commands,
-        store: Arc<dyn EventStore>,
-        directory: Arc<Directory>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self { commands, store, directory, shutdown }
+    /// `directory` must be followed by a [`super::Dispatcher`] of the same store.
+    pub fn new(commands: Commands, directory: Arc<Directory>, shutdown: CancellationToken) -> Self {
+        Self { commands, directory, shutdown }
     }
 }
 
@@ -157,14 +145,14 @@ impl EventHandler for FanOut {
         if !self.directory.wait_for(event.global_position, &self.shutdown).await {
             return Err(FanOutError::ShuttingDown);
         }
-        let Some((message, subscriptions)) = matched_message(event, &self.directory, self.store.as_ref()).await? else {
+        let Some((message, subscriptions)) = matched_message(event, &self.directory, &self.commands).await? else {
             tracing::error!(event_id = %event.event_id, event_type = %event.event_type, "skipping an unreadable message event");
             return Ok(());
         };
         if subscriptions.is_empty() {
             return Ok(());
         }
-        let ctx = CommandContext::caused_by(event, "webhook-fanout");
+        let ctx = CommandContext::caused_by(event, super::FANOUT_CONSUMER);
         let requests = subscriptions.iter().map(|subscription| {
             let run_id = webhook_run_id(&message.tenant_id, &subscription.subscription_id, &message.message_id);
             let input = run_input(&subscription.subscription_id, &message, event);

@@ -18,7 +18,8 @@
 //!   subscription at once, and each attempt is one append: its outcome.
 //!
 //! [`Directory`] is what both share: the subscriptions (with the positions at which they were
-//! created and deactivated) and the connections' projects, followed from the store.
+//! created and deactivated), followed from the store, and a bounded cache of connections'
+//! projects.
 
 mod directory;
 mod dispatcher;

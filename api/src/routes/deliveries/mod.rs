@@ -14,7 +14,7 @@ use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use connectors::inbound::{Content, InboundSettings, Received, Scheme, Shape};
+use connectors::inbound::{self, Arrival, CalledUrl, Content, Headers, InboundSettings, Received, Scheme, Shape};
 use domain::ids;
 use serde::Deserialize;
 
@@ -31,7 +31,7 @@ mod verify;
 use record::{Delivery, record};
 use refusal::{Refusal, too_large};
 use target::target_connection;
-use verify::{Signed, verification_keys, verify};
+use verify::{verification_keys, verify};
 
 pub const PROVIDER_HEADER: &str = "x-cs-provider";
 pub const CONNECTION_HEADER: &str = "x-cs-connection";
@@ -73,22 +73,27 @@ async fn gateway(
     request: Request,
     provider_label: &mut &'static str,
 ) -> Result<Response, Refusal> {
-    let headers = request.headers().clone();
-    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    // By lower-case name, the first value of each (what the vendors' rules read too).
+    let headers = Headers::from_pairs(
+        request.headers().iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+    );
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+    let uri = request.uri().clone();
 
     // Too large is decided from Content-Length before anything is read or looked up; a body
     // without one (chunked) is cut off at the same limit while it is read, below.
-    let declared_length = header_text(header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    let declared_length = headers.get(header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
     if declared_length.is_some_and(|n| n > app.settings.max_body_bytes as u64) {
         return Err(too_large(app.settings.max_body_bytes));
     }
     // X-CS-Provider announces the spec's envelope; without it the body is the vendor's own.
-    let claimed_provider = header_text(PROVIDER_HEADER).map(claimed_scheme).transpose()?;
+    let claimed_provider = headers.get(PROVIDER_HEADER).map(claimed_scheme).transpose()?;
     if let Some((_, scheme)) = claimed_provider {
         *provider_label = scheme.name();
     }
     let shape = if claimed_provider.is_some() { Shape::Envelope } else { Shape::Native };
-    let connection = target_connection(app, target, &headers).await?;
+    let connection_header = headers.get(CONNECTION_HEADER);
+    let connection = target_connection(app, target, connection_header, authorization.as_ref()).await?;
     let provider_key = connection.provider_id.strip_prefix("prov-").unwrap_or_default();
     let settings = InboundSettings::of(&connection.configuration, provider_key);
     let scheme = settings
@@ -97,8 +102,9 @@ async fn gateway(
     *provider_label = scheme.name();
     let now = app.commands.now();
     let keys = verification_keys(app, &connection, &settings, scheme, now).await?;
+    // A media type the vendor never sends is refused before the body is read.
+    inbound::check_media_type(scheme, shape, &headers)?;
 
-    let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let raw = Bytes::from_request(request, &()).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large(app.settings.max_body_bytes)
@@ -106,8 +112,21 @@ async fn gateway(
             Refusal::bad_request("unreadable_body", rejection.body_text())
         }
     })?;
-    let signed = Signed { scheme, shape, headers: &headers, path_and_query: &path_and_query, body: &raw, now };
-    let content = match verify(app, &connection, &settings, &keys, signed).await? {
+    let arrival = Arrival {
+        scheme,
+        shape,
+        headers: &headers,
+        url: CalledUrl {
+            configured: settings.webhook_url,
+            forwarded_proto: headers.get("x-forwarded-proto"),
+            host: headers.get("x-forwarded-host").or_else(|| headers.get(header::HOST.as_str())),
+            path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
+        },
+        body: &raw,
+        now: now.timestamp(),
+        tolerance_seconds: app.settings.webhook_timestamp_tolerance.as_secs(),
+    };
+    let content = match verify(app, &connection, &settings, &keys, &arrival).await? {
         Received::Delivery { content, .. } => content,
         Received::Handshake(answer) => return Ok(axum::Json(answer).into_response()),
     };

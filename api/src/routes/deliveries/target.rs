@@ -1,11 +1,12 @@
-//! Which connection a delivery is for: named by `?connectionId=` or `X-CS-Connection`, and, when
+//! Which connection a delivery is for: named by `?connectionId=` or `X-CS-Connection` (the
+//! header's value is passed in), and, when
 //! the caller also sends a bearer token (optional here), one of that token's tenant.
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderValue;
 use projections::ConnectionView;
 
+use super::Target;
 use super::refusal::Refusal;
-use super::{CONNECTION_HEADER, Target};
 use crate::AppState;
 use crate::extract::{DeliveriesIngest, Scope, authenticate_header};
 use crate::problem::Problem;
@@ -15,13 +16,13 @@ use crate::problem::Problem;
 pub(super) async fn target_connection(
     app: &AppState,
     target: Target,
-    headers: &HeaderMap,
+    connection_header: Option<&str>,
+    authorization: Option<&HeaderValue>,
 ) -> Result<ConnectionView, Refusal> {
-    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let connection_id = target
         .connection_id
         .filter(|id| !id.is_empty())
-        .or_else(|| header_text(CONNECTION_HEADER).filter(|id| !id.is_empty()).map(String::from))
+        .or_else(|| connection_header.filter(|id| !id.is_empty()).map(String::from))
         .ok_or_else(|| {
             Refusal::bad_request(
                 "missing_connection",
@@ -29,7 +30,7 @@ pub(super) async fn target_connection(
             )
         })?;
     // A bearer token is optional here, but one that is sent must be valid and scoped.
-    let bearer = match headers.get(header::AUTHORIZATION) {
+    let bearer = match authorization {
         Some(h) => Some(
             authenticate_header(app, Some(h), DeliveriesIngest::NAME)
                 .await

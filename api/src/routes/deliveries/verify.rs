@@ -2,11 +2,7 @@
 //! from the tenant's vault, or its provider's published key set), and the vendor's rules run
 //! over the request with them (`connectors::inbound::receive`).
 
-use axum::http::{HeaderMap, header};
-use chrono::{DateTime, Utc};
-use connectors::inbound::{
-    self, Arrival, CalledUrl, Headers, InboundSettings, Received, Refused, Scheme, Shape, VerificationKeys,
-};
+use connectors::inbound::{self, Arrival, InboundSettings, Received, Refused, Scheme, VerificationKeys};
 use connectors::key_sets::KeySetError;
 use connectors::signature::SignatureError;
 use domain::secret_ref::SecretRef;
@@ -16,18 +12,7 @@ use super::PREVIOUS_SECRET_COUNTER;
 use super::refusal::Refusal;
 use crate::AppState;
 
-/// A request as received, with what its verification reads.
-pub(super) struct Signed<'a> {
-    pub(super) scheme: Scheme,
-    pub(super) shape: Shape,
-    pub(super) headers: &'a HeaderMap,
-    pub(super) path_and_query: &'a str,
-    /// The raw body, exactly as received.
-    pub(super) body: &'a [u8],
-    pub(super) now: DateTime<Utc>,
-}
-
-/// Runs the vendor's rules over `signed` with `keys`. A JWS signed with a key the provider's
+/// Runs the vendor's rules over `arrival` with `keys`. A JWS signed with a key the provider's
 /// set lacks may mean the provider rotated its keys: the set is fetched again (at most every
 /// 30 s per provider) and the request verified once more.
 pub(super) async fn verify(
@@ -35,35 +20,17 @@ pub(super) async fn verify(
     connection: &ConnectionView,
     settings: &InboundSettings<'_>,
     keys: &VerificationKeys,
-    signed: Signed<'_>,
+    arrival: &Arrival<'_>,
 ) -> Result<Received, Refusal> {
-    let header_text = |name: &str| signed.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let headers = Headers::from_pairs(
-        signed.headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
-    );
-    let arrival = Arrival {
-        scheme: signed.scheme,
-        shape: signed.shape,
-        headers: &headers,
-        url: CalledUrl {
-            configured: settings.webhook_url,
-            forwarded_proto: header_text("x-forwarded-proto"),
-            host: header_text("x-forwarded-host").or_else(|| header_text(header::HOST.as_str())),
-            path_and_query: signed.path_and_query,
-        },
-        body: signed.body,
-        now: signed.now.timestamp(),
-        tolerance_seconds: app.settings.webhook_timestamp_tolerance.as_secs(),
-    };
-    let mut received = inbound::receive(&arrival, keys);
+    let mut received = inbound::receive(arrival, keys);
     if let (Err(Refused::Signature(SignatureError::UnknownKey(_))), Some(source)) = (&received, settings.jwks)
         && let Ok(set) = app.provider_key_sets.refetch(source).await
     {
-        received = inbound::receive(&arrival, &VerificationKeys::Jwks(set));
+        received = inbound::receive(arrival, &VerificationKeys::Jwks(set));
     }
     let received = received?;
     if let Received::Delivery { key_index: 1.., .. } = received {
-        let provider = signed.scheme.name();
+        let provider = arrival.scheme.name();
         metrics::counter!(PREVIOUS_SECRET_COUNTER, "provider" => provider).increment(1);
         tracing::info!(connection_id = %connection.connection_id, provider, "delivery verified with the previous secret");
     }

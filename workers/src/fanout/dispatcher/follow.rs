@@ -121,7 +121,7 @@ async fn matched_for(
         return Some(None);
     }
     loop {
-        match matched_message(event, &shared.directory, shared.store.as_ref()).await {
+        match matched_message(event, &shared.directory, &shared.commands).await {
             Ok(matched) => {
                 backoff.reset();
                 return Some(matched);

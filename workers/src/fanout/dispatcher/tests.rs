@@ -100,7 +100,7 @@ impl Engine {
             let matched = if matches!(decoded, AnyEvent::Run(_) | AnyEvent::Subscription(_)) {
                 None
             } else {
-                super::matched_message(&event, &self.shared.directory, self.shared.store.as_ref()).await.unwrap()
+                super::matched_message(&event, &self.shared.directory, &self.shared.commands).await.unwrap()
             };
             if let Some(seen) = seen(&self.shared, event, decoded, matched) {
                 schedule.take(seen);
