@@ -160,6 +160,7 @@ async fn run_mode(
     let vault: Arc<dyn SecretStore> = Arc::new(CachedSecretStore::new(sqlite_vault, Duration::from_secs(5)));
     let secret_ref = "kv://bench/hook-secret";
     vault.put(&SecretRef::parse(secret_ref).map_err(anyhow::Error::msg)?, SECRET.as_bytes(), None).await?;
+    vault.claim("bench", &store::VaultOwner::Tenant(TENANT.into())).await?;
     let commands = Commands::new(store.clone(), vault.clone(), Arc::new(SystemClock));
     let ctx = CommandContext::new(TENANT, "trace-bench", Actor { subject: "bench".into(), client_id: None });
 

@@ -380,8 +380,9 @@ fn engine_command(engine: &Path, args: &[&str], data_dir: &Path) -> Command {
     command
 }
 
+/// Puts a secret in the bench tenant's vault (which every connection the bench makes names).
 fn put_secret(engine: &Path, data_dir: &Path, secret_ref: &str, value: &str) -> anyhow::Result<()> {
-    let mut child = engine_command(engine, &["secrets", "put"], data_dir)
+    let mut child = engine_command(engine, &["secrets", "put", "--tenant", TENANT], data_dir)
         .arg(secret_ref)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

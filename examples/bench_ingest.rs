@@ -42,6 +42,8 @@ async fn main() -> anyhow::Result<()> {
     vault
         .put(&SecretRef::parse("kv://bench/github-webhook").map_err(anyhow::Error::msg)?, WEBHOOK_SECRET, None)
         .await?;
+    // The token's tenant ("bench", below) owns the vault its connection names.
+    vault.claim("bench", &store::VaultOwner::Tenant("bench".into())).await?;
     let read_models = ReadModels::open(dir.path().join("readmodels.db"))?;
     let projections = Projections::new(read_models.clone());
     tokio::spawn({
@@ -53,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         read_models,
         projections,
         auth: Authenticator::new(AuthConfig::dev(DEV_SECRET.to_vec())).await?,
-        vault,
+        vault: store::Vaults::new(vault),
         idempotency: Idempotency::new(
             Arc::new(SqliteIdempotencyStore::open(&dir.path().join("events.db"))?),
             Arc::new(SystemClock),

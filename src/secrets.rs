@@ -5,7 +5,7 @@ use clap::Subcommand;
 use domain::secret_ref::SecretRef;
 use store::SecretStore;
 use store::sqlite_vault::{MasterKey, SqliteVault};
-use store::vault::Stage;
+use store::vault::{Stage, VaultError, VaultOwner};
 
 use crate::data_dir::DataDir;
 
@@ -19,10 +19,8 @@ pub enum SecretsCommand {
         data: DataDir,
         /// kv://VAULT/NAME
         secret: String,
-        /// The tenant whose vault VAULT is: claimed on first use, refused when another tenant
-        /// owns it. Secrets of a vault no tenant claimed are usable by every tenant.
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        owner: OwnerArgs,
         /// `current` makes the new version current at once (the old one becomes previous);
         /// `pending` stages it for the next rotation, which verifies it before promoting it.
         #[arg(long, default_value = "current", value_parser = ["current", "pending"])]
@@ -30,6 +28,17 @@ pub enum SecretsCommand {
         /// Check-and-set: store only if the version now labelled `--stage` is this one (0: none).
         #[arg(long)]
         expected_version: Option<u32>,
+    },
+    /// Give vaults to their owner, before any secret is put in them or when they were written
+    /// before vaults had owners (no tenant can use an unclaimed vault's secrets).
+    Claim {
+        #[command(flatten)]
+        data: DataDir,
+        /// The vaults: the VAULT of kv://VAULT/NAME.
+        #[arg(required = true)]
+        vaults: Vec<String>,
+        #[command(flatten)]
+        owner: OwnerArgs,
     },
     /// List secrets with their versions (never values).
     List {
@@ -59,6 +68,48 @@ pub enum SecretsCommand {
     },
 }
 
+/// Whose vault a secret goes in: every vault belongs to one tenant, or is shared.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct OwnerArgs {
+    /// The tenant the vault belongs to: claimed on first use, refused when it is another's.
+    /// Only that tenant's connections, subscriptions and runs can use its secrets.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// A vault of the operator's: every tenant may verify inbound deliveries with its secrets,
+    /// and none can have them sent anywhere (no credentialRef, signingSecretRef or key issuer).
+    #[arg(long)]
+    shared: bool,
+}
+
+impl OwnerArgs {
+    fn owner(&self) -> anyhow::Result<VaultOwner> {
+        match &self.tenant {
+            Some(tenant) if domain::ids::is_tenant_id(tenant) => Ok(VaultOwner::Tenant(tenant.clone())),
+            Some(tenant) => bail!("{tenant} is not a tenant id"),
+            None => Ok(VaultOwner::Shared),
+        }
+    }
+}
+
+/// Gives `vault` to `owner`, saying who has it when it is someone else's.
+async fn claim(store: &SqliteVault, vault: &str, owner: &VaultOwner) -> anyhow::Result<()> {
+    match store.claim(vault, owner).await {
+        Err(VaultError::ClaimedByAnother(_)) => {
+            let holder = store.owner(vault).await?.map_or_else(|| "no one".into(), |owner| describe(&owner));
+            bail!("vault {vault} belongs to {holder}, not {}", describe(owner))
+        }
+        claimed => Ok(claimed?),
+    }
+}
+
+fn describe(owner: &VaultOwner) -> String {
+    match owner {
+        VaultOwner::Tenant(tenant) => format!("tenant {tenant}"),
+        VaultOwner::Shared => "the shared vaults".into(),
+    }
+}
+
 /// The data dir's vault, under the master key from `IE_MASTER_KEY` or `DATA_DIR/master.key`.
 pub fn open_vault(data: &DataDir) -> anyhow::Result<SqliteVault> {
     std::fs::create_dir_all(&data.data_dir).with_context(|| format!("creating {}", data.data_dir.display()))?;
@@ -72,7 +123,7 @@ fn parse_ref(text: &str) -> anyhow::Result<SecretRef> {
 
 pub async fn run(command: SecretsCommand) -> anyhow::Result<()> {
     match command {
-        SecretsCommand::Put { data, secret, tenant, stage, expected_version } => {
+        SecretsCommand::Put { data, secret, owner, stage, expected_version } => {
             let secret = parse_ref(&secret)?;
             if secret.version.is_some() {
                 bail!("versions are assigned by the vault: give kv://VAULT/NAME without ?version");
@@ -88,13 +139,9 @@ pub async fn run(command: SecretsCommand) -> anyhow::Result<()> {
             if value.is_empty() {
                 bail!("the value on stdin is empty");
             }
+            let owner = owner.owner()?;
             let vault = open_vault(&data)?;
-            if let Some(tenant) = &tenant {
-                if !domain::ids::is_tenant_id(tenant) {
-                    bail!("{tenant} is not a tenant id");
-                }
-                vault.claim(&secret.vault, tenant).await?;
-            }
+            claim(&vault, &secret.vault, &owner).await?;
             let version = if stage == "pending" {
                 vault.stage_pending(&secret, &value, expected_version).await?
             } else {
@@ -102,12 +149,27 @@ pub async fn run(command: SecretsCommand) -> anyhow::Result<()> {
             };
             println!("stored {} ({stage})", secret.with_version(version));
         }
+        SecretsCommand::Claim { data, vaults, owner } => {
+            if let Some(bad) = vaults.iter().find(|vault| !domain::secret_ref::is_name(vault)) {
+                bail!("{bad} is not a vault name (a-z, 0-9, '-', '_', '.')");
+            }
+            let owner = owner.owner()?;
+            let store = open_vault(&data)?;
+            for vault in &vaults {
+                claim(&store, vault, &owner).await?;
+                println!("vault {vault} belongs to {}", describe(&owner));
+            }
+        }
         SecretsCommand::List { data } => {
             let vault = open_vault(&data)?;
             for m in vault.list().await? {
-                let owner = vault.owner(&m.secret.vault).await?.unwrap_or_else(|| "-".into());
+                let owner = match vault.owner(&m.secret.vault).await? {
+                    Some(VaultOwner::Tenant(tenant)) => format!("tenant={tenant}"),
+                    Some(VaultOwner::Shared) => "shared".into(),
+                    None => "unclaimed".into(),
+                };
                 println!(
-                    "{}\tcurrent={}\tpending={}\tprevious={}\tversions={}\ttenant={owner}",
+                    "{}\tcurrent={}\tpending={}\tprevious={}\tversions={}\t{owner}",
                     m.secret,
                     m.current_version,
                     label(m.pending_version),

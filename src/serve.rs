@@ -1,10 +1,10 @@
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use api::auth::{AuthConfig, Authenticator, JwksSource};
+use api::server::ServerLimits;
 use api::{ApiSettings, AppState};
 use clap::Args;
 use commands::idempotency::Idempotency;
@@ -41,6 +41,20 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes (413 above).
     #[arg(long, env = "IE_MAX_BODY_BYTES", default_value_t = ApiSettings::default().max_body_bytes)]
     max_body_bytes: usize,
+    /// Seconds from the first byte of a request to the end of its headers; a client slower than
+    /// that has its connection closed.
+    #[arg(long, env = "IE_HEADER_READ_TIMEOUT_SECONDS", default_value_t = ServerLimits::default().header_read_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout_seconds: u64,
+    /// Seconds from the end of a request's headers to the end of its body (408 after that).
+    #[arg(long, env = "IE_BODY_READ_TIMEOUT_SECONDS", default_value_t = ServerLimits::default().body_read_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    body_read_timeout_seconds: u64,
+    /// Seconds a connection may stay open waiting for its first or next request.
+    #[arg(long, env = "IE_IDLE_TIMEOUT_SECONDS", default_value_t = ServerLimits::default().idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_seconds: u64,
+    /// Connections open at once; more wait in the listen backlog until one closes. Lowered to
+    /// what the process's descriptor limit leaves room for.
+    #[arg(long, env = "IE_MAX_CONNECTIONS", default_value_t = ServerLimits::default().max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
     /// Inbound webhooks: how far a signed timestamp may be from now, either way, in seconds.
     #[arg(long, env = "IE_WEBHOOK_TIMESTAMP_TOLERANCE_SECONDS", default_value_t = 300)]
     webhook_timestamp_tolerance_seconds: u64,
@@ -155,7 +169,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         read_models,
         projections,
         auth,
-        vault,
+        vault: store::Vaults::new(vault),
         idempotency,
         store,
         provider_key_sets: Arc::new(ProviderKeySets::new(webhook_egress_allow.clone())),
@@ -194,23 +208,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!(%addr, data_dir = %dir.display(), "serving");
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout_seconds),
+        idle_timeout: Duration::from_secs(args.idle_timeout_seconds),
+        max_connections: connections_that_fit(args.max_connections),
+    };
     let stopped = CancellationToken::new();
-    let mut server = tokio::spawn(
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown({
-                let stopped = stopped.clone();
-                async move { stopped.cancelled().await }
-            })
-            .into_future(),
-    );
+    let mut server = tokio::spawn(api::server::serve(listener, api::router(state), limits, stopped.clone()));
     let served = tokio::select! {
-        served = &mut server => served.map_err(anyhow::Error::from).and_then(|s| s.map_err(anyhow::Error::from)),
+        served = &mut server => served.map_err(anyhow::Error::from),
         () = shutdown_signal() => {
             // Drain the requests in flight before the workers stop, within the timeout.
             stopped.cancel();
             let drain = Duration::from_secs(args.shutdown_timeout_seconds);
             match tokio::time::timeout(drain, &mut server).await {
-                Ok(served) => served.map_err(anyhow::Error::from).and_then(|s| s.map_err(anyhow::Error::from)),
+                Ok(served) => served.map_err(anyhow::Error::from),
                 Err(_) => {
                     tracing::warn!(timeout = ?drain, "requests still in flight at the shutdown timeout: stopping anyway");
                     server.abort();
@@ -244,4 +257,34 @@ impl Foreground for ApiRequests {
     fn busy(&self) -> bool {
         self.0.active_within(API_BUSY_WINDOW)
     }
+}
+
+/// Descriptors kept for all but client connections: the SQLite files and their WALs, outbound
+/// calls, the Kafka client.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// How many of `wanted` connections the process's descriptor limit leaves room for, after
+/// raising its soft limit toward the hard one (many systems start processes at 1,024, which
+/// a thousand idle clients would exhaust).
+fn connections_that_fit(wanted: usize) -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let needed = wanted as u64 + RESERVED_DESCRIPTORS;
+    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+    if current.is_some_and(|current| current < needed) {
+        let raised = maximum.map_or(needed, |maximum| maximum.min(needed));
+        if let Err(error) = setrlimit(Resource::Nofile, Rlimit { current: Some(raised), maximum }) {
+            tracing::warn!(%error, "could not raise the open-file limit");
+        }
+    }
+    let Some(limit) = getrlimit(Resource::Nofile).current else { return wanted };
+    let fit = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX).max(1);
+    if fit < wanted {
+        tracing::warn!(
+            wanted,
+            fit,
+            open_file_limit = limit,
+            "fewer connections fit under the open-file limit than --max-connections asks"
+        );
+    }
+    wanted.min(fit)
 }

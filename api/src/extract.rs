@@ -49,6 +49,8 @@ pub async fn json_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<B
     Bytes::from_request(request, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large", rejection.body_text())
+        } else if crate::server::is_body_timeout(&rejection) {
+            Problem::body_timed_out()
         } else {
             Problem::bad_request(rejection.body_text())
         }

@@ -21,6 +21,7 @@ pub mod problem;
 pub mod readiness;
 pub mod respond;
 pub mod routes;
+pub mod server;
 pub mod trace;
 pub mod versioning;
 
@@ -39,7 +40,7 @@ use commands::idempotency::Idempotency;
 use connectors::key_sets::ProviderKeySets;
 use projections::{Projections, ReadModels};
 use serde_json::json;
-use store::{EventStore, SecretStore};
+use store::EventStore;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::Authenticator;
@@ -91,7 +92,7 @@ pub struct AppState {
     pub read_models: ReadModels,
     pub projections: Projections,
     pub auth: Authenticator,
-    pub vault: Arc<dyn SecretStore>,
+    pub vault: store::Vaults,
     pub idempotency: Idempotency,
     pub store: Arc<dyn EventStore>,
     /// The providers' key sets JWS deliveries are verified with.

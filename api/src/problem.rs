@@ -67,6 +67,17 @@ impl Problem {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
     }
 
+    /// 408: the request body did not arrive within the body read timeout (`api::server`).
+    pub fn body_timed_out() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            "the request body did not arrive in time",
+        )
+        .with_header(header::CONNECTION, "close")
+    }
+
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
     }
@@ -137,7 +148,12 @@ impl From<StoreError> for Problem {
 
 impl From<VaultError> for Problem {
     fn from(e: VaultError) -> Self {
-        Problem::internal(&e)
+        match e {
+            // A credential registered before its vault had an owner: rotating it waits for an
+            // operator to claim the vault (`secrets claim`).
+            VaultError::NotTenants(_) => Problem::conflict(e.to_string()),
+            e => Problem::internal(&e),
+        }
     }
 }
 

@@ -54,10 +54,10 @@ where
             _ => return Err(Problem::bad_request("Idempotency-Key must be 1 to 255 printable ASCII characters")),
         },
     };
-    let resource_id = match &key {
-        None => fresh_id,
+    let (resource_id, repeated) = match &key {
+        None => (fresh_id, false),
         Some(key) => match app.idempotency.begin(tenant_id, operation, key, raw_body, &fresh_id).await? {
-            IdempotentRequest::Proceed { resource_id } => resource_id,
+            IdempotentRequest::Proceed { resource_id, repeated } => (resource_id, repeated),
             IdempotentRequest::Replay(stored) => return Ok(replay(stored)),
             IdempotentRequest::KeyReused => {
                 return Err(Problem::invalid_field(
@@ -81,12 +81,18 @@ where
         };
         app.idempotency.finish(tenant_id, operation, key, &stored).await?;
     }
-    Ok(respond(accepted.status, accepted.location, accepted.body))
+    let response = respond(accepted.status, accepted.location, accepted.body);
+    // A request that found the key reserved (the loser of a concurrent race, or a retry after
+    // the first crashed) repeats the first request's answer: it is marked like a stored replay.
+    Ok(if repeated { marked_replayed(response) } else { response })
 }
 
 fn replay(stored: StoredResponse) -> Response {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    let mut response = respond(status, stored.location, stored.body);
+    marked_replayed(respond(status, stored.location, stored.body))
+}
+
+fn marked_replayed(mut response: Response) -> Response {
     response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     response
 }

@@ -34,6 +34,7 @@ async fn gateway() -> Gateway {
     let vault: Arc<dyn SecretStore> =
         Arc::new(SqliteVault::open(&dir.path().join("vault.db"), MasterKey::from_bytes([3; 32])).unwrap());
     vault.put(&SecretRef::parse("kv://factory/gh-hook").unwrap(), GITHUB_SECRET, None).await.unwrap();
+    vault.claim("factory", &store::VaultOwner::Tenant("connectsoft".into())).await.unwrap();
     let read_models = ReadModels::open(dir.path().join("readmodels.db")).unwrap();
     let projections = Projections::new(read_models.clone());
     tokio::spawn({
@@ -45,7 +46,7 @@ async fn gateway() -> Gateway {
         read_models,
         projections,
         auth: Authenticator::new(AuthConfig::dev(DEV_SECRET.to_vec())).await.unwrap(),
-        vault,
+        vault: store::Vaults::new(vault),
         idempotency: Idempotency::new(
             Arc::new(SqliteIdempotencyStore::open(&dir.path().join("events.db")).unwrap()),
             Arc::new(SystemClock),

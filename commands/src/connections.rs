@@ -1,13 +1,15 @@
 use chrono::{DateTime, Utc};
 use domain::connection::{
     Connection, ConnectionCommand, ConnectionEstablished, ConnectionEvent, EstablishConnection, ProviderSnapshot,
+    WEBHOOK_SECRET_REF,
 };
-use domain::credential::{Credential, CredentialCommand, CredentialState, LinkConnection, credential_id};
+use domain::credential::{Credential, CredentialCommand, CredentialState, LinkConnection};
 use domain::ids::stream_id;
 use domain::provider::{AuthModel, Provider, ProviderState};
 use domain::secret_ref::SecretRef;
 use domain::{Decider, DomainError};
 use serde_json::{Map, Value};
+use store::SecretUse;
 
 use domain::run::{AttemptOutcome, RecordAttempt, Run, RunCommand};
 
@@ -42,14 +44,22 @@ impl Commands {
             ProviderState::Registered(p) => Some(ProviderSnapshot { provider_id: p.provider_id.clone() }),
             ProviderState::Unregistered => None,
         };
-        self.check_secret_access(ctx, input.credential_ref.as_deref(), "credentialRef").await?;
+        self.check_secret_use(ctx, input.credential_ref.as_deref(), "credentialRef", SecretUse::Send).await?;
         for (field, secret) in domain::connection::secret_refs(&input.configuration, "configuration") {
-            self.check_secret_access(ctx, Some(&secret), &field).await?;
+            // Only the inbound webhook secret stays in the engine; every other one is sent.
+            let usage = if field == format!("configuration.{WEBHOOK_SECRET_REF}") {
+                SecretUse::Verify
+            } else {
+                SecretUse::Send
+            };
+            self.check_secret_use(ctx, Some(&secret), &field, usage).await?;
         }
         let mut checked = None;
         if let Some(secret) = input.credential_ref.as_deref().and_then(|r| SecretRef::parse(r).ok()) {
-            let link = link_connection(ctx, secret.clone(), 1, input.auth_mode, &input.connection_id, self.now());
-            checked = Some((self.check_credential_link(ctx, &secret, &link).await?, secret));
+            let now = self.now();
+            let link =
+                |id: &str| link_connection(ctx, id, secret.clone(), 1, input.auth_mode, &input.connection_id, now);
+            checked = Some((self.check_credential_link(ctx, &secret, link).await?, secret));
         }
         let established_at = self.now();
         let command = ConnectionCommand::Establish(EstablishConnection {
@@ -68,21 +78,22 @@ impl Commands {
         // Usually the connection and what it changes in its credential (registered by its first
         // connection) are appended together, in one commit.
         if let Some((credential, secret)) = &checked {
-            let current_version = self.version_to_link(Some(&credential.state), secret).await?;
+            let current_version = self.version_to_link(ctx, Some(&credential.folded.state), secret).await?;
             let link = link_connection(
                 ctx,
+                &credential.id,
                 secret.clone(),
                 current_version,
                 input.auth_mode,
                 &input.connection_id,
                 established_at,
             );
-            let credential_stream = stream_id(&ctx.tenant_id, &credential_id(secret));
+            let credential_stream = stream_id(&ctx.tenant_id, &credential.id);
             let together = self
                 .create_with::<Connection, Credential>(
                     ctx,
                     (&stream, &command),
-                    (&credential_stream, credential, &link),
+                    (&credential_stream, &credential.folded, &link),
                 )
                 .await?;
             if let Some((created, linked)) = together
@@ -104,12 +115,17 @@ impl Commands {
         let mut last_position = created.last_position;
         if let Some(secret) = established.credential_ref.as_deref().and_then(|r| SecretRef::parse(r).ok()) {
             // The credential as the check before the connection found it, if it names the same
-            // secret (a retried request may find the connection of its first try).
-            let seen = checked.filter(|(_, checked)| *checked == secret).map(|(credential, _)| credential);
-            let current_version =
-                self.version_to_link(seen.as_ref().map(|credential| &credential.state), &secret).await?;
+            // secret (a retried request may find the connection of its first try) and was
+            // registered for it: that stays so. Any other state may have changed since (another
+            // vault's secret of the same name may have taken the usual id), so it is read again.
+            let seen = match checked.filter(|(_, checked)| *checked == secret).map(|(credential, _)| credential) {
+                Some(seen) if seen.folded.state.is_registered_for(&secret) => seen,
+                _ => self.credential_of(ctx, &secret).await?,
+            };
+            let current_version = self.version_to_link(ctx, Some(&seen.folded.state), &secret).await?;
             let link = link_connection(
                 ctx,
+                &seen.id,
                 secret.clone(),
                 current_version,
                 established.auth_mode,
@@ -117,13 +133,10 @@ impl Commands {
                 established.established_at,
             );
             // The link appends nothing only to a credential registered with a first connection,
-            // which stays so: seen a moment ago, it need not be read again. Any other state may
-            // have changed since, so the link runs as a command.
-            let appends_nothing = seen.is_some_and(|credential| {
-                Credential::decide(&link, &credential.state).is_ok_and(|events| events.is_empty())
-            });
+            // which stays so; otherwise it runs as a command, on the stream as it is by then.
+            let appends_nothing = Credential::decide(&link, &seen.folded.state).is_ok_and(|events| events.is_empty());
             if !appends_nothing {
-                let stream = stream_id(&ctx.tenant_id, &credential_id(&secret));
+                let stream = stream_id(&ctx.tenant_id, &seen.id);
                 let linked = self.execute::<Credential>(ctx, &stream, &link).await?;
                 last_position = linked.last_position.or(last_position);
             }
@@ -133,25 +146,37 @@ impl Commands {
 
     /// The version a link records: the credential's own once registered, else the vault's
     /// current one (only a registration records it, so the vault is asked only then).
-    async fn version_to_link(&self, seen: Option<&CredentialState>, secret: &SecretRef) -> Result<u32, CommandError> {
+    async fn version_to_link(
+        &self,
+        ctx: &CommandContext,
+        seen: Option<&CredentialState>,
+        secret: &SecretRef,
+    ) -> Result<u32, CommandError> {
         match seen {
             Some(CredentialState::Registered { current_version, .. }) => Ok(*current_version),
-            _ => Ok(self.vault.metadata(secret).await?.map_or(1, |m| m.current_version)),
+            _ => Ok(self.vault.of(&ctx.tenant_id).metadata(secret).await?.map_or(1, |m| m.current_version)),
         }
     }
 
-    /// Refuses a `kv://` ref whose vault another tenant owns (refs that do not parse are left to
-    /// the decider, which names what is wrong with them).
-    pub(crate) async fn check_secret_access(
+    /// Refuses a `kv://` ref the tenant may not use as `usage` says: one outside its own
+    /// vaults, or, to send, outside a shared one too (refs that do not parse are left to the
+    /// decider, which names what is wrong with them). The answer is the same whether the vault
+    /// is another tenant's or does not exist.
+    pub(crate) async fn check_secret_use(
         &self,
         ctx: &CommandContext,
         secret: Option<&str>,
         field: &str,
+        usage: SecretUse,
     ) -> Result<(), CommandError> {
         let Some(secret) = secret.and_then(|r| SecretRef::parse(r).ok()) else { return Ok(()) };
-        match store::vault::check_access(self.vault.as_ref(), &secret, &ctx.tenant_id).await {
-            Err(store::VaultError::Forbidden(_)) => {
-                Err(DomainError::invalid(field, format!("{secret} is not accessible to this tenant")).into())
+        match self.vault.of(&ctx.tenant_id).check(&secret, usage).await {
+            Err(store::VaultError::NotTenants(_)) => {
+                let whose = match usage {
+                    SecretUse::Send => "the tenant's own vaults",
+                    SecretUse::Verify => "the tenant's own vaults or a shared one",
+                };
+                Err(DomainError::invalid(field, format!("{secret} is not in {whose}")).into())
             }
             other => Ok(other?),
         }
@@ -221,6 +246,7 @@ impl Commands {
 
 fn link_connection(
     ctx: &CommandContext,
+    credential_id: &str,
     secret_ref: SecretRef,
     current_version: u32,
     auth_kind: AuthModel,
@@ -228,6 +254,7 @@ fn link_connection(
     at: DateTime<Utc>,
 ) -> CredentialCommand {
     CredentialCommand::LinkConnection(LinkConnection {
+        credential_id: credential_id.into(),
         tenant_id: ctx.tenant_id.clone(),
         secret_ref,
         current_version,

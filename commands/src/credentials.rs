@@ -27,7 +27,7 @@ use base64::Engine as _;
 use domain::connection::ConnectionEvent;
 use domain::credential::{
     Credential, CredentialCommand, CredentialState, KEY_ISSUER_CREDENTIAL_REF, Rotation, RotationSource, StartRotation,
-    credential_id,
+    credential_id, vault_qualified_credential_id,
 };
 use domain::ids::stream_id;
 use domain::provider::AuthModel;
@@ -161,6 +161,12 @@ impl RevocationInput {
     }
 }
 
+/// A secret's credential in a tenant: its id and its state when read.
+pub(crate) struct CredentialOf {
+    pub(crate) id: String,
+    pub(crate) folded: Arc<Folded<CredentialState>>,
+}
+
 impl Commands {
     /// Refuses, before anything is stored, a link the credential aggregate would refuse: a
     /// connection or subscription is appended first and linked second (two streams), so a link
@@ -169,11 +175,32 @@ impl Commands {
         &self,
         ctx: &CommandContext,
         secret: &SecretRef,
-        link: &CredentialCommand,
-    ) -> Result<Arc<Folded<CredentialState>>, CommandError> {
-        let folded = self.load_state::<Credential>(&stream_id(&ctx.tenant_id, &credential_id(secret))).await?;
-        Credential::decide(link, &folded.state)?;
-        Ok(folded)
+        link: impl FnOnce(&str) -> CredentialCommand,
+    ) -> Result<CredentialOf, CommandError> {
+        let credential = self.credential_of(ctx, secret).await?;
+        Credential::decide(&link(&credential.id), &credential.folded.state)?;
+        Ok(credential)
+    }
+
+    /// Which credential `secret` is in the context's tenant, as it stands: the usual
+    /// [`credential_id`], unless that is the credential of the same name in another of the
+    /// tenant's vaults; then [`vault_qualified_credential_id`]. A credential keeps its id: the
+    /// first vault to register a name keeps the usual one.
+    pub(crate) async fn credential_of(
+        &self,
+        ctx: &CommandContext,
+        secret: &SecretRef,
+    ) -> Result<CredentialOf, CommandError> {
+        let usual = credential_id(secret);
+        let folded = self.load_state::<Credential>(&stream_id(&ctx.tenant_id, &usual)).await?;
+        match &folded.state {
+            CredentialState::Registered { secret_ref, .. } if secret_ref.vault != secret.vault => {
+                let id = vault_qualified_credential_id(secret);
+                let folded = self.load_state::<Credential>(&stream_id(&ctx.tenant_id, &id)).await?;
+                Ok(CredentialOf { id, folded })
+            }
+            _ => Ok(CredentialOf { id: usual, folded }),
+        }
     }
 
     async fn credential_state(
@@ -219,7 +246,7 @@ impl Commands {
             }
             (None, false) => {
                 let issued_by_provider = self.names_key_issuer(ctx, first_connection.as_ref()).await?;
-                self.pending_version_for(&secret_ref, current_version, auth_kind, issued_by_provider).await?
+                self.pending_version_for(ctx, &secret_ref, current_version, auth_kind, issued_by_provider).await?
             }
         };
         let command = CredentialCommand::StartRotation(StartRotation {
@@ -315,6 +342,7 @@ impl Commands {
     /// issue the credential and stores it as that version).
     async fn pending_version_for(
         &self,
+        ctx: &CommandContext,
         secret: &SecretRef,
         current_version: u32,
         auth_kind: AuthModel,
@@ -323,7 +351,8 @@ impl Commands {
         let staged = |m: Option<store::SecretMetadata>| {
             m.and_then(|m| m.pending_version).filter(|pending| *pending > current_version)
         };
-        let metadata = self.vault.metadata(secret).await?;
+        let vault = self.vault.of(&ctx.tenant_id);
+        let metadata = vault.metadata(secret).await?;
         if let Some(version) = staged(metadata.clone()) {
             return Ok((version, RotationSource::OperatorStaged));
         }
@@ -346,11 +375,11 @@ impl Commands {
             .into());
         }
         let value = generate_secret()?;
-        match self.vault.stage_pending(secret, value.as_bytes(), Some(0)).await {
+        match vault.stage_pending(secret, value.as_bytes(), Some(0)).await {
             Ok(version) => Ok((version, RotationSource::Generated)),
             // Another request staged one at the same moment: rotate to that one (the decider
             // lets only one of the two rotations start).
-            Err(VaultError::VersionConflict { .. }) => match staged(self.vault.metadata(secret).await?) {
+            Err(VaultError::VersionConflict { .. }) => match staged(vault.metadata(secret).await?) {
                 Some(version) => Ok((version, RotationSource::Generated)),
                 None => Err(DomainError::InvalidTransition {
                     kind: "credential",
@@ -379,7 +408,7 @@ impl Commands {
             return Err(DomainError::NotFound { kind: "credential", id: credential_id.into() }.into());
         };
         if let Some(p) = pending.filter(|p| p.verification_run_id == verification_run_id) {
-            match self.vault.promote(&secret_ref, p.version, None).await {
+            match self.vault.of(&ctx.tenant_id).promote(&secret_ref, p.version, None).await {
                 Ok(()) => {}
                 Err(VaultError::NotFound(name)) => {
                     let reason = format!("the verified version {name} is no longer in the vault");
@@ -427,7 +456,7 @@ impl Commands {
         if let CredentialState::Registered { secret_ref, started, .. } = &executed.state
             && let Some(r) = started.iter().find(|r| r.verification_run_id == verification_run_id)
         {
-            self.vault.discard_pending(secret_ref, r.version).await?;
+            self.vault.of(&ctx.tenant_id).discard_pending(secret_ref, r.version).await?;
         }
         Ok(executed.last_position)
     }
@@ -446,7 +475,7 @@ impl Commands {
             return Err(DomainError::NotFound { kind: "credential", id: credential_id.into() }.into());
         };
         if previous_version == Some(version) {
-            self.vault.retire_previous(&secret_ref, version).await?;
+            self.vault.of(&ctx.tenant_id).retire_previous(&secret_ref, version).await?;
         }
         let command =
             CredentialCommand::RetirePrevious { credential_id: credential_id.into(), version, retired_at: self.now() };

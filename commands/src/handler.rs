@@ -3,7 +3,7 @@ use std::sync::Arc;
 use domain::EventEnvelope;
 use domain::event::DecodeError;
 use domain::{AggregateEvent, Decider, DomainError};
-use store::{EventStore, ExpectedVersion, SecretStore, StoreError, StreamAppend, VaultError};
+use store::{EventStore, ExpectedVersion, SecretStore, StoreError, StreamAppend, VaultError, Vaults};
 use thiserror::Error;
 
 use crate::states::{Folded, StateCache};
@@ -62,14 +62,15 @@ impl<D> Aggregate for D where D: Decider<Event: AggregateEvent, State: Clone + S
 #[derive(Clone)]
 pub struct Commands {
     pub(crate) store: Arc<dyn EventStore>,
-    pub(crate) vault: Arc<dyn SecretStore>,
+    /// Secrets are read and changed only on the context's tenant's behalf.
+    pub(crate) vault: Vaults,
     pub(crate) clock: Arc<dyn Clock>,
     states: StateCache,
 }
 
 impl Commands {
     pub fn new(store: Arc<dyn EventStore>, vault: Arc<dyn SecretStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, vault, clock, states: StateCache::new() }
+        Self { store, vault: Vaults::new(vault), clock, states: StateCache::new() }
     }
 
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {

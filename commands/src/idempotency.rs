@@ -17,7 +17,9 @@ use store::{IdempotencyStore, Reservation, StoreError, StoredResponse};
 pub enum IdempotentRequest {
     /// Run the command for `resource_id`: the id reserved when the key was first seen (a retry
     /// after a crash gets the same one, so the store's version check prevents a second append).
-    Proceed { resource_id: String },
+    /// `repeated`: the key was reserved by an earlier request, still running (a concurrent
+    /// retry) or gone (it crashed); this one's answer repeats that request's.
+    Proceed { resource_id: String, repeated: bool },
     /// The first request finished: answer with its response again.
     Replay(StoredResponse),
     /// The key was used with a different request.
@@ -70,10 +72,12 @@ impl Idempotency {
     ) -> Result<IdempotentRequest, StoreError> {
         let hash = request_hash(operation, body);
         Ok(match self.store.reserve(tenant_id, operation, key, &hash, fresh_id, self.clock.now()).await? {
-            Reservation::New => IdempotentRequest::Proceed { resource_id: fresh_id.into() },
+            Reservation::New => IdempotentRequest::Proceed { resource_id: fresh_id.into(), repeated: false },
             Reservation::Existing { request_hash, .. } if request_hash != hash => IdempotentRequest::KeyReused,
             Reservation::Existing { response: Some(response), .. } => IdempotentRequest::Replay(response),
-            Reservation::Existing { resource_id, response: None, .. } => IdempotentRequest::Proceed { resource_id },
+            Reservation::Existing { resource_id, response: None, .. } => {
+                IdempotentRequest::Proceed { resource_id, repeated: true }
+            }
         })
     }
 

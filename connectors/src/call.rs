@@ -47,6 +47,14 @@ impl CallError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Retryable(_))
     }
+
+    /// The same error with every spelling of the call's secrets masked in its text.
+    pub fn scrubbed(self, redactor: &crate::redact::Redactor) -> Self {
+        match self {
+            Self::Retryable(text) => Self::Retryable(redactor.scrub(&text).into_owned()),
+            Self::Permanent(text) => Self::Permanent(redactor.scrub(&text).into_owned()),
+        }
+    }
 }
 
 /// Classifies a transport error: nothing reached the provider, or its answer never came.

@@ -138,7 +138,7 @@ pub fn verify(scheme: Scheme, request: &SignedRequest<'_>, keys: Keys<'_>) -> Re
 
 // The configuration keys of a connection that say how its deliveries are verified.
 const SCHEME_KEY: &str = "webhookScheme";
-const SECRET_REF_KEY: &str = "webhookSecretRef";
+const SECRET_REF_KEY: &str = domain::connection::WEBHOOK_SECRET_REF;
 const JWKS_KEY: &str = "webhookJwks";
 const URL_KEY: &str = "webhookUrl";
 

@@ -50,6 +50,8 @@ pub mod oauth2_client_credentials;
 pub mod operations;
 /// Outbound webhook deliveries: Standard Webhooks signatures, CloudEvents headers, answers.
 pub mod outbound_webhooks;
+/// Every spelling of a call's secrets removed from what the vendor answered, before it is kept.
+pub mod redact;
 /// Twilio's REST API client: the balance as health check, API keys issued and deleted.
 pub mod twilio_api;
 

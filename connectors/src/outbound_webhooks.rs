@@ -33,6 +33,9 @@ pub struct OutboundRequest {
     pub signature: String,
     pub tenant_id: String,
     pub project_id: Option<String>,
+    /// The signing secrets' spellings: the subscriber knows the secret, and one it echoes in
+    /// its answer is masked in what is kept of the answer.
+    pub secrets: crate::redact::Redactor,
 }
 
 impl std::fmt::Debug for OutboundRequest {
@@ -174,7 +177,8 @@ pub async fn send(
     match result {
         Ok(Ok((status, control, retry_after, bytes))) => {
             let verdict = classify(status, control.as_deref(), retry_after.as_deref(), clock.now());
-            let body_excerpt = (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned());
+            let body_excerpt =
+                (!bytes.is_empty()).then(|| request.secrets.scrub(&String::from_utf8_lossy(&bytes)).into_owned());
             let error = match &verdict {
                 Verdict::Delivered | Verdict::DeliveredThenDeactivate { .. } => None,
                 Verdict::AbortMessage => {
@@ -302,10 +306,44 @@ mod tests {
             signature: "v1,x".into(),
             tenant_id: "t".into(),
             project_id: None,
+            secrets: crate::redact::Redactor::default(),
         };
         let result = send(&client, &request, Duration::from_secs(3), &domain::clock::SystemClock).await;
         assert_eq!(result.verdict, Verdict::Delivered, "{:?}", result.error);
         assert_eq!(result.body_excerpt.map(|b| b.len()), Some(MAX_RECORDED_BODY));
         assert!(result.latency < Duration::from_secs(2), "{:?}", result.latency);
+    }
+
+    /// A subscriber that echoes the signing secret (it knows it) has it masked in the answer
+    /// that is kept.
+    #[tokio::test]
+    async fn a_subscriber_echoing_the_signing_secret_has_it_masked_in_the_kept_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let _ = socket.read(&mut vec![0; 8192]).await;
+            let body = format!("verified with {SECRET}");
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            let _ = socket.write_all(answer.as_bytes()).await;
+        });
+        let allow = std::sync::Arc::new(crate::egress::EgressAllowList::parse("127.0.0.1").unwrap());
+        let client = crate::egress::webhook_client(allow, Duration::from_secs(2)).unwrap();
+        let request = OutboundRequest {
+            url: reqwest::Url::parse(&format!("http://{addr}/hook")).unwrap(),
+            webhook_id: "msg-1".into(),
+            event_type: "T".into(),
+            timestamp: Utc::now(),
+            message_time: Utc::now(),
+            body: b"{}".to_vec(),
+            signature: "v1,x".into(),
+            tenant_id: "t".into(),
+            project_id: None,
+            secrets: crate::redact::Redactor::of([SECRET.as_bytes()]),
+        };
+        let result = send(&client, &request, Duration::from_secs(3), &domain::clock::SystemClock).await;
+        assert_eq!(result.body_excerpt.as_deref(), Some("verified with [redacted]"));
     }
 }

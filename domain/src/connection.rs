@@ -135,6 +135,10 @@ pub fn is_secret_key(key: &str) -> bool {
     !names_a_location && SECRET_KEY_WORDS.iter().any(|w| key.contains(w))
 }
 
+/// The configuration key of the secret that verifies a connection's inbound webhooks: the one
+/// secret of a connection that never leaves the engine.
+pub const WEBHOOK_SECRET_REF: &str = "webhookSecretRef";
+
 /// The `kv://` refs held by secret-named keys, at any depth, with their field paths.
 pub fn secret_refs(map: &Map<String, Value>, path: &str) -> Vec<(String, String)> {
     let mut found = Vec::new();

@@ -12,9 +12,25 @@ use crate::{AggregateEvent, Decider, DomainError, ids};
 /// ([`RotationSource::ProviderIssued`]). A `kv://` ref, like every secret-named key.
 pub const KEY_ISSUER_CREDENTIAL_REF: &str = "keyIssuerCredentialRef";
 
-/// The credential id of a vault secret: `cred-{name}` for `kv://{vault}/{name}`.
+/// The usual credential id of a vault secret: `cred-{name}` for `kv://{vault}/{name}`, the id a
+/// tenant's first secret of that name gets, in whichever of its vaults.
 pub fn credential_id(secret: &SecretRef) -> String {
     format!("{}-{}", ids::CREDENTIAL, secret.name)
+}
+
+/// The id of a secret whose usual id is the credential of the same name in another of the
+/// tenant's vaults: `cred-{name}~{vault}`. No name holds `~`, so no other secret has it.
+pub fn vault_qualified_credential_id(secret: &SecretRef) -> String {
+    format!("{}~{}", credential_id(secret), secret.vault)
+}
+
+/// Whether `id` has the shape of a credential id: `cred-{name}` or `cred-{name}~{vault}`.
+pub fn is_credential_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix(ids::CREDENTIAL).and_then(|rest| rest.strip_prefix('-')) else { return false };
+    match rest.split_once('~') {
+        Some((name, vault)) => crate::secret_ref::is_name(name) && crate::secret_ref::is_name(vault),
+        None => crate::secret_ref::is_name(rest),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +77,8 @@ pub enum RotationSource {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinkConnection {
+    /// The credential's id: [`credential_id`], or [`vault_qualified_credential_id`].
+    pub credential_id: String,
     pub tenant_id: String,
     pub secret_ref: SecretRef,
     /// The vault's current version of the secret when the credential is first registered.
@@ -74,6 +92,8 @@ pub struct LinkConnection {
 /// auth kind [`AuthModel::HmacSignature`] when the subscription registers it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinkSubscription {
+    /// The credential's id: [`credential_id`], or [`vault_qualified_credential_id`].
+    pub credential_id: String,
     pub tenant_id: String,
     pub secret_ref: SecretRef,
     /// The vault's current version of the secret when the credential is first registered.
@@ -275,6 +295,11 @@ pub enum CredentialState {
 }
 
 impl CredentialState {
+    /// Whether this is the registered credential of `secret` (any version of it).
+    pub fn is_registered_for(&self, secret: &SecretRef) -> bool {
+        matches!(self, Self::Registered { secret_ref, .. } if *secret_ref == secret.unversioned())
+    }
+
     /// What a rotation's verification run targets (its `connectionId`): the first connection
     /// using the credential (its provider is asked), else the first subscription signing with it
     /// (the secret is checked locally: the subscriber learns it from us).
@@ -318,7 +343,7 @@ impl Decider for Credential {
         match (command, state) {
             (CredentialCommand::LinkConnection(c), CredentialState::None) => {
                 Ok(vec![CredentialEvent::CredentialRegistered(CredentialRegistered {
-                    credential_id: credential_id(&c.secret_ref),
+                    credential_id: c.credential_id.clone(),
                     tenant_id: c.tenant_id.clone(),
                     secret_ref: c.secret_ref.unversioned(),
                     current_version: c.current_version.max(1),
@@ -331,11 +356,11 @@ impl Decider for Credential {
                 CredentialCommand::LinkConnection(c),
                 CredentialState::Registered { first_connection, secret_ref, auth_kind, .. },
             ) => {
-                // `cred-{name}` names one secret: the same name in another vault is not it.
+                // A credential id names one secret: the same name in another vault is not it.
                 if c.secret_ref.unversioned() != *secret_ref {
                     return Err(DomainError::invalid(
                         "credentialRef",
-                        format!("{} is already the credential of {secret_ref}", credential_id(&c.secret_ref)),
+                        format!("{} is already the credential of {secret_ref}", c.credential_id),
                     ));
                 }
                 // A signing secret's rotations generate a new `whsec_` value: promoted over a
@@ -356,14 +381,14 @@ impl Decider for Credential {
                     return Ok(vec![]);
                 }
                 Ok(vec![CredentialEvent::CredentialLinked(CredentialLinked {
-                    credential_id: credential_id(&c.secret_ref),
+                    credential_id: c.credential_id.clone(),
                     connection_id: c.connection_id.clone(),
                     linked_at: c.at,
                 })])
             }
             (CredentialCommand::LinkSubscription(c), CredentialState::None) => {
                 Ok(vec![CredentialEvent::CredentialSubscriptionLinked(CredentialSubscriptionLinked {
-                    credential_id: credential_id(&c.secret_ref),
+                    credential_id: c.credential_id.clone(),
                     tenant_id: c.tenant_id.clone(),
                     secret_ref: c.secret_ref.unversioned(),
                     current_version: c.current_version.max(1),
@@ -380,7 +405,7 @@ impl Decider for Credential {
                 if c.secret_ref.unversioned() != *secret_ref {
                     return Err(DomainError::invalid(
                         "signingSecretRef",
-                        format!("{} is already the credential of {secret_ref}", credential_id(&c.secret_ref)),
+                        format!("{} is already the credential of {secret_ref}", c.credential_id),
                     ));
                 }
                 // Only the first subscription is recorded (see `first_subscription`).
@@ -388,7 +413,7 @@ impl Decider for Credential {
                     return Ok(vec![]);
                 }
                 Ok(vec![CredentialEvent::CredentialSubscriptionLinked(CredentialSubscriptionLinked {
-                    credential_id: credential_id(&c.secret_ref),
+                    credential_id: c.credential_id.clone(),
                     tenant_id: c.tenant_id.clone(),
                     secret_ref: secret_ref.clone(),
                     current_version: *current_version,
@@ -605,6 +630,7 @@ mod tests {
     }
     fn link(conn: &str) -> CredentialCommand {
         CredentialCommand::LinkConnection(LinkConnection {
+            credential_id: "cred-github-booking".into(),
             tenant_id: "connectsoft".into(),
             secret_ref: secret(),
             current_version: 1,
@@ -664,6 +690,19 @@ mod tests {
     }
 
     #[test]
+    fn credential_ids_tell_a_second_vault_apart() {
+        let secret = SecretRef::parse("kv://factory-2/github-booking").unwrap();
+        assert_eq!(credential_id(&secret), "cred-github-booking");
+        assert_eq!(vault_qualified_credential_id(&secret), "cred-github-booking~factory-2");
+        for id in ["cred-github-booking", "cred-github-booking~factory-2", "cred-my_key.v2"] {
+            assert!(is_credential_id(id), "{id}");
+        }
+        for id in ["cred-", "cred-a~", "cred-~v", "cred-a~b~c", "conn-a", "cred-A", "cred-a/b"] {
+            assert!(!is_credential_id(id), "{id}");
+        }
+    }
+
+    #[test]
     fn the_first_connection_registers_the_credential_and_later_ones_append_nothing() {
         let first = given_when(&[], &link("conn-1")).unwrap();
         assert!(
@@ -694,6 +733,7 @@ mod tests {
 
     fn link_subscription(subscription: &str) -> CredentialCommand {
         CredentialCommand::LinkSubscription(LinkSubscription {
+            credential_id: "cred-github-booking".into(),
             tenant_id: "connectsoft".into(),
             secret_ref: secret(),
             current_version: 3,

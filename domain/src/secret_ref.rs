@@ -24,7 +24,7 @@ impl SecretRef {
             None => (rest, None),
         };
         let (vault, name) = path.split_once('/').ok_or("must be kv://VAULT/NAME")?;
-        if !is_segment(vault) || !is_segment(name) {
+        if !is_name(vault) || !is_name(name) {
             return Err("vault and name must be non-empty and use only a-z, 0-9, '-', '_', '.'".into());
         }
         let version = match query {
@@ -51,7 +51,8 @@ impl SecretRef {
     }
 }
 
-fn is_segment(s: &str) -> bool {
+/// A vault's or a secret's name: 1 to 128 of `a-z`, `0-9`, `-`, `_`, `.`.
+pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))

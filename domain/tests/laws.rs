@@ -53,6 +53,7 @@ fn run_command(kind: u8, n: i64) -> RunCommand {
 fn credential_command(kind: u8, n: i64) -> CredentialCommand {
     match kind % 4 {
         0 => CredentialCommand::LinkConnection(LinkConnection {
+            credential_id: "cred-name".into(),
             tenant_id: "t".into(),
             secret_ref: SecretRef::parse("kv://v/name").unwrap(),
             current_version: (n % 5) as u32,

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use domain::secret_ref::SecretRef;
 use quick_cache::sync::Cache;
 
-use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, VaultError, VersionMetadata};
+use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, VaultError, VaultOwner, VersionMetadata};
 
 /// Entries kept at most of each kind; past it `quick_cache` (the engine's cache crate) keeps the
 /// ones used most.
@@ -26,7 +26,7 @@ pub struct CachedSecretStore {
     entries: Cache<SecretRef, Timed<SecretValue>>,
     previous: Cache<SecretRef, Timed<Option<PreviousSecret>>>,
     /// Vault owners, kept as long as a current version.
-    owners: Cache<String, Timed<Option<String>>>,
+    owners: Cache<String, Timed<Option<VaultOwner>>>,
 }
 
 impl CachedSecretStore {
@@ -125,7 +125,7 @@ impl SecretStore for CachedSecretStore {
 
     /// Cached like the current version (for `current_ttl`): verifying a webhook during a
     /// rotation asks for it on every request.
-    async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError> {
+    async fn owner(&self, vault: &str) -> Result<Option<VaultOwner>, VaultError> {
         if let Some(owner) = fresh(&self.owners, vault) {
             return Ok(owner);
         }
@@ -134,8 +134,8 @@ impl SecretStore for CachedSecretStore {
         Ok(owner)
     }
 
-    async fn claim(&self, vault: &str, tenant_id: &str) -> Result<(), VaultError> {
-        self.inner.claim(vault, tenant_id).await?;
+    async fn claim(&self, vault: &str, owner: &VaultOwner) -> Result<(), VaultError> {
+        self.inner.claim(vault, owner).await?;
         self.owners.remove(vault);
         Ok(())
     }

@@ -531,7 +531,26 @@ fn assert_wrong_expected_version(
 /// run on a vault that holds other secrets.
 pub async fn run_vault_contract(vault: Arc<dyn crate::SecretStore>) {
     vault_versions_are_numbered_immutable_and_check_and_set(vault.clone()).await;
-    vault_labels_move_through_a_rotation(vault).await;
+    vault_labels_move_through_a_rotation(vault.clone()).await;
+    a_vault_has_one_owner(vault).await;
+}
+
+/// A vault belongs to the first owner that claims it, a tenant or "shared", for good.
+pub async fn a_vault_has_one_owner(vault: Arc<dyn crate::SecretStore>) {
+    use crate::{VaultError, VaultOwner};
+    let (tenants, shared) =
+        (format!("owned-{}", Uuid::new_v4().simple()), format!("shared-{}", Uuid::new_v4().simple()));
+    let acme = VaultOwner::Tenant("acme".into());
+    assert_eq!(vault.owner(&tenants).await.expect("owner"), None, "an unknown vault has no owner");
+    vault.claim(&tenants, &acme).await.expect("claim");
+    vault.claim(&tenants, &acme).await.expect("claiming one's own vault again is a no-op");
+    for other in [VaultOwner::Tenant("globex".into()), VaultOwner::Shared] {
+        assert!(matches!(vault.claim(&tenants, &other).await, Err(VaultError::ClaimedByAnother(_))));
+    }
+    assert_eq!(vault.owner(&tenants).await.expect("owner"), Some(acme.clone()));
+    vault.claim(&shared, &VaultOwner::Shared).await.expect("claim shared");
+    assert!(matches!(vault.claim(&shared, &acme).await, Err(VaultError::ClaimedByAnother(_))));
+    assert_eq!(vault.owner(&shared).await.expect("owner"), Some(VaultOwner::Shared));
 }
 
 fn unique_secret(kind: &str) -> domain::secret_ref::SecretRef {

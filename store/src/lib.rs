@@ -43,4 +43,7 @@ pub use sqlite::{SqliteEventStore, WriteStats};
 pub use sqlite_idempotency::SqliteIdempotencyStore;
 pub use sqlite_leases::SqliteLeases;
 pub use sqlite_vault::{MasterKey, SqliteVault};
-pub use vault::{SecretMetadata, SecretStore, SecretValue, Stage, VaultError, VersionMetadata};
+pub use vault::{
+    SecretMetadata, SecretStore, SecretUse, SecretValue, Stage, TenantVault, VaultError, VaultOwner, Vaults,
+    VersionMetadata,
+};

@@ -22,7 +22,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::sqlite::{open_database, timestamp};
 use crate::sqlite_readers::{Readers, cached_row};
-use crate::vault::{PreviousSecret, SecretMetadata, SecretStore, SecretValue, Stage, VaultError, VersionMetadata};
+use crate::vault::{
+    PreviousSecret, SecretMetadata, SecretStore, SecretValue, Stage, VaultError, VaultOwner, VersionMetadata,
+};
 
 /// Read connections kept open: secrets are read once per request that names one, briefly.
 const READERS: usize = 4;
@@ -708,28 +710,31 @@ impl SecretStore for SqliteVault {
         .await
     }
 
-    async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError> {
+    async fn owner(&self, vault: &str) -> Result<Option<VaultOwner>, VaultError> {
         let vault = vault.to_string();
         self.read_point(move |conn, _| {
-            cached_row(conn, "SELECT tenant_id FROM vault_owners WHERE vault = ?1", params![vault], |row| row.get(0))
-                .optional()
-                .map_err(VaultError::from)
+            let owner: Option<String> =
+                cached_row(conn, "SELECT tenant_id FROM vault_owners WHERE vault = ?1", params![vault], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            Ok(owner.map(|owner| owner_of_column(&owner)))
         })
         .await
     }
 
-    async fn claim(&self, vault: &str, tenant_id: &str) -> Result<(), VaultError> {
-        let (vault, tenant_id) = (vault.to_string(), tenant_id.to_string());
+    async fn claim(&self, vault: &str, owner: &VaultOwner) -> Result<(), VaultError> {
+        let (vault, wanted) = (vault.to_string(), owner_column(owner).to_string());
         self.with_connection(move |conn, _| {
             conn.execute(
                 "INSERT INTO vault_owners (vault, tenant_id) VALUES (?1, ?2) ON CONFLICT (vault) DO NOTHING",
-                params![vault, tenant_id],
-            )
-            .map_err(VaultError::from)?;
-            let owner: String = conn
-                .query_row("SELECT tenant_id FROM vault_owners WHERE vault = ?1", params![vault], |row| row.get(0))
-                .map_err(VaultError::from)?;
-            if owner == tenant_id { Ok(()) } else { Err(VaultError::Forbidden(format!("kv://{vault}"))) }
+                params![vault, wanted],
+            )?;
+            let owner: String =
+                conn.query_row("SELECT tenant_id FROM vault_owners WHERE vault = ?1", params![vault], |row| {
+                    row.get(0)
+                })?;
+            if owner == wanted { Ok(()) } else { Err(VaultError::ClaimedByAnother(vault)) }
         })
         .await
     }
@@ -752,6 +757,22 @@ impl SecretStore for SqliteVault {
         .await
     }
 }
+
+/// How `vault_owners.tenant_id` holds an owner: the tenant's id, or [`SHARED`], which no
+/// tenant id can be (tenant ids have no `*`).
+fn owner_column(owner: &VaultOwner) -> &str {
+    match owner {
+        VaultOwner::Tenant(tenant_id) => tenant_id,
+        VaultOwner::Shared => SHARED,
+    }
+}
+
+fn owner_of_column(column: &str) -> VaultOwner {
+    if column == SHARED { VaultOwner::Shared } else { VaultOwner::Tenant(column.to_string()) }
+}
+
+/// The owner column of a shared vault.
+const SHARED: &str = "*";
 
 #[cfg(test)]
 mod tests {

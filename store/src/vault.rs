@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use domain::secret_ref::SecretRef;
 use thiserror::Error;
@@ -12,9 +14,14 @@ pub enum VaultError {
     /// The master key cannot decrypt this version (wrong key, or the data was altered).
     #[error("secret {0} cannot be decrypted with the configured master key")]
     Undecryptable(String),
-    /// The secret's vault belongs to another tenant.
-    #[error("secret {0} is not accessible to this tenant")]
-    Forbidden(String),
+    /// The secret is not in a vault of the tenant asking (another tenant's vault, a vault no one
+    /// claimed, or a shared vault asked for a use only a tenant's own secrets serve). One answer
+    /// for all of them, so that it does not tell whether another tenant's vault exists.
+    #[error("{0} is not in a vault of this tenant")]
+    NotTenants(String),
+    /// The vault belongs to another owner than the one claiming it (operators only: `secrets`).
+    #[error("vault {0} belongs to another owner")]
+    ClaimedByAnother(String),
     #[error("vault backend: {0}")]
     Backend(String),
 }
@@ -168,43 +175,165 @@ pub trait SecretStore: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// The tenant a vault (the `VAULT` of `kv://VAULT/NAME`) belongs to; `None` for a vault no
-    /// tenant has claimed (a single-tenant deployment's shared vault).
-    async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError>;
+    /// Who a vault (the `VAULT` of `kv://VAULT/NAME`) belongs to; `None` for a vault no one
+    /// has claimed, whose secrets no tenant can use.
+    async fn owner(&self, vault: &str) -> Result<Option<VaultOwner>, VaultError>;
 
-    /// Makes `vault` the tenant's; refused with [`VaultError::Forbidden`] when another tenant
-    /// owns it. Claiming one's own vault again is a no-op.
-    async fn claim(&self, vault: &str, tenant_id: &str) -> Result<(), VaultError>;
+    /// Gives `vault` to `owner`; refused with [`VaultError::ClaimedByAnother`] when it belongs
+    /// to someone else. Claiming it again for its owner is a no-op.
+    async fn claim(&self, vault: &str, owner: &VaultOwner) -> Result<(), VaultError>;
 }
 
-/// The values that verify a tenant's inbound deliveries signed with `secret` at `now`: the
-/// current version, then, while a rotation is less than `grace` old, the version it replaced,
-/// so deliveries the vendor signed before it switched (and their retries) still pass. A pinned
-/// ref never rotates. Refused like [`check_access`] when another tenant owns the vault.
-pub async fn verifying_values(
-    store: &dyn SecretStore,
-    secret: &SecretRef,
-    tenant_id: &str,
-    now: chrono::DateTime<chrono::Utc>,
-    grace: std::time::Duration,
-) -> Result<Vec<Vec<u8>>, VaultError> {
-    check_access(store, secret, tenant_id).await?;
-    let mut values = vec![store.get(secret).await?.value];
-    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::zero());
-    if let Some(previous) = store.previous(secret).await?
-        && now - previous.superseded_at <= grace
-    {
-        values.push(previous.value.value);
+/// Who a vault belongs to: every secret is in one tenant's vault or in a shared one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultOwner {
+    Tenant(String),
+    /// An operator's vault that every tenant may verify inbound deliveries with, and that no
+    /// tenant can have sent anywhere: neither the secret nor anything derived from it leaves
+    /// the engine (see [`SecretUse`]).
+    Shared,
+}
+
+/// What a tenant wants a secret for, which decides the vaults it may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretUse {
+    /// Sent to a host, or signing what is sent to one (a connection's credential, a
+    /// subscription's signing secret, a key issuer's credential): hosts are the tenant's to
+    /// choose, so only the tenant's own vaults.
+    Send,
+    /// Checking signatures of inbound deliveries, which never lets the value out: the tenant's
+    /// vaults or a shared one.
+    Verify,
+}
+
+/// The engine's way into the vault: a secret is read or changed only on a tenant's behalf,
+/// through [`TenantVault`], which checks that the secret is the tenant's to use. Operators'
+/// tools (`secrets`) use the [`SecretStore`] itself.
+#[derive(Clone)]
+pub struct Vaults {
+    store: Arc<dyn SecretStore>,
+}
+
+impl Vaults {
+    pub fn new(store: Arc<dyn SecretStore>) -> Self {
+        Self { store }
     }
-    Ok(values)
+
+    /// The vault as `tenant_id` may use it.
+    pub fn of<'a>(&'a self, tenant_id: &'a str) -> TenantVault<'a> {
+        TenantVault { store: self.store.as_ref(), tenant_id }
+    }
 }
 
-/// Refuses a secret whose vault another tenant owns. Every place that resolves a `kv://` ref on
-/// a tenant's behalf (connections, subscriptions, inbound webhooks, runs) goes through this, so
-/// a tenant can never name, and so use, another tenant's secret.
-pub async fn check_access(store: &dyn SecretStore, secret: &SecretRef, tenant_id: &str) -> Result<(), VaultError> {
-    match store.owner(&secret.vault).await? {
-        Some(owner) if owner != tenant_id => Err(VaultError::Forbidden(secret.unversioned().to_string())),
-        _ => Ok(()),
+/// One tenant's view of the vault: every call first checks that the secret is in a vault the
+/// tenant may use it from, and otherwise answers [`VaultError::NotTenants`], whether the vault
+/// is another tenant's, shared, or unknown.
+pub struct TenantVault<'a> {
+    store: &'a dyn SecretStore,
+    tenant_id: &'a str,
+}
+
+impl TenantVault<'_> {
+    /// Refuses `secret` for `usage` unless its vault is the tenant's (or shared, to verify).
+    pub async fn check(&self, secret: &SecretRef, usage: SecretUse) -> Result<(), VaultError> {
+        match self.store.owner(&secret.vault).await? {
+            Some(VaultOwner::Tenant(owner)) if owner == self.tenant_id => Ok(()),
+            Some(VaultOwner::Shared) if usage == SecretUse::Verify => Ok(()),
+            _ => Err(VaultError::NotTenants(secret.unversioned().to_string())),
+        }
+    }
+
+    /// The pinned version, or the current one, of one of the tenant's own secrets.
+    pub async fn get(&self, secret: &SecretRef) -> Result<SecretValue, VaultError> {
+        self.check(secret, SecretUse::Send).await?;
+        self.store.get(secret).await
+    }
+
+    /// See [`SecretStore::metadata`].
+    pub async fn metadata(&self, secret: &SecretRef) -> Result<Option<SecretMetadata>, VaultError> {
+        self.check(secret, SecretUse::Send).await?;
+        self.store.metadata(secret).await
+    }
+
+    /// See [`SecretStore::versions`].
+    pub async fn versions(&self, secret: &SecretRef) -> Result<Vec<VersionMetadata>, VaultError> {
+        self.check(secret, SecretUse::Send).await?;
+        self.store.versions(secret).await
+    }
+
+    /// See [`SecretStore::stage_pending`].
+    pub async fn stage_pending(
+        &self,
+        secret: &SecretRef,
+        value: &[u8],
+        expected_pending: Option<u32>,
+    ) -> Result<u32, VaultError> {
+        self.check(secret, SecretUse::Send).await?;
+        self.store.stage_pending(secret, value, expected_pending).await
+    }
+
+    /// See [`SecretStore::promote`].
+    pub async fn promote(
+        &self,
+        secret: &SecretRef,
+        version: u32,
+        expected_current: Option<u32>,
+    ) -> Result<(), VaultError> {
+        self.check(secret, SecretUse::Send).await?;
+        self.store.promote(secret, version, expected_current).await
+    }
+
+    /// See [`SecretStore::discard_pending`].
+    pub async fn discard_pending(&self, secret: &SecretRef, version: u32) -> Result<bool, VaultError> {
+        self.check(secret, SecretUse::Send).await?;
+        self.store.discard_pending(secret, version).await
+    }
+
+    /// See [`SecretStore::retire_previous`].
+    pub async fn retire_previous(&self, secret: &SecretRef, version: u32) -> Result<bool, VaultError> {
+        self.check(secret, SecretUse::Send).await?;
+        self.store.retire_previous(secret, version).await
+    }
+
+    /// The values that verify the tenant's inbound deliveries signed with `secret` at `now`:
+    /// the current version, then, while a rotation is less than `grace` old, the version it
+    /// replaced, so deliveries the vendor signed before it switched (and their retries) still
+    /// pass. A pinned ref never rotates. A shared vault's secrets verify too.
+    pub async fn verifying_values(
+        &self,
+        secret: &SecretRef,
+        now: chrono::DateTime<chrono::Utc>,
+        grace: std::time::Duration,
+    ) -> Result<Vec<Vec<u8>>, VaultError> {
+        self.check(secret, SecretUse::Verify).await?;
+        self.current_and_recent(secret, now, grace).await
+    }
+
+    /// [`Self::verifying_values`] of one of the tenant's own secrets, for signing what the
+    /// engine sends (an outbound webhook carries a signature by each during an overlap).
+    pub async fn signing_values(
+        &self,
+        secret: &SecretRef,
+        now: chrono::DateTime<chrono::Utc>,
+        grace: std::time::Duration,
+    ) -> Result<Vec<Vec<u8>>, VaultError> {
+        self.check(secret, SecretUse::Send).await?;
+        self.current_and_recent(secret, now, grace).await
+    }
+
+    async fn current_and_recent(
+        &self,
+        secret: &SecretRef,
+        now: chrono::DateTime<chrono::Utc>,
+        grace: std::time::Duration,
+    ) -> Result<Vec<Vec<u8>>, VaultError> {
+        let mut values = vec![self.store.get(secret).await?.value];
+        let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::zero());
+        if let Some(previous) = self.store.previous(secret).await?
+            && now - previous.superseded_at <= grace
+        {
+            values.push(previous.value.value);
+        }
+        Ok(values)
     }
 }

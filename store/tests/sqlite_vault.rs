@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use domain::secret_ref::SecretRef;
-use store::{MasterKey, SecretMetadata, SecretStore, SqliteVault, Stage, VaultError};
+use store::{MasterKey, SecretMetadata, SecretStore, SecretUse, SqliteVault, Stage, VaultError, VaultOwner, Vaults};
 
 const KEY: &str = "8f1c2a3b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 const OTHER_KEY: &str = "0000000000000000000000000000000000000000000000000000000000000001";
@@ -200,21 +200,52 @@ async fn secrets_survive_reopening_with_the_key_file() {
     assert_eq!(SqliteVault::open(&path, key).unwrap().get(&s).await.unwrap().value, b"kept");
 }
 
+/// A tenant reaches a secret only in its own vaults, or, to verify deliveries, a shared one;
+/// another tenant's vault and a vault no one claimed get the same answer.
 #[tokio::test]
-async fn a_vault_belongs_to_the_first_tenant_that_claims_it() {
+async fn a_tenant_uses_only_its_own_vaults_and_verifies_with_shared_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let vault = open(&dir.path().join("vault.db"), KEY);
-    assert_eq!(vault.owner("factory").await.unwrap(), None);
-    vault.claim("factory", "connectsoft").await.unwrap();
-    vault.claim("factory", "connectsoft").await.unwrap();
-    assert!(matches!(vault.claim("factory", "globex").await, Err(VaultError::Forbidden(_))));
-    assert_eq!(vault.owner("factory").await.unwrap().as_deref(), Some("connectsoft"));
+    let vault = std::sync::Arc::new(open(&dir.path().join("vault.db"), KEY));
+    let (owned, shared, unclaimed) = (secret("kv://acme/key"), secret("kv://ops/key"), secret("kv://nobody/key"));
+    for s in [&owned, &shared, &unclaimed] {
+        vault.put(s, b"value", None).await.unwrap();
+    }
+    vault.claim("acme", &VaultOwner::Tenant("acme".into())).await.unwrap();
+    vault.claim("ops", &VaultOwner::Shared).await.unwrap();
+    let vaults = Vaults::new(vault);
+    let (acme, globex) = (vaults.of("acme"), vaults.of("globex"));
+    let (now, grace) = (chrono::Utc::now(), std::time::Duration::from_secs(60));
 
-    let secret = secret("kv://factory/key");
-    store::vault::check_access(&vault, &secret, "connectsoft").await.unwrap();
-    assert!(matches!(store::vault::check_access(&vault, &secret, "globex").await, Err(VaultError::Forbidden(_))));
-    // Unclaimed vaults are shared.
-    store::vault::check_access(&vault, &SecretRef::parse("kv://shared/key").unwrap(), "globex").await.unwrap();
+    assert_eq!(acme.get(&owned).await.unwrap().value, b"value");
+    assert_eq!(acme.signing_values(&owned, now, grace).await.unwrap(), [b"value".to_vec()]);
+    assert_eq!(acme.verifying_values(&shared, now, grace).await.unwrap(), [b"value".to_vec()]);
+    acme.check(&shared, SecretUse::Verify).await.unwrap();
+    let refused = |result: Result<(), VaultError>| match result {
+        Err(VaultError::NotTenants(message)) => message,
+        other => panic!("expected NotTenants, got {other:?}"),
+    };
+    // A shared secret is never sent, nor signs what is sent.
+    refused(acme.check(&shared, SecretUse::Send).await);
+    assert!(matches!(acme.get(&shared).await, Err(VaultError::NotTenants(_))));
+    assert!(matches!(acme.signing_values(&shared, now, grace).await, Err(VaultError::NotTenants(_))));
+    // Nothing of a vault no one claimed, nor of another tenant's, in the same words.
+    refused(acme.check(&unclaimed, SecretUse::Verify).await);
+    assert!(matches!(acme.verifying_values(&unclaimed, now, grace).await, Err(VaultError::NotTenants(_))));
+    for usage in [SecretUse::Send, SecretUse::Verify] {
+        let theirs = refused(globex.check(&owned, usage).await);
+        let nobodys = refused(globex.check(&secret("kv://no-such-vault/key"), usage).await);
+        assert_eq!(theirs.replace("acme", "X"), nobodys.replace("no-such-vault", "X"));
+    }
+    for write in [
+        globex.stage_pending(&owned, b"x", None).await.map(drop),
+        globex.promote(&owned, 1, None).await,
+        globex.discard_pending(&owned, 1).await.map(drop),
+        globex.retire_previous(&owned, 1).await.map(drop),
+        globex.metadata(&owned).await.map(drop),
+        globex.versions(&owned).await.map(drop),
+    ] {
+        refused(write);
+    }
 }
 
 #[tokio::test]
@@ -359,15 +390,21 @@ async fn the_vault_contract_holds_for_the_sqlite_vault_and_its_cache() {
 #[tokio::test]
 async fn the_values_verifying_deliveries_are_the_current_then_the_previous_within_the_grace_for_the_owner_only() {
     let dir = tempfile::tempdir().unwrap();
-    let vault = SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap();
+    let vault =
+        std::sync::Arc::new(SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap());
     let secret = SecretRef::parse("kv://hooks/github").unwrap();
     vault.put(&secret, b"one", None).await.unwrap();
     vault.put(&secret, b"two", Some(1)).await.unwrap();
+    vault.claim("hooks", &VaultOwner::Tenant("acme".into())).await.unwrap();
+    let vaults = Vaults::new(vault);
     let (now, day) = (chrono::Utc::now(), std::time::Duration::from_secs(86_400));
-    let verifying = |at| store::vault::verifying_values(&vault, &secret, "acme", at, day);
+    let verifying = |tenant, at| {
+        let vaults = vaults.clone();
+        let secret = secret.clone();
+        async move { vaults.of(tenant).verifying_values(&secret, at, day).await }
+    };
 
-    assert_eq!(verifying(now).await.unwrap(), [b"two".to_vec(), b"one".to_vec()]);
-    assert_eq!(verifying(now + chrono::Duration::days(2)).await.unwrap(), [b"two".to_vec()]);
-    vault.claim("hooks", "another-tenant").await.unwrap();
-    assert!(matches!(verifying(now).await, Err(VaultError::Forbidden(_))));
+    assert_eq!(verifying("acme", now).await.unwrap(), [b"two".to_vec(), b"one".to_vec()]);
+    assert_eq!(verifying("acme", now + chrono::Duration::days(2)).await.unwrap(), [b"two".to_vec()]);
+    assert!(matches!(verifying("another-tenant", now).await, Err(VaultError::NotTenants(_))));
 }

@@ -75,8 +75,41 @@ fn secrets_are_encrypted_at_rest_and_revealed_only_on_request() {
     let raw = std::fs::read(dir.path().join("vault.db")).unwrap();
     assert!(!raw.windows(value.len()).any(|w| w == value.as_bytes()), "plaintext found in vault.db");
 
-    let bad = run(&["secrets", "put", "not-a-ref"], dir.path());
+    let bad = run(&["secrets", "put", "not-a-ref", "--tenant", "connectsoft"], dir.path());
     assert!(!bad.status.success());
+}
+
+/// Every vault has one owner: `secrets put` names it (`--tenant T` or `--shared`), a vault is
+/// never given to a second owner, and `secrets list` shows whose each vault is.
+#[test]
+fn every_vault_belongs_to_one_tenant_or_is_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let ownerless = run(&["secrets", "put", "kv://factory/github-token"], dir.path());
+    assert!(!ownerless.status.success());
+    let said = String::from_utf8_lossy(&ownerless.stderr);
+    assert!(said.contains("--tenant") && said.contains("--shared"), "{said}");
+
+    put_secret(dir.path(), "kv://factory/github-token", "acme-token");
+    support::put_secret_as(dir.path(), "kv://ops/github-hook", "hook-secret", &["--shared"]);
+    let stolen = run(&["secrets", "claim", "factory", "--tenant", "globex"], dir.path());
+    assert!(!stolen.status.success());
+    assert!(String::from_utf8_lossy(&stolen.stderr).contains("belongs to tenant connectsoft"));
+    let into_shared = std::process::Command::new(support::BIN)
+        .args(["secrets", "put", "kv://ops/github-hook", "--tenant", "globex", "--data-dir"])
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!into_shared.status.success());
+    support::secrets(dir.path(), &["claim", "legacy", "--shared"]);
+
+    let list = run(&["secrets", "list"], dir.path());
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("kv://factory/github-token") && l.ends_with("tenant=connectsoft")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("kv://ops/github-hook") && l.ends_with("shared")), "{text}");
 }
 
 /// An ES256 key pair made with ring, and its public JWK.

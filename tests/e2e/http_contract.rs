@@ -328,7 +328,12 @@ async fn a_rotation_while_one_is_in_flight_conflicts_and_its_run_is_visible() {
     setup_connection(&app, &token).await;
     // The version to rotate to, staged by an operator (a vendor-issued token is not generated).
     app.put_secret("kv://factory/acme-github", "token-v1");
-    support::put_secret_as(&app.data_dir, "kv://factory/acme-github", "token-v2", &["--stage", "pending"]);
+    support::put_secret_as(
+        &app.data_dir,
+        "kv://factory/acme-github",
+        "token-v2",
+        &["--stage", "pending", "--tenant", TENANT],
+    );
     let rotate = json!({ "tenantId": TENANT, "credentialId": "cred-acme-github", "reason": "ScheduledRotation" });
     let r = app.post_json("/integrations/credentials/rotate", &token, &rotate).await;
     assert_eq!(r.status(), 202);
@@ -383,42 +388,56 @@ async fn health_endpoints_and_the_openapi_document() {
     }
 }
 
+/// A secret is sent only where its owner meant: another tenant cannot name it (nor learn
+/// whether its vault exists), a shared secret verifies deliveries but is never sent, and a
+/// rotation cannot reach a secret that is not the tenant's.
 #[tokio::test]
 async fn another_tenants_secrets_can_neither_be_named_nor_verify_deliveries() {
     let app = spawn_app();
-    support::put_secret_as(
-        &app.data_dir,
-        "kv://connectsoft-vault/hook",
-        "connectsoft-hook-secret",
-        &["--tenant", TENANT],
-    );
+    app.put_secret("kv://factory/github-token", "connectsoft-token");
+    app.put_secret("kv://connectsoft-vault/hook", "connectsoft-hook-secret");
+    support::put_secret_as(&app.data_dir, "kv://ops/hook", "shared-hook-secret", &["--shared"]);
     let intruder = app.token("globex", ALL_SCOPES);
     assert_eq!(app.post_json("/integrations/providers", &intruder, &json!({"key": "github", "displayName": "GitHub",
-        "category": "SourceControl", "authModel": "ApiKey", "apiClient": "A.GitHub", "baseUrl": "https://api.github.com"})).await.status(), 201);
+        "category": "SourceControl", "authModel": "ApiKey", "apiClient": "A.GitHub", "baseUrl": "https://globex.example"})).await.status(), 201);
+
+    // Sent to globex's host: neither connectsoft's secret, nor a shared one; the refusal of
+    // connectsoft's vault reads like that of a vault that does not exist.
+    let mut refusals = Vec::new();
+    for vault in ["factory", "no-such-vault", "ops"] {
+        let mut stolen = connection(None);
+        stolen["credentialRef"] = json!(format!("kv://{vault}/github-token"));
+        let refused = problem(app.post_json("/integrations/connections", &intruder, &stolen).await, 422).await;
+        assert_eq!(refused["errors"][0]["field"], "credentialRef", "{refused}");
+        refusals.push(refused["errors"][0]["message"].as_str().unwrap().replace(vault, "VAULT"));
+    }
+    assert_eq!(refusals[0], refusals[1]);
     let mut stolen = connection(Some("kv://connectsoft-vault/hook"));
     stolen["credentialRef"] = json!(null);
     let refused = problem(app.post_json("/integrations/connections", &intruder, &stolen).await, 422).await;
     assert_eq!(refused["errors"][0]["field"], "configuration.webhookSecretRef");
+    let rotate = json!({ "tenantId": "globex", "credentialId": "cred-github-token", "reason": "Leaked" });
+    problem(app.post_json("/integrations/credentials/rotate", &intruder, &rotate).await, 404).await;
 
-    // A connection made while the vault was nobody's stops verifying once its owner claims it.
-    app.put_secret("kv://later-claimed/hook", "shared-secret");
-    let r = app.post_json("/integrations/connections", &intruder, &connection(Some("kv://later-claimed/hook"))).await;
+    // A shared secret verifies globex's deliveries.
+    let mut verifying = connection(Some("kv://ops/hook"));
+    verifying["credentialRef"] = json!(null);
+    let r = app.post_json("/integrations/connections", &intruder, &verifying).await;
+    assert_eq!(r.status(), 201);
     let id = r.json::<Value>().await.unwrap()["connectionId"].as_str().unwrap().to_string();
-    support::put_secret_as(&app.data_dir, "kv://later-claimed/other", "x", &["--tenant", TENANT]);
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await; // the server's secret cache (5 s)
     let body =
         serde_json::to_vec(&json!({ "providerDeliveryId": "gh-9", "eventName": "push", "payload": {} })).unwrap();
     let r = app
         .client
         .post(app.url(&format!("/webhooks/deliveries?connectionId={id}")))
         .header("x-cs-provider", "github")
-        .header("x-hub-signature-256", github_signature("shared-secret", &body))
+        .header("x-hub-signature-256", github_signature("shared-hook-secret", &body))
         .header("content-type", "application/json")
         .body(body)
         .send()
         .await
         .unwrap();
-    problem(r, 401).await;
+    assert_eq!(r.status(), 202);
 }
 
 #[tokio::test]
@@ -435,16 +454,22 @@ async fn concurrent_registrations_with_one_idempotency_key_all_get_the_same_answ
                 .json(&provider("github"));
             tokio::spawn(async move {
                 let answer = request.send().await.unwrap();
-                (answer.status().as_u16(), answer.json::<Value>().await.unwrap())
+                let replayed = answer.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap().to_owned());
+                (answer.status().as_u16(), replayed, answer.json::<Value>().await.unwrap())
             })
         })
         .collect();
-    let mut bodies = Vec::new();
+    let (mut bodies, mut marks) = (Vec::new(), Vec::new());
     for task in tasks {
-        let (status, body) = task.await.unwrap();
+        let (status, replayed, body) = task.await.unwrap();
         assert_eq!(status, 201, "{body}");
         bodies.push(body);
+        marks.push(replayed);
     }
     assert!(bodies.windows(2).all(|w| w[0]["providerId"] == w[1]["providerId"]));
     assert_eq!(events_in_store(&app).await, 1, "more than one registration was appended");
+    // Only the request that reserved the key answers as the first: every other one, the losers
+    // of the race included, says it repeats that answer.
+    assert_eq!(marks.iter().filter(|m| m.is_none()).count(), 1, "{marks:?}");
+    assert!(marks.iter().flatten().all(|m| m == "true"), "{marks:?}");
 }

@@ -25,6 +25,7 @@ mod robustness;
 mod runs;
 mod schemas;
 mod secret_leak;
+mod slow_clients;
 mod spec_examples;
 mod spec_lifecycle;
 mod webhook_fanout;

@@ -2,7 +2,8 @@
 //! health checks, revocations and runs end to end through the real binary with debug logging,
 //! then every byte the engine wrote (event store, read models, worker checkpoints, logs) and
 //! every API response is searched for the secret values, raw and base64-encoded (the form of
-//! an HTTP Basic header). Only the vault holds them, encrypted.
+//! an HTTP Basic header). Only the vault holds them, encrypted. The provider echoes the token
+//! it refuses in its error text: the engine keeps that text with the token masked.
 
 use crate::credentials_support;
 use crate::support;
@@ -147,6 +148,10 @@ async fn no_secret_value_reaches_events_read_models_logs_or_responses() {
     for (i, response) in responses.iter().enumerate() {
         assert_absent(&format!("response {i}"), response, &all);
     }
+    // The provider echoed the token it refused (in its error text, raw, base64 and in Basic
+    // auth): the failed run shows the error with the token masked.
+    let masked = connectors::redact::MASK.as_bytes();
+    assert!(responses.iter().any(|r| r.windows(masked.len()).any(|w| w == masked)), "no masked echo was kept");
     let log_bytes = std::fs::read(&log).unwrap();
     assert!(String::from_utf8_lossy(&log_bytes).contains("DEBUG"), "the log is at debug level");
     assert_absent("the log", &log_bytes, &all);

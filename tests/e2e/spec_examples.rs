@@ -59,7 +59,7 @@ async fn every_spec_example_replays_with_the_documented_shape() {
         &app.data_dir,
         "kv://factory-integration/github-booking",
         "gh-client-secret-v2",
-        &["--stage", "pending"],
+        &["--stage", "pending", "--tenant", "connectsoft"],
     );
     let token = app.token("connectsoft", ALL_SCOPES);
 

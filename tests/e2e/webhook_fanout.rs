@@ -220,7 +220,11 @@ async fn matching_deliveries_are_signed_verified_by_standardwebhooks_and_recorde
         json!({"eventType": "DeploymentPromoted", "endpointUrl": receiver.url("/inactive"), "active": false}),
     )
     .await;
-    subscribe(&app, &other_token, json!({"eventType": "*", "endpointUrl": receiver.url("/other-tenant")})).await;
+    // The other tenant signs with a secret of its own vault.
+    support::put_secret_as(dir.path(), "kv://other-hooks/signing", SECRET_V1, &["--tenant", "other-tenant"]);
+    let other = json!({"eventType": "*", "endpointUrl": receiver.url("/other-tenant"),
+        "signingSecretRef": "kv://other-hooks/signing"});
+    assert_eq!(app.post_json("/webhooks/subscriptions", &other_token, &other).await.status(), 201);
 
     publish(dir.path(), TENANT, Some("p1"), "DeploymentPromoted", &json!({"release": "1.4"}), "msg-1");
     publish(dir.path(), TENANT, Some("p2"), "DeploymentFailed", &json!({"release": "1.5"}), "msg-2");

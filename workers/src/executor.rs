@@ -45,6 +45,7 @@ use connectors::operations::{
     ApiClients, CHECK_HEALTH, CHECK_SIGNING_SECRET, CallError, Credential, ProviderTarget, ResolvedOperation,
     RetryPolicy, resolve,
 };
+use connectors::redact::Redactor;
 use domain::connection::ConnectionEvent;
 use domain::credential::{KEY_ISSUER_CREDENTIAL_REF, RotationSource};
 use domain::ids::stream_id;
@@ -56,7 +57,7 @@ use domain::run::{
 use domain::secret_ref::SecretRef;
 use domain::subscription::SubscriptionEvent;
 use domain::{AggregateEvent, DomainError, EventEnvelope};
-use store::{SecretStore, Stage, VaultError};
+use store::{SecretStore, SecretUse, Stage, TenantVault, VaultError, Vaults};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -125,7 +126,8 @@ pub enum ExecutorError {
 /// The executor of runs; an [`EventHandler`] for [`crate::run_consumer`].
 pub struct RunExecutor {
     commands: Commands,
-    vault: Arc<dyn SecretStore>,
+    /// Secrets are read only on a run's tenant's behalf.
+    vault: Vaults,
     clients: ApiClients,
     settings: ExecutorSettings,
     shutdown: CancellationToken,
@@ -139,7 +141,7 @@ impl RunExecutor {
         settings: ExecutorSettings,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { commands, vault, clients, settings, shutdown }
+        Self { commands, vault: Vaults::new(vault), clients, settings, shutdown }
     }
 
     /// Drives the run of `requested` to its end; returns how it ended when this call saw it end,
@@ -342,17 +344,18 @@ impl RunExecutor {
         run_id: &str,
         tenant: &str,
     ) -> Result<Result<serde_json::Value, CallError>, ExecutorError> {
+        let secrets = CallSecrets::new(self.vault.of(tenant));
         let work = async {
             if let Some(revocation) = &target.revocation {
-                return self.revoke(target, revocation, tenant).await;
+                return self.revoke(&secrets, target, revocation).await;
             }
             let Some(secret) = &target.credential_ref else {
                 return Err(CallError::Permanent("the connection has no credentialRef".into()));
             };
             if let Some(label) = &target.issuance {
-                self.issue_pending_version(target, secret, label, tenant).await?;
+                self.issue_pending_version(&secrets, target, secret, label).await?;
             }
-            let credential = self.credential(secret).await?;
+            let credential = secrets.credential(secret).await?;
             let mut output = self.clients.call(operation, &target.provider, &credential).await?;
             if target.issuance.is_some()
                 && let Some(key_id) = connectors::operations::credential_key_id(&target.provider, &credential)
@@ -361,29 +364,27 @@ impl RunExecutor {
             }
             Ok(output)
         };
-        tokio::select! {
+        let outcome = tokio::select! {
             // Abandoned: the lease expires and the run is taken over after a restart.
-            () = self.shutdown.cancelled() => Err(ExecutorError::ShuttingDown(run_id.into())),
+            () = self.shutdown.cancelled() => return Err(ExecutorError::ShuttingDown(run_id.into())),
             outcome = tokio::time::timeout(timeout, work) => {
-                Ok(outcome.unwrap_or_else(|_| Err(CallError::Retryable(format!("attempt timed out after {} ms", timeout.as_millis())))))
+                outcome.unwrap_or_else(|_| Err(CallError::Retryable(format!("attempt timed out after {} ms", timeout.as_millis()))))
             }
-        }
-    }
-
-    /// A credential from the vault; a missing one fails the call for good.
-    async fn credential(&self, secret: &SecretRef) -> Result<Credential, CallError> {
-        match self.vault.get(secret).await {
-            Ok(value) => Ok(Credential::new(value.value)),
-            Err(VaultError::NotFound(name)) => {
-                Err(CallError::Permanent(format!("credential {name} is not in the vault")))
+        };
+        // What the vendor answered is kept (events, read models, the log): never a secret in it.
+        let redactor = secrets.redactor();
+        Ok(match outcome {
+            Ok(mut output) => {
+                redactor.scrub_json(&mut output);
+                Ok(output)
             }
-            Err(e) => Err(CallError::Retryable(format!("vault: {e}"))),
-        }
+            Err(error) => Err(error.scrubbed(&redactor)),
+        })
     }
 
     /// The credential the provider's API issues and revokes with: the connection's
-    /// `configuration.keyIssuerCredentialRef`, which must belong to the run's tenant.
-    async fn issuer(&self, target: &RunTarget, tenant: &str) -> Result<Credential, CallError> {
+    /// `configuration.keyIssuerCredentialRef`, one of the run's tenant's own secrets.
+    async fn issuer(&self, secrets: &CallSecrets<'_>, target: &RunTarget) -> Result<Credential, CallError> {
         let Some(reference) = target.provider.configuration.get(KEY_ISSUER_CREDENTIAL_REF).and_then(|v| v.as_str())
         else {
             return Err(CallError::Permanent(format!(
@@ -392,14 +393,7 @@ impl RunExecutor {
         };
         let secret = SecretRef::parse(reference)
             .map_err(|e| CallError::Permanent(format!("configuration.{KEY_ISSUER_CREDENTIAL_REF}: {e}")))?;
-        match store::vault::check_access(self.vault.as_ref(), &secret, tenant).await {
-            Ok(()) => {}
-            Err(VaultError::Forbidden(name)) => {
-                return Err(CallError::Permanent(format!("credential {name} belongs to another tenant")));
-            }
-            Err(e) => return Err(CallError::Retryable(format!("vault: {e}"))),
-        }
-        self.credential(&secret).await
+        secrets.credential(&secret).await
     }
 
     /// Makes sure the vault holds the provider-issued version `secret` (pinned) as pending: done
@@ -407,16 +401,17 @@ impl RunExecutor {
     /// credential's value goes from the provider's answer to the vault and nowhere else.
     async fn issue_pending_version(
         &self,
+        secrets: &CallSecrets<'_>,
         target: &RunTarget,
         secret: &SecretRef,
         label: &str,
-        tenant: &str,
     ) -> Result<(), CallError> {
+        let vault = &secrets.vault;
         let Some(version) = secret.version else {
             return Err(CallError::Permanent(format!("{secret} names no version")));
         };
         let vault_error = |e: VaultError| CallError::Retryable(format!("vault: {e}"));
-        let versions = self.vault.versions(secret).await.map_err(vault_error)?;
+        let versions = secrets.vault.versions(secret).await.map_err(vault_error)?;
         if let Some(existing) = versions.iter().find(|v| v.version == version) {
             // Issued and stored by an earlier attempt of this run.
             if existing.stages.contains(&Stage::Pending) {
@@ -435,15 +430,16 @@ impl RunExecutor {
         // A pending label left on an older version (staged, never rotated to) is stale: this
         // rotation is the one in flight. The check-and-set refuses any pending staged meanwhile.
         let stale_pending = versions.iter().find(|v| v.stages.contains(&Stage::Pending)).map_or(0, |v| v.version);
-        let issuer = self.issuer(target, tenant).await?;
+        let issuer = self.issuer(secrets, target).await?;
         let issued = self.clients.issue_credential(&target.provider, &issuer, label).await?;
+        secrets.remember(issued.credential.value_for_vault());
         tracing::info!(secret = %secret, key_id = %issued.key_id, "the provider issued the pending credential");
-        let staged = self.vault.stage_pending(secret, issued.credential.value_for_vault(), Some(stale_pending)).await;
+        let staged = vault.stage_pending(secret, issued.credential.value_for_vault(), Some(stale_pending)).await;
         let refused = match staged {
             Ok(stored) if stored == version => return Ok(()),
             Ok(stored) => {
                 // Someone wrote a version meanwhile: ours landed under another number.
-                let _ = self.vault.discard_pending(secret, stored).await;
+                let _ = vault.discard_pending(secret, stored).await;
                 CallError::Permanent(format!("{secret} was taken by another write while the key was issued"))
             }
             Err(VaultError::VersionConflict { .. }) => {
@@ -462,34 +458,21 @@ impl RunExecutor {
     /// Revokes at the provider a retired version, or what a failed rotation's issuance left.
     async fn revoke(
         &self,
+        secrets: &CallSecrets<'_>,
         target: &RunTarget,
         revocation: &RevocationInput,
-        tenant: &str,
     ) -> Result<serde_json::Value, CallError> {
-        let issuer = self.issuer(target, tenant).await?;
-        let in_use = self.keys_in_use(target).await?;
+        let issuer = self.issuer(secrets, target).await?;
+        let in_use = keys_in_use(secrets, target).await?;
         match &revocation.revocation {
             Revocation::Version(version) => {
-                let credential = self.credential(version).await?;
+                let credential = secrets.credential(version).await?;
                 self.clients.revoke_credential(&target.provider, &issuer, &credential, &in_use).await
             }
             Revocation::Issuance(label) => {
                 self.clients.revoke_labelled(&target.provider, &issuer, label, &in_use).await
             }
         }
-    }
-
-    /// The provider's key ids of the connection credential's current and pending versions: a
-    /// revocation never touches them, whatever its input says.
-    async fn keys_in_use(&self, target: &RunTarget) -> Result<Vec<String>, CallError> {
-        let Some(secret) = &target.credential_ref else { return Ok(Vec::new()) };
-        let versions = self.vault.versions(secret).await.map_err(|e| CallError::Retryable(format!("vault: {e}")))?;
-        let mut in_use = Vec::new();
-        for v in versions.iter().filter(|v| v.stages.contains(&Stage::Current) || v.stages.contains(&Stage::Pending)) {
-            let credential = self.credential(&secret.with_version(v.version)).await?;
-            in_use.extend(connectors::operations::credential_key_id(&target.provider, &credential));
-        }
-        Ok(in_use)
     }
 
     /// The context of the commands a run's execution issues, caused by its `RunRequested`.
@@ -588,14 +571,10 @@ impl RunExecutor {
             Ok(secret) => secret,
             Err(reason) => return Ok(Err(format!("the connection's credentialRef is invalid: {reason}"))),
         };
-        if let Some(secret) = &credential_ref {
-            match store::vault::check_access(self.vault.as_ref(), secret, tenant).await {
-                Ok(()) => {}
-                Err(VaultError::Forbidden(name)) => {
-                    return Ok(Err(format!("credential {name} belongs to another tenant")));
-                }
-                Err(e) => return Err(e.into()),
-            }
+        if let Some(secret) = &credential_ref
+            && let Some(refused) = self.refused_secret(tenant, secret).await?
+        {
+            return Ok(Err(refused));
         }
         Ok(Ok(RunTarget {
             provider: ProviderTarget {
@@ -624,10 +603,8 @@ impl RunExecutor {
             Ok(secret) => secret,
             Err(reason) => return Ok(Err(format!("the subscription's signingSecretRef is invalid: {reason}"))),
         };
-        match store::vault::check_access(self.vault.as_ref(), &secret, tenant).await {
-            Ok(()) => {}
-            Err(VaultError::Forbidden(name)) => return Ok(Err(format!("credential {name} belongs to another tenant"))),
-            Err(e) => return Err(e.into()),
+        if let Some(refused) = self.refused_secret(tenant, &secret).await? {
+            return Ok(Err(refused));
         }
         Ok(Ok(RunTarget {
             provider: ProviderTarget {
@@ -640,6 +617,16 @@ impl RunExecutor {
             issuance: None,
             revocation: None,
         }))
+    }
+
+    /// Why a run of `tenant` cannot use `secret` (it is not in one of the tenant's own vaults),
+    /// or `None` when it can.
+    async fn refused_secret(&self, tenant: &str, secret: &SecretRef) -> Result<Option<String>, ExecutorError> {
+        match self.vault.of(tenant).check(secret, SecretUse::Send).await {
+            Ok(()) => Ok(None),
+            Err(refused @ VaultError::NotTenants(_)) => Ok(Some(refused.to_string())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn fail_run(
@@ -668,6 +655,54 @@ impl RunExecutor {
             () = tokio::time::sleep(wait) => Ok(()),
         }
     }
+}
+
+/// The tenant's secrets as one attempt reads them: every value read, and every one a provider
+/// issues, is remembered, so that what the vendor answers is scrubbed of them before it is kept.
+struct CallSecrets<'a> {
+    vault: TenantVault<'a>,
+    used: std::sync::Mutex<Redactor>,
+}
+
+impl<'a> CallSecrets<'a> {
+    fn new(vault: TenantVault<'a>) -> Self {
+        Self { vault, used: std::sync::Mutex::default() }
+    }
+
+    /// A credential from the tenant's vault; a missing one, or one outside the tenant's own
+    /// vaults, fails the call for good.
+    async fn credential(&self, secret: &SecretRef) -> Result<Credential, CallError> {
+        match self.vault.get(secret).await {
+            Ok(value) => {
+                self.remember(&value.value);
+                Ok(Credential::new(value.value))
+            }
+            Err(VaultError::NotFound(name)) => {
+                Err(CallError::Permanent(format!("credential {name} is not in the vault")))
+            }
+            Err(refused @ VaultError::NotTenants(_)) => Err(CallError::Permanent(refused.to_string())),
+            Err(e) => Err(CallError::Retryable(format!("vault: {e}"))),
+        }
+    }
+
+    fn remember(&self, value: &[u8]) {
+        self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner).add(value);
+    }
+
+    fn redactor(self) -> Redactor {
+        self.used.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn keys_in_use(secrets: &CallSecrets<'_>, target: &RunTarget) -> Result<Vec<String>, CallError> {
+    let Some(secret) = &target.credential_ref else { return Ok(Vec::new()) };
+    let versions = secrets.vault.versions(secret).await.map_err(|e| CallError::Retryable(format!("vault: {e}")))?;
+    let mut in_use = Vec::new();
+    for v in versions.iter().filter(|v| v.stages.contains(&Stage::Current) || v.stages.contains(&Stage::Pending)) {
+        let credential = secrets.credential(&secret.with_version(v.version)).await?;
+        in_use.extend(connectors::operations::credential_key_id(&target.provider, &credential));
+    }
+    Ok(in_use)
 }
 
 /// The pinned version a verification run checks: it must be a version of the connection's own

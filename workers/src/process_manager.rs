@@ -235,6 +235,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).unwrap());
         let vault = Arc::new(SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap());
+        store::SecretStore::claim(vault.as_ref(), "partner-hooks", &store::VaultOwner::Tenant(TENANT.into()))
+            .await
+            .unwrap();
         let commands = Commands::new(store.clone(), vault, Arc::new(SystemClock));
         let ctx = CommandContext::new(TENANT, "trace-1", Actor { subject: "user-1".into(), client_id: None });
         let create = SubscriptionCommand::Create(CreateWebhookSubscription {

@@ -287,6 +287,7 @@ mod tests {
         let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).unwrap());
         let vault = Arc::new(SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap());
         let secret = SecretRef::parse("kv://factory/hook").unwrap();
+        vault.claim("factory", &store::VaultOwner::Tenant("connectsoft".into())).await.unwrap();
         for value in [&b"one"[..], b"two", b"three"] {
             vault.put(&secret, value, None).await.unwrap();
         }

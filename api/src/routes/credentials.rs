@@ -26,10 +26,10 @@ async fn rotate(
     caller.check_tenant(request.tenant_id.as_deref())?;
     let mut errors = Vec::new();
     require_text(&mut errors, "reason", &request.reason, 256);
-    if !ids::has_prefix(&request.credential_id, ids::CREDENTIAL) {
+    if !domain::credential::is_credential_id(&request.credential_id) {
         errors.push(crate::problem::FieldError {
             field: "credentialId".into(),
-            message: "must be a credential id (cred-...)".into(),
+            message: "must be a credential id (cred-NAME, or cred-NAME~VAULT)".into(),
         });
     }
     if !errors.is_empty() {

@@ -26,7 +26,7 @@ async fn credential_events(engine: &TestEngine, tenant_id: &str) -> Vec<Credenti
 
 #[tokio::test]
 async fn establishing_a_connection_to_an_unknown_provider_is_rejected_and_appends_nothing() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
 
     let result =
@@ -38,7 +38,7 @@ async fn establishing_a_connection_to_an_unknown_provider_is_rejected_and_append
 
 #[tokio::test]
 async fn establishing_a_connection_appends_connection_established_with_the_clocks_time() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     let provider = engine.register_provider(&ctx, "github").await;
 
@@ -62,7 +62,7 @@ async fn establishing_a_connection_appends_connection_established_with_the_clock
 
 #[tokio::test]
 async fn a_connection_without_a_credential_ref_registers_no_credential() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.establish(&ctx, "conn-1", None).await;
     assert!(engine.events(&stream_id(TENANT, GITHUB_CREDENTIAL)).await.is_empty());
@@ -72,7 +72,7 @@ async fn a_connection_without_a_credential_ref_registers_no_credential() {
 
 #[tokio::test]
 async fn the_first_connection_registers_its_credential_at_the_vaults_current_version() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.put_secret_versions(GITHUB_SECRET, 2).await;
     let provider = engine.register_provider(&ctx, "github").await;
@@ -99,7 +99,7 @@ async fn the_first_connection_registers_its_credential_at_the_vaults_current_ver
 
 #[tokio::test]
 async fn the_first_connection_and_its_credentials_registration_are_one_append_in_one_commit() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     let provider = engine.register_provider(&ctx, "github").await;
     let before = engine.store.stats();
@@ -119,7 +119,7 @@ async fn the_first_connection_and_its_credentials_registration_are_one_append_in
 
 #[tokio::test]
 async fn a_connection_another_writer_created_first_is_not_appended_twice_nor_its_credential() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     let provider = engine.register_provider(&ctx, "github").await;
     // Another process (its own state cache) established it first, with its credential.
@@ -140,7 +140,7 @@ async fn a_connection_another_writer_created_first_is_not_appended_twice_nor_its
 
 #[tokio::test]
 async fn a_health_checks_last_attempt_and_the_connections_health_are_one_append() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     let provider = engine.register_provider(&ctx, "github").await;
     engine.commands.establish_connection(&ctx, establish_input("conn-1", &provider, None)).await.unwrap();
@@ -181,7 +181,7 @@ async fn a_health_checks_last_attempt_and_the_connections_health_are_one_append(
 
 #[tokio::test]
 async fn a_credential_ref_pinned_to_a_version_registers_the_unversioned_credential_at_the_current_version() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.put_secret_versions(GITHUB_SECRET, 3).await;
     let provider = engine.register_provider(&ctx, "github").await;
@@ -198,7 +198,7 @@ async fn a_credential_ref_pinned_to_a_version_registers_the_unversioned_credenti
 
 #[tokio::test]
 async fn a_credential_not_yet_in_the_vault_is_registered_at_version_1() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.establish(&ctx, "conn-1", Some(GITHUB_SECRET)).await;
     let [CredentialEvent::CredentialRegistered(registered)] = &credential_events(&engine, TENANT).await[..] else {
@@ -209,7 +209,7 @@ async fn a_credential_not_yet_in_the_vault_is_registered_at_version_1() {
 
 #[tokio::test]
 async fn a_second_connection_with_the_same_credential_ref_appends_nothing_to_the_credential() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.put_secret_versions(GITHUB_SECRET, 2).await;
     engine.establish(&ctx, "conn-1", Some(GITHUB_SECRET)).await;
@@ -229,7 +229,7 @@ async fn a_second_connection_with_the_same_credential_ref_appends_nothing_to_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_established_concurrently_with_one_credential_ref_register_it_once() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     let provider = engine.register_provider(&ctx, "github").await;
 
@@ -257,7 +257,7 @@ async fn connections_established_concurrently_with_one_credential_ref_register_i
 
 #[tokio::test]
 async fn a_retried_establish_with_the_same_connection_id_returns_the_first_event_and_appends_nothing() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     let provider = engine.register_provider(&ctx, "github").await;
     let input = establish_input("conn-1", &provider, Some(GITHUB_SECRET));
@@ -277,7 +277,7 @@ async fn a_retried_establish_with_the_same_connection_id_returns_the_first_event
 
 #[tokio::test]
 async fn a_crash_between_the_connection_and_its_credential_is_healed_by_the_retry() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.put_secret_versions(GITHUB_SECRET, 2).await;
     let provider = engine.register_provider(&ctx, "github").await;
@@ -311,7 +311,7 @@ async fn a_crash_between_the_connection_and_its_credential_is_healed_by_the_retr
 
 #[tokio::test]
 async fn a_provider_is_named_by_its_id_not_its_key() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.register_provider(&ctx, "github").await;
     let result = engine.commands.establish_connection(&ctx, establish_input("conn-1", "github", None)).await;

@@ -17,7 +17,7 @@ use crate::support::{GITHUB_CREDENTIAL, GITHUB_SECRET, TENANT, TestEngine, ctx, 
 /// A credential at vault version 2, used by `conn-1` (which registered it) and `conn-2`, with
 /// version 3 staged by an operator.
 async fn engine_with_a_shared_credential() -> TestEngine {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.put_secret_versions(GITHUB_SECRET, 2).await;
     engine.establish(&ctx, "conn-1", Some(GITHUB_SECRET)).await;
@@ -201,7 +201,7 @@ async fn a_crash_between_starting_the_rotation_and_requesting_its_run_is_healed_
 
 #[tokio::test]
 async fn rotating_an_unknown_credential_is_not_found_and_appends_nothing() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let result =
         engine.commands.start_credential_rotation(&ctx(TENANT), GITHUB_CREDENTIAL, "ScheduledRotation", "run-1").await;
     assert!(matches!(rejection(result), DomainError::NotFound { kind: "credential", id } if id == GITHUB_CREDENTIAL));
@@ -210,7 +210,7 @@ async fn rotating_an_unknown_credential_is_not_found_and_appends_nothing() {
 
 #[tokio::test]
 async fn a_vendor_issued_credential_without_a_staged_version_cannot_rotate() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     engine.put_secret_versions(GITHUB_SECRET, 1).await;
     engine.establish(&ctx(TENANT), "conn-1", Some(GITHUB_SECRET)).await;
     let head = engine.head().await;
@@ -265,7 +265,7 @@ async fn success_promotes_in_the_vault_and_failure_keeps_current_and_discards_pe
 
 #[tokio::test]
 async fn an_engine_owned_signing_secret_gets_a_generated_pending_version() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.put_secret_versions(GITHUB_SECRET, 1).await;
     engine.establish_with_auth(&ctx, "conn-1", GITHUB_SECRET, domain::provider::AuthModel::HmacSignature).await;

@@ -26,7 +26,7 @@ fn accept(provider_delivery_id: &str) -> AcceptDelivery {
 
 #[tokio::test]
 async fn a_delivery_appends_its_acceptance_and_its_normalized_event_in_one_stream() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let outcome = engine.commands.accept_delivery(&ctx(TENANT), accept("gh-1")).await.unwrap();
     assert!(!outcome.duplicate);
     let id = delivery_id_for(TENANT, "conn-1", "gh-1");
@@ -37,7 +37,7 @@ async fn a_delivery_appends_its_acceptance_and_its_normalized_event_in_one_strea
 
 #[tokio::test]
 async fn a_repeated_delivery_returns_the_first_and_appends_nothing() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let first = engine.commands.accept_delivery(&ctx(TENANT), accept("gh-1")).await.unwrap();
     let head = engine.head().await;
     let mut again = accept("gh-1");
@@ -55,7 +55,7 @@ async fn a_repeated_delivery_returns_the_first_and_appends_nothing() {
 
 #[tokio::test]
 async fn concurrent_identical_deliveries_are_accepted_exactly_once() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     for round in 0..20 {
         let id = format!("gh-race-{round}");
         let (ctx_a, ctx_b) = (ctx(TENANT), ctx(TENANT));

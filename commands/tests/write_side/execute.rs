@@ -25,7 +25,7 @@ fn health_checks(events: &[EventEnvelope]) -> Vec<(u64, String, u32)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_health_checks_on_one_connection_all_land_in_order_without_loss() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.establish(&ctx, "conn-1", None).await;
 
@@ -55,7 +55,7 @@ async fn concurrent_health_checks_on_one_connection_all_land_in_order_without_lo
 
 #[tokio::test]
 async fn appended_events_carry_the_callers_context_and_the_clocks_time() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.establish(&ctx, "conn-1", None).await;
     let position = engine.commands.record_health_check(&ctx, "conn-1", "run-1", true).await.unwrap();
@@ -74,7 +74,7 @@ async fn appended_events_carry_the_callers_context_and_the_clocks_time() {
 
 #[tokio::test]
 async fn a_health_check_of_a_connection_never_established_is_rejected_and_appends_nothing() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let result = engine.commands.record_health_check(&ctx(TENANT), "conn-missing", "run-1", true).await;
     assert!(matches!(result, Err(CommandError::Rejected(domain::DomainError::InvalidTransition { .. }))));
     assert_eq!(engine.head().await, 0);
@@ -145,7 +145,7 @@ fn commands_racing(engine: &TestEngine, racing: &Arc<RacingWriter>) -> Commands 
 
 #[tokio::test]
 async fn a_command_that_loses_a_race_decides_again_against_the_new_state() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.establish(&ctx, "conn-1", None).await;
     let racing = RacingWriter::new(&engine, &ctx, 1);
@@ -160,7 +160,7 @@ async fn a_command_that_loses_a_race_decides_again_against_the_new_state() {
 
 #[tokio::test]
 async fn contention_is_returned_only_when_every_attempt_lost_a_race() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.establish(&ctx, "conn-1", None).await;
     engine.establish(&ctx, "conn-2", None).await;
@@ -237,7 +237,7 @@ impl EventStore for CountingReads {
 
 #[tokio::test]
 async fn a_command_reads_only_the_events_its_cached_state_has_not_seen() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.establish(&ctx, "conn-1", None).await;
     let counting = Arc::new(CountingReads {

@@ -11,7 +11,11 @@ const OPERATION: &str = "establish-connection";
 const BODY: &[u8] = br#"{"projectId":"proj-booking-saas","providerId":"prov-github"}"#;
 
 fn proceed(resource_id: &str) -> IdempotentRequest {
-    IdempotentRequest::Proceed { resource_id: resource_id.into() }
+    IdempotentRequest::Proceed { resource_id: resource_id.into(), repeated: false }
+}
+
+fn repeat(resource_id: &str) -> IdempotentRequest {
+    IdempotentRequest::Proceed { resource_id: resource_id.into(), repeated: true }
 }
 
 fn created(resource_id: &str) -> StoredResponse {
@@ -24,24 +28,24 @@ fn created(resource_id: &str) -> StoredResponse {
 
 #[tokio::test]
 async fn the_first_use_of_a_key_proceeds_with_the_fresh_id() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let begun = engine.idempotency.begin(TENANT, OPERATION, "key-1", BODY, "conn-a").await.unwrap();
     assert_eq!(begun, proceed("conn-a"));
 }
 
 #[tokio::test]
 async fn a_retry_before_the_first_request_finished_proceeds_with_the_first_reserved_id() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     engine.idempotency.begin(TENANT, OPERATION, "key-1", BODY, "conn-a").await.unwrap();
 
     let retried = engine.idempotency.begin(TENANT, OPERATION, "key-1", BODY, "conn-b").await.unwrap();
 
-    assert_eq!(retried, proceed("conn-a"));
+    assert_eq!(retried, repeat("conn-a"));
 }
 
 #[tokio::test]
 async fn a_retry_after_the_first_request_finished_replays_its_response() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     engine.idempotency.begin(TENANT, OPERATION, "key-1", BODY, "conn-a").await.unwrap();
     engine.idempotency.finish(TENANT, OPERATION, "key-1", &created("conn-a")).await.unwrap();
 
@@ -52,7 +56,7 @@ async fn a_retry_after_the_first_request_finished_replays_its_response() {
 
 #[tokio::test]
 async fn a_second_finish_keeps_the_first_response() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     engine.idempotency.begin(TENANT, OPERATION, "key-1", BODY, "conn-a").await.unwrap();
     engine.idempotency.finish(TENANT, OPERATION, "key-1", &created("conn-a")).await.unwrap();
     engine.idempotency.finish(TENANT, OPERATION, "key-1", &created("conn-b")).await.unwrap();
@@ -64,7 +68,7 @@ async fn a_second_finish_keeps_the_first_response() {
 
 #[tokio::test]
 async fn the_same_key_with_another_body_is_refused_before_and_after_the_first_request_finished() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let other_body = br#"{"projectId":"proj-other","providerId":"prov-github"}"#;
     engine.idempotency.begin(TENANT, OPERATION, "key-1", BODY, "conn-a").await.unwrap();
 
@@ -77,7 +81,7 @@ async fn the_same_key_with_another_body_is_refused_before_and_after_the_first_re
 
 #[tokio::test]
 async fn keys_are_scoped_by_tenant_and_operation() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     engine.idempotency.begin(TENANT, OPERATION, "key-1", BODY, "conn-a").await.unwrap();
     engine.idempotency.finish(TENANT, OPERATION, "key-1", &created("conn-a")).await.unwrap();
 
@@ -91,12 +95,12 @@ async fn keys_are_scoped_by_tenant_and_operation() {
 
 #[tokio::test]
 async fn a_crash_before_finish_then_a_retry_establishes_the_connection_once() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     let provider = engine.register_provider(&ctx, "github").await;
 
     // The first request reserves conn-a, runs, and crashes before `finish`.
-    let IdempotentRequest::Proceed { resource_id } =
+    let IdempotentRequest::Proceed { resource_id, .. } =
         engine.idempotency.begin(TENANT, OPERATION, "key-1", BODY, "conn-a").await.unwrap()
     else {
         panic!("a fresh key must proceed");
@@ -105,7 +109,7 @@ async fn a_crash_before_finish_then_a_retry_establishes_the_connection_once() {
     let head = engine.head().await;
 
     // The retry draws another fresh id, but proceeds with the reserved one.
-    let IdempotentRequest::Proceed { resource_id: retried_id } =
+    let IdempotentRequest::Proceed { resource_id: retried_id, repeated: true } =
         engine.idempotency.begin(TENANT, OPERATION, "key-1", BODY, "conn-b").await.unwrap()
     else {
         panic!("an unfinished key must proceed");

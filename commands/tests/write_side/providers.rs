@@ -8,7 +8,7 @@ use crate::support::{OTHER_TENANT, TENANT, ctx, register_provider, rejection, sp
 
 #[tokio::test]
 async fn registering_a_provider_appends_provider_registered_under_prov_key_in_the_callers_tenant() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
 
     let outcome = engine.commands.register_provider(&ctx(TENANT), register_provider("github")).await.unwrap();
 
@@ -25,7 +25,7 @@ async fn registering_a_provider_appends_provider_registered_under_prov_key_in_th
 
 #[tokio::test]
 async fn registering_a_provider_key_twice_in_a_tenant_is_rejected_as_key_taken() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.commands.register_provider(&ctx, register_provider("github")).await.unwrap();
 
@@ -39,7 +39,7 @@ async fn registering_a_provider_key_twice_in_a_tenant_is_rejected_as_key_taken()
 
 #[tokio::test]
 async fn the_same_provider_key_in_another_tenant_is_registered() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     engine.commands.register_provider(&ctx(TENANT), register_provider("github")).await.unwrap();
 
     let other = engine.commands.register_provider(&ctx(OTHER_TENANT), register_provider("github")).await.unwrap();
@@ -54,7 +54,7 @@ async fn the_same_provider_key_in_another_tenant_is_registered() {
 
 #[tokio::test]
 async fn a_malformed_provider_key_is_rejected_and_appends_nothing() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let result = engine.commands.register_provider(&ctx(TENANT), register_provider("Git Hub")).await;
     assert!(matches!(rejection(result), DomainError::Invalid { field, .. } if field == "key"));
     assert_eq!(engine.head().await, 0);
@@ -62,7 +62,7 @@ async fn a_malformed_provider_key_is_rejected_and_appends_nothing() {
 
 #[tokio::test]
 async fn a_retried_registration_finds_its_own_provider_but_a_different_one_is_still_key_taken() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     let first = engine.commands.register_provider(&ctx, register_provider("github")).await.unwrap();
 

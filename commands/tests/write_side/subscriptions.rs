@@ -46,7 +46,7 @@ fn linked(events: &[CredentialEvent]) -> Vec<&CredentialSubscriptionLinked> {
 
 #[tokio::test]
 async fn the_first_subscription_registers_its_signing_credential_and_later_ones_append_nothing() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     engine.put_secret_versions(SIGNING, 2).await;
     let ctx = ctx(TENANT);
     engine.commands.create_subscription(&ctx, subscription("sub-1", SIGNING)).await.unwrap();
@@ -67,7 +67,7 @@ async fn the_first_subscription_registers_its_signing_credential_and_later_ones_
 
 #[tokio::test]
 async fn a_crash_between_the_subscription_and_its_credential_is_healed_by_linking_again() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     // The subscription was stored, then the process died before its credential was.
     let mut command = subscription("sub-1", SIGNING);
@@ -89,30 +89,29 @@ async fn a_crash_between_the_subscription_and_its_credential_is_healed_by_linkin
 }
 
 #[tokio::test]
-async fn a_signing_secret_named_like_another_vaults_credential_is_refused_before_anything_is_stored() {
-    let engine = spawn_engine();
+async fn a_signing_secret_named_like_another_vaults_credential_is_a_credential_of_its_own() {
+    let engine = spawn_engine().await;
     let ctx = ctx(TENANT);
     engine.commands.create_subscription(&ctx, subscription("sub-1", SIGNING)).await.unwrap();
-    let head = engine.head().await;
-    let refused = engine.commands.create_subscription(&ctx, subscription("sub-2", "kv://other-vault/signing")).await;
-    assert!(
-        matches!(&refused, Err(commands::CommandError::Rejected(DomainError::Invalid { field, .. })) if field == "signingSecretRef"),
-        "{:?}",
-        refused.err()
-    );
-    assert_eq!(engine.head().await, head, "neither the subscription nor a link was stored");
+    engine.commands.create_subscription(&ctx, subscription("sub-2", "kv://other-vault/signing")).await.unwrap();
+    assert_eq!(linked(&credential_events(&engine).await).len(), 1, "the usual id stays the first vault's");
+    let other = engine.events(&stream_id(TENANT, "cred-signing~other-vault")).await;
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].data["secretRef"], "kv://other-vault/signing");
+    assert_eq!(other[0].data["subscriptionId"], "sub-2");
     // A ref pinned to a version signs with that version whatever rotations do: no credential.
+    let head = engine.head().await;
     engine
         .commands
         .create_subscription(&ctx, subscription("sub-3", "kv://other-vault/signing?version=1"))
         .await
         .unwrap();
-    assert_eq!(linked(&credential_events(&engine).await).len(), 1);
+    assert_eq!(engine.head().await, head + 1, "only the subscription was stored");
 }
 
 #[tokio::test]
 async fn a_signing_credential_rotates_to_a_generated_version_verified_against_its_subscription() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     engine.put_secret_versions(SIGNING, 1).await;
     let ctx = ctx(TENANT);
     engine.commands.create_subscription(&ctx, subscription("sub-1", SIGNING)).await.unwrap();
@@ -146,7 +145,7 @@ async fn a_signing_credential_rotates_to_a_generated_version_verified_against_it
 
 #[tokio::test]
 async fn a_vendor_credential_naming_a_signing_secret_is_refused_before_the_connection_is_stored() {
-    let engine = spawn_engine();
+    let engine = spawn_engine().await;
     engine.put_secret_versions(SIGNING, 1).await;
     let ctx = ctx(TENANT);
     let provider = engine.register_provider(&ctx, "github").await;

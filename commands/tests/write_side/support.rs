@@ -18,6 +18,15 @@ pub const OTHER_TENANT: &str = "globex";
 /// The spec's example credential and the credential id it is known by.
 pub const GITHUB_SECRET: &str = "kv://factory-integration/github-booking";
 pub const GITHUB_CREDENTIAL: &str = "cred-github-booking";
+/// The other tenant's secret of the same name, in its own vault.
+pub const OTHER_GITHUB_SECRET: &str = "kv://globex-integration/github-booking";
+/// The vaults each tenant owns in every test engine.
+const VAULTS: [(&str, &str); 4] = [
+    ("factory-integration", TENANT),
+    ("partner-hooks", TENANT),
+    ("other-vault", TENANT),
+    ("globex-integration", OTHER_TENANT),
+];
 const MASTER_KEY: &str = "8f1c2a3b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 
 /// `now` never moves, so every time a command stamps is known in advance.
@@ -37,13 +46,16 @@ pub struct TestEngine {
     _data_dir: TempDir,
 }
 
-pub fn spawn_engine() -> TestEngine {
+pub async fn spawn_engine() -> TestEngine {
     let data_dir = tempfile::tempdir().unwrap();
     let engine_db = data_dir.path().join("engine.db");
     let store = Arc::new(SqliteEventStore::open(&engine_db).unwrap());
     let vault = Arc::new(
         SqliteVault::open(&data_dir.path().join("vault.db"), MasterKey::from_hex(MASTER_KEY).unwrap()).unwrap(),
     );
+    for (name, tenant) in VAULTS {
+        vault.claim(name, &store::VaultOwner::Tenant(tenant.into())).await.unwrap();
+    }
     let clock: Arc<dyn Clock> = Arc::new(FixedClock(t0()));
     let idempotency = Idempotency::new(Arc::new(SqliteIdempotencyStore::open(&engine_db).unwrap()), clock.clone());
     let commands = Commands::new(store.clone(), vault.clone(), clock);

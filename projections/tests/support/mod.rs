@@ -151,9 +151,14 @@ pub struct Scenario {
 pub async fn run_scenario(engine: &Engine, tenant: &str) -> Scenario {
     let ctx = ctx(tenant);
     let commands = &engine.commands;
+    // The tenant's own vault, as an operator gives it (`secrets claim`): SECRET_REF's for TENANT.
+    let vault = if tenant == TENANT { "factory-integration".to_owned() } else { format!("{tenant}-integration") };
+    let owner = store::VaultOwner::Tenant(tenant.into());
+    store::SecretStore::claim(engine.vault.as_ref(), &vault, &owner).await.unwrap();
+    let secret_ref = format!("kv://{vault}/github-booking");
     engine.register_provider(tenant, "github").await;
-    let connection_a = engine.establish_connection(tenant, Some(SECRET_REF)).await;
-    let connection_b = engine.establish_connection(tenant, Some(SECRET_REF)).await;
+    let connection_a = engine.establish_connection(tenant, Some(&secret_ref)).await;
+    let connection_b = engine.establish_connection(tenant, Some(&secret_ref)).await;
 
     let subscription = CreateWebhookSubscription {
         subscription_id: new_resource_id(ids::SUBSCRIPTION),
@@ -161,7 +166,7 @@ pub async fn run_scenario(engine: &Engine, tenant: &str) -> Scenario {
         project_id: Some("proj-booking-saas".into()),
         event_type: "DeploymentPromoted".into(),
         endpoint_url: "https://hooks.partner.example/connectsoft".into(),
-        signing_secret_ref: "kv://factory-integration/partner-hook-secret".into(),
+        signing_secret_ref: format!("kv://{vault}/partner-hook-secret"),
         active: true,
         created_at: now(),
         delivery: Default::default(),
@@ -184,7 +189,7 @@ pub async fn run_scenario(engine: &Engine, tenant: &str) -> Scenario {
 
     let verification_run_id = new_resource_id(ids::RUN);
     // The version the rotation verifies, staged by an operator.
-    let secret = domain::secret_ref::SecretRef::parse(SECRET_REF).unwrap();
+    let secret = domain::secret_ref::SecretRef::parse(&secret_ref).unwrap();
     store::SecretStore::put(engine.vault.as_ref(), &secret, b"v1", None).await.unwrap();
     store::SecretStore::stage_pending(engine.vault.as_ref(), &secret, b"v2", None).await.unwrap();
     commands.start_credential_rotation(&ctx, CREDENTIAL_ID, "ScheduledRotation", &verification_run_id).await.unwrap();

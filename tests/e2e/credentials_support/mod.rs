@@ -90,9 +90,18 @@ async fn user(State(state): State<Arc<Mutex<UserStubState>>>, headers: HeaderMap
     if ok {
         (StatusCode::OK, axum::Json(json!({"login": "octocat", "id": 1, "type": "User"}))).into_response()
     } else {
+        // A careless vendor that echoes the credential it refused, in the spellings an error
+        // text may carry it (the engine must keep none of them: tests/e2e/secret_leak.rs).
+        use base64::Engine as _;
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let message = format!(
+            "Bad credentials: {token} (base64 {}, basic {})",
+            base64.encode(&token),
+            base64.encode(format!("x-access-token:{token}"))
+        );
         (
             StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})),
+            axum::Json(json!({"message": message, "documentation_url": "https://docs.github.com/rest"})),
         )
             .into_response()
     }
@@ -115,14 +124,17 @@ pub fn serve_with_logs(dir: &Path, extra: &[&str]) -> (App, PathBuf) {
     (App::when_listening(child, dir), log)
 }
 
-/// `integration-engine secrets ARGS...` on `dir`; its stdout.
+/// `integration-engine secrets ARGS...` on `dir`; its stdout. A `put` stores into a vault of the
+/// tests' tenant.
 pub fn secrets(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write;
+    let owner: &[&str] = if args[0] == "put" { &["--tenant", crate::support::SECRETS_TENANT] } else { &[] };
     let mut child = Command::new(BIN)
         .arg("secrets")
         .arg(args[0])
         .arg("--data-dir")
         .arg(dir)
+        .args(owner)
         .args(&args[1..])
         .env_remove("IE_MASTER_KEY")
         .stdin(Stdio::piped())

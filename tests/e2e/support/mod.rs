@@ -44,8 +44,14 @@ pub fn spawn_app_with(extra: &[&str]) -> App {
     app
 }
 
-/// Starts `integration-engine serve` on `data_dir` with extra arguments.
+/// The tenant whose secrets [`put_secret`] stores, and the vaults it owns in every app.
+pub const SECRETS_TENANT: &str = "connectsoft";
+const SECRETS_TENANT_VAULTS: [&str; 3] = ["factory", "factory-integration", "partner-hooks"];
+
+/// Starts `integration-engine serve` on `data_dir` with extra arguments; the tests' tenant owns
+/// the vaults the tests name ([`SECRETS_TENANT_VAULTS`]).
 pub fn spawn_app_in(data_dir: &Path, extra: &[&str]) -> App {
+    secrets(data_dir, &[&["claim"][..], &SECRETS_TENANT_VAULTS, &["--tenant", SECRETS_TENANT]].concat());
     let child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -123,8 +129,22 @@ impl App {
     }
 }
 
+/// `secrets put --tenant connectsoft`.
 pub fn put_secret(data_dir: &Path, secret_ref: &str, value: &str) {
-    put_secret_as(data_dir, secret_ref, value, &[]);
+    put_secret_as(data_dir, secret_ref, value, &["--tenant", SECRETS_TENANT]);
+}
+
+/// `integration-engine secrets ARGS --data-dir DIR`, which must succeed.
+pub fn secrets(data_dir: &Path, args: &[&str]) {
+    let out = Command::new(BIN)
+        .arg("secrets")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("IE_MASTER_KEY")
+        .output()
+        .expect("run secrets");
+    assert!(out.status.success(), "secrets {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `secrets put` with extra arguments (e.g. `["--tenant", "t"]`).

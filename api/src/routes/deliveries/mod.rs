@@ -108,6 +108,8 @@ async fn gateway(
     let raw = Bytes::from_request(request, &()).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large(app.settings.max_body_bytes)
+        } else if crate::server::is_body_timeout(&rejection) {
+            Refusal::new("body_timed_out", Problem::body_timed_out())
         } else {
             Refusal::bad_request("unreadable_body", rejection.body_text())
         }

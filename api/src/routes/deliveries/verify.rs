@@ -39,7 +39,7 @@ pub(super) async fn verify(
 
 /// What verifies the connection's deliveries now: for a scheme with a shared secret, the
 /// current version of `webhookSecretRef` and, for `--webhook-secret-grace-seconds` (24 h by
-/// default) after a rotation, the previous one (see [`store::vault::verifying_values`]); for
+/// default) after a rotation, the previous one (see [`store::TenantVault::verifying_values`]); for
 /// JWS, the provider's key set named by `webhookJwks` (see
 /// [`connectors::key_sets::ProviderKeySets::get`]).
 pub(super) async fn verification_keys(
@@ -69,11 +69,9 @@ pub(super) async fn verification_keys(
         .and_then(|r| SecretRef::parse(r).ok())
         .ok_or_else(|| Refusal::unauthorized("secret_unavailable", "the connection has no webhook secret"))?;
     let grace = app.settings.webhook_secret_grace;
-    let secrets = store::vault::verifying_values(app.vault.as_ref(), &secret_ref, &connection.tenant_id, now, grace)
-        .await
-        .map_err(|e| {
-            tracing::warn!(connection_id, error = %e, "webhook secret unavailable");
-            Refusal::unauthorized("secret_unavailable", "the connection's webhook secret is unavailable")
-        })?;
+    let secrets = app.vault.of(&connection.tenant_id).verifying_values(&secret_ref, now, grace).await.map_err(|e| {
+        tracing::warn!(connection_id, error = %e, "webhook secret unavailable");
+        Refusal::unauthorized("secret_unavailable", "the connection's webhook secret is unavailable")
+    })?;
     Ok(VerificationKeys::Secrets(secrets))
 }

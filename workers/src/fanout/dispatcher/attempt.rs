@@ -267,22 +267,19 @@ impl AttemptTask {
             signature,
             tenant_id: self.tenant_id.clone(),
             project_id: message.project_id,
+            secrets: connectors::redact::Redactor::of(keys),
         })
     }
 
     /// The signing secret's current version and, within the grace period after a rotation, the
     /// previous one: receivers that have not switched yet still verify (the values that verify
-    /// an inbound delivery, [`store::vault::verifying_values`], by the same rule).
+    /// an inbound delivery, [`store::TenantVault::verifying_values`], by the same rule).
     pub(super) async fn secrets(&self, secret_ref: &str, now: DateTime<Utc>) -> Result<Vec<Vec<u8>>, NotSendable> {
         let retry = |error: String| NotSendable { error, retry: true };
         let secret = SecretRef::parse(secret_ref).map_err(|e| retry(format!("signingSecretRef: {e}")))?;
         let grace = self.shared.settings.secret_grace;
-        store::vault::verifying_values(self.shared.vault.as_ref(), &secret, &self.tenant_id, now, grace).await.map_err(
-            |e| match e {
-                VaultError::Forbidden(name) => retry(format!("signing secret {name} belongs to another tenant")),
-                e => retry(format!("signing secret: {e}")),
-            },
-        )
+        let vault = self.shared.vault.of(&self.tenant_id);
+        vault.signing_values(&secret, now, grace).await.map_err(|e| retry(format!("signing secret: {e}")))
     }
 }
 

@@ -33,7 +33,7 @@ use domain::secret_ref::SecretRef;
 use domain::subscription::{SubscriptionEvent, WebhookSubscriptionCreated};
 use domain::{Actor, AnyEvent, Decider, EventEnvelope};
 use serde_json::{Value, json};
-use store::{EventStore, Lease, Leases, SecretStore, StoreError, VaultError};
+use store::{EventStore, Lease, Leases, SecretStore, StoreError, Vaults};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -85,7 +85,8 @@ pub(super) struct Shared {
     pub(super) store: Arc<dyn EventStore>,
     pub(super) leases: Arc<dyn Leases>,
     pub(super) commands: Commands,
-    pub(super) vault: Arc<dyn SecretStore>,
+    /// Signing secrets are read only on a subscription's tenant's behalf.
+    pub(super) vault: Vaults,
     pub(super) client: reqwest::Client,
     pub(super) settings: WebhookSettings,
     pub(super) directory: Arc<Directory>,
@@ -111,6 +112,7 @@ impl Dispatcher {
         let client = webhook_client(settings.allow.clone(), settings.attempt_timeout)?;
         let directory = Directory::new();
         let recent_messages = quick_cache::sync::Cache::new(RECENT_MESSAGES);
+        let vault = Vaults::new(vault);
         let shared = Shared { store, leases, commands, vault, client, settings, directory, recent_messages };
         Ok(Self { shared: Arc::new(shared) })
     }

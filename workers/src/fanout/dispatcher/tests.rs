@@ -5,13 +5,21 @@ use async_trait::async_trait;
 use commands::SystemClock;
 use connectors::egress::EgressAllowList;
 use domain::subscription::{CreateWebhookSubscription, DeliverySettings};
-use store::{MasterKey, SecretMetadata, SecretValue, SqliteEventStore, SqliteLeases, SqliteVault, VersionMetadata};
+use store::{
+    MasterKey, SecretMetadata, SecretValue, SqliteEventStore, SqliteLeases, SqliteVault, VaultError, VaultOwner,
+    VersionMetadata,
+};
 
 use super::*;
 use crate::fanout::handler::run_input;
 use crate::fanout::webhook_run_id;
 
-const SIGNING_SECRET: &str = "kv://hooks/signing";
+/// The tenants of these tests, each signing with a secret in its own vault.
+const TENANTS: [&str; 4] = ["t", "a", "b", "attacker"];
+
+fn signing_secret(tenant: &str) -> String {
+    format!("kv://hooks-{tenant}/signing")
+}
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A vault whose reads take `delay` (a slow secret backend).
@@ -50,11 +58,11 @@ impl SecretStore for SlowVault {
     async fn list(&self) -> Result<Vec<SecretMetadata>, VaultError> {
         self.inner.list().await
     }
-    async fn owner(&self, vault: &str) -> Result<Option<String>, VaultError> {
+    async fn owner(&self, vault: &str) -> Result<Option<VaultOwner>, VaultError> {
         self.inner.owner(vault).await
     }
-    async fn claim(&self, vault: &str, tenant_id: &str) -> Result<(), VaultError> {
-        self.inner.claim(vault, tenant_id).await
+    async fn claim(&self, vault: &str, owner: &VaultOwner) -> Result<(), VaultError> {
+        self.inner.claim(vault, owner).await
     }
 }
 
@@ -70,7 +78,11 @@ async fn engine(settings: WebhookSettings, vault_delay: Duration) -> Engine {
     let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).unwrap());
     let inner = SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap();
     let vault: Arc<dyn SecretStore> = Arc::new(SlowVault { inner, delay: vault_delay });
-    vault.put(&SecretRef::parse(SIGNING_SECRET).unwrap(), WHSEC.as_bytes(), None).await.unwrap();
+    for tenant in TENANTS {
+        let secret = SecretRef::parse(&signing_secret(tenant)).unwrap();
+        vault.put(&secret, WHSEC.as_bytes(), None).await.unwrap();
+        vault.claim(&secret.vault, &VaultOwner::Tenant(tenant.into())).await.unwrap();
+    }
     let commands = Commands::new(store.clone(), vault.clone(), Arc::new(SystemClock));
     let settings = WebhookSettings { allow: Arc::new(EgressAllowList::parse("127.0.0.1").unwrap()), ..settings };
     let leases: Arc<dyn Leases> = Arc::new(SqliteLeases::open(&dir.path().join("events.db")).unwrap());
@@ -120,7 +132,7 @@ impl Engine {
             project_id: None,
             event_type: "OrderPlaced".into(),
             endpoint_url: "http://127.0.0.1:9/hook".into(),
-            signing_secret_ref: SIGNING_SECRET.into(),
+            signing_secret_ref: signing_secret(tenant),
             active: true,
             created_at: Utc::now(),
             delivery,

@@ -1,0 +1,339 @@
+//! The HTTP server under the router: it accepts connections up to a cap and takes back the
+//! slots of clients that hold one without using it.
+//!
+//! A connection is closed when the headers of a request do not arrive within
+//! [`ServerLimits::header_read_timeout`] of its first byte, and when it stays idle (no request
+//! in flight, no byte of the next one) for [`ServerLimits::idle_timeout`]. A request body must
+//! arrive whole within [`ServerLimits::body_read_timeout`] of its headers, or reading it fails
+//! with [`BodyTimedOut`] (408). These are totals, not gaps between bytes: a client trickling a
+//! byte at a time gets no longer than one sending nothing. At the cap, new connections wait in
+//! the listen backlog until a slot frees.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+
+/// How long clients may take, and how many connections are open at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// From the first byte of a request to the end of its headers.
+    pub header_read_timeout: Duration,
+    /// From the end of a request's headers to the end of its body.
+    pub body_read_timeout: Duration,
+    /// How long a connection may wait, open, for its first or next request.
+    pub idle_timeout: Duration,
+    /// Connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled, then lets the requests in flight
+/// finish (idle connections close at once) and returns when every connection has ended.
+pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let connections = TaskTracker::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = stop.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors or memory for a moment (or a connection reset before
+                    // it was accepted): wait a little rather than spin.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let connection = Connection { router: router.clone(), limits, stop: stop.clone(), _slot: slot };
+        connections.spawn(connection.serve(stream, builder.clone()));
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// One accepted connection and the slot it holds until it ends.
+struct Connection {
+    router: Router,
+    limits: ServerLimits,
+    stop: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, builder: auto::Builder<TokioExecutor>) {
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Watched { inner: stream, activity: activity.clone() });
+        let service =
+            Tracked { router: self.router, activity: activity.clone(), body_timeout: self.limits.body_read_timeout };
+        let mut connection = pin!(builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service)));
+        let mut stopping = false;
+        loop {
+            let deadline = activity.deadline(&self.limits);
+            tokio::select! {
+                // Errors are the client's doing (a reset, a malformed request hyper answered).
+                _ = connection.as_mut() => return,
+                () = activity.changed.notified() => {}
+                () = sleep_until(deadline) => {
+                    if activity.deadline(&self.limits).is_some_and(|deadline| deadline <= Instant::now()) {
+                        // Dropping the connection closes the socket.
+                        return;
+                    }
+                }
+                () = self.stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or for good without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a connection is doing, for the deadline that applies to it.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Waiting for a request since then (open, or the last one answered).
+    Idle(Instant),
+    /// The first bytes of a request came then; its headers have not ended.
+    ReadingHead(Instant),
+    /// Requests in flight: their bodies have deadlines of their own, and handlers take what
+    /// they take.
+    Busy(usize),
+}
+
+struct Activity {
+    phase: Mutex<Phase>,
+    /// Woken when the phase changes, so that the deadline is looked at again.
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { phase: Mutex::new(Phase::Idle(Instant::now())), changed: Notify::new() }
+    }
+
+    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn deadline(&self, limits: &ServerLimits) -> Option<Instant> {
+        match *self.phase() {
+            Phase::Idle(since) => Some(since + limits.idle_timeout),
+            Phase::ReadingHead(since) => Some(since + limits.header_read_timeout),
+            Phase::Busy(_) => None,
+        }
+    }
+
+    /// Bytes arrived: on an idle connection, the start of a request.
+    fn read_some(&self) {
+        let mut phase = self.phase();
+        if let Phase::Idle(_) = *phase {
+            *phase = Phase::ReadingHead(Instant::now());
+            self.changed.notify_one();
+        }
+    }
+
+    fn request_started(&self) {
+        let mut phase = self.phase();
+        *phase = match *phase {
+            Phase::Busy(requests) => Phase::Busy(requests + 1),
+            _ => Phase::Busy(1),
+        };
+        self.changed.notify_one();
+    }
+
+    fn request_ended(&self) {
+        let mut phase = self.phase();
+        *phase = match *phase {
+            Phase::Busy(requests) if requests > 1 => Phase::Busy(requests - 1),
+            _ => Phase::Idle(Instant::now()),
+        };
+        self.changed.notify_one();
+    }
+}
+
+/// The socket, telling its connection's [`Activity`] when bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.read_some();
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The router, counting the connection's requests in flight and giving each body its deadline.
+#[derive(Clone)]
+struct Tracked {
+    router: Router,
+    activity: Arc<Activity>,
+    body_timeout: Duration,
+}
+
+impl Service<Request<Incoming>> for Tracked {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = InFlight::start(self.activity.clone());
+        let deadline = Instant::now() + self.body_timeout;
+        let request = request.map(|body| axum::body::Body::new(DeadlineBody { body, deadline, sleep: None }));
+        let answer = self.router.call(request);
+        Box::pin(async move {
+            let response = answer.await;
+            drop(in_flight);
+            response
+        })
+    }
+}
+
+/// A request in flight on its connection, until dropped (answered, or abandoned).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.request_started();
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+/// Reading a request body failed: it had not ended by its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within the body read timeout")]
+pub struct BodyTimedOut;
+
+/// Whether `error`, or an error it wraps, is [`BodyTimedOut`].
+pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<BodyTimedOut>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// A request body that must end by `deadline`. The timer starts only when the body is not
+/// ready at once, so bodies that are (most, and every empty one) cost none.
+struct DeadlineBody {
+    body: Incoming,
+    deadline: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(this.deadline)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
