@@ -22,6 +22,7 @@ pub mod readiness;
 pub mod respond;
 pub mod routes;
 pub mod server;
+pub mod strict;
 pub mod trace;
 pub mod versioning;
 
@@ -126,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(CatchPanicLayer::custom(|_| Problem::internal(&"a handler panicked").into_response()))
+        .layer(middleware::from_fn_with_state(state.settings.max_body_bytes, strict::refuse_ambiguous_requests))
         .layer(middleware::from_fn(metrics::record_http))
         .layer(middleware::from_fn(trace::with_trace_id))
         .layer(middleware::from_fn_with_state(state.settings.in_flight.clone(), load::count_in_flight))

@@ -2,8 +2,11 @@
 //! slots of clients that hold one without using it.
 //!
 //! A connection is closed when the headers of a request do not arrive within
-//! [`ServerLimits::header_read_timeout`] of its first byte, and when it stays idle (no request
-//! in flight, no byte of the next one) for [`ServerLimits::idle_timeout`]. A request body must
+//! [`ServerLimits::header_read_timeout`] of its first byte (or of the connection, for its first
+//! request), and when it stays idle (no request in flight, no byte of the next one) for
+//! [`ServerLimits::idle_timeout`]. An HTTP/2 connection carries frames that are no request
+//! (pings, window updates, settings), so on one only the idle timeout applies, counted from its
+//! last request. A request body must
 //! arrive whole within [`ServerLimits::body_read_timeout`] of its headers, or reading it fails
 //! with [`BodyTimedOut`] (408). These are totals, not gaps between bytes: a client trickling a
 //! byte at a time gets no longer than one sending nothing. At the cap, new connections wait in
@@ -85,6 +88,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, 
         let connection = Connection { router: router.clone(), limits, stop: stop.clone(), _slot: slot };
         connections.spawn(connection.serve(stream, builder.clone()));
     }
+    // New clients are refused at once rather than left in the backlog while the rest drains.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }
@@ -138,6 +143,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// What a connection is doing, for the deadline that applies to it.
 #[derive(Debug, Clone, Copy)]
 enum Phase {
+    /// Open since then, nothing read yet: its first request is due within the header timeout.
+    Opened(Instant),
     /// Waiting for a request since then (open, or the last one answered).
     Idle(Instant),
     /// The first bytes of a request came then; its headers have not ended.
@@ -149,13 +156,19 @@ enum Phase {
 
 struct Activity {
     phase: Mutex<Phase>,
+    /// Set on the first read when it is the HTTP/2 preface.
+    multiplexed: std::sync::atomic::AtomicBool,
     /// Woken when the phase changes, so that the deadline is looked at again.
     changed: Notify,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self { phase: Mutex::new(Phase::Idle(Instant::now())), changed: Notify::new() }
+        Self {
+            phase: Mutex::new(Phase::Opened(Instant::now())),
+            multiplexed: std::sync::atomic::AtomicBool::new(false),
+            changed: Notify::new(),
+        }
     }
 
     fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
@@ -164,18 +177,32 @@ impl Activity {
 
     fn deadline(&self, limits: &ServerLimits) -> Option<Instant> {
         match *self.phase() {
+            Phase::Opened(since) => Some(since + limits.header_read_timeout),
             Phase::Idle(since) => Some(since + limits.idle_timeout),
             Phase::ReadingHead(since) => Some(since + limits.header_read_timeout),
             Phase::Busy(_) => None,
         }
     }
 
-    /// Bytes arrived: on an idle connection, the start of a request.
-    fn read_some(&self) {
+    /// `bytes` arrived: on an idle HTTP/1 connection, the start of a request.
+    fn read_some(&self, bytes: &[u8]) {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut phase = self.phase();
-        if let Phase::Idle(_) = *phase {
-            *phase = Phase::ReadingHead(Instant::now());
-            self.changed.notify_one();
+        match *phase {
+            Phase::Opened(since) => {
+                if bytes.starts_with(b"PRI * HTTP/2.0") {
+                    self.multiplexed.store(true, Relaxed);
+                    *phase = Phase::Idle(since);
+                } else {
+                    *phase = Phase::ReadingHead(since);
+                }
+                self.changed.notify_one();
+            }
+            Phase::Idle(_) if !self.multiplexed.load(Relaxed) => {
+                *phase = Phase::ReadingHead(Instant::now());
+                self.changed.notify_one();
+            }
+            _ => {}
         }
     }
 
@@ -210,7 +237,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.read_some();
+            this.activity.read_some(&buf.filled()[before..]);
         }
         read
     }

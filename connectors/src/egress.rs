@@ -160,7 +160,7 @@ pub fn check_url(policy: EgressPolicy, url: &reqwest::Url) -> Result<(), String>
     let literal = match url.host() {
         Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
         Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
-        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") => {
+        Some(url::Host::Domain(d)) if is_loopback_name(d) => {
             return Err(format!("{url} is a loopback address, which egress policy refuses"));
         }
         Some(url::Host::Domain(_)) => None,
@@ -260,7 +260,7 @@ pub fn check_webhook_endpoint(endpoint: &str, allow: &EgressAllowList) -> Result
     let literal = match host {
         url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
         url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
-        url::Host::Domain(d) if !allowed_host && (d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost")) => {
+        url::Host::Domain(d) if !allowed_host && is_loopback_name(d) => {
             return Err(format!("{d} is a loopback name, which egress policy refuses"));
         }
         url::Host::Domain(_) => None,
@@ -271,6 +271,13 @@ pub fn check_webhook_endpoint(endpoint: &str, allow: &EgressAllowList) -> Result
         }
         _ => Ok(url),
     }
+}
+
+/// `localhost` and its subdomains (RFC 6761), in any case and with or without the trailing dot
+/// of a fully qualified name (`localhost.` resolves like `localhost`).
+fn is_loopback_name(domain: &str) -> bool {
+    let name = domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 /// What kind of non-public address `ip` is, for the refusal's reason.
@@ -412,6 +419,9 @@ mod tests {
             ("https://[::1]/", "loopback"),
             ("https://[fe80::1]/", "link-local"),
             ("https://localhost/", "loopback"),
+            ("https://localhost./x", "loopback"),
+            ("https://LOCALHOST./x", "loopback"),
+            ("https://api.localhost./x", "loopback"),
             ("https://user:pw@hooks.partner.example/", "credentials"),
         ] {
             let refused = check_webhook_endpoint(url, &none).expect_err(url);

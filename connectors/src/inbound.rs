@@ -139,7 +139,7 @@ pub fn verify(scheme: Scheme, request: &SignedRequest<'_>, keys: Keys<'_>) -> Re
 // The configuration keys of a connection that say how its deliveries are verified.
 const SCHEME_KEY: &str = "webhookScheme";
 const SECRET_REF_KEY: &str = domain::connection::WEBHOOK_SECRET_REF;
-const JWKS_KEY: &str = "webhookJwks";
+const JWKS_KEY: &str = domain::connection::WEBHOOK_JWKS;
 const URL_KEY: &str = "webhookUrl";
 
 /// How a connection's deliveries are verified, read from its configuration.
@@ -371,8 +371,14 @@ pub fn native_delivery(scheme: Scheme, headers: &Headers, signed_body: &[u8]) ->
     };
     let is_form =
         !signed_body.trim_ascii_start().starts_with(b"{") && !signed_body.trim_ascii_start().starts_with(b"[");
+    // Vendors deliver JSON objects; an array, string or number is as malformed as broken JSON
+    // (the envelope's `payload` must be an object too).
     let json = || -> Result<Value, ShapeError> {
-        serde_json::from_slice(signed_body).map_err(|e| ShapeError(format!("the body is not JSON: {e}")))
+        match serde_json::from_slice(signed_body) {
+            Ok(object @ Value::Object(_)) => Ok(object),
+            Ok(_) => Err(ShapeError("the body is not a JSON object".into())),
+            Err(e) => Err(ShapeError(format!("the body is not JSON: {e}"))),
+        }
     };
     let text = |payload: &Value, path: &[&str]| -> Option<String> {
         let mut value = payload;
@@ -547,6 +553,10 @@ mod tests {
         let d = native_delivery(Scheme::GitHub, &gh, br#"{"ref":"refs/heads/main"}"#).unwrap();
         assert_eq!((d.provider_delivery_id.as_str(), d.event_name.as_str()), ("d-1", "push"));
         assert!(native_delivery(Scheme::GitHub, &Headers::default(), b"{}").is_err());
+        for not_an_object in [&b"[1,2]"[..], b"\"push\"", b"42", b"null"] {
+            let refused = native_delivery(Scheme::GitHub, &gh, not_an_object).unwrap_err();
+            assert_eq!(refused.0, "the body is not a JSON object");
+        }
 
         let stripe = native_delivery(Scheme::Stripe, &Headers::default(), br#"{"id":"evt_1","type":"invoice.paid"}"#);
         assert_eq!(stripe.unwrap().event_name, "invoice.paid");

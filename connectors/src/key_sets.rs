@@ -218,6 +218,12 @@ impl ProviderKeySets {
         self.cache.refetch(source, |_| false, || self.fetch(source)).await.map_err(KeySetError::from_reason)
     }
 
+    /// Why the key set at `source` could never be fetched (the webhook egress rules refuse its
+    /// URL), checked when a connection names it.
+    pub fn refused_source(&self, source: &str) -> Option<String> {
+        check_webhook_endpoint(source, &self.allow).err()
+    }
+
     /// Every address checked at connect time, so neither a name nor a redirect reaches a
     /// private address; the body read up to 1 MiB and parsed.
     async fn fetch(&self, source: &str) -> Result<JwkSet, String> {

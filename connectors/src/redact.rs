@@ -19,6 +19,9 @@ pub const MASK: &str = "[redacted]";
 /// The shortest base64 run taken as a secret's: shorter ones would match ordinary words.
 const MIN_ENCODED_CHARS: usize = 8;
 
+/// The shortest part of a composite secret masked on its own, for the same reason.
+const MIN_PART_BYTES: usize = 8;
+
 /// The spellings to remove, longest first (so that a longer spelling is not cut by a shorter
 /// one it contains).
 #[derive(Debug, Default, Clone)]
@@ -36,8 +39,21 @@ impl Redactor {
         redactor
     }
 
-    /// Removes `secret` too, in every spelling.
+    /// Removes `secret` too, in every spelling, and the secret parts of a composite one: the
+    /// password of `user:password` (Twilio's `SID:secret`, Basic credentials) and the key of a
+    /// `whsec_KEY` signing secret, which vendors and subscribers may echo alone.
     pub fn add(&mut self, secret: &[u8]) {
+        let parts = [
+            secret.iter().position(|&b| b == b':').map(|colon| &secret[colon + 1..]),
+            secret.strip_prefix(b"whsec_".as_slice()),
+        ];
+        for part in parts.into_iter().flatten().filter(|part| part.len() >= MIN_PART_BYTES) {
+            self.add_spellings(part);
+        }
+        self.add_spellings(secret);
+    }
+
+    fn add_spellings(&mut self, secret: &[u8]) {
         if secret.is_empty() {
             return;
         }
@@ -48,6 +64,7 @@ impl Redactor {
         }
         self.needles.push(percent_encoded(secret, false));
         self.needles.push(percent_encoded(secret, true));
+        self.needles.push(lowercase_escapes(&percent_encoded(secret, false)));
         for engine in [STANDARD, URL_SAFE] {
             for offset in 0..3 {
                 if let Some(run) = base64_run(&engine, secret, offset) {
@@ -109,6 +126,20 @@ fn base64_run(engine: &base64::engine::GeneralPurpose, secret: &[u8], offset: us
     (run.len() >= MIN_ENCODED_CHARS).then(|| run.trim_end_matches('=').to_owned())
 }
 
+/// `encoded` with lowercase hex digits in its percent escapes (`%2f`), which decoders accept too.
+fn lowercase_escapes(encoded: &str) -> String {
+    let mut lowered = String::with_capacity(encoded.len());
+    let mut rest = encoded;
+    while let Some(percent) = rest.find('%') {
+        lowered.push_str(&rest[..percent]);
+        let escape = rest.get(percent..percent + 3).unwrap_or(&rest[percent..]);
+        lowered.push_str(&escape.to_ascii_lowercase());
+        rest = &rest[percent + escape.len()..];
+    }
+    lowered.push_str(rest);
+    lowered
+}
+
 /// `bytes` percent-encoded (every byte but `A-Za-z0-9-._~`); in a form, a space is `+`.
 fn percent_encoded(bytes: &[u8], form: bool) -> String {
     let mut encoded = String::with_capacity(bytes.len());
@@ -155,6 +186,17 @@ mod tests {
             assert!(!scrubbed.contains(SECRET) && !scrubbed.contains(&STANDARD_NO_PAD.encode(SECRET)), "{scrubbed}");
             assert!(scrubbed.starts_with("401 Bad credentials: token ") && scrubbed.ends_with(" is not valid"));
         }
+    }
+
+    #[test]
+    fn the_secret_parts_of_composite_secrets_are_masked_alone_too() {
+        let redactor =
+            Redactor::of([b"SKaaaaaaaa:twilio-key-secret".as_slice(), b"whsec_MfKQ9r8GKYqrTwjUPD8IL".as_slice()]);
+        assert_eq!(redactor.scrub("secret twilio-key-secret refused"), format!("secret {MASK} refused"));
+        assert_eq!(redactor.scrub("key MfKQ9r8GKYqrTwjUPD8IL"), format!("key {MASK}"));
+        assert_eq!(redactor.scrub("pct ghp%2fx"), "pct ghp%2fx", "unrelated text stays");
+        let slashed = Redactor::of([b"a/secret/value".as_slice()]);
+        assert_eq!(slashed.scrub("as a%2fsecret%2fvalue"), format!("as {MASK}"));
     }
 
     #[test]

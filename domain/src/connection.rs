@@ -139,6 +139,9 @@ pub fn is_secret_key(key: &str) -> bool {
 /// secret of a connection that never leaves the engine.
 pub const WEBHOOK_SECRET_REF: &str = "webhookSecretRef";
 
+/// The configuration key of the URL where a provider publishes the keys of its JWS deliveries.
+pub const WEBHOOK_JWKS: &str = "webhookJwks";
+
 /// The `kv://` refs held by secret-named keys, at any depth, with their field paths.
 pub fn secret_refs(map: &Map<String, Value>, path: &str) -> Vec<(String, String)> {
     let mut found = Vec::new();

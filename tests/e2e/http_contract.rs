@@ -473,3 +473,62 @@ async fn concurrent_registrations_with_one_idempotency_key_all_get_the_same_answ
     assert_eq!(marks.iter().filter(|m| m.is_none()).count(), 1, "{marks:?}");
     assert!(marks.iter().flatten().all(|m| m == "true"), "{marks:?}");
 }
+
+/// What a lenient parser would settle by guessing is refused, each as a problem document:
+/// two Authorization headers, a query parameter named twice, a declared body over the limit
+/// (before the body is sent or the token checked), a loopback endpoint spelled with a trailing
+/// dot, a provider key set at an address the egress rules refuse, a vendor body that is no
+/// JSON object.
+#[tokio::test]
+async fn strict_parsing_refuses_what_a_lenient_parser_would_guess() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app();
+    let token = app.token(TENANT, ALL_SCOPES);
+    let connection_id = setup_connection(&app, &token).await;
+
+    let twice = app
+        .client
+        .get(app.url(&format!("/integrations/connections/{connection_id}")))
+        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", "Bearer forged")
+        .send()
+        .await
+        .unwrap();
+    problem(twice, 400).await;
+
+    let body = serde_json::to_vec(&json!({"providerDeliveryId": "gh-1", "eventName": "push", "payload": {}})).unwrap();
+    let repeated = app
+        .client
+        .post(app.url(&format!("/webhooks/deliveries?connectionId={connection_id}&connectionId=conn-other")))
+        .header("x-cs-provider", "github")
+        .header("x-hub-signature-256", github_signature("whatever", &body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    problem(repeated, 400).await;
+
+    // Headers only, a body of 10 MB announced and never sent: 413 at once.
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "POST /integrations/providers HTTP/1.1\r\nHost: engine\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(3), stream.read(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer[..read.expect("no answer before the body").unwrap()]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("application/problem+json"), "{answer}");
+
+    for endpoint in ["https://localhost./x", "https://LocalHost./x", "https://api.localhost./x"] {
+        let subscription = json!({"eventType": "X", "endpointUrl": endpoint, "signingSecretRef": "kv://factory/hook"});
+        let refused = problem(app.post_json("/webhooks/subscriptions", &token, &subscription).await, 422).await;
+        assert_eq!(refused["errors"][0]["field"], "endpointUrl", "{endpoint}: {refused}");
+    }
+
+    let mut jws = connection(None);
+    jws["configuration"] = json!({"webhookScheme": "jws", "webhookJwks": "https://127.0.0.1/jwks"});
+    let refused = problem(app.post_json("/integrations/connections", &token, &jws).await, 422).await;
+    assert_eq!(refused["errors"][0]["field"], "configuration.webhookJwks", "{refused}");
+}

@@ -161,10 +161,11 @@ async fn half_sent_headers_slow_bodies_and_idle_connections_are_cut_off_at_their
     assert!(idle_for >= Duration::from_millis(1500) && idle_for < Duration::from_secs(5), "closed after {idle_for:?}");
 }
 
-/// At the cap, a new client waits until a connection ends; it is then served.
+/// At the cap, a new client waits until a connection ends; it is then served. Connections that
+/// never send a byte are closed at the header timeout.
 #[tokio::test]
 async fn open_connections_are_capped() {
-    let app = spawn_app_with(&["--max-connections", "4", "--idle-timeout-seconds", "2"]);
+    let app = spawn_app_with(&["--max-connections", "4", "--header-read-timeout-seconds", "2"]);
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(TcpStream::connect(address(&app)).await.unwrap());

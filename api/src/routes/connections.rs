@@ -34,6 +34,15 @@ async fn establish(
     require_text(&mut errors, "projectId", &request.project_id, 128);
     require_text(&mut errors, "providerId", &request.provider_id, 140);
     require_text(&mut errors, "displayName", &request.display_name, 256);
+    // Checked now, not first when a delivery needs the keys: a URL the egress rules refuse
+    // could never verify anything.
+    let jwks = request.configuration.get(domain::connection::WEBHOOK_JWKS);
+    if let Some(refused) = jwks.and_then(|url| app.provider_key_sets.refused_source(url.as_str().unwrap_or_default())) {
+        errors.push(crate::problem::FieldError {
+            field: format!("configuration.{}", domain::connection::WEBHOOK_JWKS),
+            message: refused,
+        });
+    }
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }
