@@ -275,6 +275,22 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
+    /// A request to the test endpoint at `addr`, signed with the secrets `secrets` masks.
+    fn request_to(addr: std::net::SocketAddr, secrets: crate::redact::Redactor) -> OutboundRequest {
+        OutboundRequest {
+            url: reqwest::Url::parse(&format!("http://{addr}/hook")).unwrap(),
+            webhook_id: "msg-1".into(),
+            event_type: "T".into(),
+            timestamp: Utc::now(),
+            message_time: Utc::now(),
+            body: b"{}".to_vec(),
+            signature: "v1,x".into(),
+            tenant_id: "t".into(),
+            project_id: None,
+            secrets,
+        }
+    }
+
     /// An endpoint answering 200 and then a body that never ends: only the recorded excerpt
     /// is read, so the attempt is delivered at once instead of timing out on the body.
     #[tokio::test]
@@ -296,18 +312,7 @@ mod tests {
         });
         let allow = std::sync::Arc::new(crate::egress::EgressAllowList::parse("127.0.0.1").unwrap());
         let client = crate::egress::webhook_client(allow, Duration::from_secs(2)).unwrap();
-        let request = OutboundRequest {
-            url: reqwest::Url::parse(&format!("http://{addr}/hook")).unwrap(),
-            webhook_id: "msg-1".into(),
-            event_type: "T".into(),
-            timestamp: Utc::now(),
-            message_time: Utc::now(),
-            body: b"{}".to_vec(),
-            signature: "v1,x".into(),
-            tenant_id: "t".into(),
-            project_id: None,
-            secrets: crate::redact::Redactor::default(),
-        };
+        let request = request_to(addr, crate::redact::Redactor::default());
         let result = send(&client, &request, Duration::from_secs(3), &domain::clock::SystemClock).await;
         assert_eq!(result.verdict, Verdict::Delivered, "{:?}", result.error);
         assert_eq!(result.body_excerpt.map(|b| b.len()), Some(MAX_RECORDED_BODY));
@@ -331,18 +336,7 @@ mod tests {
         });
         let allow = std::sync::Arc::new(crate::egress::EgressAllowList::parse("127.0.0.1").unwrap());
         let client = crate::egress::webhook_client(allow, Duration::from_secs(2)).unwrap();
-        let request = OutboundRequest {
-            url: reqwest::Url::parse(&format!("http://{addr}/hook")).unwrap(),
-            webhook_id: "msg-1".into(),
-            event_type: "T".into(),
-            timestamp: Utc::now(),
-            message_time: Utc::now(),
-            body: b"{}".to_vec(),
-            signature: "v1,x".into(),
-            tenant_id: "t".into(),
-            project_id: None,
-            secrets: crate::redact::Redactor::of([SECRET.as_bytes()]),
-        };
+        let request = request_to(addr, crate::redact::Redactor::of([SECRET.as_bytes()]));
         let result = send(&client, &request, Duration::from_secs(3), &domain::clock::SystemClock).await;
         assert_eq!(result.body_excerpt.as_deref(), Some("verified with [redacted]"));
     }
