@@ -11,6 +11,11 @@
 //! with [`BodyTimedOut`] (408). These are totals, not gaps between bytes: a client trickling a
 //! byte at a time gets no longer than one sending nothing. At the cap, new connections wait in
 //! the listen backlog until a slot frees.
+//!
+//! hyper refuses what it cannot parse (a malformed request line, a URI or headers too long)
+//! with a bare answer of its own before any service runs: an error status with no body and no
+//! `content-type`, which no answer of the router has (every error of ours is a problem
+//! document). The socket ([`Watched`]) writes those as problem documents with a trace id.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -106,7 +111,7 @@ impl Connection {
     async fn serve(self, stream: TcpStream, builder: auto::Builder<TokioExecutor>) {
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Watched { inner: stream, activity: activity.clone() });
+        let io = TokioIo::new(Watched { inner: stream, activity: activity.clone(), refusal: None });
         let service =
             Tracked { router: self.router, activity: activity.clone(), body_timeout: self.limits.body_read_timeout };
         let mut connection = pin!(builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service)));
@@ -206,6 +211,10 @@ impl Activity {
         }
     }
 
+    fn is_multiplexed(&self) -> bool {
+        self.multiplexed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn request_started(&self) {
         let mut phase = self.phase();
         *phase = match *phase {
@@ -225,10 +234,61 @@ impl Activity {
     }
 }
 
-/// The socket, telling its connection's [`Activity`] when bytes arrive.
+/// The socket, telling its connection's [`Activity`] when bytes arrive, and answering hyper's
+/// own refusals as problem documents.
 struct Watched {
     inner: TcpStream,
     activity: Arc<Activity>,
+    /// The problem document that replaces hyper's refusal, and how much of it is written.
+    refusal: Option<(Vec<u8>, usize)>,
+}
+
+impl Watched {
+    /// Writes what is left of the refusal; hyper's own bytes are swallowed meanwhile.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some((bytes, written)) = &mut self.refusal else { return Poll::Ready(Ok(())) };
+        while *written < bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// hyper's own refusal in `written` (an error status line whose head has no `content-type`) as
+/// a problem document that closes the connection; `None` for anything else.
+fn refusal_as_problem(written: &[u8]) -> Option<Vec<u8>> {
+    let line = written.strip_prefix(b"HTTP/1.1 ").or_else(|| written.strip_prefix(b"HTTP/1.0 "))?;
+    if !matches!(line.first(), Some(b'4' | b'5')) {
+        return None;
+    }
+    let head_end = written.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if written[..head_end].to_ascii_lowercase().windows(14).any(|w| w == b"\ncontent-type:") {
+        return None;
+    }
+    let status = std::str::from_utf8(line.get(..3)?).ok()?.parse::<u16>().ok()?;
+    let status = axum::http::StatusCode::from_u16(status).ok()?;
+    let title = status.canonical_reason().unwrap_or("Bad request");
+    let detail = match status.as_u16() {
+        414 => "the request's URI is too long",
+        431 => "the request's headers are too large",
+        _ => "the request could not be read as HTTP",
+    };
+    let problem = crate::problem::Problem::new(status, "unreadable-request", title, detail);
+    let body = serde_json::to_vec(&problem).ok()?;
+    let head = format!(
+        "HTTP/1.1 {} {title}\r\ncontent-type: {}\r\ncontent-length: {}\r\n{}: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        crate::problem::PROBLEM_JSON,
+        body.len(),
+        crate::trace::TRACE_ID_HEADER,
+        problem.trace_id,
+    );
+    Some([head.into_bytes(), body].concat())
 }
 
 impl AsyncRead for Watched {
@@ -245,11 +305,23 @@ impl AsyncRead for Watched {
 
 impl AsyncWrite for Watched {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.refusal.is_none() && !this.activity.is_multiplexed() {
+            this.refusal = refusal_as_problem(buf).map(|problem| (problem, 0));
+        }
+        if this.refusal.is_some() {
+            // Written in place of hyper's bytes, which are taken as written.
+            return this.poll_refusal(cx).map_ok(|()| buf.len());
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if let Poll::Ready(Err(e)) = this.poll_refusal(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -261,7 +333,12 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        if this.refusal.is_some() || (!this.activity.is_multiplexed() && refusal_as_problem(first).is_some()) {
+            return Pin::new(this).poll_write(cx, first);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -362,5 +439,26 @@ impl Body for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hypers_bare_refusals_become_problem_documents_and_nothing_else_does() {
+        let refusal = refusal_as_problem(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
+            .expect("a bare refusal");
+        let text = String::from_utf8(refusal).unwrap();
+        assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{text}");
+        assert!(text.contains("content-type: application/problem+json\r\n") && text.contains("x-trace-id: trace-"));
+        assert!(text.contains("connection: close") && text.contains(r#""status":431"#), "{text}");
+
+        let ours = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/problem+json\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(refusal_as_problem(ours), None);
+        assert_eq!(refusal_as_problem(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), None);
+        assert_eq!(refusal_as_problem(b"HTTP/1.1 400 Bad Request\r\ncontent-le"), None, "an unfinished head");
+        assert_eq!(refusal_as_problem(b"\x00\x00\x12\x04"), None, "an HTTP/2 frame");
     }
 }

@@ -476,9 +476,9 @@ async fn concurrent_registrations_with_one_idempotency_key_all_get_the_same_answ
 
 /// What a lenient parser would settle by guessing is refused, each as a problem document:
 /// two Authorization headers, a query parameter named twice, a declared body over the limit
-/// (before the body is sent or the token checked), a loopback endpoint spelled with a trailing
-/// dot, a provider key set at an address the egress rules refuse, a vendor body that is no
-/// JSON object.
+/// (before the body is sent or the token checked), what hyper cannot parse (a malformed
+/// request line, a URI or headers too long), a loopback endpoint spelled with a trailing dot,
+/// a provider key set at an address the egress rules refuse.
 #[tokio::test]
 async fn strict_parsing_refuses_what_a_lenient_parser_would_guess() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -525,6 +525,19 @@ async fn strict_parsing_refuses_what_a_lenient_parser_would_guess() {
         let subscription = json!({"eventType": "X", "endpointUrl": endpoint, "signingSecretRef": "kv://factory/hook"});
         let refused = problem(app.post_json("/webhooks/subscriptions", &token, &subscription).await, 422).await;
         assert_eq!(refused["errors"][0]["field"], "endpointUrl", "{endpoint}: {refused}");
+    }
+
+    // What hyper refuses before any handler runs is a problem document with a trace id too.
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: engine\r\n\r\n", "a".repeat(70_000));
+    let huge_headers = format!("GET /healthz HTTP/1.1\r\nHost: engine\r\nX-Big: {}\r\n\r\n", "b".repeat(500_000));
+    for (request, status) in [("NOT HTTP AT ALL\r\n\r\n".to_owned(), "400"), (long_uri, "414"), (huge_headers, "431")] {
+        let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap();
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{status}: {answer}");
+        assert!(answer.contains("application/problem+json") && answer.contains("\"traceId\":\"trace-"), "{answer}");
     }
 
     let mut jws = connection(None);

@@ -28,10 +28,13 @@ struct Engine {
     commands: Commands,
 }
 
-fn engine() -> Engine {
+/// The engine over a fresh data dir whose `factory-integration` vault is the tenant's.
+async fn engine() -> Engine {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).unwrap());
     let vault = Arc::new(SqliteVault::open(&dir.path().join("vault.db"), MasterKey::generate().unwrap()).unwrap());
+    let owner = store::VaultOwner::Tenant(TENANT.into());
+    store::SecretStore::claim(vault.as_ref(), "factory-integration", &owner).await.unwrap();
     let commands = Commands::new(store.clone(), vault.clone(), Arc::new(SystemClock));
     Engine { _dir: dir, store, vault, commands }
 }
@@ -72,7 +75,7 @@ async fn events_of(engine: &Engine, event_type: &str) -> Vec<domain::EventEnvelo
 
 #[tokio::test]
 async fn a_connection_gets_one_first_health_check_however_often_its_event_comes() {
-    let engine = engine();
+    let engine = engine().await;
     let connection_id = establish(&engine).await;
     let manager = ProcessManager::new(engine.commands.clone());
     let established = events_of(&engine, "ConnectionEstablished").await.pop().unwrap();
@@ -92,7 +95,7 @@ async fn a_connection_gets_one_first_health_check_however_often_its_event_comes(
 
 #[tokio::test]
 async fn a_rotation_whose_request_died_before_its_run_gets_the_run_from_its_event() {
-    let engine = engine();
+    let engine = engine().await;
     let secret = SecretRef::parse(SECRET).unwrap();
     engine.vault.put(&secret, b"v1", None).await.unwrap();
     establish(&engine).await;
@@ -163,7 +166,7 @@ async fn establish_issued_by_twilio(engine: &Engine) -> SecretRef {
 
 #[tokio::test]
 async fn a_provider_issued_rotation_reserves_the_next_version_and_what_leaves_use_is_revoked_once() {
-    let engine = engine();
+    let engine = engine().await;
     let secret = establish_issued_by_twilio(&engine).await;
     let manager = ProcessManager::new(engine.commands.clone());
 
@@ -218,7 +221,7 @@ async fn a_provider_issued_rotation_reserves_the_next_version_and_what_leaves_us
 
 #[tokio::test]
 async fn a_credential_the_provider_does_not_issue_is_never_revoked_there() {
-    let engine = engine();
+    let engine = engine().await;
     let secret = SecretRef::parse(SECRET).unwrap();
     engine.vault.put(&secret, b"v1", None).await.unwrap();
     establish(&engine).await;
@@ -236,7 +239,7 @@ async fn a_credential_the_provider_does_not_issue_is_never_revoked_there() {
 
 #[tokio::test]
 async fn a_version_displaced_from_previous_by_a_second_rotation_is_revoked() {
-    let engine = engine();
+    let engine = engine().await;
     let secret = establish_issued_by_twilio(&engine).await;
     for (run, value) in [("run-verify-1", "two"), ("run-verify-2", "three")] {
         engine.commands.start_credential_rotation(&ctx(), "cred-twilio-sms", "Leaked", run).await.unwrap();
