@@ -6,9 +6,11 @@
 //! request), and when it stays idle (no request in flight, no byte of the next one) for
 //! [`ServerLimits::idle_timeout`]. An HTTP/2 connection carries frames that are no request
 //! (pings, window updates, settings), so on one only the idle timeout applies, counted from its
-//! last request. A request body must
-//! arrive whole within [`ServerLimits::body_read_timeout`] of its headers, or reading it fails
-//! with [`BodyTimedOut`] (408). These are totals, not gaps between bytes: a client trickling a
+//! last request. The connection's watchdog looks at these deadlines when they come and at
+//! least every header timeout, so a connection is closed at most one header timeout late, and
+//! requests cost it no wakeup. A request body must arrive whole within
+//! [`ServerLimits::body_read_timeout`] of its headers, or reading it fails with [`BodyTimedOut`]
+//! (408). These are totals, not gaps between bytes: a client trickling a
 //! byte at a time gets no longer than one sending nothing. At the cap, new connections wait in
 //! the listen backlog until a slot frees.
 //!
@@ -36,7 +38,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -115,18 +117,25 @@ impl Connection {
         let service =
             Tracked { router: self.router, activity: activity.clone(), body_timeout: self.limits.body_read_timeout };
         let mut connection = pin!(builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service)));
+        // The watchdog looks at the connection when its deadline comes, and at least every
+        // header timeout, so that a phase that began since (a request's first byte) is seen
+        // in time without waking it on every request: a deadline is kept within one header
+        // timeout.
+        let mut check = pin!(tokio::time::sleep(self.limits.header_read_timeout));
         let mut stopping = false;
         loop {
-            let deadline = activity.deadline(&self.limits);
             tokio::select! {
                 // Errors are the client's doing (a reset, a malformed request hyper answered).
                 _ = connection.as_mut() => return,
-                () = activity.changed.notified() => {}
-                () = sleep_until(deadline) => {
-                    if activity.deadline(&self.limits).is_some_and(|deadline| deadline <= Instant::now()) {
+                () = check.as_mut() => {
+                    let now = Instant::now();
+                    let deadline = activity.deadline(&self.limits);
+                    if deadline.is_some_and(|deadline| deadline <= now) {
                         // Dropping the connection closes the socket.
                         return;
                     }
+                    let next = now + self.limits.header_read_timeout;
+                    check.as_mut().reset(deadline.map_or(next, |deadline| deadline.min(next)));
                 }
                 () = self.stop.cancelled(), if !stopping => {
                     stopping = true;
@@ -134,14 +143,6 @@ impl Connection {
                 }
             }
         }
-    }
-}
-
-/// Sleeps until `deadline`, or for good without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -163,8 +164,6 @@ struct Activity {
     phase: Mutex<Phase>,
     /// Set on the first read when it is the HTTP/2 preface.
     multiplexed: std::sync::atomic::AtomicBool,
-    /// Woken when the phase changes, so that the deadline is looked at again.
-    changed: Notify,
 }
 
 impl Activity {
@@ -172,7 +171,6 @@ impl Activity {
         Self {
             phase: Mutex::new(Phase::Opened(Instant::now())),
             multiplexed: std::sync::atomic::AtomicBool::new(false),
-            changed: Notify::new(),
         }
     }
 
@@ -201,11 +199,9 @@ impl Activity {
                 } else {
                     *phase = Phase::ReadingHead(since);
                 }
-                self.changed.notify_one();
             }
             Phase::Idle(_) if !self.multiplexed.load(Relaxed) => {
                 *phase = Phase::ReadingHead(Instant::now());
-                self.changed.notify_one();
             }
             _ => {}
         }
@@ -221,7 +217,6 @@ impl Activity {
             Phase::Busy(requests) => Phase::Busy(requests + 1),
             _ => Phase::Busy(1),
         };
-        self.changed.notify_one();
     }
 
     fn request_ended(&self) {
@@ -230,7 +225,6 @@ impl Activity {
             Phase::Busy(requests) if requests > 1 => Phase::Busy(requests - 1),
             _ => Phase::Idle(Instant::now()),
         };
-        self.changed.notify_one();
     }
 }
 
