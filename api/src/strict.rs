@@ -18,7 +18,9 @@ const REPEATABLE_QUERY_PARAMETERS: [&str; 1] = ["type"];
 /// named twice (400), a `Content-Length` over `max_body_bytes` (413).
 pub async fn refuse_ambiguous_requests(State(max_body_bytes): State<usize>, request: Request, next: Next) -> Response {
     match ambiguity(&request, max_body_bytes) {
-        Some(problem) => problem.into_response(),
+        // Refused before its body is read: the connection cannot carry another request, and
+        // the client must know not to reuse it.
+        Some(problem) => problem.with_header(header::CONNECTION, "close").into_response(),
         None => next.run(request).await,
     }
 }
