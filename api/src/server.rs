@@ -329,8 +329,13 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
-        if this.refusal.is_some() || (!this.activity.is_multiplexed() && refusal_as_problem(first).is_some()) {
-            return Pin::new(this).poll_write(cx, first);
+        if this.refusal.is_none() && !this.activity.is_multiplexed() {
+            this.refusal = refusal_as_problem(first).map(|problem| (problem, 0));
+        }
+        if this.refusal.is_some() {
+            // hyper's refusal is one head: the buffers after it are taken as written with it.
+            let all = bufs.iter().map(|b| b.len()).sum();
+            return this.poll_refusal(cx).map_ok(|()| all);
         }
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }

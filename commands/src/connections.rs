@@ -47,7 +47,7 @@ impl Commands {
         self.check_secret_use(ctx, input.credential_ref.as_deref(), "credentialRef", SecretUse::Send).await?;
         for (field, secret) in domain::connection::secret_refs(&input.configuration, "configuration") {
             // Only the inbound webhook secret stays in the engine; every other one is sent.
-            let usage = if field == format!("configuration.{WEBHOOK_SECRET_REF}") {
+            let usage = if field.strip_prefix("configuration.") == Some(WEBHOOK_SECRET_REF) {
                 SecretUse::Verify
             } else {
                 SecretUse::Send

@@ -49,6 +49,32 @@ async fn setup_connection(app: &App, token: &str) -> String {
     r.json::<Value>().await.unwrap()["connectionId"].as_str().unwrap().to_string()
 }
 
+/// A GitHub push in the spec's envelope, signed with `secret`, to `/webhooks/deliveries?{query}`.
+async fn post_signed_push(app: &App, query: &str, secret: &str, delivery_id: &str) -> reqwest::Response {
+    let body =
+        serde_json::to_vec(&json!({"providerDeliveryId": delivery_id, "eventName": "push", "payload": {}})).unwrap();
+    app.client
+        .post(app.url(&format!("/webhooks/deliveries?{query}")))
+        .header("x-cs-provider", "github")
+        .header("x-hub-signature-256", github_signature(secret, &body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// What the engine answers to the raw bytes `request` on a connection of its own, read until it
+/// closes the connection or `within` passes.
+async fn raw_answer(app: &App, request: &[u8], within: std::time::Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 async fn events_in_store(app: &App) -> u64 {
     let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
     ready["storePosition"].as_u64().expect("storePosition")
@@ -425,18 +451,7 @@ async fn another_tenants_secrets_can_neither_be_named_nor_verify_deliveries() {
     let r = app.post_json("/integrations/connections", &intruder, &verifying).await;
     assert_eq!(r.status(), 201);
     let id = r.json::<Value>().await.unwrap()["connectionId"].as_str().unwrap().to_string();
-    let body =
-        serde_json::to_vec(&json!({ "providerDeliveryId": "gh-9", "eventName": "push", "payload": {} })).unwrap();
-    let r = app
-        .client
-        .post(app.url(&format!("/webhooks/deliveries?connectionId={id}")))
-        .header("x-cs-provider", "github")
-        .header("x-hub-signature-256", github_signature("shared-hook-secret", &body))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_signed_push(&app, &format!("connectionId={id}"), "shared-hook-secret", "gh-9").await;
     assert_eq!(r.status(), 202);
 }
 
@@ -481,7 +496,6 @@ async fn concurrent_registrations_with_one_idempotency_key_all_get_the_same_answ
 /// a provider key set at an address the egress rules refuse.
 #[tokio::test]
 async fn strict_parsing_refuses_what_a_lenient_parser_would_guess() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app();
     let token = app.token(TENANT, ALL_SCOPES);
     let connection_id = setup_connection(&app, &token).await;
@@ -496,29 +510,15 @@ async fn strict_parsing_refuses_what_a_lenient_parser_would_guess() {
         .unwrap();
     problem(twice, 400).await;
 
-    let body = serde_json::to_vec(&json!({"providerDeliveryId": "gh-1", "eventName": "push", "payload": {}})).unwrap();
-    let repeated = app
-        .client
-        .post(app.url(&format!("/webhooks/deliveries?connectionId={connection_id}&connectionId=conn-other")))
-        .header("x-cs-provider", "github")
-        .header("x-hub-signature-256", github_signature("whatever", &body))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    problem(repeated, 400).await;
+    let query = format!("connectionId={connection_id}&connectionId=conn-other");
+    problem(post_signed_push(&app, &query, "whatever", "gh-1").await, 400).await;
 
     // Headers only, a body of 10 MB announced and never sent: 413 at once.
-    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap();
     let head = format!(
         "POST /integrations/providers HTTP/1.1\r\nHost: engine\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = vec![0u8; 4096];
-    let read = tokio::time::timeout(std::time::Duration::from_secs(3), stream.read(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer[..read.expect("no answer before the body").unwrap()]).into_owned();
+    let answer = raw_answer(&app, head.as_bytes(), std::time::Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("application/problem+json"), "{answer}");
 
     for endpoint in ["https://localhost./x", "https://LocalHost./x", "https://api.localhost./x"] {
@@ -531,11 +531,7 @@ async fn strict_parsing_refuses_what_a_lenient_parser_would_guess() {
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: engine\r\n\r\n", "a".repeat(70_000));
     let huge_headers = format!("GET /healthz HTTP/1.1\r\nHost: engine\r\nX-Big: {}\r\n\r\n", "b".repeat(500_000));
     for (request, status) in [("NOT HTTP AT ALL\r\n\r\n".to_owned(), "400"), (long_uri, "414"), (huge_headers, "431")] {
-        let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap();
-        let _ = stream.write_all(request.as_bytes()).await;
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = raw_answer(&app, request.as_bytes(), std::time::Duration::from_secs(5)).await;
         assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{status}: {answer}");
         assert!(answer.contains("application/problem+json") && answer.contains("\"traceId\":\"trace-"), "{answer}");
     }

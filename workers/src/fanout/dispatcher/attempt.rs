@@ -267,7 +267,7 @@ impl AttemptTask {
             signature,
             tenant_id: self.tenant_id.clone(),
             project_id: message.project_id,
-            secrets: connectors::redact::Redactor::of(keys),
+            signing_secrets: secrets,
         })
     }
 
