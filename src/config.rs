@@ -229,7 +229,7 @@ fn read_file(
     let invalid = |message: String| ConfigError::Invalid(format!("config file {}: {message}", path.display()));
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| invalid(e.to_string().trim().to_owned()))?;
     let mut flat = Vec::new();
-    flatten("", "", &table, &mut flat);
+    flatten("", "", &table, known, &mut flat);
     let mut values = BTreeMap::new();
     for (written, key, value) in flat {
         let Some(setting) = known.get(&key) else {
@@ -243,6 +243,9 @@ fn read_file(
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Table(entries) => {
+                entries_as_value(entries).map_err(|reason| invalid(format!("key `{written}`: {reason}")))?
+            }
             other => {
                 return Err(invalid(format!("key `{written}`: expected a string, number or boolean, found {other}")));
             }
@@ -256,16 +259,47 @@ fn read_file(
     Ok(values)
 }
 
-/// (as written, normalized key, value) of every leaf of the table.
-fn flatten<'a>(written: &str, prefix: &str, table: &'a toml::Table, out: &mut Vec<(String, String, &'a toml::Value)>) {
+/// (as written, normalized key, value) of every leaf of the table. A table whose key is a
+/// setting is that setting's value (`[roles.policy]` is `roles-policy`), not a group of keys.
+fn flatten<'a>(
+    written: &str,
+    prefix: &str,
+    table: &'a toml::Table,
+    known: &BTreeMap<String, Setting>,
+    out: &mut Vec<(String, String, &'a toml::Value)>,
+) {
     for (name, value) in table {
         let shown = if written.is_empty() { name.clone() } else { format!("{written}.{name}") };
         let key = format!("{prefix}{}", name.replace('_', "-"));
         match value {
-            toml::Value::Table(inner) => flatten(&shown, &format!("{key}-"), inner, out),
+            toml::Value::Table(inner) if !known.contains_key(&key) => {
+                flatten(&shown, &format!("{key}-"), inner, known, out)
+            }
             leaf => out.push((shown, key, leaf)),
         }
     }
+}
+
+/// A table given as one setting's value, in the form its option takes on the command line:
+/// `NAME=VALUE[,VALUE...]` entries separated by `;` (an entry's values are a string or an
+/// array of strings).
+fn entries_as_value(entries: &toml::Table) -> Result<String, String> {
+    let mut written = Vec::new();
+    for (name, values) in entries {
+        let values = match values {
+            toml::Value::String(value) => vec![value.as_str()],
+            toml::Value::Array(values) => values
+                .iter()
+                .map(|value| value.as_str().ok_or_else(|| format!("`{name}`: expected strings, found {value}")))
+                .collect::<Result<_, _>>()?,
+            other => return Err(format!("`{name}`: expected a string or an array of strings, found {other}")),
+        };
+        if let Some(bad) = values.iter().find(|value| value.contains([',', ';', '='])) {
+            return Err(format!("`{name}`: {bad:?} may not contain `,`, `;` or `=`"));
+        }
+        written.push(format!("{name}={}", values.join(",")));
+    }
+    Ok(written.join(";"))
 }
 
 /// Runs the option's own value parser on `value`; the reason when it refuses it.
@@ -508,6 +542,8 @@ mod tests {
         probe_flag: bool,
         #[arg(long, env = "IE_PROBE_COUNT", default_value_t = 1)]
         probe_count: u32,
+        #[arg(long, env = "IE_PROBE_MAP")]
+        probe_map: Option<String>,
         #[arg(long = CONFIG_FLAG)]
         config: Option<PathBuf>,
     }
@@ -529,6 +565,27 @@ mod tests {
         assert_eq!(probe("probe-count = 5", &[], &[]).probe_count, 5);
         assert_eq!(probe("probe-count = 5", &[], &[("IE_PROBE_COUNT", "6")]).probe_count, 6);
         assert_eq!(probe("probe-count = 5", &["--probe-count", "7"], &[("IE_PROBE_COUNT", "6")]).probe_count, 7);
+    }
+
+    #[test]
+    fn a_table_whose_key_is_a_setting_is_its_value() {
+        let file = "[probe]\ncount = 2\n[probe.map]\nb = \"y\"\na = [\"x\", \"z\"]\n\"*\" = [\"w\"]\n";
+        let parsed = probe(file, &[], &[]);
+        assert_eq!(parsed.probe_count, 2, "a table that is no setting still groups keys");
+        assert_eq!(parsed.probe_map.as_deref(), Some("*=w;a=x,z;b=y"));
+
+        let refused = |file: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("probe.toml");
+            std::fs::write(&path, file).unwrap();
+            let argv: Vec<OsString> = vec!["probe".into(), "--config".into(), path.into()];
+            match parse_from::<Probe>(argv, |_| None) {
+                Err(ConfigError::Invalid(message)) => message,
+                _ => panic!("{file:?} was accepted"),
+            }
+        };
+        assert!(refused("[probe.map]\na = 1\n").contains("key `probe.map`: `a`: expected a string or an array"));
+        assert!(refused("[probe.map]\na = [\"x;y\"]\n").contains("may not contain"));
     }
 
     #[test]

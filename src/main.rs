@@ -41,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the REST API and run the projections on the embedded store.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Print a development token (HS256, signed with the data dir's dev secret).
     Token(TokenArgs),
     /// Manage vault secrets (encrypted at rest in DATA_DIR/vault.db).
@@ -77,6 +77,9 @@ struct TokenArgs {
     /// Space-separated scopes, e.g. "integration.connections.write integration.connections.read".
     #[arg(long, default_value = "")]
     scope: String,
+    /// Space-separated roles, put in the `roles` claim (for trying a role policy).
+    #[arg(long, default_value = "")]
+    roles: String,
     /// The `sub` claim.
     #[arg(long, default_value = "dev-user")]
     subject: String,
@@ -113,7 +116,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Serve(args) => serve::run(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
             Command::Secrets(command) => secrets::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => verify::run(args).await,
@@ -138,13 +141,15 @@ fn main() -> ExitCode {
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let secret = dev_auth::load_dev_secret(&args.data.data_dir)?;
     let scopes: Vec<&str> = args.scope.split_whitespace().collect();
-    let token = api::auth::mint_dev_token(
+    let roles: Vec<&str> = args.roles.split_whitespace().collect();
+    let token = api::auth::mint_dev_token_with_roles(
         &secret,
         api::auth::DEV_ISSUER,
         api::auth::DEV_AUDIENCE,
         &args.subject,
         &args.tenant,
         &scopes,
+        &roles,
         std::time::Duration::from_secs(args.ttl_seconds),
     )?;
     println!("{token}");
@@ -156,7 +161,7 @@ fn init_logging(args: &telemetry::TelemetryArgs) -> anyhow::Result<telemetry::Te
     telemetry::init(args)
 }
 
-/// The address a listener actually bound, for `--listen 127.0.0.1:0`.
-pub fn announce_listening(addr: SocketAddr) {
-    println!("listening on http://{addr}");
+/// The address a listener actually bound, for `--listen 127.0.0.1:0`, as the URL clients use.
+pub fn announce_listening(scheme: &str, addr: SocketAddr) {
+    println!("listening on {scheme}://{addr}");
 }

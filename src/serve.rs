@@ -3,8 +3,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use api::auth::{AuthConfig, Authenticator, JwksSource};
+use api::auth::{AuthConfig, Authenticator, JwksSource, RolePolicy, RoleRules};
 use api::server::ServerLimits;
+use api::tls::{CertificateFiles, ReloadingCertificate};
 use api::{ApiSettings, AppState};
 use clap::Args;
 use commands::idempotency::Idempotency;
@@ -23,6 +24,17 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "IE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key. Without
+    /// it the API is plain HTTP, for a deployment behind a TLS-terminating proxy.
+    #[arg(long, env = "IE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "IE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Seconds between looks at the certificate files: a renewed pair is served from the next
+    /// handshake on (SIGHUP reloads at once).
+    #[arg(long, env = "IE_TLS_RELOAD_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    tls_reload_seconds: u64,
     #[command(flatten)]
     data: DataDir,
     /// JWKS of the identity provider: a file path or an https:// URL. Without it, development
@@ -35,6 +47,16 @@ pub struct ServeArgs {
     /// Required `aud` of tokens (required with --jwks).
     #[arg(long, env = "IE_AUDIENCE")]
     audience: Option<String>,
+    /// The claim that holds a token's roles: a claim name (`roles`, `https://example.com/roles`)
+    /// or a JSON Pointer into the claims (`/realm_access/roles`). Read only with --roles-policy.
+    #[arg(long, env = "IE_ROLES_CLAIM", default_value = "roles")]
+    roles_claim: String,
+    /// Roles allowed per operation (OpenAPI operationId): `OPERATION=ROLE[,ROLE...]` entries
+    /// separated by `;`, `*` for every operation not named; in the config file, a
+    /// `[roles.policy]` table. With it a request needs its operation's scope AND an allowed
+    /// role; without it scopes alone decide.
+    #[arg(long, env = "IE_ROLES_POLICY", value_name = "POLICY", value_parser = role_policy)]
+    roles_policy: Option<RolePolicy>,
     /// Clock skew allowed for `exp`/`nbf`, in seconds.
     #[arg(long, env = "IE_TOKEN_LEEWAY_SECONDS", default_value_t = api::auth::DEFAULT_LEEWAY_SECONDS)]
     token_leeway_seconds: u64,
@@ -92,12 +114,18 @@ pub struct ServeArgs {
     readiness_max_lag_seconds: u64,
 }
 
+fn role_policy(text: &str) -> Result<RolePolicy, String> {
+    RolePolicy::parse(text, api::operations::OPERATION_IDS)
+}
+
 impl ServeArgs {
     fn auth_config(&self) -> anyhow::Result<(AuthConfig, bool)> {
+        let roles = self.roles_policy.clone().map(|policy| RoleRules { claim: self.roles_claim.clone(), policy });
         let Some(jwks) = &self.jwks else {
             let secret = dev_auth::load_or_create_dev_secret(&self.data.data_dir)?;
             let mut config = AuthConfig::dev(secret);
             config.leeway_seconds = self.token_leeway_seconds;
+            config.roles = roles;
             return Ok((config, true));
         };
         let (Some(issuer), Some(audience)) = (&self.issuer, &self.audience) else {
@@ -110,6 +138,7 @@ impl ServeArgs {
         };
         let mut config = AuthConfig::with_jwks(source, issuer, audience);
         config.leeway_seconds = self.token_leeway_seconds;
+        config.roles = roles;
         Ok((config, false))
     }
 }
@@ -117,6 +146,13 @@ impl ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let dir = &args.data.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A certificate that cannot serve stops the start, before anything else is opened.
+    let certificate = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(ReloadingCertificate::load(CertificateFiles { cert: cert.clone(), key: key.clone() })?)
+        }
+        _ => None,
+    };
     let (auth_config, dev_mode) = args.auth_config()?;
     let auth = Authenticator::new(auth_config).await?;
 
@@ -198,7 +234,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    crate::announce_listening(addr);
+    crate::announce_listening(if certificate.is_some() { "https" } else { "http" }, addr);
     if dev_mode {
         eprintln!(
             "development auth: no --jwks given, so HS256 tokens signed with {} are accepted.\n\
@@ -215,7 +251,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: connections_that_fit(args.max_connections),
     };
     let stopped = CancellationToken::new();
-    let mut server = tokio::spawn(api::server::serve(listener, api::router(state), limits, stopped.clone()));
+    let tls = certificate.as_ref().map(|certificate| {
+        let every = Duration::from_secs(args.tls_reload_seconds);
+        tokio::spawn(certificate.clone().watch(every, stopped.clone()));
+        tokio::spawn(reload_on_hangup(certificate.clone(), stopped.clone()));
+        certificate.server_config()
+    });
+    let mut server = tokio::spawn(api::server::serve(listener, api::router(state), limits, tls, stopped.clone()));
     let served = tokio::select! {
         served = &mut server => served.map_err(anyhow::Error::from),
         () = shutdown_signal() => {
@@ -244,6 +286,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Give in-flight SQLite work on blocking threads a moment to finish its transaction.
     tokio::time::sleep(Duration::from_millis(50)).await;
     served
+}
+
+/// Reloads the certificate on every SIGHUP until `stop`.
+async fn reload_on_hangup(certificate: Arc<ReloadingCertificate>, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => return tracing::warn!(%error, "SIGHUP cannot reload the TLS certificate"),
+    };
+    loop {
+        tokio::select! {
+            Some(()) = hangups.recv() => {
+                let certificate = certificate.clone();
+                let _ = tokio::task::spawn_blocking(move || certificate.reload_and_log()).await;
+            }
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// The API as the workers' foreground: busy while it answers a request or had one within

@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, Principal, insufficient_scope_challenge};
+use crate::operations::Operation;
 use crate::problem::{FieldError, Problem};
 use crate::{AppState, Shared};
 
@@ -87,38 +88,11 @@ fn field_error(path: &str, error: &serde_json::Error) -> FieldError {
     FieldError { field, message }
 }
 
-/// A scope an endpoint requires, as a type, so the requirement reads in the handler signature.
-pub trait Scope {
-    const NAME: &'static str;
-}
+/// A caller allowed to perform operation `O`: a valid bearer token (else 401) with `O`'s scope
+/// and, when a role policy is configured, one of the roles it allows for `O` (else 403).
+pub struct Authorized<O: Operation>(pub Principal, PhantomData<O>);
 
-macro_rules! scopes {
-    ($($ty:ident = $name:literal;)*) => {$(
-        #[doc = concat!("The `", $name, "` scope.")]
-        pub struct $ty;
-        impl Scope for $ty {
-            const NAME: &'static str = $name;
-        }
-    )*};
-}
-
-scopes! {
-    ConnectionsWrite = "integration.connections.write";
-    ConnectionsRead = "integration.connections.read";
-    ProvidersWrite = "integration.providers.write";
-    ProvidersRead = "integration.providers.read";
-    SubscriptionsWrite = "webhooks.subscriptions.write";
-    SubscriptionsRead = "webhooks.subscriptions.read";
-    DeliveriesIngest = "webhooks.deliveries.ingest";
-    RunsRead = "integration.runs.read";
-    CredentialsRotate = "integration.credentials.rotate";
-    AuditRead = "integration.audit.read";
-}
-
-/// A caller with a valid bearer token that carries scope `S`: 401 without one, 403 without `S`.
-pub struct Authorized<S: Scope>(pub Principal, PhantomData<S>);
-
-impl<S: Scope> Authorized<S> {
+impl<O: Operation> Authorized<O> {
     /// 403 when the body names another tenant than the token.
     pub fn check_tenant(&self, body_tenant: Option<&str>) -> Result<(), Problem> {
         match body_tenant {
@@ -128,34 +102,57 @@ impl<S: Scope> Authorized<S> {
     }
 }
 
-impl<S: Scope> FromRequestParts<Shared> for Authorized<S> {
+impl<O: Operation> FromRequestParts<Shared> for Authorized<O> {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Self, Problem> {
-        let principal = authenticate_header(app, parts.headers.get(header::AUTHORIZATION), S::NAME).await?;
+        let principal = authorize::<O>(app, parts.headers.get(header::AUTHORIZATION)).await?;
         Ok(Self(principal, PhantomData))
     }
 }
 
-/// Verifies a bearer token (the `Authorization` header's value) and that it carries `scope`.
-pub async fn authenticate_header(
+/// Verifies a bearer token (the `Authorization` header's value) and that it allows operation
+/// `O`: its scope, and a role the role policy allows, when there is one. The 403 names all
+/// that is missing.
+pub async fn authorize<O: Operation>(
     app: &AppState,
     authorization: Option<&HeaderValue>,
-    scope: &str,
 ) -> Result<Principal, Problem> {
     // A header that is not even text is as bad as a bad token.
     let authorization = authorization.map(|v| v.to_str().unwrap_or("\u{0}"));
     let principal = app.auth.authenticate(authorization).await.map_err(unauthorized)?;
-    if !principal.has_scope(scope) {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "insufficient-scope",
-            "insufficient_scope",
-            format!("the token lacks the scope {scope}"),
-        )
-        .with_header(header::WWW_AUTHENTICATE, insufficient_scope_challenge(scope)));
+    let lacks_scope = !principal.has_scope(O::SCOPE);
+    let lacks_role = app.auth.role_policy().filter(|policy| !policy.allows(O::ID, &principal.roles));
+    let missing = match (lacks_scope, lacks_role) {
+        (false, None) => return Ok(principal),
+        (true, None) => format!("the token lacks the scope {}", O::SCOPE),
+        (lacks_scope, Some(policy)) => {
+            let allowed = policy.allowed(O::ID);
+            let roles = if allowed.is_empty() {
+                format!("no role may call {}", O::ID)
+            } else {
+                let names: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                format!("{} needs one of the roles {}", O::ID, names.join(", "))
+            };
+            let scope = if lacks_scope { format!("the token lacks the scope {}; ", O::SCOPE) } else { String::new() };
+            format!("{scope}{roles}, and the token has {}", roles_held(&principal))
+        }
+    };
+    let problem = if lacks_scope {
+        Problem::new(StatusCode::FORBIDDEN, "insufficient-scope", "insufficient_scope", missing)
+            .with_header(header::WWW_AUTHENTICATE, insufficient_scope_challenge(O::SCOPE))
+    } else {
+        Problem::new(StatusCode::FORBIDDEN, "insufficient-role", "insufficient_role", missing)
+    };
+    Err(problem)
+}
+
+fn roles_held(principal: &Principal) -> String {
+    if principal.roles.is_empty() {
+        return "no role".into();
     }
-    Ok(principal)
+    let roles: Vec<&str> = principal.roles.iter().map(String::as_str).collect();
+    format!("the roles {}", roles.join(", "))
 }
 
 /// 401 with the RFC 6750 challenge (or 503 when the key set cannot be fetched).

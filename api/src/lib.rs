@@ -17,12 +17,14 @@ pub mod extract;
 pub mod load;
 pub mod metrics;
 pub mod openapi;
+pub mod operations;
 pub mod problem;
 pub mod readiness;
 pub mod respond;
 pub mod routes;
 pub mod server;
 pub mod strict;
+pub mod tls;
 pub mod trace;
 pub mod versioning;
 

@@ -6,6 +6,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
 use crate::bodies::*;
+use crate::operations::{self as op, Operation};
 use crate::problem::Problem;
 use crate::routes::audit::AuditEventsPage;
 use crate::versioning::MEDIA_TYPE_V1;
@@ -97,8 +98,8 @@ pub fn document() -> Value {
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": {
             "/integrations/connections": { "post": {
-                "operationId": "establishConnection", "summary": "Establish a new integration connection",
-                "security": bearer("integration.connections.write"),
+                "operationId": op::EstablishConnection::ID, "summary": "Establish a new integration connection",
+                "security": bearer(op::EstablishConnection::SCOPE),
                 "parameters": [idempotency, { "name": "Prefer", "in": "header", "required": false,
                     "schema": { "type": "string" }, "example": "wait=10",
                     "description": "RFC 7240 preferences; `wait=N` waits up to N seconds (at most 60) for the connection's first health check and answers its outcome in `health` (without it, `health` is `Unknown`). Other preferences are ignored." }],
@@ -111,38 +112,38 @@ pub fn document() -> Value {
                                      "description": "RFC 7240: `wait=N` when the request's `Prefer: wait=N` was honoured (N as applied, capped at 60)" } } } }), problems(&post_codes))
             }},
             "/integrations/connections/{connectionId}": { "get": {
-                "operationId": "getConnection", "summary": "Retrieve a connection and its health",
-                "security": bearer("integration.connections.read"),
+                "operationId": op::GetConnection::ID, "summary": "Retrieve a connection and its health",
+                "security": bearer(op::GetConnection::SCOPE),
                 "parameters": [{ "name": "connectionId", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": with(json!({ "200": ok("ConnectionResponse", "The connection") }), problems(&get_codes))
             }},
             "/integrations/providers": { "post": {
-                "operationId": "registerProvider", "summary": "Register a provider in the vendor registry",
-                "security": bearer("integration.providers.write"), "parameters": [idempotency],
+                "operationId": op::RegisterProvider::ID, "summary": "Register a provider in the vendor registry",
+                "security": bearer(op::RegisterProvider::SCOPE), "parameters": [idempotency],
                 "requestBody": body("RegisterProviderRequest"),
                 "responses": with(json!({ "201": ok("ProviderRegisteredResponse", "Registered") }), problems(&post_codes))
             }},
             "/integrations/providers/{providerId}": { "get": {
-                "operationId": "getProvider", "summary": "Retrieve a registered provider (the registration's Location)",
-                "security": bearer("integration.providers.read"),
+                "operationId": op::GetProvider::ID, "summary": "Retrieve a registered provider (the registration's Location)",
+                "security": bearer(op::GetProvider::SCOPE),
                 "parameters": [{ "name": "providerId", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": with(json!({ "200": ok("ProviderResponse", "The provider") }), problems(&get_codes))
             }},
             "/webhooks/subscriptions": { "post": {
-                "operationId": "createSubscription", "summary": "Create an outbound webhook subscription",
-                "security": bearer("webhooks.subscriptions.write"), "parameters": [idempotency],
+                "operationId": op::CreateSubscription::ID, "summary": "Create an outbound webhook subscription",
+                "security": bearer(op::CreateSubscription::SCOPE), "parameters": [idempotency],
                 "requestBody": body("CreateSubscriptionRequest"),
                 "responses": with(json!({ "201": ok("SubscriptionCreatedResponse", "Created") }), problems(&post_codes))
             }},
             "/webhooks/subscriptions/{subscriptionId}": { "get": {
-                "operationId": "getSubscription", "summary": "Retrieve an outbound webhook subscription (the creation's Location)",
+                "operationId": op::GetSubscription::ID, "summary": "Retrieve an outbound webhook subscription (the creation's Location)",
                 "description": "The signing secret appears only as its kv:// reference, never its value.",
-                "security": bearer("webhooks.subscriptions.read"),
+                "security": bearer(op::GetSubscription::SCOPE),
                 "parameters": [{ "name": "subscriptionId", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": with(json!({ "200": ok("SubscriptionResponse", "The subscription") }), problems(&get_codes))
             }},
             "/webhooks/deliveries": { "post": {
-                "operationId": "ingestDelivery", "summary": "Ingest an inbound webhook delivery",
+                "operationId": op::IngestDelivery::ID, "summary": "Ingest an inbound webhook delivery",
                 "description": "Authenticated by the provider's signature over the raw body, with the scheme and secret of the \
                                 target connection (GitHub X-Hub-Signature-256, Stripe-Signature, Standard Webhooks, Slack, \
                                 Shopify, Twilio, GitLab X-Gitlab-Token, or a compact JWS body verified with the provider's \
@@ -150,7 +151,7 @@ pub fn document() -> Value {
                                 without it the vendor's own delivery (any content type the vendor sends). The vendor's \
                                 delivery id is unique per connection: a repeat is answered 200 with the first deliveryId \
                                 and `duplicate: true`, and stores nothing. See docs/webhooks.md.",
-                "security": [{ "githubSignature": [] }, { "githubSignature": [], "bearer": ["webhooks.deliveries.ingest"] }],
+                "security": [{ "githubSignature": [] }, { "githubSignature": [], "bearer": [op::IngestDelivery::SCOPE] }],
                 "parameters": [
                     { "name": "X-CS-Provider", "in": "header", "required": false,
                       "description": "Announces the spec's envelope; names the connection's scheme or provider key",
@@ -167,32 +168,32 @@ pub fn document() -> Value {
                 )
             }},
             "/integrations/runs/{runId}": { "get": {
-                "operationId": "getRun", "summary": "Retrieve an integration run and its outcome",
-                "security": bearer("integration.runs.read"),
+                "operationId": op::GetRun::ID, "summary": "Retrieve an integration run and its outcome",
+                "security": bearer(op::GetRun::SCOPE),
                 "parameters": [{ "name": "runId", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": with(json!({ "200": ok("RunResponse", "The run") }), problems(&get_codes))
             }},
             "/integrations/credentials/rotate": { "post": {
-                "operationId": "rotateCredential", "summary": "Rotate a stored credential",
-                "security": bearer("integration.credentials.rotate"), "parameters": [idempotency],
+                "operationId": op::RotateCredential::ID, "summary": "Rotate a stored credential",
+                "security": bearer(op::RotateCredential::SCOPE), "parameters": [idempotency],
                 "requestBody": body("RotateCredentialRequest"),
                 "responses": with(json!({ "202": ok("RotationStartedResponse", "Rotation started; Location names the verification run") }), problems(&["400", "401", "403", "404", "406", "409", "413", "415", "422"]))
             }},
             "/audit/events": { "get": {
-                "operationId": "auditTenantEvents", "summary": "Replay the tenant's events in global order (auditors)",
+                "operationId": op::AuditTenantEvents::ID, "summary": "Replay the tenant's events in global order (auditors)",
                 "description": "The token's tenant's events from global position `from` on, upcast to the current schema \
                                 version of their type unless `asStored=true` (the hash chain covers the stored form). \
                                 Paged by position: `nextFrom` continues; `next` (and `Link: rel=\"next\"`) is present when the \
                                 page was full. See docs/audit.md.",
-                "security": bearer("integration.audit.read"),
+                "security": bearer(op::AuditTenantEvents::SCOPE),
                 "parameters": audit_parameters(true),
                 "responses": with(json!({ "200": ok("AuditEventsPage", "A page of events") }), problems(&["400", "401", "403", "406"]))
             }},
             "/audit/streams/{streamId}/events": { "get": {
-                "operationId": "auditStreamEvents", "summary": "Replay one of the tenant's streams (auditors)",
+                "operationId": op::AuditStreamEvents::ID, "summary": "Replay one of the tenant's streams (auditors)",
                 "description": "`streamId` is the resource id (`prov-github`) or the full stream id `{tenantId}/{resourceId}`, \
                                 percent-encoded. Another tenant's stream is 404.",
-                "security": bearer("integration.audit.read"),
+                "security": bearer(op::AuditStreamEvents::SCOPE),
                 "parameters": audit_stream_parameters,
                 "responses": with(json!({ "200": ok("AuditEventsPage", "A page of the stream's events") }), problems(&["400", "401", "403", "404", "406"]))
             }}
@@ -245,7 +246,7 @@ fn problem_responses(codes: &[&str]) -> Value {
             let description = match *c {
                 "400" => "Malformed request",
                 "401" => "Missing or invalid credentials (WWW-Authenticate says why)",
-                "403" => "insufficient_scope, or a tenantId other than the token's",
+                "403" => "insufficient_scope, insufficient_role (when a role policy is configured), or a tenantId other than the token's",
                 "404" => "Unknown id, or another tenant's",
                 "406" => "Unsupported API version in Accept",
                 "409" => "Conflicts with the resource's state",

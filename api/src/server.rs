@@ -14,6 +14,10 @@
 //! byte at a time gets no longer than one sending nothing. At the cap, new connections wait in
 //! the listen backlog until a slot frees.
 //!
+//! Over TLS ([`crate::tls`]) the handshake comes first and must end within the header timeout
+//! of the connection; HTTP/2 or HTTP/1.1 is chosen by ALPN, and everything above applies to
+//! the decrypted stream.
+//!
 //! hyper refuses what it cannot parse (a malformed request line, a URI or headers too long)
 //! with a bare answer of its own before any service runs: an error status with no body and no
 //! `content-type`, which no answer of the router has (every error of ours is a problem
@@ -40,6 +44,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
@@ -68,12 +74,20 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then lets the requests in flight
-/// finish (idle connections close at once) and returns when every connection has ended.
-pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, stop: CancellationToken) {
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `stop` is cancelled, then
+/// lets the requests in flight finish (idle connections close at once) and returns when every
+/// connection has ended.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    tls: Option<Arc<ServerConfig>>,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
     let builder = auto::Builder::new(TokioExecutor::new());
+    let tls = tls.map(TlsAcceptor::from);
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -93,7 +107,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, 
             () = stop.cancelled() => break,
         };
         let connection = Connection { router: router.clone(), limits, stop: stop.clone(), _slot: slot };
-        connections.spawn(connection.serve(stream, builder.clone()));
+        connections.spawn(connection.accept(stream, tls.clone(), builder.clone()));
     }
     // New clients are refused at once rather than left in the backlog while the rest drains.
     drop(listener);
@@ -110,9 +124,29 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, builder: auto::Builder<TokioExecutor>) {
+    /// Shakes hands first when serving TLS: the handshake is the first thing a client sends,
+    /// so it has the header timeout, counted from the connection on.
+    async fn accept(self, stream: TcpStream, tls: Option<TlsAcceptor>, builder: auto::Builder<TokioExecutor>) {
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
+        let opened = Instant::now();
+        let Some(tls) = tls else { return self.serve(stream, opened, builder).await };
+        let handshake = tokio::select! {
+            shaken = tokio::time::timeout(self.limits.header_read_timeout, tls.accept(stream)) => shaken,
+            () = self.stop.cancelled() => return,
+        };
+        match handshake {
+            Ok(Ok(stream)) => self.serve(stream, opened, builder).await,
+            // Plain HTTP on the TLS port, an unknown CA, a client gone: the client's doing.
+            Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        }
+    }
+
+    async fn serve<S>(self, stream: S, opened: Instant, builder: auto::Builder<TokioExecutor>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new(opened));
         let io = TokioIo::new(Watched { inner: stream, activity: activity.clone(), refusal: None });
         let service =
             Tracked { router: self.router, activity: activity.clone(), body_timeout: self.limits.body_read_timeout };
@@ -167,11 +201,8 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
-        Self {
-            phase: Mutex::new(Phase::Opened(Instant::now())),
-            multiplexed: std::sync::atomic::AtomicBool::new(false),
-        }
+    fn new(opened: Instant) -> Self {
+        Self { phase: Mutex::new(Phase::Opened(opened)), multiplexed: std::sync::atomic::AtomicBool::new(false) }
     }
 
     fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
@@ -230,14 +261,14 @@ impl Activity {
 
 /// The socket, telling its connection's [`Activity`] when bytes arrive, and answering hyper's
 /// own refusals as problem documents.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
     /// The problem document that replaces hyper's refusal, and how much of it is written.
     refusal: Option<(Vec<u8>, usize)>,
 }
 
-impl Watched {
+impl<S: AsyncWrite + Unpin> Watched<S> {
     /// Writes what is left of the refusal; hyper's own bytes are swallowed meanwhile.
     fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some((bytes, written)) = &mut self.refusal else { return Poll::Ready(Ok(())) };
@@ -285,7 +316,7 @@ fn refusal_as_problem(written: &[u8]) -> Option<Vec<u8>> {
     Some([head.into_bytes(), body].concat())
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -297,7 +328,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.refusal.is_none() && !this.activity.is_multiplexed() {

@@ -64,7 +64,13 @@ pub(super) enum ScpClaim {
     SpaceSeparated(String),
 }
 
-pub(super) fn principal_from_claims(claims: AccessTokenClaims) -> Result<(Principal, u64), TokenRejection> {
+/// The principal of a verified token's claims, with its roles from `roles_claim` when one is
+/// configured.
+pub(super) fn principal_from_claims(
+    raw: &serde_json::Value,
+    roles_claim: Option<&str>,
+) -> Result<(Principal, u64), TokenRejection> {
+    let claims = AccessTokenClaims::deserialize(raw).map_err(|_| TokenRejection::Malformed)?;
     let exp = claims.exp.ok_or(TokenRejection::MissingClaim("exp"))?;
     let expires_at = exp
         .as_u64()
@@ -85,7 +91,11 @@ pub(super) fn principal_from_claims(claims: AccessTokenClaims) -> Result<(Princi
         Some(ScpClaim::SpaceSeparated(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
         None => {}
     }
-    let principal = Principal { subject, client_id: claims.client_id.or(claims.azp), tenant_id, scopes };
+    let roles = match roles_claim {
+        Some(claim) => roles_in(raw, claim)?,
+        None => BTreeSet::new(),
+    };
+    let principal = Principal { subject, client_id: claims.client_id.or(claims.azp), tenant_id, scopes, roles };
     Ok((principal, expires_at))
 }
 

@@ -17,6 +17,21 @@ pub fn mint_dev_token(
     scopes: &[&str],
     ttl: Duration,
 ) -> Result<String, AuthError> {
+    mint_dev_token_with_roles(secret, issuer, audience, subject, tenant_id, scopes, &[], ttl)
+}
+
+/// [`mint_dev_token`] with a `roles` claim (an array) too, for trying a role policy.
+#[allow(clippy::too_many_arguments)]
+pub fn mint_dev_token_with_roles(
+    secret: &[u8],
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+    tenant_id: &str,
+    scopes: &[&str],
+    roles: &[&str],
+    ttl: Duration,
+) -> Result<String, AuthError> {
     check_dev_secret(secret)?;
     for (name, value) in [("issuer", issuer), ("audience", audience), ("subject", subject), ("tenant id", tenant_id)] {
         if value.trim().is_empty() {
@@ -34,6 +49,7 @@ pub fn mint_dev_token(
         sub: subject,
         tenant_id,
         scope: scopes.join(" "),
+        roles,
         iat: now,
         exp: now.saturating_add(ttl.as_secs()),
     };
@@ -51,6 +67,8 @@ pub(super) struct DevTokenClaims<'a> {
     #[serde(rename = "tenantId")]
     pub(super) tenant_id: &'a str,
     pub(super) scope: String,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(super) roles: &'a [&'a str],
     pub(super) iat: u64,
     pub(super) exp: u64,
 }

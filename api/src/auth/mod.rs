@@ -35,15 +35,18 @@ use serde::{Deserialize, Serialize};
 mod claims;
 mod dev_tokens;
 mod key_sets;
+mod roles;
 #[cfg(test)]
 mod tests;
 mod token_cache;
 mod verify;
 
 use claims::*;
-pub use dev_tokens::mint_dev_token;
 use dev_tokens::*;
+pub use dev_tokens::{mint_dev_token, mint_dev_token_with_roles};
 use key_sets::*;
+use roles::*;
+pub use roles::{RolePolicy, RoleRules};
 use token_cache::*;
 pub use verify::Authenticator;
 use verify::*;
@@ -102,6 +105,8 @@ pub struct AuthConfig {
     pub dev_hs256_secret: Option<Vec<u8>>,
     /// Clock-skew allowance for `exp` and `nbf`, at most [`MAX_LEEWAY_SECONDS`].
     pub leeway_seconds: u64,
+    /// Where tokens carry roles and the policy over them; without it, scopes alone decide.
+    pub roles: Option<RoleRules>,
 }
 
 impl AuthConfig {
@@ -125,6 +130,7 @@ impl Default for AuthConfig {
             audience: None,
             dev_hs256_secret: None,
             leeway_seconds: DEFAULT_LEEWAY_SECONDS,
+            roles: None,
         }
     }
 }
@@ -138,6 +144,7 @@ impl fmt::Debug for AuthConfig {
             .field("audience", &self.audience)
             .field("dev_hs256_secret", &self.dev_hs256_secret.as_ref().map(|_| "<redacted>"))
             .field("leeway_seconds", &self.leeway_seconds)
+            .field("roles", &self.roles)
             .finish()
     }
 }
@@ -153,6 +160,9 @@ pub struct Principal {
     pub tenant_id: String,
     /// Granted scopes, from `scope` (space-separated) and/or `scp` (array or string).
     pub scopes: BTreeSet<String>,
+    /// The caller's roles, from the configured roles claim; read only when a role policy is
+    /// configured (empty otherwise).
+    pub roles: BTreeSet<String>,
 }
 
 impl Principal {

@@ -669,6 +669,40 @@ async fn minted_dev_token_is_accepted_with_the_dev_secret() {
 }
 
 #[tokio::test]
+async fn roles_are_read_from_the_configured_claim_only_when_a_policy_is_configured() {
+    let ttl = Duration::from_secs(300);
+    let with_roles =
+        mint_dev_token_with_roles(DEV_SECRET, DEV_ISSUER, DEV_AUDIENCE, "a", TENANT, &[], &["auditor", "admin"], ttl)
+            .unwrap();
+    let policy = RolePolicy::parse("getRun=auditor", &["getRun"]).unwrap();
+    let configured = |claim: &str| AuthConfig {
+        roles: Some(RoleRules { claim: claim.to_owned(), policy: policy.clone() }),
+        ..AuthConfig::dev(DEV_SECRET)
+    };
+
+    let auth = Authenticator::new(configured("roles")).await.unwrap();
+    let principal = auth.authenticate(Some(&bearer(&with_roles))).await.unwrap();
+    assert_eq!(principal.roles, BTreeSet::from(["admin".to_owned(), "auditor".to_owned()]));
+    assert_eq!(auth.role_policy(), Some(&policy));
+
+    let elsewhere = Authenticator::new(configured("/realm_access/roles")).await.unwrap();
+    assert!(elsewhere.authenticate(Some(&bearer(&with_roles))).await.unwrap().roles.is_empty());
+
+    let unconfigured = Authenticator::new(AuthConfig::dev(DEV_SECRET)).await.unwrap();
+    assert!(unconfigured.authenticate(Some(&bearer(&with_roles))).await.unwrap().roles.is_empty());
+    assert_eq!(unconfigured.role_policy(), None);
+
+    let now = unix_now();
+    let malformed = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": "a", "tenantId": TENANT, "exp": now + 60, "roles": 7 }),
+        &EncodingKey::from_secret(DEV_SECRET).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rejection(auth.authenticate(Some(&bearer(&malformed))).await), TokenRejection::MalformedClaim("roles"));
+}
+
+#[tokio::test]
 async fn dev_token_signed_with_another_secret_or_for_another_audience_is_rejected() {
     let auth = Authenticator::new(AuthConfig::dev(DEV_SECRET)).await.unwrap();
     let other_secret = [9u8; 32];
@@ -808,7 +842,13 @@ async fn repeated_token_is_answered_from_the_cache_with_the_same_principal() {
 }
 
 fn principal(subject: &str) -> Principal {
-    Principal { subject: subject.to_owned(), client_id: None, tenant_id: TENANT.to_owned(), scopes: BTreeSet::new() }
+    Principal {
+        subject: subject.to_owned(),
+        client_id: None,
+        tenant_id: TENANT.to_owned(),
+        scopes: BTreeSet::new(),
+        roles: BTreeSet::new(),
+    }
 }
 
 #[test]

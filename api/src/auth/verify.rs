@@ -13,6 +13,7 @@ pub(super) struct AuthenticatorInner {
     pub(super) issuer: String,
     pub(super) audience: String,
     pub(super) leeway_seconds: u64,
+    pub(super) roles: Option<RoleRules>,
     pub(super) dev_key: Option<DecodingKey>,
     pub(super) jwks: Option<JwksCache>,
     pub(super) verified_tokens: TokenCache,
@@ -89,6 +90,7 @@ impl Authenticator {
                 issuer,
                 audience,
                 leeway_seconds: config.leeway_seconds,
+                roles: config.roles,
                 dev_key,
                 jwks,
                 verified_tokens: TokenCache::new(tuning.token_cache_capacity),
@@ -156,8 +158,14 @@ impl Authenticator {
         validation.set_audience(&[&self.inner.audience]);
         // jsonwebtoken only checks `iss`/`aud` when present; requiring them closes that gap.
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<AccessTokenClaims>(token, key, &validation)
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, key, &validation)
             .map_err(|e| AuthError::invalid(rejection_from(&e)))?;
-        principal_from_claims(data.claims).map_err(AuthError::invalid)
+        let roles_claim = self.inner.roles.as_ref().map(|rules| rules.claim.as_str());
+        principal_from_claims(&data.claims, roles_claim).map_err(AuthError::invalid)
+    }
+
+    /// The role policy every request must also satisfy, when one is configured.
+    pub fn role_policy(&self) -> Option<&RolePolicy> {
+        self.inner.roles.as_ref().map(|rules| &rules.policy)
     }
 }

@@ -21,7 +21,8 @@ use store::EventFilter;
 use store::audit::{MAX_EVENT_TYPES, QueryError};
 
 use crate::Shared;
-use crate::extract::{AuditRead, Authorized};
+use crate::extract::Authorized;
+use crate::operations as op;
 use crate::problem::Problem;
 use crate::respond::ok_json;
 
@@ -135,7 +136,7 @@ fn instant(text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 async fn tenant_events(
-    caller: Authorized<AuditRead>,
+    caller: Authorized<op::AuditTenantEvents>,
     State(app): State<Shared>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, Problem> {
@@ -153,7 +154,7 @@ async fn tenant_events(
 }
 
 async fn stream_events(
-    caller: Authorized<AuditRead>,
+    caller: Authorized<op::AuditStreamEvents>,
     State(app): State<Shared>,
     Path(stream_id): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,

@@ -10,7 +10,8 @@ use domain::connection::Health;
 use domain::ids;
 
 use crate::bodies::{ConnectionEstablishedResponse, ConnectionResponse, EstablishConnectionRequest, require_text};
-use crate::extract::{Authorized, ConnectionsRead, ConnectionsWrite, JsonBody};
+use crate::extract::{Authorized, JsonBody};
+use crate::operations as op;
 use crate::problem::Problem;
 use crate::respond::{Accepted, ok_json, run_command};
 use crate::routes::context_of;
@@ -23,7 +24,7 @@ pub fn router() -> Router<Shared> {
 }
 
 async fn establish(
-    caller: Authorized<ConnectionsWrite>,
+    caller: Authorized<op::EstablishConnection>,
     State(app): State<Shared>,
     headers: HeaderMap,
     body: JsonBody<EstablishConnectionRequest>,
@@ -135,7 +136,7 @@ async fn first_health(app: &AppState, tenant_id: &str, connection_id: &str, wait
 }
 
 async fn get_connection(
-    caller: Authorized<ConnectionsRead>,
+    caller: Authorized<op::GetConnection>,
     State(app): State<Shared>,
     Path(connection_id): Path<String>,
 ) -> Result<Response, Problem> {

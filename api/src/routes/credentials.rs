@@ -7,7 +7,8 @@ use domain::ids;
 
 use crate::Shared;
 use crate::bodies::{RotateCredentialRequest, RotationStartedResponse, require_text};
-use crate::extract::{Authorized, CredentialsRotate, JsonBody};
+use crate::extract::{Authorized, JsonBody};
+use crate::operations as op;
 use crate::problem::Problem;
 use crate::respond::{Accepted, run_command};
 use crate::routes::context_of;
@@ -17,7 +18,7 @@ pub fn router() -> Router<Shared> {
 }
 
 async fn rotate(
-    caller: Authorized<CredentialsRotate>,
+    caller: Authorized<op::RotateCredential>,
     State(app): State<Shared>,
     headers: HeaderMap,
     body: JsonBody<RotateCredentialRequest>,

@@ -7,7 +7,8 @@ use domain::provider::RegisterProvider;
 
 use crate::Shared;
 use crate::bodies::{ProviderRegisteredResponse, ProviderResponse, RegisterProviderRequest, require_text};
-use crate::extract::{Authorized, JsonBody, ProvidersRead, ProvidersWrite};
+use crate::extract::{Authorized, JsonBody};
+use crate::operations as op;
 use crate::problem::Problem;
 use crate::respond::{Accepted, IDEMPOTENCY_KEY, ok_json, run_command};
 use crate::routes::context_of;
@@ -19,7 +20,7 @@ pub fn router() -> Router<Shared> {
 }
 
 async fn register(
-    caller: Authorized<ProvidersWrite>,
+    caller: Authorized<op::RegisterProvider>,
     State(app): State<Shared>,
     headers: HeaderMap,
     body: JsonBody<RegisterProviderRequest>,
@@ -74,7 +75,7 @@ async fn register(
 /// The provider a registration's `Location` names. Looked up in the caller's tenant only, so
 /// another tenant's provider is 404 like one that does not exist.
 async fn get_provider(
-    caller: Authorized<ProvidersRead>,
+    caller: Authorized<op::GetProvider>,
     State(app): State<Shared>,
     Path(provider_id): Path<String>,
 ) -> Result<Response, Problem> {

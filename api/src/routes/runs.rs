@@ -5,7 +5,8 @@ use axum::routing::get;
 
 use crate::Shared;
 use crate::bodies::{RunAttempt, RunResponse};
-use crate::extract::{Authorized, RunsRead};
+use crate::extract::Authorized;
+use crate::operations as op;
 use crate::problem::Problem;
 use crate::respond::ok_json;
 
@@ -14,7 +15,7 @@ pub fn router() -> Router<Shared> {
 }
 
 async fn get_run(
-    caller: Authorized<RunsRead>,
+    caller: Authorized<op::GetRun>,
     State(app): State<Shared>,
     Path(run_id): Path<String>,
 ) -> Result<Response, Problem> {

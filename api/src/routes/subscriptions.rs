@@ -9,7 +9,8 @@ use domain::subscription::{CreateWebhookSubscription, DeliverySettings};
 
 use crate::Shared;
 use crate::bodies::{CreateSubscriptionRequest, SubscriptionCreatedResponse, SubscriptionResponse};
-use crate::extract::{Authorized, JsonBody, SubscriptionsRead, SubscriptionsWrite};
+use crate::extract::{Authorized, JsonBody};
+use crate::operations as op;
 use crate::problem::Problem;
 use crate::respond::{Accepted, ok_json, run_command};
 use crate::routes::context_of;
@@ -21,7 +22,7 @@ pub fn router() -> Router<Shared> {
 }
 
 async fn create(
-    caller: Authorized<SubscriptionsWrite>,
+    caller: Authorized<op::CreateSubscription>,
     State(app): State<Shared>,
     headers: HeaderMap,
     body: JsonBody<CreateSubscriptionRequest>,
@@ -80,7 +81,7 @@ async fn create(
 /// tenant's is 404). The read model holds the signing secret's `kv://` ref, never its value,
 /// and only the ref is answered.
 async fn get_subscription(
-    caller: Authorized<SubscriptionsRead>,
+    caller: Authorized<op::GetSubscription>,
     State(app): State<Shared>,
     Path(subscription_id): Path<String>,
 ) -> Result<Response, Problem> {

@@ -8,7 +8,8 @@ use projections::ConnectionView;
 use super::Target;
 use super::refusal::Refusal;
 use crate::AppState;
-use crate::extract::{DeliveriesIngest, Scope, authenticate_header};
+use crate::extract::authorize;
+use crate::operations as op;
 use crate::problem::Problem;
 
 /// The target connection. Unknown, another tenant's: the same 401 as a bad signature, so a
@@ -32,7 +33,7 @@ pub(super) async fn target_connection(
     // A bearer token is optional here, but one that is sent must be valid and scoped.
     let bearer = match authorization {
         Some(h) => Some(
-            authenticate_header(app, Some(h), DeliveriesIngest::NAME)
+            authorize::<op::IngestDelivery>(app, Some(h))
                 .await
                 .map_err(|problem| Refusal::new("invalid_token", problem))?,
         ),
