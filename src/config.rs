@@ -259,8 +259,12 @@ fn read_file(
     Ok(values)
 }
 
-/// (as written, normalized key, value) of every leaf of the table. A table whose key is a
-/// setting is that setting's value (`[roles.policy]` is `roles-policy`), not a group of keys.
+/// Settings whose value may be written as a table (`[roles.policy]`); any other table groups
+/// keys (`[log] format` is `log-format`, though `log` is a setting too).
+const TABLE_SETTINGS: [&str; 1] = ["roles-policy"];
+
+/// (as written, normalized key, value) of every leaf of the table. A table whose key is one of
+/// [`TABLE_SETTINGS`] is that setting's value, not a group of keys.
 fn flatten<'a>(
     written: &str,
     prefix: &str,
@@ -272,7 +276,7 @@ fn flatten<'a>(
         let shown = if written.is_empty() { name.clone() } else { format!("{written}.{name}") };
         let key = format!("{prefix}{}", name.replace('_', "-"));
         match value {
-            toml::Value::Table(inner) if !known.contains_key(&key) => {
+            toml::Value::Table(inner) if !(TABLE_SETTINGS.contains(&key.as_str()) && known.contains_key(&key)) => {
                 flatten(&shown, &format!("{key}-"), inner, known, out)
             }
             leaf => out.push((shown, key, leaf)),
@@ -286,6 +290,9 @@ fn flatten<'a>(
 fn entries_as_value(entries: &toml::Table) -> Result<String, String> {
     let mut written = Vec::new();
     for (name, values) in entries {
+        if name.contains([',', ';', '=']) {
+            return Err(format!("`{name}` may not contain `,`, `;` or `=`"));
+        }
         let values = match values {
             toml::Value::String(value) => vec![value.as_str()],
             toml::Value::Array(values) => values
@@ -542,8 +549,13 @@ mod tests {
         probe_flag: bool,
         #[arg(long, env = "IE_PROBE_COUNT", default_value_t = 1)]
         probe_count: u32,
-        #[arg(long, env = "IE_PROBE_MAP")]
-        probe_map: Option<String>,
+        // The engine's own keys, under variables no one sets.
+        #[arg(long, env = "IE_PROBE_ROLES_POLICY")]
+        roles_policy: Option<String>,
+        #[arg(long, env = "IE_PROBE_LOG")]
+        log: Option<String>,
+        #[arg(long, env = "IE_PROBE_LOG_FORMAT")]
+        log_format: Option<String>,
         #[arg(long = CONFIG_FLAG)]
         config: Option<PathBuf>,
     }
@@ -569,10 +581,16 @@ mod tests {
 
     #[test]
     fn a_table_whose_key_is_a_setting_is_its_value() {
-        let file = "[probe]\ncount = 2\n[probe.map]\nb = \"y\"\na = [\"x\", \"z\"]\n\"*\" = [\"w\"]\n";
+        let file = "[probe]\ncount = 2\n[roles.policy]\nb = \"y\"\na = [\"x\", \"z\"]\n\"*\" = [\"w\"]\n";
         let parsed = probe(file, &[], &[]);
         assert_eq!(parsed.probe_count, 2, "a table that is no setting still groups keys");
-        assert_eq!(parsed.probe_map.as_deref(), Some("*=w;a=x,z;b=y"));
+        assert_eq!(parsed.roles_policy.as_deref(), Some("*=w;a=x,z;b=y"));
+        let grouped = probe("[log]\nformat = \"json\"\n", &[], &[]);
+        assert_eq!(
+            (grouped.log, grouped.log_format.as_deref()),
+            (None, Some("json")),
+            "only a table setting takes a table"
+        );
 
         let refused = |file: &str| {
             let dir = tempfile::tempdir().unwrap();
@@ -584,8 +602,9 @@ mod tests {
                 _ => panic!("{file:?} was accepted"),
             }
         };
-        assert!(refused("[probe.map]\na = 1\n").contains("key `probe.map`: `a`: expected a string or an array"));
-        assert!(refused("[probe.map]\na = [\"x;y\"]\n").contains("may not contain"));
+        assert!(refused("[roles.policy]\na = 1\n").contains("key `roles.policy`: `a`: expected a string or an array"));
+        assert!(refused("[roles.policy]\na = [\"x;y\"]\n").contains("may not contain"));
+        assert!(refused("[roles.policy]\n\"a=x;b\" = [\"y\"]\n").contains("may not contain"));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use api::auth::{AuthConfig, Authenticator, JwksSource, RolePolicy, RoleRules};
+use api::operations::Operation;
 use api::server::ServerLimits;
 use api::tls::{CertificateFiles, ReloadingCertificate};
 use api::{ApiSettings, AppState};
@@ -16,7 +17,7 @@ use workers::pace::Foreground;
 
 use crate::data_dir::{DataDir, EVENTS_DB, READ_MODELS_DB};
 use crate::dev_auth;
-use crate::shutdown::shutdown_signal;
+use crate::shutdown::{Hangups, shutdown_signal};
 use connectors::key_sets::ProviderKeySets;
 
 #[derive(Args)]
@@ -33,7 +34,7 @@ pub struct ServeArgs {
     tls_key: Option<std::path::PathBuf>,
     /// Seconds between looks at the certificate files: a renewed pair is served from the next
     /// handshake on (SIGHUP reloads at once).
-    #[arg(long, env = "IE_TLS_RELOAD_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "IE_TLS_RELOAD_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     tls_reload_seconds: u64,
     #[command(flatten)]
     data: DataDir,
@@ -154,6 +155,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let (auth_config, dev_mode) = args.auth_config()?;
+    if args.roles_policy.as_ref().is_some_and(|policy| policy.names(api::operations::IngestDelivery::ID)) {
+        tracing::warn!(
+            "the role policy names ingestDelivery: it applies to deliveries that carry a bearer token; \
+             a delivery authenticated by the vendor's signature alone has no roles"
+        );
+    }
     let auth = Authenticator::new(auth_config).await?;
 
     // Worker processes and the `runs start` command may append to the same store.
@@ -234,6 +241,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let hangups = certificate.as_ref().and_then(|_| Hangups::register());
     crate::announce_listening(if certificate.is_some() { "https" } else { "http" }, addr);
     if dev_mode {
         eprintln!(
@@ -254,7 +262,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let tls = certificate.as_ref().map(|certificate| {
         let every = Duration::from_secs(args.tls_reload_seconds);
         tokio::spawn(certificate.clone().watch(every, stopped.clone()));
-        tokio::spawn(reload_on_hangup(certificate.clone(), stopped.clone()));
+        if let Some(hangups) = hangups {
+            tokio::spawn(reload_on_hangup(certificate.clone(), hangups, stopped.clone()));
+        }
         certificate.server_config()
     });
     let mut server = tokio::spawn(api::server::serve(listener, api::router(state), limits, tls, stopped.clone()));
@@ -289,15 +299,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Reloads the certificate on every SIGHUP until `stop`.
-async fn reload_on_hangup(certificate: Arc<ReloadingCertificate>, stop: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(error) => return tracing::warn!(%error, "SIGHUP cannot reload the TLS certificate"),
-    };
+async fn reload_on_hangup(certificate: Arc<ReloadingCertificate>, mut hangups: Hangups, stop: CancellationToken) {
     loop {
         tokio::select! {
-            Some(()) = hangups.recv() => {
+            Some(()) = hangups.next() => {
                 let certificate = certificate.clone();
                 let _ = tokio::task::spawn_blocking(move || certificate.reload_and_log()).await;
             }

@@ -64,16 +64,16 @@ impl ReloadingCertificate {
     /// Reads the files again: `Ok(true)` when a changed pair was put in service, `Ok(false)`
     /// when they have not changed since last tried, the reason when the changed pair fails.
     pub fn reload(&self) -> Result<bool, TlsError> {
+        // Held to the end, so that of two reloads at once (the timer and SIGHUP) the one that
+        // read the older files cannot put them in service after the other.
+        let mut last_seen = self.last_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let contents = read(&self.files)?;
-        {
-            let mut last_seen = self.last_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *last_seen == contents {
-                return Ok(false);
-            }
-            *last_seen = contents.clone();
+        if *last_seen == contents {
+            return Ok(false);
         }
-        let key = certified_key(&self.files, &contents, &self.provider)?;
-        *self.serving.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(key);
+        let key = certified_key(&self.files, &contents, &self.provider);
+        *last_seen = contents;
+        *self.serving.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(key?);
         Ok(true)
     }
 
@@ -142,11 +142,16 @@ fn certified_key(
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| unreadable(&files.key, format!("no PEM private key ({})", pem_problem(&e))))?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| TlsError::Mismatch {
-        cert: files.cert.clone(),
-        key: files.key.clone(),
-        reason: e.to_string(),
-    })
+    let key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| unreadable(&files.key, format!("not a usable private key ({e})")))?;
+    let certified = CertifiedKey::new(chain, key);
+    match certified.keys_match() {
+        // A key that cannot tell its public half is taken on trust, as rustls itself does.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(certified),
+        Err(e) => Err(TlsError::Mismatch { cert: files.cert.clone(), key: files.key.clone(), reason: e.to_string() }),
+    }
 }
 
 /// What is wrong with a PEM file, in words (the library's own text spells markers as bytes).

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::support::{ALL_SCOPES, App, BIN, spawn_app};
+use crate::support::{ALL_SCOPES, App, BIN, spawn_app, spawn_app_with};
 
 const TENANT: &str = "connectsoft";
 const POLICY: &str = r#"
@@ -37,16 +37,8 @@ fn serve_with_config(dir: &Path, config: &str) -> App {
     App::when_listening(child, &dir.join("data"))
 }
 
-/// A development token with `scopes` and `roles` (space-separated).
 fn token(app: &App, scopes: &str, roles: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["token", "--data-dir"])
-        .arg(&app.data_dir)
-        .args(["--tenant", TENANT, "--scope", scopes, "--roles", roles])
-        .output()
-        .expect("run token");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    app.token_with_roles(TENANT, scopes, roles)
 }
 
 /// The status and problem detail of a GET of `path`.
@@ -108,6 +100,24 @@ async fn with_a_policy_a_request_needs_the_scope_and_an_allowed_role() {
 
     // A role never stands in for a missing token.
     assert_eq!(app.client.get(app.url(run)).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_policy_as_a_flag_with_the_roles_at_a_json_pointer_guards_writes_too() {
+    let app = spawn_app_with(&["--roles-policy", "establishConnection=connector;*=auditor", "--roles-claim", "/roles"]);
+    let body = json!({ "projectId": "p", "providerId": "prov-missing", "displayName": "x", "authMode": "None" });
+    let auditor = token(&app, ALL_SCOPES, "auditor");
+    let refused = app.post_json("/integrations/connections", &auditor, &body).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN, "a write is refused before its body is looked at");
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(
+        problem["detail"],
+        "establishConnection needs one of the roles connector, and the token has the roles auditor"
+    );
+    let connector = token(&app, ALL_SCOPES, "connector");
+    let allowed = app.post_json("/integrations/connections", &connector, &body).await;
+    assert_ne!(allowed.status(), StatusCode::FORBIDDEN, "the role lets the request through to its own checks");
+    assert_eq!(get(&app, "/integrations/runs/run-missing", &auditor).await.0, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -171,3 +171,24 @@ fn a_certificate_that_cannot_serve_stops_the_start_with_the_reason() {
     let reason = String::from_utf8_lossy(&alone.stderr);
     assert!(!alone.status.success() && reason.contains("--tls-key"), "a certificate needs its key: {reason}");
 }
+
+#[tokio::test]
+async fn a_client_that_never_shakes_hands_loses_its_slot_at_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let files = CertificateFiles::in_dir(dir.path());
+    let trusted = authority("engine test CA");
+    write_server_certificate(&trusted, &files);
+    let app = spawn_https(&files, &["--header-read-timeout-seconds", "1", "--max-connections", "1"]);
+
+    // The only slot, taken by a client that sends nothing.
+    let mut silent = tokio::net::TcpStream::connect(app.base.trim_start_matches("https://")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let answer = health(client_trusting(&trusted), &app).await.expect("served once the slot is free");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(500), "it waited for the silent client's timeout");
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "the silent client was closed: {closed:?}");
+}

@@ -52,6 +52,10 @@ impl RolePolicy {
             }
             let roles: BTreeSet<String> =
                 roles.split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect();
+            // A claim's roles are split at whitespace, so a name with a space could never match.
+            if let Some(bad) = roles.iter().find(|r| r.contains(|c: char| c.is_whitespace() || c == '=')) {
+                return Err(format!("role {bad:?} of `{operation}` may not contain whitespace or `=`"));
+            }
             if roles.is_empty() {
                 return Err(format!("operation `{operation}` names no role"));
             }
@@ -65,6 +69,11 @@ impl RolePolicy {
             return Err("the policy names no operation".into());
         }
         Ok(policy)
+    }
+
+    /// Whether the policy names `operation` itself (not through `*`).
+    pub fn names(&self, operation: &str) -> bool {
+        self.by_operation.contains_key(operation)
     }
 
     /// The roles that may call `operation`.
@@ -127,6 +136,8 @@ mod tests {
             ("getRun", "not OPERATION=ROLE"),
             ("getRun=", "names no role"),
             ("getRun=a;getRun=b", "named twice"),
+            ("getRun=auditor admin", "may not contain whitespace"),
+            ("getRun=a=b", "may not contain whitespace or `=`"),
         ] {
             let error = RolePolicy::parse(text, KNOWN).unwrap_err();
             assert!(error.contains(reason), "{text:?}: {error}");

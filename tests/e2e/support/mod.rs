@@ -98,10 +98,15 @@ impl App {
 
     /// A development token for `tenant` with `scopes`, from the binary's `token` command.
     pub fn token(&self, tenant: &str, scopes: &str) -> String {
+        self.token_with_roles(tenant, scopes, "")
+    }
+
+    /// A development token for `tenant` with `scopes` and `roles` (space-separated).
+    pub fn token_with_roles(&self, tenant: &str, scopes: &str, roles: &str) -> String {
         let out = Command::new(BIN)
             .args(["token", "--data-dir"])
             .arg(&self.data_dir)
-            .args(["--tenant", tenant, "--scope", scopes])
+            .args(["--tenant", tenant, "--scope", scopes, "--roles", roles])
             .output()
             .expect("run token");
         assert!(out.status.success(), "token failed: {}", String::from_utf8_lossy(&out.stderr));

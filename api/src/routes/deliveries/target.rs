@@ -32,11 +32,10 @@ pub(super) async fn target_connection(
         })?;
     // A bearer token is optional here, but one that is sent must be valid and scoped.
     let bearer = match authorization {
-        Some(h) => Some(
-            authorize::<op::IngestDelivery>(app, Some(h))
-                .await
-                .map_err(|problem| Refusal::new("invalid_token", problem))?,
-        ),
+        Some(h) => Some(authorize::<op::IngestDelivery>(app, Some(h)).await.map_err(|problem| {
+            let reason = if problem.status == 403 { "token_not_allowed" } else { "invalid_token" };
+            Refusal::new(reason, problem)
+        })?),
         None => None,
     };
     app.read_models
