@@ -63,6 +63,15 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
 
+    /// 404 for a field that names something the tenant does not have (a provider, a vault):
+    /// stored state, not the request's shape, decides it.
+    pub fn unknown_reference(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let error = FieldError { field: field.into(), message: message.into() };
+        let mut p = Self::not_found(format!("{}: {}", error.field, error.message));
+        p.errors = vec![error];
+        p
+    }
+
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
     }
@@ -130,7 +139,7 @@ impl From<DomainError> for Problem {
             | DomainError::RotationInFlight { .. }
             | DomainError::InvalidTransition { .. } => Problem::conflict(e.to_string()),
             DomainError::NotFound { .. } => Problem::not_found(e.to_string()),
-            DomainError::UnknownProvider { .. } => Problem::invalid_field("providerId", e.to_string()),
+            DomainError::UnknownProvider { .. } => Problem::unknown_reference("providerId", e.to_string()),
             DomainError::Invalid { field, reason } => Problem::invalid_field(field.clone(), reason.clone()),
         }
     }

@@ -59,10 +59,12 @@ where
         Some(key) => match app.idempotency.begin(tenant_id, operation, key, raw_body, &fresh_id).await? {
             IdempotentRequest::Proceed { resource_id, repeated } => (resource_id, repeated),
             IdempotentRequest::Replay(stored) => return Ok(replay(stored)),
+            // 409, not 422: the request itself is valid; the key is taken by another body. The
+            // IETF draft answers 409 for a key whose first request is in flight; one status
+            // tells a client "this key is not free" either way.
             IdempotentRequest::KeyReused => {
-                return Err(Problem::invalid_field(
-                    "Idempotency-Key",
-                    "this key was already used with a different request body",
+                return Err(Problem::conflict(
+                    "Idempotency-Key: this key was already used with a different request body",
                 ));
             }
         },

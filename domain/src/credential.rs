@@ -440,7 +440,8 @@ impl Decider for Credential {
                         pending_version: p.version,
                     });
                 }
-                if c.reason.trim().is_empty() || c.reason.len() > 256 {
+                // Characters, as the API's schema counts them, not bytes.
+                if c.reason.trim().is_empty() || c.reason.chars().count() > 256 {
                     return Err(DomainError::invalid("reason", "must be 1 to 256 characters"));
                 }
                 if c.new_version <= *current_version {

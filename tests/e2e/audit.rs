@@ -164,7 +164,6 @@ async fn audit_reads_need_the_audit_scope_and_refuse_bad_parameters_by_name() {
         ("from=0", "from"),
         ("from=abc", "from"),
         ("since=yesterday", "since"),
-        ("since=2026-03-04T00:00:00Z&until=2026-03-01T00:00:00Z", "since"),
         ("asStored=yes", "asStored"),
         ("form=3", "form"),
     ] {
@@ -178,6 +177,10 @@ async fn audit_reads_need_the_audit_scope_and_refuse_bad_parameters_by_name() {
     // The stream read takes no type filter.
     let response = app.get("/audit/streams/prov-github/events?type=X", &token).await;
     assert_eq!(response.status(), 400);
+    // A range that ends before it starts holds no event: an empty page, not an error.
+    let empty = app.get("/audit/events?since=2026-03-04T00:00:00Z&until=2026-03-01T00:00:00Z", &token).await;
+    assert_eq!(empty.status(), 200);
+    assert_eq!(empty.json::<Value>().await.unwrap()["events"], json!([]));
 }
 
 #[tokio::test]

@@ -132,8 +132,9 @@ async fn bad_input_gets_problem_documents_with_the_right_status() {
     problem(app.get("/integrations/connections/conn-0000", &token).await, 404).await;
     problem(app.get("/integrations/runs/run-0000", &token).await, 404).await;
 
-    // A connection to a provider that is not registered names the field.
-    let unknown = problem(app.post_json("/integrations/connections", &token, &connection(None)).await, 422).await;
+    // A connection to a provider that is not registered is 404, naming the field: stored state
+    // decides it, not the body's shape (the OpenAPI document calls the body valid).
+    let unknown = problem(app.post_json("/integrations/connections", &token, &connection(None)).await, 404).await;
     assert_eq!(unknown["errors"][0]["field"], "providerId");
     // A secret in place of a secret reference is refused.
     let mut plaintext = connection(None);
@@ -266,7 +267,7 @@ async fn an_idempotency_key_replays_the_first_answer_and_appends_nothing() {
 
     let mut other = connection(None);
     other["displayName"] = json!("Something else");
-    problem(send(other).await.unwrap(), 422).await;
+    problem(send(other).await.unwrap(), 409).await;
     assert_eq!(events_in_store(&app).await, events);
 
     // Without a key, the same body creates a second connection.
@@ -433,14 +434,14 @@ async fn another_tenants_secrets_can_neither_be_named_nor_verify_deliveries() {
     for vault in ["factory", "no-such-vault", "ops"] {
         let mut stolen = connection(None);
         stolen["credentialRef"] = json!(format!("kv://{vault}/github-token"));
-        let refused = problem(app.post_json("/integrations/connections", &intruder, &stolen).await, 422).await;
+        let refused = problem(app.post_json("/integrations/connections", &intruder, &stolen).await, 404).await;
         assert_eq!(refused["errors"][0]["field"], "credentialRef", "{refused}");
         refusals.push(refused["errors"][0]["message"].as_str().unwrap().replace(vault, "VAULT"));
     }
     assert_eq!(refusals[0], refusals[1]);
     let mut stolen = connection(Some("kv://connectsoft-vault/hook"));
     stolen["credentialRef"] = json!(null);
-    let refused = problem(app.post_json("/integrations/connections", &intruder, &stolen).await, 422).await;
+    let refused = problem(app.post_json("/integrations/connections", &intruder, &stolen).await, 404).await;
     assert_eq!(refused["errors"][0]["field"], "configuration.webhookSecretRef");
     let rotate = json!({ "tenantId": "globex", "credentialId": "cred-github-token", "reason": "Leaked" });
     problem(app.post_json("/integrations/credentials/rotate", &intruder, &rotate).await, 404).await;

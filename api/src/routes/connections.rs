@@ -8,13 +8,16 @@ use axum::routing::{get, post};
 use commands::connections::EstablishConnectionInput;
 use domain::connection::Health;
 use domain::ids;
+use store::SecretUse;
 
-use crate::bodies::{ConnectionEstablishedResponse, ConnectionResponse, EstablishConnectionRequest, require_text};
+use crate::bodies::{
+    ConnectionEstablishedResponse, ConnectionResponse, EstablishConnectionRequest, outbound_url_error,
+};
 use crate::extract::{Authorized, JsonBody};
 use crate::operations as op;
-use crate::problem::Problem;
+use crate::problem::{FieldError, Problem};
 use crate::respond::{Accepted, ok_json, run_command};
-use crate::routes::context_of;
+use crate::routes::{context_of, require_tenants_secret};
 use crate::{AppState, Shared};
 
 pub fn router() -> Router<Shared> {
@@ -31,18 +34,18 @@ async fn establish(
 ) -> Result<Response, Problem> {
     let request = body.value;
     caller.check_tenant(request.tenant_id.as_deref())?;
-    let mut errors = Vec::new();
-    require_text(&mut errors, "projectId", &request.project_id, 128);
-    require_text(&mut errors, "providerId", &request.provider_id, 140);
-    require_text(&mut errors, "displayName", &request.display_name, 256);
+    let mut errors = request.field_errors();
     // Checked now, not first when a delivery needs the keys: a URL the egress rules refuse
     // could never verify anything.
-    let jwks = request.configuration.get(domain::connection::WEBHOOK_JWKS);
-    if let Some(refused) = jwks.and_then(|url| app.provider_key_sets.refused_source(url.as_str().unwrap_or_default())) {
-        errors.push(crate::problem::FieldError {
-            field: format!("configuration.{}", domain::connection::WEBHOOK_JWKS),
-            message: refused,
-        });
+    if let Some(jwks) = request.configuration.get(domain::connection::WEBHOOK_JWKS) {
+        let source = jwks.as_str().unwrap_or_default();
+        let refused = app
+            .provider_key_sets
+            .refused_source(source)
+            .or_else(|| outbound_url_error(source, &app.settings.webhook_egress_allow));
+        if let Some(message) = refused {
+            errors.push(FieldError { field: format!("configuration.{}", domain::connection::WEBHOOK_JWKS), message });
+        }
     }
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
@@ -57,6 +60,7 @@ async fn establish(
         &body.raw,
         ids::CONNECTION,
         |connection_id| async {
+            require_tenants_secrets(&app, &ctx.tenant_id, &request.credential_ref, &request.configuration).await?;
             let input = EstablishConnectionInput {
                 connection_id,
                 project_id: request.project_id,
@@ -92,6 +96,29 @@ async fn establish(
         response.headers_mut().insert("preference-applied", applied);
     }
     Ok(response)
+}
+
+/// 404 for a `kv://` reference of the request outside the vaults the tenant may use for it:
+/// the credential and every secret of `configuration` are sent, except the inbound webhook
+/// secret, which a shared vault may hold.
+async fn require_tenants_secrets(
+    app: &AppState,
+    tenant_id: &str,
+    credential_ref: &Option<String>,
+    configuration: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), Problem> {
+    if let Some(reference) = credential_ref {
+        require_tenants_secret(app, tenant_id, "credentialRef", reference, SecretUse::Send).await?;
+    }
+    for (field, reference) in domain::connection::secret_refs(configuration, "configuration") {
+        let usage = if field.strip_prefix("configuration.") == Some(domain::connection::WEBHOOK_SECRET_REF) {
+            SecretUse::Verify
+        } else {
+            SecretUse::Send
+        };
+        require_tenants_secret(app, tenant_id, &field, &reference, usage).await?;
+    }
+    Ok(())
 }
 
 /// The longest `Prefer: wait` honoured; longer waits are cut to it.

@@ -6,7 +6,7 @@ use axum::routing::post;
 use domain::ids;
 
 use crate::Shared;
-use crate::bodies::{RotateCredentialRequest, RotationStartedResponse, require_text};
+use crate::bodies::{RotateCredentialRequest, RotationStartedResponse};
 use crate::extract::{Authorized, JsonBody};
 use crate::operations as op;
 use crate::problem::Problem;
@@ -25,14 +25,7 @@ async fn rotate(
 ) -> Result<Response, Problem> {
     let request = body.value;
     caller.check_tenant(request.tenant_id.as_deref())?;
-    let mut errors = Vec::new();
-    require_text(&mut errors, "reason", &request.reason, 256);
-    if !domain::credential::is_credential_id(&request.credential_id) {
-        errors.push(crate::problem::FieldError {
-            field: "credentialId".into(),
-            message: "must be a credential id (cred-NAME, or cred-NAME~VAULT)".into(),
-        });
-    }
+    let errors = request.field_errors();
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }

@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use domain::provider::RegisterProvider;
 
 use crate::Shared;
-use crate::bodies::{ProviderRegisteredResponse, ProviderResponse, RegisterProviderRequest, require_text};
+use crate::bodies::{ProviderRegisteredResponse, ProviderResponse, RegisterProviderRequest};
 use crate::extract::{Authorized, JsonBody};
 use crate::operations as op;
 use crate::problem::Problem;
@@ -27,14 +27,7 @@ async fn register(
 ) -> Result<Response, Problem> {
     let request = body.value;
     caller.check_tenant(request.tenant_id.as_deref())?;
-    let mut errors = Vec::new();
-    require_text(&mut errors, "displayName", &request.display_name, 256);
-    require_text(&mut errors, "category", &request.category, 64);
-    require_text(&mut errors, "apiClient", &request.api_client, 256);
-    require_text(&mut errors, "baseUrl", &request.base_url, 2048);
-    for (i, capability) in request.capabilities.iter().enumerate() {
-        require_text(&mut errors, &format!("capabilities[{i}]"), capability, 128);
-    }
+    let errors = request.field_errors();
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }

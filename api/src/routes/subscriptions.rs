@@ -6,14 +6,17 @@ use axum::routing::{get, post};
 use connectors::egress::check_webhook_endpoint;
 use domain::ids;
 use domain::subscription::{CreateWebhookSubscription, DeliverySettings};
+use store::SecretUse;
 
 use crate::Shared;
-use crate::bodies::{CreateSubscriptionRequest, SubscriptionCreatedResponse, SubscriptionResponse};
+use crate::bodies::{
+    CreateSubscriptionRequest, ENDPOINT_URL_MAX, SubscriptionCreatedResponse, SubscriptionResponse, outbound_url_error,
+};
 use crate::extract::{Authorized, JsonBody};
 use crate::operations as op;
 use crate::problem::Problem;
 use crate::respond::{Accepted, ok_json, run_command};
-use crate::routes::context_of;
+use crate::routes::{context_of, require_tenants_secret};
 
 pub fn router() -> Router<Shared> {
     Router::new()
@@ -29,14 +32,18 @@ async fn create(
 ) -> Result<Response, Problem> {
     let request = body.value;
     caller.check_tenant(request.tenant_id.as_deref())?;
-    if request.endpoint_url.len() > 2048 {
-        return Err(Problem::invalid_field("endpointUrl", "must be at most 2048 characters"));
+    if request.endpoint_url.chars().count() > ENDPOINT_URL_MAX {
+        return Err(Problem::invalid_field("endpointUrl", format!("must be at most {ENDPOINT_URL_MAX} characters")));
     }
     // SSRF: https only (plain http for allow-listed hosts), no private, loopback, link-local,
     // CGNAT, multicast or metadata address unless allow-listed. Names are checked again when
     // each delivery connects.
-    check_webhook_endpoint(&request.endpoint_url, &app.settings.webhook_egress_allow)
+    let allow = &app.settings.webhook_egress_allow;
+    check_webhook_endpoint(&request.endpoint_url, allow)
         .map_err(|reason| Problem::invalid_field("endpointUrl", reason))?;
+    if let Some(reason) = outbound_url_error(&request.endpoint_url, allow) {
+        return Err(Problem::invalid_field("endpointUrl", reason));
+    }
     let delivery = DeliverySettings {
         max_in_flight: request.max_in_flight.unwrap_or(DeliverySettings::default().max_in_flight),
         rate_limit_per_second: request.rate_limit_per_second,
@@ -51,6 +58,14 @@ async fn create(
         &body.raw,
         ids::SUBSCRIPTION,
         |subscription_id| async {
+            require_tenants_secret(
+                &app,
+                &ctx.tenant_id,
+                "signingSecretRef",
+                &request.signing_secret_ref,
+                SecretUse::Send,
+            )
+            .await?;
             let command = CreateWebhookSubscription {
                 subscription_id,
                 tenant_id: ctx.tenant_id.clone(),

@@ -18,7 +18,7 @@ use connectors::inbound::{self, Arrival, CalledUrl, Content, Headers, InboundSet
 use domain::ids;
 use serde::Deserialize;
 
-use crate::bodies::{DeliveryAcceptedResponse, InboundDeliveryRequest, require_text};
+use crate::bodies::{DeliveryAcceptedResponse, InboundDeliveryRequest};
 use crate::extract::parse_json;
 use crate::problem::Problem;
 use crate::{AppState, Shared};
@@ -180,9 +180,7 @@ fn claimed_scheme(name: &str) -> Result<(&str, Scheme), Refusal> {
 fn read_envelope(signed_body: &[u8]) -> Result<(String, String, serde_json::Value), Refusal> {
     let envelope: InboundDeliveryRequest =
         parse_json(signed_body).map_err(|problem| Refusal::new("malformed_body", problem))?;
-    let mut errors = Vec::new();
-    require_text(&mut errors, "providerDeliveryId", &envelope.provider_delivery_id, 256);
-    require_text(&mut errors, "eventName", &envelope.event_name, 128);
+    let errors = envelope.field_errors();
     if !errors.is_empty() {
         return Err(Refusal::new("malformed_body", Problem::invalid(errors)));
     }
