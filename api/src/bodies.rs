@@ -54,7 +54,7 @@ pub const CREDENTIAL_ID: &str = "^cred-[a-z0-9._-]{1,128}(~[a-z0-9._-]{1,128})?$
 /// letter and is not `localhost`; an optional port (0 to 65535); path, query and fragment of
 /// URL characters (`A-Z a-z 0-9 - . _ ~ ! $ & ' ( ) * + , ; = : @ % /`, and `?` after the
 /// path). No address literals and no credentials: egress policy allows those only to hosts an
-/// operator allow-lists (`--webhook-egress-allow`), and such hosts may also use `http`.
+/// operator allow-lists (`--webhook-allow-hosts`), and such hosts may also use `http`.
 /// [`is_https_url`] is its check.
 pub const HTTPS_URL: &str = concat!(
     "^https://([A-Za-z0-9]+(-[A-Za-z0-9]+)*[.])*",
