@@ -131,11 +131,15 @@ pub async fn authorize<O: Operation>(
             let roles = if allowed.is_empty() {
                 format!("no role may call {}", O::ID)
             } else {
-                let names: Vec<&str> = allowed.iter().map(String::as_str).collect();
-                format!("{} needs one of the roles {}", O::ID, names.join(", "))
+                format!("{} needs one of the roles {}", O::ID, listed(allowed))
+            };
+            let held = if principal.roles.is_empty() {
+                "no role".into()
+            } else {
+                format!("the roles {}", listed(&principal.roles))
             };
             let scope = if lacks_scope { format!("the token lacks the scope {}; ", O::SCOPE) } else { String::new() };
-            format!("{scope}{roles}, and the token has {}", roles_held(&principal))
+            format!("{scope}{roles}, and the token has {held}")
         }
     };
     let problem = if lacks_scope {
@@ -147,12 +151,9 @@ pub async fn authorize<O: Operation>(
     Err(problem)
 }
 
-fn roles_held(principal: &Principal) -> String {
-    if principal.roles.is_empty() {
-        return "no role".into();
-    }
-    let roles: Vec<&str> = principal.roles.iter().map(String::as_str).collect();
-    format!("the roles {}", roles.join(", "))
+/// Role names in order, comma-separated.
+fn listed(roles: &std::collections::BTreeSet<String>) -> String {
+    roles.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
 }
 
 /// 401 with the RFC 6750 challenge (or 503 when the key set cannot be fetched).
